@@ -1,0 +1,15 @@
+"""The local testbed: real etcd, kube-apiserver, controllers, kwok GPU nodes and MinIO.
+
+Development and test tooling only: the operator never imports it. Used by the pytest fixtures, the
+demo and the benchmarks alike.
+"""
+
+from sampleforge.testbed._errors import TestbedError
+from sampleforge.testbed._kwok import EXIT_CODE_ANNOTATION, GPU_RESOURCE, GPU_TAINT, HOLD_KEY
+from sampleforge.testbed._paths import ALL_BINARIES, binary, kubernetes_version, missing_binaries
+from sampleforge.testbed._testbed import Testbed, TestbedOptions
+
+__all__ = [
+    "ALL_BINARIES", "EXIT_CODE_ANNOTATION", "GPU_RESOURCE", "GPU_TAINT", "HOLD_KEY",
+    "Testbed", "TestbedError", "TestbedOptions", "binary", "kubernetes_version", "missing_binaries",
+]

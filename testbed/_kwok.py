@@ -1,0 +1,82 @@
+"""kwok and its fake GPU nodes: Pods that the real scheduler places and the real Job controller
+finishes, without a kubelet or a container runtime.
+
+The nodes look like a typical GPU pool: ``nvidia.com/gpu`` in capacity and allocatable, the GPU
+product label that NVIDIA's feature discovery sets, and the ``nvidia.com/gpu:NoSchedule`` taint that
+GPU pools carry so that only Pods asking for GPUs (and tolerating it) land there.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from kubernetes import client
+
+from sampleforge.testbed._errors import TestbedError
+from sampleforge.testbed._health import http_ok
+from sampleforge.testbed._paths import binary
+from sampleforge.testbed._ports import free_port
+from sampleforge.testbed._process import ManagedProcess
+
+STAGES_FILE = Path(__file__).with_name("kwok-stages.yaml")
+MANAGED_ANNOTATION = ("kwok.x-k8s.io/node", "fake")
+GPU_RESOURCE = "nvidia.com/gpu"
+GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
+GPU_TAINT = {"key": GPU_RESOURCE, "value": "present", "effect": "NoSchedule"}
+#: Pod label/annotation that keeps a kwok Pod Running until removed (see kwok-stages.yaml).
+HOLD_KEY = "testbed.sampleforge.io/hold"
+#: Pod annotation that makes a Running kwok Pod terminate with this exit code.
+EXIT_CODE_ANNOTATION = "testbed.sampleforge.io/exit-code"
+
+
+def start_kwok(logs: Path, kubeconfig: Path, timeout: float) -> ManagedProcess:
+    port = free_port()
+    key, value = MANAGED_ANNOTATION
+    proc = ManagedProcess("kwok", [
+        binary("kwok"), f"--kubeconfig={kubeconfig}", f"--config={STAGES_FILE}",
+        "--manage-all-nodes=false", f"--manage-nodes-with-annotation-selector={key}={value}",
+        f"--server-address=127.0.0.1:{port}", "--node-ip=127.0.0.1", "--cidr=10.244.0.0/16",
+    ], logs / "kwok.log").start()
+    proc.wait_ready(lambda: http_ok(f"http://127.0.0.1:{port}/healthz"), timeout, "healthy")
+    return proc
+
+
+def gpu_node_manifest(name: str, gpus: int = 8, product: str = "NVIDIA-H100-80GB-HBM3") -> dict[str, Any]:
+    resources = {"cpu": "64", "memory": "512Gi", "pods": "110", "ephemeral-storage": "1Ti", GPU_RESOURCE: str(gpus)}
+    return {
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {
+            "name": name,
+            "annotations": {MANAGED_ANNOTATION[0]: MANAGED_ANNOTATION[1], "node.alpha.kubernetes.io/ttl": "0"},
+            "labels": {
+                "kubernetes.io/hostname": name, "kubernetes.io/os": "linux", "kubernetes.io/arch": "amd64",
+                "type": "kwok", GPU_PRODUCT_LABEL: product, "nvidia.com/gpu.count": str(gpus),
+            },
+        },
+        "spec": {"taints": [GPU_TAINT]},
+        "status": {"capacity": resources, "allocatable": dict(resources)},
+    }
+
+
+def create_gpu_nodes(api: client.ApiClient, count: int, timeout: float) -> list[str]:
+    """Create ``count`` fake GPU nodes and wait until kwok reports each one Ready."""
+    core = client.CoreV1Api(api)
+    names = [f"gpu-node-{i}" for i in range(count)]
+    for name in names:
+        core.create_node(gpu_node_manifest(name))
+    deadline = time.monotonic() + timeout
+    pending = set(names)
+    while pending:
+        for name in list(pending):
+            node = core.read_node(name)
+            ready = [c for c in (node.status.conditions or []) if c.type == "Ready" and c.status == "True"]
+            if ready:
+                pending.discard(name)
+        if pending and time.monotonic() > deadline:
+            raise TestbedError(f"kwok did not make nodes {sorted(pending)} Ready within {timeout:.0f}s")
+        if pending:
+            time.sleep(0.2)
+    return names
