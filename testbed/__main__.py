@@ -31,7 +31,7 @@ def _showcase(tb: Testbed) -> None:
     """Prove with the user's own tools that the servers are real and answer."""
     _show(tb, "version", "--output=yaml")
     _show(tb, "get", "nodes", "--output=wide")
-    _show(tb, "get", "--raw=/readyz?verbose")
+    _show(tb, "get", "--raw=/readyz")
     _show(tb, "auth", "can-i", "create", "jobs.batch", "--namespace=default")
     s3 = tb.minio_client()
     if not s3.bucket_exists(SHOWCASE_BUCKET):
