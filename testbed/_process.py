@@ -93,6 +93,16 @@ class ManagedProcess:
         _signal_group(proc.pid, signal.SIGKILL)
 
 
+    def kill(self) -> None:
+        """SIGKILL the process group at once: a crash, an OOM kill, a lost node."""
+        proc = self._proc
+        _RUNNING.discard(self)
+        if proc is None or proc.poll() is not None:
+            return
+        _signal_group(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+
+
 def _signal_group(pgid: int, sig: signal.Signals) -> None:
     try:
         os.killpg(pgid, sig)

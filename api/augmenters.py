@@ -1,0 +1,380 @@
+"""The augmenters an AugmentationRun applies, one model per type.
+
+Each class's first docstring line is shown to users (it documents the ``type`` enum in
+``kubectl explain``); the rest is for maintainers. Parameters shared by several types are declared
+once as annotated types below, so they mean and validate the same everywhere (the CRD holds one flat
+object with every parameter; see ``_unions``).
+
+Every augmenter has a budget: ``fraction`` of the input rows it is applied to, ``perRow`` new rows
+per selected row (where that makes sense) and an overall ``maxRows`` cap.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal, Union
+
+from pydantic import AfterValidator, BeforeValidator, Field
+
+from ._base import ApiModel, Rule
+from ._unions import FlatUnion
+from .fields import ColumnNames, DataLabel, DenseFeatureNames, ModelRef, S3Uri, TextFields
+
+# --- shared parameters ------------------------------------------------------------------------
+
+AugmenterName = Annotated[str, Field(min_length=1, max_length=63, pattern="^[A-Za-z][A-Za-z0-9_-]*$")]
+Fraction = Annotated[float, Field(gt=0.0, le=1.0)]
+PerRow = Annotated[int, Field(ge=1, le=100, description="New rows generated for each selected row.")]
+EditFraction = Annotated[float, Field(gt=0.0, le=1.0)]
+BatchSize = Annotated[int, Field(ge=1, le=4096, description="Rows per batch on the accelerator.")]
+MaxNewTokens = Annotated[int, Field(ge=1, le=2048, description="Most tokens generated per output.")]
+Temperature = Annotated[
+    float, Field(ge=0.0, le=2.0, description="Sampling temperature for generation; 0 means greedy decoding.")
+]
+PromptTemplate = Annotated[
+    str,
+    Field(
+        min_length=1,
+        max_length=4096,
+        description="Prompt sent to the model; {text} is replaced by the row's text. The job's built-in "
+        "prompt for the type when unset.",
+    ),
+    Rule(
+        cel="self.contains('{text}')",
+        message="promptTemplate must contain the placeholder {text}, where the row's text goes",
+        check=lambda v: "{text}" in v,
+    ),
+]
+Model = Annotated[ModelRef, Field(description="Model to run: a hub id (org/name) or an s3:// model directory.")]
+Fields = Annotated[TextFields, Field(description="Text columns to edit: query, item or both.")]
+WordFraction = Annotated[EditFraction, Field(description="Share of the words in each edited text that change.")]
+CharFraction = Annotated[EditFraction, Field(description="Share of the characters in each edited text that change.")]
+Attributes = Annotated[ColumnNames, Field(description="Attribute columns (from source.columns.attributes) it uses.")]
+Features = Annotated[
+    DenseFeatureNames,
+    Field(description="Dense feature columns it uses; all of source.columns.denseFeatures when empty."),
+]
+AssignedLabel = Annotated[
+    DataLabel,
+    Field(
+        description="Label given to the rows it generates. Required for attributeSwap; when unset, doc2query "
+        "keeps the source row's label and hardNegative uses the lowest label in the source."
+    ),
+]
+
+
+def _sums_to_one(distribution: dict[str, float]) -> dict[str, float]:
+    if distribution and abs(sum(distribution.values()) - 1.0) > 0.01:
+        raise ValueError("targetDistribution fractions must add up to 1 (within 0.01)")
+    return distribution
+
+
+def _label_keys_as_strings(value: object) -> object:
+    # YAML turns `0: 0.5` into an integer key; the API server only ever has string keys.
+    return {str(k): v for k, v in value.items()} if isinstance(value, dict) else value
+
+
+TargetDistribution = Annotated[
+    dict[Annotated[str, Field(max_length=64)], Annotated[float, Field(ge=0.0, le=1.0)]],
+    Field(min_length=1, max_length=64),
+    BeforeValidator(_label_keys_as_strings),
+    Rule(
+        cel="self.map(k, self[k]).sum() >= 0.99 && self.map(k, self[k]).sum() <= 1.01",
+        message="targetDistribution fractions must add up to 1 (within 0.01)",
+    ),
+    AfterValidator(_sums_to_one),
+]
+
+
+class _Budget(ApiModel):
+    """Fields every augmenter has."""
+
+    name: AugmenterName | None = Field(
+        default=None,
+        description="Name in reports and metrics (status.results.perAugmenter); defaults to the type. "
+        "Needed when two augmenters have the same type.",
+    )
+    fraction: Fraction = Field(default=1.0, description="Share of the input rows the augmenter is applied to.")
+    max_rows: int | None = Field(default=None, ge=1, le=1_000_000_000, description="Most rows this augmenter may add.")
+
+    def display_name(self) -> str:
+        """The name used in status and metrics."""
+        return self.name or str(getattr(self, "type"))  # noqa: B009 -- each subclass declares type
+
+
+# --- token and character edits (EDA-style, no model) -------------------------------------------
+
+
+class SynonymAugmenter(_Budget):
+    """synonym: replace words with synonyms from a lexicon."""
+
+    type: Literal["synonym"] = Field(description="Augmenter type.")
+    lexicon: S3Uri = Field(description="TSV file of term<TAB>synonym[,synonym...] lines, as an s3:// URI.")
+    word_fraction: WordFraction = 0.15
+    fields: Fields = Field(default=["query", "item"])
+    per_row: PerRow = 1
+
+
+class RandomInsertAugmenter(_Budget):
+    """randomInsert: insert copies of words from the same text at random positions."""
+
+    type: Literal["randomInsert"] = Field(description="Augmenter type.")
+    word_fraction: WordFraction = 0.1
+    fields: Fields = Field(default=["query"])
+    per_row: PerRow = 1
+
+
+class RandomSwapAugmenter(_Budget):
+    """randomSwap: swap the positions of random word pairs."""
+
+    type: Literal["randomSwap"] = Field(description="Augmenter type.")
+    word_fraction: WordFraction = 0.1
+    fields: Fields = Field(default=["query"])
+    per_row: PerRow = 1
+
+
+class RandomDeleteAugmenter(_Budget):
+    """randomDelete: delete random words (never all of them)."""
+
+    type: Literal["randomDelete"] = Field(description="Augmenter type.")
+    word_fraction: WordFraction = 0.1
+    fields: Fields = Field(default=["query"])
+    per_row: PerRow = 1
+
+
+class TypoAugmenter(_Budget):
+    """typo: keyboard-neighbour typos, as users make them in search boxes."""
+
+    type: Literal["typo"] = Field(description="Augmenter type.")
+    char_fraction: CharFraction = 0.05
+    fields: Fields = Field(default=["query"])
+    per_row: PerRow = 1
+
+
+class CharNoiseAugmenter(_Budget):
+    """charNoise: random character insertions, substitutions, swaps and deletions."""
+
+    type: Literal["charNoise"] = Field(description="Augmenter type.")
+    char_fraction: CharFraction = 0.05
+    fields: Fields = Field(default=["query"])
+    per_row: PerRow = 1
+
+
+# --- structured attributes ----------------------------------------------------------------------
+
+
+class AttributeDropAugmenter(_Budget):
+    """attributeDrop: blank out item attributes, as sparse catalogue data does."""
+
+    type: Literal["attributeDrop"] = Field(description="Augmenter type.")
+    attributes: Attributes = Field(default=[])
+    max_attributes: int = Field(default=1, ge=1, le=64, description="Most attributes blanked per generated row.")
+    per_row: PerRow = 1
+
+
+class AttributeReorderAugmenter(_Budget):
+    """attributeReorder: shuffle the order attributes appear in the item text."""
+
+    type: Literal["attributeReorder"] = Field(description="Augmenter type.")
+    attributes: Attributes = Field(default=[])
+    per_row: PerRow = 1
+
+
+class AttributeSwapAugmenter(_Budget):
+    """attributeSwap: swap attributes with another item's, making a mismatch with the given label."""
+
+    kube_rules = (
+        Rule(
+            cel="!has(self.attributes) || size(self.attributes) >= 1",
+            message="attributes must list at least one attribute column to swap",
+            check=lambda a: len(a.attributes) >= 1,
+            field_path=".attributes",
+        ),
+    )
+
+    type: Literal["attributeSwap"] = Field(description="Augmenter type.")
+    attributes: Attributes
+    label: AssignedLabel
+    per_row: PerRow = 1
+
+
+# --- generation with a language model -------------------------------------------------------------
+
+
+class ParaphraseAugmenter(_Budget):
+    """paraphrase: rewrite the text with a language model, keeping its meaning."""
+
+    type: Literal["paraphrase"] = Field(description="Augmenter type.")
+    model: Model
+    prompt_template: PromptTemplate | None = None
+    batch_size: BatchSize = 16
+    max_new_tokens: MaxNewTokens = 64
+    temperature: Temperature = 0.7
+    fields: Fields = Field(default=["query"])
+    per_row: PerRow = 1
+
+
+class Doc2QueryAugmenter(_Budget):
+    """doc2query: generate search queries an item should be found by."""
+
+    type: Literal["doc2query"] = Field(description="Augmenter type.")
+    model: Model
+    prompt_template: PromptTemplate | None = None
+    batch_size: BatchSize = 16
+    max_new_tokens: MaxNewTokens = 32
+    temperature: Temperature = 0.7
+    label: AssignedLabel | None = None
+    per_row: PerRow = 1
+
+
+class BackTranslationAugmenter(_Budget):
+    """backTranslation: translate to a pivot language and back."""
+
+    type: Literal["backTranslation"] = Field(description="Augmenter type.")
+    model: Model
+    reverse_model: ModelRef | None = Field(
+        default=None, description="Model for the way back from the pivot language; the same model when unset."
+    )
+    pivot_language: str = Field(
+        default="en",
+        min_length=2,
+        max_length=16,
+        pattern="^[a-z]{2,3}(-[A-Za-z0-9]{2,8})?$",
+        description="Language to translate through, as a BCP 47 tag such as en or zh-Hans.",
+    )
+    prompt_template: PromptTemplate | None = None
+    batch_size: BatchSize = 16
+    max_new_tokens: MaxNewTokens = 64
+    temperature: Temperature = 0.7
+    fields: Fields = Field(default=["query"])
+    per_row: PerRow = 1
+
+
+# --- sampling and synthesis ---------------------------------------------------------------------
+
+
+class HardNegativeAugmenter(_Budget):
+    """hardNegative: pair queries with similar but non-relevant items."""
+
+    kube_rules = (
+        Rule(
+            cel="!has(self.model) || (has(self.method) && self.method == 'embedding')",
+            message="model applies only when method is embedding; remove model or set method: embedding",
+            check=lambda a: a.model is None or a.method == "embedding",
+            field_path=".model",
+            reason="FieldValueForbidden",
+        ),
+        Rule(
+            cel="!has(self.method) || self.method != 'embedding' || has(self.model)",
+            message="model is required when method is embedding; set model to an embedding model",
+            check=lambda a: a.method != "embedding" or a.model is not None,
+            field_path=".model",
+            reason="FieldValueRequired",
+        ),
+    )
+
+    type: Literal["hardNegative"] = Field(description="Augmenter type.")
+    method: Literal["bm25", "embedding"] = Field(
+        default="bm25", description="How candidates are retrieved: bm25 (lexical) or embedding (needs model)."
+    )
+    per_query: int = Field(default=4, ge=1, le=100, description="Hard negatives added per query.")
+    skip_top: int = Field(
+        default=0, ge=0, le=100, description="Retrieved items skipped first, as they are often unlabelled positives."
+    )
+    model: Model | None = None
+    label: AssignedLabel | None = None
+
+
+class RebalanceAugmenter(_Budget):
+    """rebalance: resample rows until labels follow a target distribution."""
+
+    type: Literal["rebalance"] = Field(description="Augmenter type.")
+    target_distribution: TargetDistribution = Field(
+        description="Wanted share of each label value (label -> fraction); fractions add up to 1."
+    )
+    strategy: Literal["oversample", "undersample"] = Field(
+        default="oversample", description="oversample minority labels (duplicates rows) or undersample majority ones."
+    )
+
+
+class GanAugmenter(_Budget):
+    """gan: synthesise rows of dense features and labels with a tabular GAN."""
+
+    type: Literal["gan"] = Field(description="Augmenter type.")
+    samples: int = Field(ge=1, le=100_000_000, description="Synthetic rows to generate.")
+    epochs: int = Field(default=300, ge=1, le=10_000, description="GAN training epochs.")
+    batch_size: BatchSize = 256
+    latent_dim: int = Field(default=128, ge=2, le=4096, description="Size of the generator's noise input.")
+    features: Features = Field(default=[])
+
+
+class MixupAugmenter(_Budget):
+    """mixup: interpolate dense features and labels between random row pairs."""
+
+    type: Literal["mixup"] = Field(description="Augmenter type.")
+    alpha: float = Field(default=0.2, gt=0.0, le=10.0, description="Beta(alpha, alpha) parameter of the mixing weight.")
+    features: Features = Field(default=[])
+    per_row: PerRow = 1
+
+
+ImageOperation = Literal["flip", "rotate", "crop", "colorJitter", "blur", "grayscale"]
+
+
+class ImageAugmenter(_Budget):
+    """image: flip, crop, rotate and colour-jitter the item image."""
+
+    type: Literal["image"] = Field(description="Augmenter type.")
+    operations: Annotated[
+        list[ImageOperation],
+        Field(min_length=1, max_length=6, json_schema_extra={"x-kubernetes-list-type": "set"}),
+    ] = Field(default=["flip", "crop", "colorJitter"], description="Image operations, applied in random order.")
+    per_row: PerRow = 1
+
+
+AUGMENTER_UNION = FlatUnion(
+    [
+        SynonymAugmenter,
+        RandomInsertAugmenter,
+        RandomSwapAugmenter,
+        RandomDeleteAugmenter,
+        TypoAugmenter,
+        CharNoiseAugmenter,
+        AttributeDropAugmenter,
+        AttributeReorderAugmenter,
+        AttributeSwapAugmenter,
+        ParaphraseAugmenter,
+        Doc2QueryAugmenter,
+        BackTranslationAugmenter,
+        HardNegativeAugmenter,
+        RebalanceAugmenter,
+        GanAugmenter,
+        MixupAugmenter,
+        ImageAugmenter,
+    ]
+)
+
+AugmenterSpec = Union[  # noqa: UP007 -- a discriminated union reads better spelled out
+    SynonymAugmenter,
+    RandomInsertAugmenter,
+    RandomSwapAugmenter,
+    RandomDeleteAugmenter,
+    TypoAugmenter,
+    CharNoiseAugmenter,
+    AttributeDropAugmenter,
+    AttributeReorderAugmenter,
+    AttributeSwapAugmenter,
+    ParaphraseAugmenter,
+    Doc2QueryAugmenter,
+    BackTranslationAugmenter,
+    HardNegativeAugmenter,
+    RebalanceAugmenter,
+    GanAugmenter,
+    MixupAugmenter,
+    ImageAugmenter,
+]
+#: One augmenter: the field type of ``AugmentationRunSpec.augmenters`` items.
+Augmenter = Annotated[AugmenterSpec, Field(discriminator="type"), BeforeValidator(AUGMENTER_UNION.check)]
+
+#: Types whose work needs these source columns (checked in AugmentationRunSpec).
+NEEDS_ATTRIBUTES = ("attributeDrop", "attributeReorder", "attributeSwap")
+NEEDS_DENSE_FEATURES = ("gan", "mixup")
+NEEDS_IMAGE = ("image",)

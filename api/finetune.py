@@ -1,0 +1,371 @@
+"""FineTuneRun: fine-tune a transformers model on a dataset in MinIO and publish it back.
+
+The data comes either straight from a URI or from an AugmentationRun in the same namespace (the
+operator waits until that run has succeeded and then reads its committed output). ``method`` picks
+full fine-tuning or a parameter-efficient method; ``distribution`` says how many GPUs and nodes.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Annotated, Any, Final, Literal, Union
+
+from pydantic import BeforeValidator, Field
+
+from ._base import ApiModel, Rule
+from ._unions import FlatUnion
+from .augmentation import Columns, DataFormat
+from .common import CommonRunSpec
+from .fields import LOWER_IS_BETTER, Metric, Metrics, ModelRef, ObjectName, S3Prefix, S3Uri
+from .status import FineTuneRunStatus
+
+
+def _immutable(field: str) -> Rule:
+    return Rule(cel="self == oldSelf", message=f"{field} is immutable once created; create a new run")
+
+
+class Task(StrEnum):
+    """What the model learns."""
+
+    #: Cross-encoder classifying (query, item) pairs into the label's classes.
+    RELEVANCE = "relevance"
+    #: Cross-encoder predicting a graded relevance score (regression on the label).
+    RELEVANCE_REGRESSION = "relevanceRegression"
+    #: Click-through-rate prediction: click probability of (query, item, dense features).
+    CTR = "ctr"
+    #: Two-tower (bi-encoder) retrieval: query and item embeddings trained with in-batch negatives.
+    TWO_TOWER = "twoTower"
+
+
+#: Metrics evaluated when ``evaluation.metrics`` is empty.
+DEFAULT_METRICS: Final[dict[Task, tuple[str, ...]]] = {
+    Task.RELEVANCE: ("ndcg@10", "accuracy", "macroF1"),
+    Task.RELEVANCE_REGRESSION: ("ndcg@10", "rmse", "spearman"),
+    Task.CTR: ("auc", "logLoss"),
+    Task.TWO_TOWER: ("recall@100", "mrr", "ndcg@10"),
+}
+#: Share of training rows held out for evaluation when neither data.eval nor data.evalFraction is set.
+DEFAULT_EVAL_FRACTION: Final = 0.05
+
+
+class FineTuneData(ApiModel):
+    """Training and evaluation data."""
+
+    kube_rules = (
+        Rule(
+            cel="!(has(self.uri) && has(self.fromAugmentationRun))",
+            message="data.uri and data.fromAugmentationRun are mutually exclusive; set only one",
+            check=lambda d: not (d.uri is not None and d.from_augmentation_run is not None),
+            field_path=".fromAugmentationRun",
+            reason="FieldValueForbidden",
+        ),
+        Rule(
+            cel="has(self.uri) || has(self.fromAugmentationRun)",
+            message="set data.uri (an s3:// dataset) or data.fromAugmentationRun (an AugmentationRun in this namespace)",
+            check=lambda d: d.uri is not None or d.from_augmentation_run is not None,
+            field_path=".uri",
+            reason="FieldValueRequired",
+        ),
+        Rule(
+            cel="has(self.uri) || (!has(self.format) && !has(self.columns))",
+            message="data.format and data.columns apply only with data.uri; with fromAugmentationRun they come "
+            "from that run's manifest, so remove them",
+            check=lambda d: d.uri is not None or (d.format is None and d.columns is None),
+            field_path=".columns",
+            reason="FieldValueForbidden",
+        ),
+        Rule(
+            cel="!(has(self.eval) && has(self.evalFraction))",
+            message="data.eval and data.evalFraction are mutually exclusive; set only one",
+            check=lambda d: not (d.eval is not None and d.eval_fraction is not None),
+            field_path=".evalFraction",
+            reason="FieldValueForbidden",
+        ),
+    )
+
+    uri: S3Uri | None = Field(default=None, description="s3:// URI of the training file, or of a prefix ending in '/'.")
+    from_augmentation_run: ObjectName | None = Field(
+        default=None,
+        description="Name of an AugmentationRun in this namespace to train on; the run waits until it has succeeded.",
+    )
+    format: DataFormat | None = Field(
+        default=None, description="File format of data.uri; inferred from the extension when unset."
+    )
+    columns: Columns | None = Field(
+        default=None, description="Column roles in data.uri; query, item and label when unset."
+    )
+    eval: S3Uri | None = Field(default=None, description="s3:// URI of the evaluation set.")
+    eval_fraction: float | None = Field(
+        default=None,
+        gt=0.0,
+        lt=0.5,
+        description="Share of training rows held out for evaluation (split by query) when data.eval is unset; "
+        "0.05 when both are unset.",
+    )
+
+
+# --- method: a tagged union, flat in the CRD (see _unions) ---------------------------------------
+
+Rank = Annotated[int, Field(ge=1, le=1024, description="LoRA rank (target rank for adalora).")]
+Alpha = Annotated[
+    float, Field(gt=0.0, le=4096.0, description="LoRA scaling alpha; the update is scaled by alpha/rank.")
+]
+Dropout = Annotated[float, Field(ge=0.0, lt=1.0, description="Dropout on the LoRA path.")]
+TargetModules = Annotated[
+    list[Annotated[str, Field(min_length=1, max_length=128)]],
+    Field(
+        max_length=64,
+        json_schema_extra={"x-kubernetes-list-type": "set"},
+        description="Module names to adapt, e.g. query, value; the model type's usual choice when empty.",
+    ),
+]
+
+
+class FullMethod(ApiModel):
+    """full: update every weight."""
+
+    type: Literal["full"] = Field(description="Fine-tuning method.")
+
+
+class LoraMethod(ApiModel):
+    """lora: train low-rank adapters next to frozen weights."""
+
+    type: Literal["lora"] = Field(description="Fine-tuning method.")
+    rank: Rank = 8
+    alpha: Alpha = 16.0
+    dropout: Dropout = 0.05
+    target_modules: TargetModules = Field(default=[])
+
+
+class AdaLoraMethod(ApiModel):
+    """adalora: LoRA that reallocates rank across layers during training."""
+
+    kube_rules = (
+        Rule(
+            # The CRD carries no defaults for variant fields (see _unions), so spell them out here.
+            cel="(has(self.rank) ? self.rank : 8) <= (has(self.initialRank) ? self.initialRank : 12)",
+            message="rank (the target rank) must not exceed initialRank; lower rank or raise initialRank",
+            check=lambda m: m.rank <= m.initial_rank,
+            field_path=".rank",
+        ),
+    )
+
+    type: Literal["adalora"] = Field(description="Fine-tuning method.")
+    initial_rank: int = Field(default=12, ge=1, le=1024, description="adalora: rank every layer starts with.")
+    rank: Rank = 8
+    alpha: Alpha = 16.0
+    dropout: Dropout = 0.05
+    target_modules: TargetModules = Field(default=[])
+
+
+class PrefixTuningMethod(ApiModel):
+    """prefixTuning: learn virtual prefix tokens, the model stays frozen."""
+
+    type: Literal["prefixTuning"] = Field(description="Fine-tuning method.")
+    num_virtual_tokens: int = Field(default=20, ge=1, le=512, description="Virtual tokens prepended at every layer.")
+    projection: bool = Field(default=False, description="Reparameterise the prefix through an MLP (prefix_projection).")
+
+
+METHOD_UNION = FlatUnion([FullMethod, LoraMethod, AdaLoraMethod, PrefixTuningMethod])
+Method = Annotated[
+    Union[FullMethod, LoraMethod, AdaLoraMethod, PrefixTuningMethod],  # noqa: UP007
+    Field(discriminator="type"),
+    BeforeValidator(METHOD_UNION.check),
+]
+ADAPTER_METHODS: Final = ("lora", "adalora")
+
+
+class Training(ApiModel):
+    """Optimisation settings."""
+
+    kube_rules = (
+        Rule(
+            cel="!(has(self.warmupRatio) && has(self.warmupSteps))",
+            message="training.warmupRatio and training.warmupSteps are mutually exclusive; set only one",
+            check=lambda t: not (t.warmup_ratio is not None and t.warmup_steps is not None),
+            field_path=".warmupSteps",
+            reason="FieldValueForbidden",
+        ),
+    )
+
+    epochs: int = Field(default=3, ge=1, le=1000, description="Passes over the training data.")
+    max_steps: int | None = Field(
+        default=None, ge=1, description="Stop after this many optimizer steps, even mid-epoch."
+    )
+    batch_size: int = Field(default=32, ge=1, le=4096, description="Rows per batch per GPU.")
+    learning_rate: float = Field(
+        default=5.0e-5,
+        strict=True,  # like the API server: a quoted "3e-5" (or PyYAML's reading of 3e-5) is not a number
+        gt=0.0,
+        le=1.0,
+        description="Peak learning rate. A number: write 3.0e-5 or 0.00003 (some YAML parsers read 3e-5 as a string).",
+    )
+    weight_decay: float = Field(default=0.01, ge=0.0, le=1.0, description="AdamW weight decay.")
+    warmup_ratio: float | None = Field(default=None, ge=0.0, le=0.5, description="Share of steps spent warming up.")
+    warmup_steps: int | None = Field(default=None, ge=0, description="Steps spent warming up.")
+    scheduler: Literal["linear", "cosine", "constant"] = Field(
+        default="linear", description="Learning-rate schedule after warmup."
+    )
+    gradient_clipping: float = Field(
+        default=1.0, ge=0.0, le=1000.0, description="Max gradient norm; 0 turns clipping off."
+    )
+    seed: int = Field(
+        default=42, ge=0, le=2**31 - 1, description="Random seed for initialisation, shuffling and dropout."
+    )
+    max_length: int = Field(
+        default=128, ge=8, le=8192, description="Tokens per (query, item) input; longer inputs are cut."
+    )
+
+
+class Distribution(ApiModel):
+    """How many processes train, and with which numerics."""
+
+    kube_rules = (
+        Rule(
+            cel="self.nodes <= 1 || !has(self.gpusPerNode) || self.gpusPerNode >= 1",
+            message="distribution.gpusPerNode must be at least 1 when distribution.nodes > 1",
+            check=lambda d: d.nodes <= 1 or d.gpus_per_node is None or d.gpus_per_node >= 1,
+            field_path=".gpusPerNode",
+        ),
+    )
+
+    nodes: int = Field(default=1, ge=1, le=64, description="Pods (nodes) that train together.")
+    gpus_per_node: int | None = Field(
+        default=None, ge=0, le=16, description="GPUs (processes) per pod; resources.gpus, else 1, when unset."
+    )
+    mixed_precision: Literal["no", "fp16", "bf16"] = Field(
+        default="no", description="Mixed precision: no, fp16 or bf16."
+    )
+    gradient_accumulation_steps: int = Field(
+        default=1, ge=1, le=1024, description="Batches accumulated per optimizer step."
+    )
+    gradient_checkpointing: bool = Field(default=False, description="Recompute activations to save GPU memory.")
+
+
+class Checkpoint(ApiModel):
+    """When training state is saved, so a restarted pod resumes instead of starting over."""
+
+    every_steps: int = Field(
+        default=500, ge=1, le=10_000_000, description="Save a checkpoint every this many optimizer steps."
+    )
+    keep: int = Field(default=3, ge=1, le=100, description="Committed checkpoints kept; older ones are deleted.")
+
+
+class EarlyStopping(ApiModel):
+    """Stop when the metric stops improving."""
+
+    metric: Metric = Field(description="Metric to watch; must be listed in evaluation.metrics.")
+    patience: int = Field(default=3, ge=1, le=1000, description="Evaluations without improvement before stopping.")
+    mode: Literal["max", "min"] | None = Field(
+        default=None, description="max or min; min for loss, logLoss, mse, rmse and mae, max otherwise, when unset."
+    )
+    min_delta: float = Field(default=0.0, ge=0.0, description="Smallest change that counts as an improvement.")
+
+    def effective_mode(self) -> str:
+        """The mode, default applied."""
+        return self.mode or ("min" if self.metric in LOWER_IS_BETTER else "max")
+
+
+class Evaluation(ApiModel):
+    """What is measured on the evaluation set, and when."""
+
+    kube_rules = (
+        Rule(
+            cel="!has(self.earlyStopping) || (has(self.metrics) && self.earlyStopping.metric in self.metrics)",
+            message="evaluation.earlyStopping.metric must be one of evaluation.metrics; add it to evaluation.metrics",
+            check=lambda e: e.early_stopping is None or e.early_stopping.metric in e.metrics,
+            field_path=".earlyStopping.metric",
+        ),
+    )
+
+    metrics: Metrics = Field(
+        default_factory=list,
+        description="Metrics such as ndcg@10, mrr, auc; the task's usual metrics when empty.",
+    )
+    every_steps: int | None = Field(
+        default=None,
+        ge=1,
+        le=10_000_000,
+        description="Evaluate every this many steps; at the end of each epoch when unset.",
+    )
+    early_stopping: EarlyStopping | None = Field(default=None, description="Stop early when a metric stops improving.")
+
+
+class FineTuneOutput(ApiModel):
+    """Where the trained model is published."""
+
+    uri: S3Prefix = Field(description="s3:// prefix (ending in '/') the model, checkpoints and manifest go under.")
+    merge_adapter: bool = Field(
+        default=False, description="lora/adalora: also publish a copy with the adapter merged into the base weights."
+    )
+
+
+class FineTuneRunSpec(CommonRunSpec):
+    """What a FineTuneRun trains, on which data, how, and where the model goes."""
+
+    kube_rules = CommonRunSpec.kube_rules + (
+        Rule(
+            cel="!has(self.output.mergeAdapter) || !self.output.mergeAdapter || "
+            f"(has(self.method) && self.method.type in {list(ADAPTER_METHODS)!r})",
+            message="output.mergeAdapter applies only when method.type is lora or adalora; remove it or change method",
+            check=lambda s: not s.output.merge_adapter or s.method.type in ADAPTER_METHODS,
+            field_path=".output.mergeAdapter",
+            reason="FieldValueForbidden",
+        ),
+        Rule(
+            cel="!has(self.distribution) || !has(self.distribution.gpusPerNode) || !has(self.resources) || "
+            "!has(self.resources.gpus) || self.distribution.gpusPerNode == self.resources.gpus",
+            message="distribution.gpusPerNode and resources.gpus disagree; set only distribution.gpusPerNode",
+            check=lambda s: (
+                s.distribution.gpus_per_node is None
+                or s.resources.gpus is None
+                or s.distribution.gpus_per_node == s.resources.gpus
+            ),
+            field_path=".resources.gpus",
+        ),
+    )
+
+    model: Annotated[ModelRef, _immutable("model")] = Field(
+        description="Base model: a hub id (org/name) or the s3:// URI of a model directory (works offline)."
+    )
+    task: Annotated[Task, _immutable("task")] = Field(
+        description="relevance (classify query-item pairs), relevanceRegression (predict a graded score), "
+        "ctr (predict clicks) or twoTower (train query and item embeddings for retrieval)."
+    )
+    data: Annotated[FineTuneData, _immutable("data")] = Field(description="Training and evaluation data.")
+    method: Method = Field(
+        default_factory=lambda: FullMethod(type="full"), description="Fine-tuning method; full when unset."
+    )
+    training: Training = Field(default_factory=Training, description="Optimisation settings.")
+    distribution: Distribution = Field(default_factory=Distribution, description="GPUs, nodes and numerics.")
+    checkpoint: Checkpoint = Field(default_factory=Checkpoint, description="Checkpoint cadence and retention.")
+    evaluation: Evaluation = Field(default_factory=Evaluation, description="Metrics and early stopping.")
+    output: Annotated[FineTuneOutput, _immutable("output")] = Field(description="Where the model is published.")
+
+    def gpus_per_pod(self) -> int:
+        """GPUs each training pod gets, defaults applied."""
+        if self.distribution.gpus_per_node is not None:
+            return self.distribution.gpus_per_node
+        return self.resources.gpus if self.resources.gpus is not None else 1
+
+    def effective_metrics(self) -> tuple[str, ...]:
+        """The metrics evaluated, defaults applied."""
+        return tuple(self.evaluation.metrics) or DEFAULT_METRICS[self.task]
+
+    def eval_fraction(self) -> float | None:
+        """Share held out for evaluation, or None when data.eval gives the evaluation set."""
+        if self.data.eval is not None:
+            return None
+        return self.data.eval_fraction if self.data.eval_fraction is not None else DEFAULT_EVAL_FRACTION
+
+
+class FineTuneRun(ApiModel):
+    """A whole FineTuneRun object as the API server returns it."""
+
+    api_version: Literal["sampleforge.io/v1alpha1"] = Field(
+        default="sampleforge.io/v1alpha1", description="API version."
+    )
+    kind: Literal["FineTuneRun"] = Field(default="FineTuneRun", description="Kind.")
+    metadata: dict[str, Any] = Field(default_factory=dict, description="Standard object metadata.")
+    spec: FineTuneRunSpec = Field(description="What the run does.")
+    status: FineTuneRunStatus | None = Field(default=None, description="What the run has done so far.")

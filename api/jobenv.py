@@ -1,0 +1,67 @@
+"""The environment contract between the operator, which renders a run's pods, and the jobs that
+run inside them. Each name is defined once here; the operator sets it, the jobs read it.
+
+The spec travels whole (``RUN_SPEC``, JSON in camelCase as the API server stores it) and the job
+validates it with the same models the CRD is generated from, so a pod can never run a
+configuration the API server would have rejected.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+_P: Final = "SAMPLEFORGE_"
+
+RUN_KIND: Final = _P + "RUN_KIND"
+RUN_NAME: Final = _P + "RUN_NAME"
+RUN_NAMESPACE: Final = _P + "RUN_NAMESPACE"
+RUN_UID: Final = _P + "RUN_UID"
+#: The run's spec as JSON (camelCase), validated by the job with the shared schema.
+RUN_SPEC: Final = _P + "RUN_SPEC"
+#: For a FineTuneRun fed by an AugmentationRun: the upstream run's committed output prefix.
+INPUT_URI: Final = _P + "INPUT_URI"
+
+#: MinIO connection; the keys come from the Secret named in spec.storage.credentialsSecret.
+S3_ENDPOINT: Final = _P + "S3_ENDPOINT"
+S3_SECURE: Final = _P + "S3_SECURE"
+S3_REGION: Final = _P + "S3_REGION"
+S3_ACCESS_KEY: Final = _P + "S3_ACCESS_KEY"
+S3_SECRET_KEY: Final = _P + "S3_SECRET_KEY"
+#: Model hub token (spec.hubToken), read by transformers under this standard name.
+HUB_TOKEN: Final = "HF_TOKEN"
+
+#: Where the pods send progress heartbeats, and the audience-bound token they authenticate with.
+HEARTBEAT_URL: Final = _P + "HEARTBEAT_URL"
+HEARTBEAT_TOKEN_FILE: Final = _P + "HEARTBEAT_TOKEN_FILE"
+HEARTBEAT_INTERVAL_SECONDS: Final = _P + "HEARTBEAT_INTERVAL_SECONDS"
+#: Audience of the projected ServiceAccount token the heartbeat endpoint accepts.
+HEARTBEAT_AUDIENCE: Final = "sampleforge.io/heartbeat"
+
+#: Sharding of an AugmentationRun's Indexed Job: this pod's shard and the shard count.
+#: (The index itself comes from Kubernetes' JOB_COMPLETION_INDEX.)
+SHARD_COUNT: Final = _P + "SHARD_COUNT"
+JOB_COMPLETION_INDEX: Final = "JOB_COMPLETION_INDEX"
+
+#: torch.distributed rendezvous for multi-node FineTuneRuns (node rank = completion index).
+MASTER_ADDR: Final = "MASTER_ADDR"
+MASTER_PORT: Final = "MASTER_PORT"
+NUM_NODES: Final = _P + "NUM_NODES"
+GPUS_PER_NODE: Final = _P + "GPUS_PER_NODE"
+
+#: Where a job keeps downloads (models, shards) between restarts of the same pod.
+CACHE_DIR: Final = _P + "CACHE_DIR"
+
+#: The job image's single entry point; it dispatches on RUN_KIND. The operator runs it as the
+#: container command, so the image's ENTRYPOINT/CMD do not matter.
+ENTRYPOINT: Final = "sampleforge-job"
+
+# --- exit codes: the operator's Job podFailurePolicy acts on these ---------------------------
+
+#: The run's configuration is unusable (RUN_SPEC invalid, a required variable missing): retrying
+#: cannot help, so the Job's podFailurePolicy fails the whole Job at once (action FailJob) instead
+#: of burning through backoffLimit. 2 is also what argparse exits with on bad arguments.
+EXIT_INVALID_CONFIG: Final = 2
+#: The pod got SIGTERM (preemption, eviction, node drain, deletion), saved a checkpoint and
+#: stopped: 128 + SIGTERM. It is an ordinary retryable failure; when Kubernetes marks the pod with
+#: the DisruptionTarget condition it does not count against backoffLimit at all (action Ignore).
+EXIT_TERMINATED: Final = 143

@@ -1,0 +1,152 @@
+"""Per-row random streams that do not depend on sharding, process or Python's ``hash()``.
+
+An augmentation run is split into shards that run in different pods, and a restarted shard must
+produce byte-identical rows. So the random numbers a row sees may depend only on
+``(seed, augmenter name, row index)``, never on which rows came before it in the same process.
+
+Creating a ``numpy.random.Generator`` per row costs more than the edits themselves (tens of
+microseconds), so each row gets a counter-based stream instead: value ``j`` of row ``r`` is
+SplitMix64 of ``key(seed, salt, r) + (j + 1) * golden``. The first values of every row in a batch are
+computed at once with vectorised numpy; a row that needs more continues the same sequence in pure
+Python, so the values are identical whichever path produced them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+__all__ = ["BatchRandom", "RowRandom", "row_stream", "stable_salt"]
+
+_MASK = (1 << 64) - 1
+_GOLDEN = 0x9E3779B97F4A7C15
+_C1 = 0xBF58476D1CE4E5B9
+_C2 = 0x94D049BB133111EB
+_INV_2_53 = 1.0 / (1 << 53)
+
+
+def _mix(z: int) -> int:
+    """SplitMix64 finaliser on a Python int (must agree bit for bit with :func:`_mix_array`)."""
+    z &= _MASK
+    z = ((z ^ (z >> 30)) * _C1) & _MASK
+    z = ((z ^ (z >> 27)) * _C2) & _MASK
+    return z ^ (z >> 31)
+
+
+def _mix_array(z: np.ndarray) -> np.ndarray:
+    """SplitMix64 finaliser on a uint64 array; numpy arrays wrap on overflow, as the algorithm needs."""
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(_C1)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(_C2)
+    out: np.ndarray = z ^ (z >> np.uint64(31))
+    return out
+
+
+def stable_salt(name: str) -> int:
+    """FNV-1a 64 of ``name``: a per-augmenter salt that, unlike ``hash()``, is the same in every process."""
+    h = 0xCBF29CE484222325
+    for byte in name.encode("utf-8"):
+        h = ((h ^ byte) * 0x100000001B3) & _MASK
+    return h
+
+
+def _row_key(seed: int, salt: int, row: int) -> int:
+    return _mix(_mix((seed & _MASK) ^ salt) + (row & _MASK) * _GOLDEN)
+
+
+class RowRandom:
+    """A deterministic stream of uniform floats in [0, 1) for one row at a time.
+
+    One object serves a whole batch: :meth:`BatchRandom.select` points it at a row's precomputed
+    values, so no per-row object or list slice is created. Past the precomputed values the same
+    sequence continues in pure Python. Only the two operations the augmenters need are offered,
+    as plain methods on a slotted object, because they are called a few times per word.
+    """
+
+    __slots__ = ("_base", "_end", "_key", "_pos", "_values")
+
+    def __init__(self, key: int, values: list[float], start: int = 0, end: int | None = None) -> None:
+        self._key = key
+        self._values = values
+        self._pos = start
+        self._base = start
+        self._end = len(values) if end is None else end
+
+    def random(self) -> float:
+        """The next float in [0, 1)."""
+        pos = self._pos
+        self._pos = pos + 1
+        if pos < self._end:
+            return self._values[pos]
+        return _value(self._key, pos - self._base)
+
+    def below(self, n: int) -> int:
+        """A uniform int in ``range(n)`` (``n >= 1``); the 53-bit float makes the bias negligible."""
+        pos = self._pos
+        self._pos = pos + 1
+        if pos < self._end:
+            return int(self._values[pos] * n)
+        return int(_value(self._key, pos - self._base) * n)
+
+    def take(self, n: int) -> list[float]:
+        """The next ``n`` floats at once (a list slice: much cheaper than ``n`` calls)."""
+        pos = self._pos
+        end = pos + n
+        self._pos = end
+        if end <= self._end:
+            return self._values[pos:end]
+        head = self._values[pos : self._end] if pos < self._end else []
+        first = max(pos, self._end)
+        return head + [_value(self._key, j - self._base) for j in range(first, end)]
+
+
+def _value(key: int, j: int) -> float:
+    """Value ``j`` (0-based) of the stream with ``key``, computed directly."""
+    return (_mix(key + (j + 1) * _GOLDEN) >> 11) * _INV_2_53
+
+
+class BatchRandom:
+    """Precomputed stream prefixes for a batch of rows; ``select(i)`` gives row ``rows[i]``'s stream.
+
+    ``draws`` is only a speed hint (how many values row ``i`` is likely to use); it never changes the
+    values a row sees.
+    """
+
+    __slots__ = ("_keys", "_offsets", "_stream", "_values")
+
+    def __init__(self, seed: int, salt: int, rows: Sequence[int], draws: Sequence[int]) -> None:
+        n = len(rows)
+        self._stream = RowRandom(0, [], 0, 0)
+        if n == 0:
+            self._keys: list[int] = []
+            self._values: list[float] = []
+            self._offsets: list[int] = [0]
+            return
+        seed_part = _mix((seed & _MASK) ^ salt)
+        row_arr = np.asarray([r & _MASK for r in rows], dtype=np.uint64)
+        keys = _mix_array(np.uint64(seed_part) + row_arr * np.uint64(_GOLDEN))
+        counts = np.maximum(np.asarray(draws, dtype=np.int64), 1)
+        ends = np.cumsum(counts)
+        starts = ends - counts
+        total = int(ends[-1])
+        # counter j + 1 within each row's segment, laid out row after row
+        counters = np.arange(1, total + 1, dtype=np.uint64) - np.repeat(starts, counts).astype(np.uint64)
+        z = np.repeat(keys, counts) + counters * np.uint64(_GOLDEN)
+        self._values = ((_mix_array(z) >> np.uint64(11)).astype(np.float64) * _INV_2_53).tolist()
+        self._keys = keys.tolist()
+        self._offsets = starts.tolist() + [total]
+
+    def select(self, i: int) -> RowRandom:
+        """The stream of the batch's row ``i`` (the same object each call, repositioned)."""
+        stream = self._stream
+        stream._key = self._keys[i]
+        stream._values = self._values
+        stream._pos = stream._base = self._offsets[i]
+        stream._end = self._offsets[i + 1]
+        return stream
+
+
+def row_stream(seed: int, salt: int, row: int, draws: int = 32) -> RowRandom:
+    """A standalone stream for one row (tests and one-off use); equal to what a batch gives that row."""
+    batch = BatchRandom(seed, salt, [row], [draws])
+    return RowRandom(batch._keys[0], batch._values)

@@ -1,0 +1,103 @@
+"""The job side of the heartbeat channel: report progress to the operator, rate-limited, in the
+background, and never let a monitoring hiccup fail the work.
+
+Each send reads the projected ServiceAccount token afresh (the kubelet rotates it) and POSTs a
+:class:`~sampleforge.api.heartbeat.Heartbeat`. Sends are coalesced: ``update()`` only records the
+latest state, and a background thread sends it at most once per interval, so a training loop can
+call ``update()`` every step for free.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import urllib.error
+import urllib.request
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from sampleforge.api import jobenv
+from sampleforge.api.heartbeat import Heartbeat
+
+log = logging.getLogger(__name__)
+
+
+class HeartbeatSender:
+    """Coalescing, background heartbeat sender. Without a configured URL it only logs progress."""
+
+    def __init__(self, identity: Mapping[str, Any], url: str | None, token_file: Path | None,
+                 interval: float = 10.0) -> None:
+        self.identity = dict(identity)
+        self.url = url
+        self.token_file = token_file
+        self.interval = interval
+        self._latest: dict[str, Any] | None = None
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="heartbeat", daemon=True)
+        self.sent = 0
+        self.failures = 0
+
+    @classmethod
+    def from_env(cls, identity: Mapping[str, Any], env: Mapping[str, str] | None = None) -> HeartbeatSender:
+        env = os.environ if env is None else env
+        token = env.get(jobenv.HEARTBEAT_TOKEN_FILE)
+        return cls(identity, env.get(jobenv.HEARTBEAT_URL) or None, Path(token) if token else None,
+                   float(env.get(jobenv.HEARTBEAT_INTERVAL_SECONDS, "10")))
+
+    def start(self) -> HeartbeatSender:
+        self._thread.start()
+        return self
+
+    def update(self, **fields: Any) -> None:
+        """Record the latest progress (``done``, ``total``, ``rate``, ``augmentation``, ...)."""
+        with self._lock:
+            self._latest = fields
+
+    def flush(self) -> None:
+        """Send the latest state now (at the end of a run, or before a checkpoint's long pause)."""
+        self._send_latest()
+
+    def stop(self) -> None:
+        self._stopped.set()
+        self._wake.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=self.interval + 5)
+        self._send_latest()
+
+    def _loop(self) -> None:
+        while not self._stopped.is_set():
+            self._wake.wait(self.interval)
+            if not self._stopped.is_set():
+                self._send_latest()
+
+    def _send_latest(self) -> None:
+        with self._lock:
+            fields, self._latest = self._latest, None
+        if fields is None:
+            return
+        message = Heartbeat.model_validate({**self.identity, **fields, "sentAt": datetime.now(UTC)})
+        body = message.model_dump(mode="json", by_alias=True, exclude_none=True)
+        if not self.url:
+            log.info("progress", extra={"heartbeat": body})
+            return
+        try:
+            token = self.token_file.read_text().strip() if self.token_file else ""
+            request = urllib.request.Request(self.url, data=json.dumps(body).encode(), method="POST",
+                                             headers={"Content-Type": "application/json",
+                                                      "Authorization": f"Bearer {token}"})
+            with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310 - operator-configured URL
+                response.read()
+            self.sent += 1
+        except (OSError, urllib.error.URLError) as err:
+            # Progress is best effort: the operator marks a run stale if heartbeats stop for long.
+            self.failures += 1
+            log.warning("heartbeat not delivered", extra={"error": str(err), "url": self.url})
+            with self._lock:
+                if self._latest is None:
+                    self._latest = fields

@@ -1,0 +1,249 @@
+"""MinIO storage for the jobs: ``s3://`` URIs, streaming reads, multipart writes, cached
+downloads of model directories, and the commit protocol every output follows.
+
+The commit protocol: a job writes its data objects first and its ``manifest.json`` last. The
+manifest lists every object it vouches for (key, size, sha256). Readers trust a prefix only when
+its manifest exists, and read only the objects the manifest lists, so a job killed half-way leaves
+nothing that looks finished, and leftovers of a failed attempt are never read.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+import urllib3
+from minio import Minio
+from minio.error import S3Error
+
+from sampleforge.api import jobenv
+
+MANIFEST_NAME = "manifest.json"
+_PART_SIZE = 16 * 1024 * 1024
+
+
+class StorageError(RuntimeError):
+    """An object or bucket could not be read or written; the message names it and what to check."""
+
+
+@dataclass(frozen=True)
+class S3Uri:
+    bucket: str
+    key: str
+
+    @classmethod
+    def parse(cls, uri: str) -> S3Uri:
+        if not uri.startswith("s3://"):
+            raise StorageError(f"{uri!r} is not an s3:// URI; write it as s3://bucket/key")
+        bucket, _, key = uri[len("s3://"):].partition("/")
+        if not bucket:
+            raise StorageError(f"{uri!r} names no bucket; write it as s3://bucket/key")
+        return cls(bucket, key)
+
+    def join(self, *parts: str) -> S3Uri:
+        key = self.key
+        for part in parts:
+            key = f"{key.rstrip('/')}/{part.lstrip('/')}" if key else part.lstrip("/")
+        return S3Uri(self.bucket, key)
+
+    @property
+    def name(self) -> str:
+        return self.key.rstrip("/").rsplit("/", 1)[-1]
+
+    def __str__(self) -> str:
+        return f"s3://{self.bucket}/{self.key}"
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+class ObjectStore:
+    """A thin, intention-revealing layer over the minio client; errors name the object."""
+
+    def __init__(self, client: Minio) -> None:
+        self.client = client
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> ObjectStore:
+        env = os.environ if env is None else env
+        missing = [v for v in (jobenv.S3_ENDPOINT, jobenv.S3_ACCESS_KEY, jobenv.S3_SECRET_KEY) if not env.get(v)]
+        if missing:
+            raise StorageError(f"environment variables {', '.join(missing)} are not set; the operator sets them "
+                               "from spec.storage and its credentials Secret")
+        # Bounded retries with backoff: a MinIO restart must not fail a ten-hour job.
+        http = urllib3.PoolManager(retries=urllib3.Retry(total=5, backoff_factor=0.5,
+                                                         status_forcelist=(500, 502, 503, 504)))
+        return cls(Minio(env[jobenv.S3_ENDPOINT], access_key=env[jobenv.S3_ACCESS_KEY],
+                         secret_key=env[jobenv.S3_SECRET_KEY], secure=env.get(jobenv.S3_SECURE, "") == "true",
+                         region=env.get(jobenv.S3_REGION) or None, http_client=http))
+
+    # -- errors ----------------------------------------------------------------------------
+
+    def _fail(self, err: S3Error, uri: S3Uri, action: str) -> StorageError:
+        hints = {
+            "NoSuchBucket": f"bucket {uri.bucket!r} does not exist; create it or fix the URI",
+            "NoSuchKey": f"{uri} does not exist; check the URI",
+            "AccessDenied": "access denied; check the credentials Secret and the bucket policy",
+            "InvalidAccessKeyId": "the access key is unknown to the server; check the credentials Secret",
+            "SignatureDoesNotMatch": "the secret key is wrong; check the credentials Secret",
+        }
+        return StorageError(f"cannot {action} {uri}: {hints.get(err.code or '', err.message or err.code)}")
+
+    # -- reading ---------------------------------------------------------------------------
+
+    def exists(self, uri: S3Uri) -> bool:
+        try:
+            self.client.stat_object(uri.bucket, uri.key)
+            return True
+        except S3Error as err:
+            if err.code in ("NoSuchKey", "NoSuchObject", "ResourceNotFound"):
+                return False
+            raise self._fail(err, uri, "check") from err
+
+    def etag(self, uri: S3Uri) -> str:
+        try:
+            return str(self.client.stat_object(uri.bucket, uri.key).etag)
+        except S3Error as err:
+            raise self._fail(err, uri, "stat") from err
+
+    def read_bytes(self, uri: S3Uri) -> bytes:
+        try:
+            response = self.client.get_object(uri.bucket, uri.key)
+        except S3Error as err:
+            raise self._fail(err, uri, "read") from err
+        try:
+            return bytes(response.read())
+        finally:
+            response.close()
+            response.release_conn()
+
+    def open(self, uri: S3Uri) -> IO[bytes]:
+        """A streaming reader; the caller closes it. Nothing is held in memory beyond a buffer."""
+        try:
+            response = self.client.get_object(uri.bucket, uri.key)
+        except S3Error as err:
+            raise self._fail(err, uri, "read") from err
+        return response  # type: ignore[return-value]  # urllib3 response is a binary file object
+
+    def list(self, prefix: S3Uri, recursive: bool = True) -> Iterator[tuple[S3Uri, int, str]]:
+        """(uri, size, etag) of every object under ``prefix``, in key order."""
+        try:
+            for obj in self.client.list_objects(prefix.bucket, prefix=prefix.key, recursive=recursive):
+                if obj.object_name and not obj.is_dir:
+                    yield S3Uri(prefix.bucket, obj.object_name), int(obj.size or 0), str(obj.etag or "")
+        except S3Error as err:
+            raise self._fail(err, prefix, "list") from err
+
+    def download_file(self, uri: S3Uri, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.client.fget_object(uri.bucket, uri.key, str(path))
+        except S3Error as err:
+            raise self._fail(err, uri, "download") from err
+
+    # -- writing ---------------------------------------------------------------------------
+
+    def write_bytes(self, uri: S3Uri, data: bytes, content_type: str = "application/octet-stream") -> str:
+        try:
+            result = self.client.put_object(uri.bucket, uri.key, io.BytesIO(data), len(data),
+                                            content_type=content_type)
+        except S3Error as err:
+            raise self._fail(err, uri, "write") from err
+        return str(result.etag)
+
+    def write_json(self, uri: S3Uri, document: Any) -> str:
+        data = json.dumps(document, indent=2, sort_keys=True, ensure_ascii=False, default=str).encode()
+        return self.write_bytes(uri, data, "application/json")
+
+    def upload_file(self, uri: S3Uri, path: Path, content_type: str = "application/octet-stream") -> str:
+        """Multipart for large files, so a multi-GB checkpoint never needs to fit in memory."""
+        try:
+            result = self.client.fput_object(uri.bucket, uri.key, str(path), content_type=content_type,
+                                             part_size=_PART_SIZE)
+        except S3Error as err:
+            raise self._fail(err, uri, "upload") from err
+        return str(result.etag)
+
+    def delete_prefix(self, prefix: S3Uri) -> int:
+        removed = 0
+        for uri, _, _ in list(self.list(prefix)):
+            self.client.remove_object(uri.bucket, uri.key)
+            removed += 1
+        return removed
+
+    # -- the commit protocol ---------------------------------------------------------------
+
+    def commit(self, prefix: S3Uri, manifest: dict[str, Any]) -> S3Uri:
+        """Write the manifest, and with it the claim that everything it lists is complete."""
+        uri = prefix.join(MANIFEST_NAME)
+        self.write_json(uri, manifest)
+        return uri
+
+    def read_manifest(self, prefix: S3Uri) -> dict[str, Any] | None:
+        """The committed manifest under ``prefix``, or None when nothing is committed there."""
+        uri = prefix.join(MANIFEST_NAME)
+        if not self.exists(uri):
+            return None
+        document = json.loads(self.read_bytes(uri))
+        if not isinstance(document, dict):
+            raise StorageError(f"{uri} is not a JSON object; it was not written by sampleforge")
+        return document
+
+    def upload_directory(self, directory: Path, prefix: S3Uri) -> list[dict[str, Any]]:
+        """Upload every file under ``directory``; return manifest entries (key, size, sha256)."""
+        entries = []
+        for path in sorted(p for p in directory.rglob("*") if p.is_file()):
+            rel = path.relative_to(directory).as_posix()
+            self.upload_file(prefix.join(rel), path)
+            entries.append({"path": rel, "size": path.stat().st_size, "sha256": sha256_file(path)})
+        return entries
+
+    def download_committed(self, prefix: S3Uri, directory: Path) -> dict[str, Any]:
+        """Download what a manifest lists into ``directory``, reusing files already there whose
+        sha256 matches (a restarted pod does not download a model twice), and verify every file."""
+        manifest = self.read_manifest(prefix)
+        if manifest is None:
+            raise StorageError(f"{prefix} has no {MANIFEST_NAME}: it was never committed (or is still being "
+                               "written); point at a committed output")
+        for entry in manifest.get("files", []):
+            target = directory / entry["path"]
+            if target.exists() and target.stat().st_size == entry["size"] and sha256_file(target) == entry["sha256"]:
+                continue
+            self.download_file(prefix.join(entry["path"]), target)
+            if sha256_file(target) != entry["sha256"]:
+                raise StorageError(f"{prefix.join(entry['path'])} does not match the sha256 in its manifest; "
+                                   "the object was changed after it was committed")
+        return manifest
+
+    def download_prefix(self, prefix: S3Uri, directory: Path) -> list[Path]:
+        """Mirror every object under ``prefix`` (e.g. a model directory a user uploaded, with no
+        manifest) into ``directory``. Files whose size and ETag match the last download are reused;
+        the ETag index lives beside the files."""
+        index_path = directory / ".sampleforge-etags.json"
+        index: dict[str, str] = json.loads(index_path.read_text()) if index_path.exists() else {}
+        root = prefix.key.rstrip("/") + "/" if prefix.key else ""
+        paths = []
+        for uri, size, etag in self.list(S3Uri(prefix.bucket, root)):
+            rel = uri.key[len(root):]
+            target = directory / rel
+            if not (target.exists() and target.stat().st_size == size and index.get(rel) == etag):
+                self.download_file(uri, target)
+                index[rel] = etag
+            paths.append(target)
+        if not paths:
+            raise StorageError(f"nothing found under {prefix}; check the URI (a model directory needs config.json "
+                               "and the weights)")
+        directory.mkdir(parents=True, exist_ok=True)
+        index_path.write_text(json.dumps(index, indent=1, sort_keys=True))
+        return paths

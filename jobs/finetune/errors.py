@@ -1,0 +1,74 @@
+"""What can end a fine-tune pod, and the exit code each ending gets.
+
+Exit codes are the pod's only reliable channel to the Job controller: a Job's ``podFailurePolicy``
+matches them, so the operator can retry a preempted pod without counting it against
+``backoffLimit`` and fail the run at once on input that no retry will fix. Each code is therefore
+distinct and stable, and each error carries the condition reason the operator shows to users.
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+from sampleforge.api.constants import Reason
+
+
+class ExitCode(IntEnum):
+    """Process exit statuses of ``python -m sampleforge.jobs.finetune``."""
+
+    #: Trained, evaluated and published; the output manifest is committed.
+    SUCCESS = 0
+    #: Anything unexpected (a bug, an out-of-memory error): worth a retry.
+    UNEXPECTED = 1
+    #: The environment or the spec is unusable, or a checkpoint belongs to another configuration.
+    CONFIGURATION = 2
+    #: The base model cannot be loaded (spec.model).
+    MODEL_UNAVAILABLE = 3
+    #: The training or evaluation data cannot be read or is unusable (spec.data).
+    DATASET_UNREADABLE = 4
+    #: SIGTERM (preemption, eviction, node drain) arrived; a checkpoint was committed first, so a
+    #: retried pod resumes from it. 75 is EX_TEMPFAIL from sysexits.h: "try again later".
+    PREEMPTED = 75
+
+
+class FineTuneError(RuntimeError):
+    """A failure whose message names the spec field at fault and what to do about it."""
+
+    exit_code: ExitCode = ExitCode.UNEXPECTED
+    reason: Reason = Reason.FAILED
+
+
+class SpecError(FineTuneError):
+    """The spec asks for something this data or model cannot do (found only at run time)."""
+
+    exit_code = ExitCode.CONFIGURATION
+    reason = Reason.INVALID_SPEC
+
+
+class ModelUnavailableError(FineTuneError):
+    """spec.model cannot be downloaded or loaded."""
+
+    exit_code = ExitCode.MODEL_UNAVAILABLE
+    reason = Reason.MODEL_UNAVAILABLE
+
+
+class DatasetError(FineTuneError):
+    """spec.data (or the upstream run's output) cannot be read, or holds no usable rows."""
+
+    exit_code = ExitCode.DATASET_UNREADABLE
+    reason = Reason.DATASET_UNREADABLE
+
+
+class CheckpointMismatchError(SpecError):
+    """The latest committed checkpoint was written for a configuration it cannot be resumed into."""
+
+
+class Preempted(Exception):  # noqa: N818 - an outcome, not a failure
+    """Raised after the SIGTERM checkpoint is committed, to unwind to the entry point."""
+
+    exit_code = ExitCode.PREEMPTED
+
+    def __init__(self, step: int, checkpoint_uri: str | None) -> None:
+        super().__init__(f"stopped at step {step} on SIGTERM; checkpoint {checkpoint_uri or '(none: no step done)'}")
+        self.step = step
+        self.checkpoint_uri = checkpoint_uri

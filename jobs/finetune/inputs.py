@@ -1,0 +1,164 @@
+"""The run's inputs: which data and which model, read from where the spec says; and the task's
+datasets built from them (train rows, evaluation set).
+
+Kept apart from the recipe so the benchmark can hand the recipe the same inputs read from local
+files, and so the recipe reads as a sequence of steps rather than of URI handling.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from numpy.typing import NDArray
+
+from sampleforge.api.finetune import FineTuneRunSpec, Task
+from sampleforge.jobs.common.storage import ObjectStore, S3Uri
+
+from .batches import (BucketBatchSampler, Collator, PairDataset, TextDataset, TwoTowerDataset, make_loader,
+                      tokenize)
+from .data import Dataset, Examples, Rejected, read_committed, read_dataset, split_by_query
+from .errors import SpecError
+from .evaluate import CrossEvalSet, TowerEvalSet
+from .labels import LabelSpace, Targets
+from .model_source import ModelSource, resolve_model
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """Everything the run reads before training: the base model and the data."""
+
+    model: ModelSource
+    train: Dataset
+    #: data.eval when given; None means "hold out part of train, split by query".
+    eval: Dataset | None
+    #: Which spec field the training rows came from (for messages and the model card).
+    train_field: str
+
+
+def resolve_inputs(spec: FineTuneRunSpec, input_uri: str | None, store: ObjectStore, cache_dir: Path,
+                   show_progress: bool) -> Inputs:
+    """Read the data the spec names and fetch the model; errors name the spec field."""
+    need_label = spec.task != Task.TWO_TOWER
+    if spec.data.uri is not None:
+        field = "data.uri"
+        train = read_dataset(store, spec.data.uri, spec.data.format, spec.data.columns, field, need_label)
+    else:
+        field = "data.fromAugmentationRun"
+        if not input_uri:
+            raise SpecError(f"data.fromAugmentationRun is {spec.data.from_augmentation_run!r} but "
+                            "SAMPLEFORGE_INPUT_URI is not set: the operator sets it to that run's committed output "
+                            "once it has succeeded; set it by hand when running the job yourself")
+        train = read_committed(store, S3Uri.parse(input_uri), field, need_label)
+    evaluation = None
+    if spec.data.eval is not None:
+        evaluation = read_dataset(store, spec.data.eval, None, train.columns, "data.eval", need_label)
+    model = resolve_model(spec.model, store, cache_dir, show_progress)
+    return Inputs(model, train, evaluation, field)
+
+
+@dataclass(frozen=True)
+class Split:
+    """Labelled training and evaluation rows, after the label space has read them."""
+
+    train: Examples
+    train_targets: Targets
+    eval: Examples
+    eval_targets: Targets
+    rejected: Rejected
+
+
+def split_and_encode(spec: FineTuneRunSpec, inputs: Inputs, space: LabelSpace) -> Split:
+    """Hold out evaluation rows by query (unless data.eval is given) and encode every label."""
+    rejected = Rejected()
+    rejected.rows.extend(inputs.train.rejected.rows)
+    rejected.reasons.update(inputs.train.rejected.reasons)
+    train, evaluation = inputs.train.examples, None
+    if inputs.eval is None:
+        fraction = spec.eval_fraction()
+        assert fraction is not None
+        train_idx, eval_idx = split_by_query(train.queries, fraction, spec.training.seed)
+        train, evaluation = train.take(train_idx), train.take(eval_idx)
+    else:
+        rejected.rows.extend(inputs.eval.rejected.rows)
+        rejected.reasons.update(inputs.eval.rejected.reasons)
+        evaluation = inputs.eval.examples
+    train, train_targets = space.encode(train, rejected, inputs.train_field)
+    evaluation, eval_targets = space.encode(evaluation, rejected, "data.eval" if inputs.eval else inputs.train_field)
+    if spec.task == Task.TWO_TOWER:
+        # Two-tower trains on positive pairs only; the others still count as judged in evaluation.
+        positive = np.flatnonzero(train_targets.grades > 0)
+        train = train.take(positive)
+        train_targets = Targets(train_targets.targets[positive], train_targets.grades[positive])
+    if len(train) == 0:
+        raise SpecError(f"no usable training rows in {inputs.train.uri} ({inputs.train_field}) after reading labels; "
+                        f"rows set aside: {dict(rejected.reasons)}")
+    if len(evaluation) == 0:
+        raise SpecError("the evaluation set is empty; set data.eval or a larger data.evalFraction")
+    return Split(train, train_targets, evaluation, eval_targets, rejected)
+
+
+def _keys(texts: list[str]) -> NDArray[np.int64]:
+    """An integer per distinct text (the same text, the same key)."""
+    _, inverse = np.unique(np.asarray(texts, dtype=object), return_inverse=True)
+    return inverse.astype(np.int64)
+
+
+@dataclass(frozen=True)
+class Loaders:
+    """Data loaders before ``accelerator.prepare``, and the sampler whose epoch the loop sets."""
+
+    train: torch.utils.data.DataLoader[dict[str, Any]]
+    sampler: BucketBatchSampler
+    eval: CrossEvalSet | TowerEvalSet
+
+
+def build_loaders(spec: FineTuneRunSpec, split: Split, tokenizer: Any, use_token_types: bool,
+                  on_gpu: bool) -> Loaders:
+    """Tokenise once and build the task's training loader and evaluation set."""
+    t = spec.training
+    collator = Collator(tokenizer.pad_token_id or 0, pad_to_multiple_of=8 if on_gpu else None)
+    workers = 2 if on_gpu else 0
+
+    def loader(dataset: Any, shuffle: bool, batch_size: int) -> Any:
+        sampler = BucketBatchSampler(dataset.lengths, batch_size, t.seed, shuffle=shuffle)
+        return make_loader(dataset, sampler, collator, num_workers=workers if shuffle else 0, pin_memory=on_gpu)
+
+    if spec.task == Task.TWO_TOWER:
+        train_ds: Any = TwoTowerDataset(tokenize(tokenizer, split.train.queries, None, t.max_length),
+                                        tokenize(tokenizer, split.train.items, None, t.max_length),
+                                        _keys(split.train.queries), _keys(split.train.items))
+        queries = list(dict.fromkeys(split.eval.queries))
+        corpus = list(dict.fromkeys(split.eval.items))
+        q_index = {q: i for i, q in enumerate(queries)}
+        c_index = {c: i for i, c in enumerate(corpus)}
+        relevance = np.zeros((len(queries), len(corpus)))
+        for q, item, grade in zip(split.eval.queries, split.eval.items, split.eval_targets.grades, strict=True):
+            relevance[q_index[q], c_index[item]] = max(relevance[q_index[q], c_index[item]], grade)
+        evaluation: CrossEvalSet | TowerEvalSet = TowerEvalSet(
+            loader(TextDataset(tokenize(tokenizer, queries, None, t.max_length)), False, t.batch_size * 2),
+            loader(TextDataset(tokenize(tokenizer, corpus, None, t.max_length)), False, t.batch_size * 2),
+            queries, corpus, relevance)
+    else:
+        train_ds = PairDataset(tokenize(tokenizer, split.train.queries, split.train.items, t.max_length),
+                               split.train_targets.targets, split.train.dense, use_token_types)
+        eval_ds = PairDataset(tokenize(tokenizer, split.eval.queries, split.eval.items, t.max_length),
+                              split.eval_targets.targets, split.eval.dense, use_token_types)
+        evaluation = CrossEvalSet(loader(eval_ds, False, t.batch_size * 2), split.eval.queries, split.eval.items,
+                                  split.eval.labels or [None] * len(split.eval), split.eval_targets.targets,
+                                  split.eval_targets.grades)
+    train_loader = loader(train_ds, True, t.batch_size)
+    return Loaders(train_loader, train_loader.batch_sampler, evaluation)
+
+
+def dense_stats(examples: Examples) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """Mean and standard deviation of the training rows' dense features (None without any)."""
+    if examples.dense is None or examples.dense.shape[1] == 0:
+        return None
+    return torch.from_numpy(examples.dense.mean(axis=0)), torch.from_numpy(examples.dense.std(axis=0))

@@ -1,0 +1,227 @@
+"""The models each task trains, and the fine-tuning methods applied to their encoders.
+
+Every task puts a small head of its own on a transformers ``AutoModel`` encoder, instead of using
+``AutoModelForSequenceClassification``: a CTR model concatenates dense features to the pooled
+text vector, a two-tower model has no head at all, and prefix tuning through peft only works on
+BERT-style encoders as a feature extractor (the sequence-classification wrapper refuses it in
+transformers 5). One shape for all tasks keeps the training loop, checkpoints and the published
+layout the same everywhere.
+
+* :class:`CrossEncoder` — relevance (classes or a regression score) and CTR: ``[CLS]`` vector of
+  the (query, item) pair, dense features (standardised with the training set's mean and std) appended,
+  dropout, linear.
+* :class:`TwoTower` — query and item encoders (one shared encoder, or two), mean pooling, L2
+  normalisation; trained with in-batch negatives (InfoNCE with a temperature).
+
+peft wraps the encoder(s) only; the head is always fully trained.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F  # noqa: N812 - the usual name
+from peft import AdaLoraConfig, AdaLoraModel, LoraConfig, PeftModel, PrefixTuningConfig, TaskType, get_peft_model
+from torch import nn
+from transformers import AutoModel, PreTrainedModel
+
+from sampleforge.api.finetune import AdaLoraMethod, FullMethod, LoraMethod, PrefixTuningMethod, Task
+
+from .model_source import ModelSource, load_failure
+
+#: In-batch-negative temperature of the two-tower loss (the spec has no field for it yet): 0.05,
+#: i.e. a cosine-similarity scale of 20, as sentence-transformers' MultipleNegativesRankingLoss.
+TWO_TOWER_TEMPERATURE = 0.05
+#: Whether query and item share one encoder (the spec has no field for it yet).
+TWO_TOWER_SHARED = True
+
+MethodSpec = FullMethod | LoraMethod | AdaLoraMethod | PrefixTuningMethod
+
+
+def freeze_unused_pooler(encoder: nn.Module) -> None:
+    """BERT-style encoders carry a pooler no head here uses; freeze it so that DDP does not wait for
+    gradients that never come (and AdamW does not decay weights nobody trains)."""
+    pooler = getattr(encoder, "pooler", None)
+    if isinstance(pooler, nn.Module):
+        pooler.requires_grad_(False)
+
+
+def apply_method(encoder: nn.Module, method: MethodSpec, total_steps: int) -> nn.Module:
+    """Wrap ``encoder`` for the fine-tuning method in spec.method (full: unchanged)."""
+    if isinstance(method, FullMethod):
+        return encoder
+    config: Any
+    if isinstance(method, LoraMethod | AdaLoraMethod):
+        # Empty target_modules: peft's usual choice for the model type (query and value for BERT).
+        targets = list(method.target_modules) or None
+    if isinstance(method, LoraMethod):
+        config = LoraConfig(task_type=TaskType.FEATURE_EXTRACTION, r=method.rank, lora_alpha=method.alpha,
+                            lora_dropout=method.dropout, target_modules=targets)
+    elif isinstance(method, AdaLoraMethod):
+        # AdaLoRA's budget schedule: full rank for the first 10 % of steps, final rank for the last 20 %.
+        steps = max(total_steps, 10)
+        config = AdaLoraConfig(task_type=TaskType.FEATURE_EXTRACTION, init_r=method.initial_rank,
+                               target_r=method.rank, lora_alpha=method.alpha, lora_dropout=method.dropout,
+                               target_modules=targets, total_step=steps, tinit=steps // 10,
+                               tfinal=steps // 5)
+    else:
+        config = PrefixTuningConfig(task_type=TaskType.FEATURE_EXTRACTION,
+                                    num_virtual_tokens=method.num_virtual_tokens,
+                                    prefix_projection=method.projection)
+    return get_peft_model(encoder, config)  # type: ignore[arg-type]
+
+
+def uses_token_types(method: MethodSpec) -> bool:
+    """peft's prefix tuning drops token_type_ids (with a warning per call); do not send them."""
+    return not isinstance(method, PrefixTuningMethod)
+
+
+@dataclass(frozen=True)
+class HeadConfig:
+    """What the published model needs besides the encoder weights to be used again."""
+
+    task: Task
+    num_outputs: int
+    num_dense: int = 0
+    dropout: float = 0.1
+    shared_towers: bool = TWO_TOWER_SHARED
+    temperature: float = TWO_TOWER_TEMPERATURE
+
+
+class CrossEncoder(nn.Module):
+    """Scores a (query, item) pair: relevance classes, a relevance score, or a click logit."""
+
+    def __init__(self, encoder: nn.Module, config: HeadConfig, hidden_size: int) -> None:
+        super().__init__()
+        self.config = config
+        self.encoder = encoder
+        self.dropout = nn.Dropout(config.dropout)
+        self.head = nn.Linear(hidden_size + config.num_dense, config.num_outputs)
+        # Standardisation of dense features, learned from the training rows (part of the model).
+        self.register_buffer("dense_mean", torch.zeros(config.num_dense))
+        self.register_buffer("dense_std", torch.ones(config.num_dense))
+
+    def set_dense_stats(self, mean: torch.Tensor, std: torch.Tensor) -> None:
+        self.dense_mean.copy_(mean)
+        self.dense_std.copy_(torch.clamp(std, min=1e-6))
+
+    def forward(self, inputs: dict[str, torch.Tensor], dense: torch.Tensor | None = None) -> torch.Tensor:
+        hidden = self.encoder(**inputs).last_hidden_state
+        pooled = hidden[:, 0]
+        if self.config.num_dense:
+            assert dense is not None, "this model was built with dense features; pass them"
+            scaled = (dense.to(pooled.dtype) - self.dense_mean.to(pooled.dtype)) / self.dense_std.to(pooled.dtype)
+            pooled = torch.cat([pooled, scaled], dim=-1)
+        return self.head(self.dropout(pooled))
+
+
+def mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Average of the token vectors that are not padding."""
+    weights = mask.unsqueeze(-1).to(hidden.dtype)
+    return (hidden * weights).sum(1) / weights.sum(1).clamp(min=1e-9)
+
+
+class TwoTower(nn.Module):
+    """Query and item encoders producing L2-normalised embeddings (cosine similarity = dot product)."""
+
+    def __init__(self, query_encoder: nn.Module, item_encoder: nn.Module | None, config: HeadConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.query_encoder = query_encoder
+        # One module when shared: registering it twice would save every tensor twice.
+        self.item_encoder = item_encoder
+
+    def _embed(self, encoder: nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        hidden = encoder(**inputs).last_hidden_state
+        return F.normalize(mean_pool(hidden, inputs["attention_mask"]).float(), dim=-1)
+
+    def encode_queries(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self._embed(self.query_encoder, inputs)
+
+    def encode_items(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self._embed(self.item_encoder or self.query_encoder, inputs)
+
+    def forward(self, query: dict[str, torch.Tensor], item: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.encode_queries(query), self.encode_items(item)
+
+
+def info_nce_loss(queries: torch.Tensor, items: torch.Tensor, query_keys: torch.Tensor, item_keys: torch.Tensor,
+                  temperature: float) -> torch.Tensor:
+    """In-batch negatives: row i's positive is item i, every other item in the batch a negative,
+    except items that are not negatives at all: the same item text again, or an item paired with the
+    same query elsewhere in the batch (a second positive). Those are masked out."""
+    logits = queries @ items.T / temperature
+    same = (item_keys[None, :] == item_keys[:, None]) | (query_keys[None, :] == query_keys[:, None])
+    diagonal = torch.eye(len(queries), dtype=torch.bool, device=queries.device)
+    logits = logits.masked_fill(same & ~diagonal, torch.finfo(logits.dtype).min)
+    return F.cross_entropy(logits, torch.arange(len(queries), device=queries.device))
+
+
+def task_loss(task: Task, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """The cross-encoder loss of each task, computed in fp32 for stability under mixed precision."""
+    logits = outputs.float()
+    if task == Task.RELEVANCE:
+        return F.cross_entropy(logits, targets.long())
+    if task == Task.RELEVANCE_REGRESSION:
+        return F.mse_loss(logits.squeeze(-1), targets.float())
+    if task == Task.CTR:
+        return F.binary_cross_entropy_with_logits(logits.squeeze(-1), targets.float())
+    raise ValueError(f"task {task} has no cross-encoder loss")
+
+
+def encoders(model: nn.Module) -> dict[str, nn.Module]:
+    """The model's encoders by the name they are published under."""
+    if isinstance(model, TwoTower):
+        if model.item_encoder is None:
+            return {"encoder": model.query_encoder}
+        return {"query_encoder": model.query_encoder, "item_encoder": model.item_encoder}
+    assert isinstance(model, CrossEncoder)
+    return {"encoder": model.encoder}
+
+
+def is_adapter(encoder: nn.Module) -> bool:
+    return isinstance(encoder, PeftModel)
+
+
+def load_encoder(source: ModelSource) -> PreTrainedModel:
+    """The pretrained encoder of spec.model; a load failure names spec.model and what to do."""
+    try:
+        return AutoModel.from_pretrained(source.location)
+    except (OSError, ValueError, KeyError) as err:
+        raise load_failure(source, err) from err
+
+
+def build_model(source: ModelSource, config: HeadConfig, method: MethodSpec, total_steps: int,
+                gradient_checkpointing: bool) -> nn.Module:
+    """The task's model on the pretrained encoder(s), with the method applied. Seed torch first:
+    the head (and a separate item encoder's adapters) are initialised at random."""
+
+    def encoder() -> nn.Module:
+        base = load_encoder(source)
+        freeze_unused_pooler(base)
+        if gradient_checkpointing:
+            # Non-reentrant checkpointing works with frozen inputs (peft) without extra hooks.
+            base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        return apply_method(base, method, total_steps)
+
+    if config.task == Task.TWO_TOWER:
+        return TwoTower(encoder(), None if config.shared_towers else encoder(), config)
+    first = encoder()
+    hidden = int(getattr(load_config_hidden(first), "hidden_size"))
+    return CrossEncoder(first, config, hidden)
+
+
+def load_config_hidden(encoder: nn.Module) -> Any:
+    """The transformers config of an encoder, through a peft wrapper if there is one."""
+    base = encoder.get_base_model() if isinstance(encoder, PeftModel) else encoder
+    return base.config
+
+
+def adalora_update(model: nn.Module, step: int) -> None:
+    """AdaLoRA reallocates rank from the gradients' sensitivity: call after backward and the
+    optimizer step, before the gradients are zeroed (peft's contract)."""
+    for enc in encoders(model).values():
+        if isinstance(enc, PeftModel) and isinstance(enc.base_model, AdaLoraModel):
+            enc.base_model.update_and_allocate(step)

@@ -1,0 +1,168 @@
+"""Publishing the trained model: files first, ``manifest.json`` last.
+
+Layout under spec.output.uri::
+
+    model/sampleforge_model.json   task, base model, method, head, labels: what loading needs
+    model/encoder/ (or query_encoder/ + item_encoder/)   save_pretrained: config.json +
+                                   model.safetensors (full) or adapter_config.json +
+                                   adapter_model.safetensors (lora, adalora, prefixTuning)
+    model/encoder-merged/          lora/adalora with output.mergeAdapter: adapter merged in
+    model/head.safetensors         cross-encoders: the head and the dense-feature standardisation
+    model/tokenizer.json ...       the tokenizer
+    model/README.md                the model card
+    metrics.json                   final and best metrics, evaluation history, throughput
+    predictions.parquet            evaluation predictions, for independent checks
+    rejected_rows.jsonl            rows set aside as unusable, with the reason (when any)
+    manifest.json                  written LAST
+
+:mod:`.published` loads this layout back.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+from safetensors.torch import save_file
+
+from sampleforge.api.finetune import FineTuneRunSpec
+from sampleforge.jobs.common.storage import ObjectStore, S3Uri
+
+from .modeling import CrossEncoder, HeadConfig, encoders, is_adapter
+
+log = logging.getLogger(__name__)
+
+MODEL_DIR = "model"
+MODEL_CONFIG = "sampleforge_model.json"
+HEAD_FILE = "head.safetensors"
+FORMAT_VERSION = 1
+
+
+def save_model(model: torch.nn.Module, tokenizer: Any, head: HeadConfig, labels: dict[str, Any],
+               spec: FineTuneRunSpec, directory: Path) -> dict[str, Any]:
+    """Write the (unwrapped) model into ``directory``; returns the model description."""
+    directory.mkdir(parents=True, exist_ok=True)
+    parts = encoders(model)
+    adapter = any(is_adapter(e) for e in parts.values())
+    merged: list[str] = []
+    for name, encoder in parts.items():
+        encoder.save_pretrained(directory / name, safe_serialization=True)
+        if is_adapter(encoder):
+            _point_adapter_at(directory / name, spec.model)
+            if spec.output.merge_adapter:
+                # merge_and_unload folds the adapter into the base weights (the encoder is not used afterwards).
+                encoder.merge_and_unload().save_pretrained(directory / f"{name}-merged", safe_serialization=True)  # type: ignore[operator]
+                merged.append(f"{name}-merged")
+    if isinstance(model, CrossEncoder):
+        state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()
+                 if not k.startswith("encoder.")}
+        save_file(state, str(directory / HEAD_FILE))
+    tokenizer.save_pretrained(directory)
+    description = {
+        "formatVersion": FORMAT_VERSION,
+        "task": str(spec.task),
+        "baseModel": spec.model,
+        "method": spec.method.to_kube(),
+        "head": {**asdict(head), "task": str(head.task)},
+        "pooling": "mean" if spec.task == "twoTower" else "cls",
+        "maxLength": spec.training.max_length,
+        "encoders": list(parts),
+        "adapter": adapter,
+        "merged": merged,
+        "labels": labels,
+    }
+    (directory / MODEL_CONFIG).write_text(json.dumps(description, indent=2, sort_keys=True))
+    return description
+
+
+def _point_adapter_at(directory: Path, base_model: str) -> None:
+    """peft records the local cache path it loaded the base from; record spec.model instead."""
+    path = directory / "adapter_config.json"
+    config = json.loads(path.read_text())
+    config["base_model_name_or_path"] = base_model
+    path.write_text(json.dumps(config, indent=2, sort_keys=True))
+
+
+def write_predictions(predictions: dict[str, list[Any]], path: Path) -> None:
+    pq.write_table(pa.Table.from_pydict(predictions), str(path))
+
+
+def write_rejected(rows: list[dict[str, Any]], path: Path) -> None:
+    with path.open("w") as handle:
+        for row in rows:
+            handle.write(json.dumps(row, ensure_ascii=False, default=str) + "\n")
+
+
+def commit_output(store: ObjectStore, output: S3Uri, staging: Path, manifest: dict[str, Any]) -> S3Uri:
+    """Upload everything under ``staging`` to the output prefix, then the manifest that vouches for it."""
+    entries = store.upload_directory(staging, output)
+    return store.commit(output, {**manifest, "files": entries})
+
+
+def _table(rows: list[tuple[str, Any]]) -> str:
+    lines = ["| | |", "| --- | --- |"]
+    lines += [f"| {k} | {v} |" for k, v in rows if v is not None]
+    return "\n".join(lines)
+
+
+def model_card(spec: FineTuneRunSpec, run: dict[str, str], data: dict[str, Any], results: dict[str, Any],
+               description: dict[str, Any], world_size: int) -> str:
+    """README.md for the model directory: what it is, what it was trained on and how, how good it is."""
+    t, d = spec.training, spec.distribution
+    task_text = {
+        "relevance": "query-item relevance classification (cross-encoder)",
+        "relevanceRegression": "query-item relevance regression (cross-encoder)",
+        "ctr": "click-through-rate prediction (cross-encoder"
+               + (" with dense features)" if description["head"]["num_dense"] else ")"),
+        "twoTower": "two-tower retrieval (query and item encoders, in-batch negatives)",
+    }[str(spec.task)]
+    tags = ["sampleforge", str(spec.task), spec.method.type]
+    front = ["---", f"base_model: {spec.model}", f"library_name: {'peft' if description['adapter'] else 'transformers'}",
+             "tags:", *[f"- {tag}" for tag in tags], "---"]
+    method = spec.method.to_kube()
+    hyper = [("method", ", ".join(f"{k}={v}" for k, v in method.items())), ("epochs", t.epochs),
+             ("max steps", t.max_steps), ("steps done", results.get("step")), ("batch size per process", t.batch_size),
+             ("processes", world_size), ("gradient accumulation", d.gradient_accumulation_steps),
+             ("effective batch size", t.batch_size * world_size * d.gradient_accumulation_steps),
+             ("learning rate", t.learning_rate), ("scheduler", t.scheduler),
+             ("warmup", t.warmup_steps if t.warmup_steps is not None else f"ratio {t.warmup_ratio or 0}"),
+             ("weight decay", t.weight_decay), ("gradient clipping", t.gradient_clipping or "off"),
+             ("max length", t.max_length), ("mixed precision", d.mixed_precision),
+             ("gradient checkpointing", d.gradient_checkpointing), ("seed", t.seed)]
+    final = results.get("final", {})
+    best = results.get("best")
+    lines = [
+        *front, "",
+        f"# {run.get('name', 'model')}", "",
+        f"Fine-tuned from `{spec.model}` for {task_text} by the sampleforge FineTuneRun "
+        f"`{run.get('namespace', '')}/{run.get('name', '')}` (uid `{run.get('uid', '')}`).", "",
+        "## Training data", "",
+        _table([("training rows", data["train"]["rows"]), ("training source", data["train"]["uri"]),
+                ("evaluation rows", data["eval"]["rows"]), ("evaluation source", data["eval"]["uri"]),
+                ("rows set aside (see rejected_rows.jsonl)", data["rejectedRows"]),
+                ("augmentation run", data.get("fromAugmentationRun"))]), "",
+    ]
+    if data.get("augmentationManifest"):
+        lines += ["Augmentation manifest of the training data (as committed by the AugmentationRun):", "",
+                  "```json", json.dumps(data["augmentationManifest"], indent=2, sort_keys=True, default=str)[:20000],
+                  "```", ""]
+    lines += ["## Hyperparameters", "", _table(hyper), "", "## Results", "",
+              _table([(k, f"{v:.4f}") for k, v in final.items()]), ""]
+    if best:
+        lines += [f"Best {best['name']}: {best['value']:.4f} at step {best['step']}"
+                  + (" (stopped early)" if results.get("stoppedEarly") else "") + ".", ""]
+    if description["labels"].get("classes"):
+        lines += ["## Labels", "", _table([(str(i), c) for i, c in enumerate(description["labels"]["classes"])]), ""]
+    lines += ["## How to use", "", "```python",
+              "from sampleforge.jobs.finetune.published import load_published",
+              "model = load_published('path/to/model')  # this directory, downloaded",
+              "scores = model.score(['running shoes'], ['Nike Pegasus 41'])" if spec.task != "twoTower"
+              else "queries, items = model.embed_queries(['running shoes']), model.embed_items(['Nike Pegasus 41'])",
+              "```", ""]
+    return "\n".join(lines)

@@ -1,0 +1,356 @@
+"""The fine-tune recipe: setup → train → publish → cleanup, read top to bottom.
+
+Shaped like accelerate's ``examples/nlp_example.py`` (everything through ``accelerator.prepare``,
+metrics through ``gather_for_metrics``, only the main process talks to the outside world) and
+torchtune's recipes (one short class, components picked by name from the config, which here is
+the FineTuneRun spec). Each feature is a visible step; the components live in sibling modules.
+
+Ordering traps are marked where they occur: the seed before the model is built, the dense
+statistics before ``prepare``, ``load_state`` last in setup (it restores the RNG), AdaLoRA's
+update between the optimizer step and zeroing the gradients.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import shutil
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from transformers import AutoTokenizer
+
+from sampleforge.api.finetune import AdaLoraMethod, FineTuneRunSpec, Task
+from sampleforge.jobs.common.context import RunContext
+from sampleforge.jobs.common.heartbeat import HeartbeatSender
+from sampleforge.jobs.common.storage import MANIFEST_NAME, ObjectStore, S3Uri
+
+from . import publish
+from .checkpoint import Checkpoints, Committed, describe_config
+from .errors import Preempted, SpecError
+from .evaluate import CrossEvalSet, EvalResult, check_metrics, evaluate_cross, evaluate_towers
+from .inputs import Inputs, Split, build_loaders, dense_stats, resolve_inputs, split_and_encode
+from .labels import LabelSpace
+from .model_source import load_failure
+from .modeling import CrossEncoder, HeadConfig, adalora_update, build_model, info_nce_loss, task_loss, uses_token_types
+from .progress import Progress
+from .training import EarlyStopper, PreemptionFlag, TrainingState, make_optimizer, make_scheduler
+
+log = logging.getLogger(__name__)
+
+
+class FineTuneRecipe:
+    """One FineTuneRun's training, on this process (one of possibly many ranks)."""
+
+    def __init__(self, ctx: RunContext[FineTuneRunSpec], store: ObjectStore | None, cache_dir: Path,
+                 heartbeat: HeartbeatSender | None = None) -> None:
+        self.ctx = ctx
+        self.spec = ctx.spec
+        self.store = store
+        #: Downloads shared by runs (models); this run's scratch space (checkpoint staging, publishing).
+        self.cache_dir = cache_dir
+        self.work_dir = cache_dir / "runs" / (ctx.uid or f"{ctx.namespace}.{ctx.name}")
+        self.heartbeat = heartbeat
+        self.output = S3Uri.parse(self.spec.output.uri)
+        self.state = TrainingState()
+        self.preemption = PreemptionFlag()
+        self.already_published = False
+        self.last_eval: EvalResult | None = None
+        self.last_checkpoint: str | None = None
+        self.train_seconds = 0.0
+        self._last_eval_step = -1
+
+    # -- setup ------------------------------------------------------------------------------------
+
+    def setup(self, inputs: Inputs | None = None) -> None:
+        """Everything before the first step. ``inputs`` is given by the benchmark; the job reads
+        them from MinIO."""
+        spec, d, t = self.spec, self.spec.distribution, self.spec.training
+        self.preemption.install()
+        on_gpu = torch.cuda.is_available()
+        mixed = d.mixed_precision
+        if mixed == "fp16" and not on_gpu:
+            log.warning("distribution.mixedPrecision fp16 needs a GPU; training in fp32 on CPU")
+            mixed = "no"
+        self.accelerator = acc = Accelerator(cpu=not on_gpu, mixed_precision=mixed,
+                                             gradient_accumulation_steps=d.gradient_accumulation_steps,
+                                             step_scheduler_with_optimizer=False)
+        if self.store is not None and self._published_by_this_run():
+            self.already_published = True
+            return
+
+        # Inputs: the model is downloaded once per node (local main first), the data read by every rank.
+        if inputs is None:
+            assert self.store is not None
+            with acc.local_main_process_first():
+                inputs = resolve_inputs(spec, self.ctx.input_uri, self.store, self.cache_dir,
+                                        acc.is_local_main_process)
+        self.inputs = inputs
+
+        # Resume: the newest committed checkpoint decides the label space (it is part of the model).
+        self.checkpoints = (Checkpoints(self.store, self.output, self.work_dir / "checkpoints",
+                                        spec.checkpoint.keep, acc) if self.store is not None else None)
+        resume: Committed | None = self.checkpoints.latest() if self.checkpoints else None
+        saved = self.checkpoints.description(resume) if self.checkpoints and resume else None
+        need_labels = spec.task == Task.RELEVANCE
+        self.space = (LabelSpace.from_json(saved["labels"]) if saved
+                      else LabelSpace.learn(spec.task, inputs.train.examples.labels if need_labels else None))
+        self.metric_names = spec.effective_metrics()
+        check_metrics(spec.task, self.space, self.metric_names)
+        self.split: Split = split_and_encode(spec, inputs, self.space)
+
+        # Tokenise once; batches of similar length, padded per batch.
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(inputs.model.location)
+        except (OSError, ValueError) as err:
+            raise load_failure(inputs.model, err) from err
+        loaders = build_loaders(spec, self.split, self.tokenizer, uses_token_types(spec.method), on_gpu)
+        self.sampler = loaders.sampler
+        batches_per_rank = math.ceil(len(loaders.sampler) / acc.num_processes)
+        self.steps_per_epoch = math.ceil(batches_per_rank / d.gradient_accumulation_steps)
+        self.total_steps = min(t.max_steps or 10**12, t.epochs * self.steps_per_epoch)
+
+        # The model. Seed first: the head (and adapters) are initialised at random.
+        set_seed(t.seed)
+        dense = dense_stats(self.split.train)
+        self.head = HeadConfig(task=spec.task, num_outputs=self.space.num_outputs,
+                               num_dense=0 if dense is None else len(dense[0]))
+        model = build_model(inputs.model, self.head, spec.method, self.total_steps, d.gradient_checkpointing)
+        if isinstance(model, CrossEncoder) and dense is not None:
+            model.set_dense_stats(*dense)  # before prepare: DDP broadcasts buffers from rank 0
+        optimizer = make_optimizer(model, t)
+        scheduler = make_scheduler(optimizer, t, self.total_steps)
+
+        # Everything device- and process-related goes through accelerate.
+        eval_loaders = ([loaders.eval.loader] if isinstance(loaders.eval, CrossEvalSet)
+                        else [loaders.eval.query_loader, loaders.eval.item_loader])
+        self.model, self.optimizer, self.train_loader, self.scheduler, *prepared_eval = acc.prepare(
+            model, optimizer, loaders.train, scheduler, *eval_loaders)
+        self.eval_set = (replace(loaders.eval, loader=prepared_eval[0]) if isinstance(loaders.eval, CrossEvalSet)
+                         else replace(loaders.eval, query_loader=prepared_eval[0], item_loader=prepared_eval[1]))
+        acc.register_for_checkpointing(self.state)
+        self.stopper = EarlyStopper(spec.evaluation.early_stopping, self.metric_names[0])
+        self.adalora = isinstance(spec.method, AdaLoraMethod)
+        self.config = describe_config(spec, self.ctx.input_uri, acc.num_processes)
+        self.progress = Progress(self.heartbeat, self.total_steps, acc.is_main_process, acc.is_local_main_process)
+        self.progress.set_epoch_batches(batches_per_rank)
+
+        # Last: load_state restores the RNG, so nothing after it may draw random numbers.
+        if resume is not None and self.checkpoints is not None:
+            self._resume(resume)
+
+    def _published_by_this_run(self) -> bool:
+        """A pod restarted after the final commit has nothing left to do."""
+        assert self.store is not None
+        manifest = self.store.read_manifest(self.output)
+        if manifest is None or manifest.get("kind") != "model":
+            return False
+        if manifest.get("run", {}).get("uid") != self.ctx.uid:
+            raise SpecError(f"output.uri {self.output} already holds a model published by another run "
+                            f"({manifest.get('run', {}).get('name')}); choose a new output.uri")
+        return True
+
+    def _resume(self, checkpoint: Committed) -> None:
+        assert self.checkpoints is not None
+        for line in self.checkpoints.check_compatible(checkpoint, self.config):
+            log.warning("resuming with a configuration that differs from the checkpoint's; the spec wins",
+                        extra={"difference": line, "checkpoint": str(checkpoint.prefix)})
+        local = self.checkpoints.fetch(checkpoint)
+        self.accelerator.load_state(str(local / "state"))
+        self.last_checkpoint = str(checkpoint.prefix)
+        self.progress.checkpoint_uri = self.last_checkpoint
+        log.info("resumed", extra={"checkpoint": str(checkpoint.prefix), "step": self.state.step,
+                                   "epoch": self.state.epoch, "batches_in_epoch": self.state.batches_in_epoch})
+
+    # -- train ------------------------------------------------------------------------------------
+
+    def _loss(self, batch: dict[str, Any]) -> torch.Tensor:
+        if self.spec.task == Task.TWO_TOWER:
+            queries, items = self.model(batch["query"], batch["item"])
+            return info_nce_loss(queries, items, batch["query_key"], batch["item_key"], self.head.temperature)
+        return task_loss(self.spec.task, self.model(batch["inputs"], batch.get("dense")), batch["target"])
+
+    def _preempted(self) -> bool:
+        """Whether any rank got SIGTERM: all ranks must agree on the step they checkpoint at."""
+        if self.accelerator.num_processes == 1:
+            return self.preemption.requested
+        flag = torch.tensor([float(self.preemption.requested)], device=self.accelerator.device)
+        return bool(self.accelerator.reduce(flag, reduction="sum").item() > 0)
+
+    def train(self) -> None:
+        acc, state, spec = self.accelerator, self.state, self.spec
+        every_eval = spec.evaluation.every_steps
+        every_checkpoint = spec.checkpoint.every_steps
+        clip = spec.training.gradient_clipping
+        self.progress.start(state)
+        started = time.perf_counter()
+        self.model.train()
+        losses: list[torch.Tensor] = []
+        while state.step < self.total_steps and not state.stopped_early:
+            self.sampler.set_epoch(state.epoch)
+            # Resuming mid-epoch: skip the batches this epoch already trained on.
+            loader = (acc.skip_first_batches(self.train_loader, state.batches_in_epoch)
+                      if state.batches_in_epoch else self.train_loader)
+            for batch in loader:
+                with acc.accumulate(self.model):
+                    loss = self._loss(batch)
+                    acc.backward(loss)
+                    if acc.sync_gradients and clip > 0:
+                        acc.clip_grad_norm_(self.model.parameters(), clip)
+                    self.optimizer.step()
+                    if self.adalora and acc.sync_gradients:
+                        adalora_update(acc.unwrap_model(self.model), state.step + 1)  # before zero_grad
+                    self.optimizer.zero_grad()
+                state.batches_in_epoch += 1
+                state.samples_seen += len(batch["row"]) * acc.num_processes
+                losses.append(loss.detach())
+                if not acc.sync_gradients:
+                    continue
+                self.scheduler.step()
+                state.step += 1
+                if self.progress.due() or state.step == self.total_steps:
+                    state.loss = float(torch.stack(losses).mean())
+                losses.clear()
+                self.progress.stepped(state)
+                if every_eval and state.step % every_eval == 0:
+                    self.evaluate()
+                if self._preempted():
+                    self._stop_for_preemption()
+                if state.step % every_checkpoint == 0 and state.step < self.total_steps:
+                    self.save_checkpoint()
+                if state.step >= self.total_steps or state.stopped_early:
+                    break
+            else:
+                state.epoch += 1
+                state.batches_in_epoch = 0
+                if every_eval is None and (not self.last_eval or self._last_eval_step != state.step):
+                    self.evaluate()
+        if self._last_eval_step != state.step or self.last_eval is None:
+            self.evaluate()
+        self.train_seconds += time.perf_counter() - started
+
+    def evaluate(self) -> EvalResult:
+        if isinstance(self.eval_set, CrossEvalSet):
+            result = evaluate_cross(self.accelerator, self.model, self.eval_set, self.spec.task, self.space,
+                                    self.metric_names)
+        else:
+            result = evaluate_towers(self.accelerator, self.model, self.eval_set, self.metric_names)
+        self.last_eval, self._last_eval_step = result, self.state.step
+        stop = self.stopper.update(self.state, result.metrics)
+        self.state.history.append({"step": self.state.step, "metrics": result.metrics})
+        self.progress.evaluated(self.state, result.metrics)
+        if stop:
+            log.info("early stopping", extra={"metric": self.stopper.metric, "best": self.state.best.__dict__
+                                              if self.state.best else None, "step": self.state.step})
+        return result
+
+    def _stop_for_preemption(self) -> None:
+        """SIGTERM: commit a checkpoint at this step (unless one was just committed) and unwind."""
+        log.warning("termination requested; checkpointing before exit",
+                    extra={"signal": self.preemption.signal_name, "step": self.state.step})
+        if self.checkpoints is not None and not (self.last_checkpoint or "").endswith(f"step-{self.state.step:09d}/"):
+            self.save_checkpoint()
+        raise Preempted(self.state.step, self.last_checkpoint)
+
+    # -- save_checkpoint ---------------------------------------------------------------------------
+
+    def save_checkpoint(self) -> str | None:
+        """Commit the full training state to MinIO (collective: every rank calls it)."""
+        if self.checkpoints is None:
+            return None
+        state = self.state
+        description = {"step": state.step, "epoch": state.epoch, "batchesInEpoch": state.batches_in_epoch,
+                       "samplesSeen": state.samples_seen, "seed": self.spec.training.seed,
+                       "worldSize": self.accelerator.num_processes, "config": self.config,
+                       "labels": self.space.to_json(), "totalSteps": self.total_steps,
+                       "best": state.best.__dict__ if state.best else None}
+        self.last_checkpoint = str(self.checkpoints.save(state.step, description))
+        self.progress.checkpointed(state, self.last_checkpoint)
+        return self.last_checkpoint
+
+    # -- publish ----------------------------------------------------------------------------------
+
+    def publish(self) -> str | None:
+        """Write the model, metrics, predictions and model card; commit with the manifest last."""
+        acc, state, spec = self.accelerator, self.state, self.spec
+        acc.wait_for_everyone()
+        if not acc.is_main_process or self.store is None:
+            acc.wait_for_everyone()
+            return None
+        staging = self.work_dir / "publish"
+        shutil.rmtree(staging, ignore_errors=True)
+        model_dir = staging / publish.MODEL_DIR
+        description = publish.save_model(acc.unwrap_model(self.model), self.tokenizer, self.head,
+                                         self.space.to_json(), spec, model_dir)
+        assert self.last_eval is not None
+        results = self.results()
+        (staging / "metrics.json").write_text(json.dumps(results, indent=2, sort_keys=True))
+        publish.write_predictions(self.last_eval.predictions, staging / "predictions.parquet")
+        if self.split.rejected.rows:
+            publish.write_rejected(self.split.rejected.rows, staging / "rejected_rows.jsonl")
+        data = self.data_summary()
+        run = {"kind": self.ctx.kind, "name": self.ctx.name, "namespace": self.ctx.namespace, "uid": self.ctx.uid}
+        (model_dir / "README.md").write_text(publish.model_card(spec, run, data, results, description,
+                                                                acc.num_processes))
+        manifest_uri = publish.commit_output(self.store, self.output, staging, {
+            "kind": "model", "run": run, "task": str(spec.task), "model": publish.MODEL_DIR + "/",
+            "step": state.step, "metrics": results["final"], "data": {k: v for k, v in data.items()
+                                                                      if k != "augmentationManifest"},
+        })
+        log.info("published", extra={"manifest": str(manifest_uri), "step": state.step})
+        acc.wait_for_everyone()
+        return str(manifest_uri)
+
+    def results(self) -> dict[str, Any]:
+        """metrics.json: the final evaluation, the best one, the history and the throughput."""
+        state = self.state
+        assert self.last_eval is not None
+        return {
+            "final": self.last_eval.metrics, "step": state.step, "totalSteps": self.total_steps,
+            "epochs": state.epoch + state.batches_in_epoch / max(1, self.progress._epoch_batches),
+            "best": state.best.__dict__ if state.best else None, "stoppedEarly": state.stopped_early,
+            "history": state.history, "loss": state.loss, "samplesSeen": state.samples_seen,
+            "trainingSeconds": self.train_seconds, "rejectedRows": dict(self.split.rejected.reasons),
+        }
+
+    def data_summary(self) -> dict[str, Any]:
+        inputs = self.inputs
+        return {
+            "train": {"uri": inputs.train.uri, "rows": len(self.split.train), "files": inputs.train.files},
+            "eval": {"uri": inputs.eval.uri if inputs.eval else f"{self.spec.eval_fraction():.0%} of the training "
+                     "queries, held out by query", "rows": len(self.split.eval)},
+            "rejectedRows": self.split.rejected.count,
+            "fromAugmentationRun": self.spec.data.from_augmentation_run,
+            "augmentationManifest": inputs.train.manifest,
+        }
+
+    # -- cleanup ----------------------------------------------------------------------------------
+
+    def cleanup(self) -> None:
+        self.preemption.uninstall()
+        if hasattr(self, "progress"):
+            self.progress.close(self.state, f"finished at step {self.state.step}")
+        if hasattr(self, "accelerator"):
+            self.accelerator.end_training()
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+
+    def run(self) -> str | None:
+        """setup → train → publish; returns the output manifest URI. Raises Preempted on SIGTERM."""
+        try:
+            self.setup()
+            if self.already_published:
+                log.info("already published by this run; nothing to do", extra={"output": str(self.output)})
+                return str(self.output.join(MANIFEST_NAME))
+            if self.preemption.requested:
+                raise Preempted(self.state.step, self.last_checkpoint)
+            self.train()
+            return self.publish()
+        finally:
+            self.cleanup()

@@ -1,0 +1,253 @@
+"""The pod template of a run's Job: environment, resources, volumes, scheduling and security.
+
+Split from :mod:`.render` (which names things and builds the Job around this) to keep both short;
+pure functions like everything there. Rules this module keeps:
+
+* **Secrets by reference only.** MinIO keys and the hub token reach the container through
+  ``valueFrom.secretKeyRef``; the operator never reads a Secret, so no credential can end up in
+  the Job, its events or the operator's logs.
+* **The env-var names are** :mod:`sampleforge.api.jobenv`'s, the contract the job code reads; none
+  are invented here. Operator-wide extras (``Settings.extra_job_env``) can never shadow them.
+* **Least privilege**: non-root, no privilege escalation, no capabilities, the runtime's seccomp
+  profile, no Kubernetes API token (pods authenticate heartbeats with an audience-bound projected
+  token that the API server cannot be called with).
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Final
+
+from sampleforge.api import Kind, jobenv
+from sampleforge.api.constants import GPU_RESOURCE
+
+if TYPE_CHECKING:
+    from sampleforge.api.common import CommonRunSpec, Toleration
+
+    from .render import RunObject
+    from .settings import Settings
+
+#: The run container's name (podFailurePolicy's exit-code rule names it).
+CONTAINER_NAME: Final = "job"
+#: Name of the rendezvous port on the Service and the container.
+RENDEZVOUS_PORT_NAME: Final = "rendezvous"
+
+#: Scratch space for downloads (models, shards); survives container restarts, not pod replacement.
+CACHE_PATH: Final = "/var/cache/sampleforge"
+#: Where the heartbeat token is projected; the kubelet rotates it before it expires.
+HEARTBEAT_TOKEN_DIR: Final = "/var/run/secrets/sampleforge.io/heartbeat"
+HEARTBEAT_TOKEN_FILENAME: Final = "token"
+HEARTBEAT_TOKEN_EXPIRATION_SECONDS: Final = 3600
+#: /dev/shm size for GPU pods that set no resources.sharedMemory: the container runtime's 64Mi
+#: default makes PyTorch data loader workers and NCCL fail.
+DEFAULT_GPU_SHARED_MEMORY: Final = "1Gi"
+#: Time between SIGTERM and SIGKILL: a fine-tune saves a checkpoint to MinIO on SIGTERM (model,
+#: optimizer, scheduler state: minutes for large models); an augmentation shard only flushes its
+#: current part file.
+TERMINATION_GRACE_SECONDS: Final[dict[Kind, int]] = {Kind.AUGMENTATION_RUN: 30, Kind.FINE_TUNE_RUN: 120}
+
+
+@dataclass(frozen=True)
+class Topology:
+    """The shape of a run's Job, decided in :func:`sampleforge.operator.render.topology`."""
+
+    #: Pods that run at once, and completions needed (one per shard or node).
+    pods: int
+    #: Indexed completion mode: each pod gets JOB_COMPLETION_INDEX and the hostname <job>-<index>.
+    indexed: bool
+    gpus_per_pod: int
+    #: Headless Service (= pod subdomain) for multi-node rendezvous; None otherwise.
+    service: str | None
+
+
+def _secret_env(name: str, secret: str, key: str) -> dict[str, Any]:
+    return {"name": name, "valueFrom": {"secretKeyRef": {"name": secret, "key": key}}}
+
+
+def _env(
+    run: RunObject, settings: Settings, job: str, topo: Topology, run_spec_json: str, input_uri: str | None
+) -> list[dict[str, Any]]:
+    spec = run.spec
+    storage = spec.storage
+    env: list[dict[str, Any]] = [
+        {"name": jobenv.RUN_KIND, "value": run.kind.value},
+        {"name": jobenv.RUN_NAME, "value": run.name},
+        {"name": jobenv.RUN_NAMESPACE, "value": run.namespace},
+        {"name": jobenv.RUN_UID, "value": run.uid},
+        {"name": jobenv.RUN_SPEC, "value": run_spec_json},
+    ]
+    if input_uri is not None:
+        env.append({"name": jobenv.INPUT_URI, "value": input_uri})
+    env += [
+        {"name": jobenv.S3_ENDPOINT, "value": storage.endpoint},
+        {"name": jobenv.S3_SECURE, "value": "true" if storage.secure else "false"},
+    ]
+    if storage.region is not None:
+        env.append({"name": jobenv.S3_REGION, "value": storage.region})
+    env += [
+        _secret_env(jobenv.S3_ACCESS_KEY, storage.credentials_secret, storage.access_key_key()),
+        _secret_env(jobenv.S3_SECRET_KEY, storage.credentials_secret, storage.secret_key_key()),
+    ]
+    if spec.hub_token is not None:
+        env.append(_secret_env(jobenv.HUB_TOKEN, spec.hub_token.name, spec.hub_token.key))
+    if settings.heartbeat_url:
+        env.append({"name": jobenv.HEARTBEAT_URL, "value": settings.heartbeat_url})
+    env += [
+        {"name": jobenv.HEARTBEAT_INTERVAL_SECONDS, "value": str(settings.heartbeat_interval_seconds)},
+        {"name": jobenv.HEARTBEAT_TOKEN_FILE, "value": f"{HEARTBEAT_TOKEN_DIR}/{HEARTBEAT_TOKEN_FILENAME}"},
+        {"name": jobenv.CACHE_DIR, "value": CACHE_PATH},
+    ]
+    if run.kind is Kind.AUGMENTATION_RUN:
+        env.append({"name": jobenv.SHARD_COUNT, "value": str(topo.pods)})
+    else:
+        env += [
+            {"name": jobenv.NUM_NODES, "value": str(topo.pods)},
+            {"name": jobenv.GPUS_PER_NODE, "value": str(topo.gpus_per_pod)},
+        ]
+        if topo.service is not None:
+            # Rank 0's stable DNS name; "<ns>.svc" resolves through the pod's search domains
+            # whatever the cluster domain is.
+            env += [
+                {"name": jobenv.MASTER_ADDR, "value": f"{job}-0.{topo.service}.{run.namespace}.svc"},
+                {"name": jobenv.MASTER_PORT, "value": str(settings.rendezvous_port)},
+            ]
+    taken = {e["name"] for e in env} | {jobenv.JOB_COMPLETION_INDEX}
+    # Operator-wide extras (proxies, NCCL tuning, ...) last, and never over a contract variable:
+    # a duplicate name would silently win in the container.
+    env += [{"name": k, "value": v} for k, v in sorted(settings.extra_job_env.items()) if k not in taken]
+    return env
+
+
+def _resources(spec: CommonRunSpec, gpus: int) -> dict[str, Any]:
+    """Requests equal limits: a GPU pod sharing a node should be neither throttled below its
+    request nor evicted first (Guaranteed QoS when cpu and memory are both set)."""
+    amounts: dict[str, str] = {}
+    if spec.resources.cpu is not None:
+        amounts["cpu"] = str(spec.resources.cpu)
+    if spec.resources.memory is not None:
+        amounts["memory"] = str(spec.resources.memory)
+    if gpus > 0:
+        amounts[GPU_RESOURCE] = str(gpus)
+    if not amounts:
+        return {}
+    return {"requests": dict(amounts), "limits": dict(amounts)}
+
+
+def _volumes(spec: CommonRunSpec, gpus: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(volumes, volumeMounts): the cache, the heartbeat token and, where needed, /dev/shm."""
+    volumes: list[dict[str, Any]] = [
+        {"name": "cache", "emptyDir": {}},
+        {
+            "name": "heartbeat-token",
+            "projected": {
+                "sources": [
+                    {
+                        "serviceAccountToken": {
+                            "audience": jobenv.HEARTBEAT_AUDIENCE,
+                            "expirationSeconds": HEARTBEAT_TOKEN_EXPIRATION_SECONDS,
+                            "path": HEARTBEAT_TOKEN_FILENAME,
+                        }
+                    }
+                ]
+            },
+        },
+    ]
+    mounts: list[dict[str, Any]] = [
+        {"name": "cache", "mountPath": CACHE_PATH},
+        {"name": "heartbeat-token", "mountPath": HEARTBEAT_TOKEN_DIR, "readOnly": True},
+    ]
+    shm = spec.resources.shared_memory
+    if shm is None and gpus > 0:
+        shm = DEFAULT_GPU_SHARED_MEMORY
+    if shm is not None:
+        # Memory-backed: what is written here counts against the container's memory limit.
+        volumes.append({"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": str(shm)}})
+        mounts.append({"name": "dshm", "mountPath": "/dev/shm"})
+    return volumes, mounts
+
+
+def _tolerates_gpu_taint(t: Toleration) -> bool:
+    return t.operator == "Exists" and t.key in (None, GPU_RESOURCE) and t.effect in (None, "NoSchedule")
+
+
+def _tolerations(spec: CommonRunSpec, settings: Settings, gpus: int) -> list[dict[str, Any]]:
+    """The spec's tolerations, plus the usual ``nvidia.com/gpu:NoSchedule`` taint of GPU node pools
+    for GPU pods (unless the operator is configured not to, or the spec already tolerates it)."""
+    tolerations = [t.to_kube() for t in spec.tolerations]
+    if gpus > 0 and settings.tolerate_gpu_taint and not any(_tolerates_gpu_taint(t) for t in spec.tolerations):
+        tolerations.append({"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"})
+    return tolerations
+
+
+def _node_selector(spec: CommonRunSpec, settings: Settings) -> dict[str, str]:
+    selector = dict(spec.node_selector)
+    if spec.resources.gpu_type is not None:
+        selector[settings.gpu_type_label] = spec.resources.gpu_type
+    return dict(sorted(selector.items()))
+
+
+def pod_template(
+    run: RunObject,
+    settings: Settings,
+    *,
+    job: str,
+    topo: Topology,
+    labels: dict[str, str],
+    run_spec_json: str,
+    input_uri: str | None,
+) -> dict[str, Any]:
+    """The Job's ``spec.template``."""
+    spec = run.spec
+    volumes, mounts = _volumes(spec, topo.gpus_per_pod)
+    container: dict[str, Any] = {
+        "name": CONTAINER_NAME,
+        "image": spec.image or settings.job_image,
+        "command": [jobenv.ENTRYPOINT],
+        "env": _env(run, settings, job, topo, run_spec_json, input_uri),
+        "volumeMounts": mounts,
+        "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}},
+        # The last log lines become the termination message of a crashed pod, which the operator
+        # can quote in the run's Failed condition.
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+    }
+    resources = _resources(spec, topo.gpus_per_pod)
+    if resources:
+        container["resources"] = resources
+    if topo.service is not None:
+        container["ports"] = [{"name": RENDEZVOUS_PORT_NAME, "containerPort": settings.rendezvous_port}]
+
+    pod_spec: dict[str, Any] = {
+        "restartPolicy": "Never",  # the Job retries whole pods; also required by podFailurePolicy
+        "terminationGracePeriodSeconds": TERMINATION_GRACE_SECONDS[run.kind],
+        # No API token: the pods talk to MinIO and to the heartbeat endpoint only.
+        "automountServiceAccountToken": False,
+        # No <SERVICE>_PORT variables: a Service called "master" would otherwise inject a
+        # MASTER_PORT=tcp://... that breaks torch.distributed.
+        "enableServiceLinks": False,
+        "securityContext": {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}},
+        "containers": [container],
+        "volumes": volumes,
+    }
+    if topo.service is not None:
+        pod_spec["subdomain"] = topo.service
+    node_selector = _node_selector(spec, settings)
+    if node_selector:
+        pod_spec["nodeSelector"] = node_selector
+    tolerations = _tolerations(spec, settings, topo.gpus_per_pod)
+    if tolerations:
+        pod_spec["tolerations"] = tolerations
+    if spec.affinity is not None:
+        pod_spec["affinity"] = copy.deepcopy(spec.affinity)  # never alias the spec's own dict
+    if spec.priority_class_name is not None:
+        pod_spec["priorityClassName"] = spec.priority_class_name
+    # Always explicit: the projected heartbeat token needs a named ServiceAccount, and clusters
+    # without the ServiceAccount admission plugin would not fill in "default" themselves.
+    pod_spec["serviceAccountName"] = spec.service_account_name or "default"
+    return {
+        "metadata": {
+            "labels": dict(labels),
+            "annotations": {"kubectl.kubernetes.io/default-container": CONTAINER_NAME},
+        },
+        "spec": pod_spec,
+    }

@@ -1,0 +1,34 @@
+"""Everything a handler needs, built once at startup and handed to kopf as its memo.
+
+Passing one small typed object (rather than module globals or twenty arguments) keeps handlers
+testable and lets two operators run in one process in tests without sharing state.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from sampleforge.operator.index import ChildIndex
+from sampleforge.operator.kube import Kube
+from sampleforge.operator.metrics import OperatorMetrics
+from sampleforge.operator.progress import ProgressStore
+from sampleforge.operator.settings import Settings
+
+
+@dataclass
+class OperatorContext:
+    settings: Settings
+    kube: Kube
+    metrics: OperatorMetrics
+    children: ChildIndex = field(default_factory=ChildIndex)
+    progress: ProgressStore = field(default_factory=ProgressStore)
+    started_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+    #: (kind, namespace, name) -> phase, for the runs-by-phase gauge and transition counting.
+    phases: dict[tuple[str, str, str], str] = field(default_factory=dict)
+    #: Set once kopf has started handling resources (readiness).
+    serving: bool = False
+    #: False once a watch has been seen lagging the API server (liveness).
+    watching: bool = True
+    #: run uid -> the resourceVersion the operator's watch last delivered.
+    watch_seen: dict[str, str] = field(default_factory=dict)

@@ -1,0 +1,73 @@
+"""The handler bodies both kinds share; the per-kind modules only register them."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import kopf
+
+from sampleforge.api import Kind
+from sampleforge.operator.context import OperatorContext
+from sampleforge.operator.kube import Transient
+from sampleforge.operator.monitor import monitor_run
+from sampleforge.operator.progress import run_key
+from sampleforge.operator.reconcile import reconcile
+from sampleforge.operator.status import publish_phase_counts
+
+
+def ctx_of(memo: kopf.Memo) -> OperatorContext:
+    ctx = memo["ctx"]
+    assert isinstance(ctx, OperatorContext)
+    return ctx
+
+
+def reconcile_handler(kind: Kind, body: kopf.Body, memo: kopf.Memo) -> None:
+    ctx = ctx_of(memo)
+    started = time.perf_counter()
+    try:
+        reconcile(ctx, kind, dict(body))
+    except Transient as err:
+        ctx.metrics.reconcile_errors.labels(kind=kind, reason="Transient").inc()
+        raise kopf.TemporaryError(str(err), delay=5) from err
+    except kopf.TemporaryError:
+        raise
+    except kopf.PermanentError:
+        ctx.metrics.reconcile_errors.labels(kind=kind, reason="Permanent").inc()
+        raise
+    except Exception as err:
+        ctx.metrics.reconcile_errors.labels(kind=kind, reason=type(err).__name__).inc()
+        raise
+    finally:
+        ctx.metrics.reconcile_duration.labels(kind=kind).observe(time.perf_counter() - started)
+
+
+async def monitor_handler(kind: Kind, body: kopf.Body, memo: kopf.Memo, stopped: kopf.DaemonStopped) -> None:
+    await monitor_run(ctx_of(memo), kind, body, stopped)
+
+
+def seen_handler(kind: Kind, event: dict[str, Any], memo: kopf.Memo) -> None:
+    """Every event of a run: what the watch has seen (for the liveness check) and its phase."""
+    ctx = ctx_of(memo)
+    obj = event.get("object") or {}
+    meta = obj.get("metadata") or {}
+    uid = meta.get("uid")
+    key = (str(kind), meta.get("namespace", ""), meta.get("name", ""))
+    if event.get("type") == "DELETED":
+        ctx.watch_seen.pop(uid, None)
+        ctx.phases.pop(key, None)
+    else:
+        ctx.watch_seen[uid] = meta.get("resourceVersion", "")
+        phase = (obj.get("status") or {}).get("phase")
+        if phase:
+            ctx.phases[key] = phase
+    publish_phase_counts(ctx)
+
+
+def delete_handler(kind: Kind, body: kopf.Body, memo: kopf.Memo) -> None:
+    """The Job and its Pods go with the run by owner reference; here only in-memory state goes."""
+    ctx = ctx_of(memo)
+    meta = body["metadata"]
+    ctx.metrics.forget_run(str(kind), meta["namespace"], meta["name"])
+    ctx.progress.forget(run_key(kind, meta["namespace"], meta["name"]))
+    ctx.children.forget(meta["uid"])

@@ -1,0 +1,36 @@
+"""kopf handlers for augmentationruns: thin registrations that hand off to the shared bodies."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import kopf
+
+from sampleforge.api import GROUP, VERSION, Kind
+from sampleforge.operator.handlers import _common
+
+KIND = Kind.AUGMENTATION_RUN
+PLURAL = "augmentationruns"
+
+
+@kopf.on.create(GROUP, VERSION, PLURAL)
+@kopf.on.resume(GROUP, VERSION, PLURAL)
+@kopf.on.update(GROUP, VERSION, PLURAL, field="spec")
+def augmentationrun_reconcile(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    _common.reconcile_handler(KIND, body, memo)
+
+
+@kopf.daemon(GROUP, VERSION, PLURAL, cancellation_timeout=5.0,
+             when=lambda status, **_: status.get("phase") not in ("Succeeded", "Failed"))
+async def augmentationrun_monitor(body: kopf.Body, memo: kopf.Memo, stopped: kopf.DaemonStopped, **_: Any) -> None:
+    await _common.monitor_handler(KIND, body, memo, stopped)
+
+
+@kopf.on.event(GROUP, VERSION, PLURAL)
+def augmentationrun_seen(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
+    _common.seen_handler(KIND, dict(event), memo)
+
+
+@kopf.on.delete(GROUP, VERSION, PLURAL, optional=True)
+def augmentationrun_delete(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    _common.delete_handler(KIND, body, memo)

@@ -1,0 +1,68 @@
+"""kopf's own settings, and the watch-health check that drives the liveness probe."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import kopf
+
+from sampleforge.api import Kind
+from sampleforge.api.constants import ANNOTATION_PREFIX
+from sampleforge.operator.handlers._common import ctx_of
+from sampleforge.operator.kube import KubeError
+from sampleforge.operator.watchcheck import WatchLagTracker
+
+log = logging.getLogger(__name__)
+
+
+@kopf.on.startup()
+async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+    # kopf's state goes into annotations under our prefix: the status schema is structural, so
+    # anything kopf wrote under status.kopf would be pruned by the API server.
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=ANNOTATION_PREFIX)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=ANNOTATION_PREFIX)
+    settings.persistence.finalizer = f"{ANNOTATION_PREFIX}/kopf-finalizer"
+    # Leadership is ours (a Lease), not kopf's peering: one replica runs handlers at all.
+    settings.peering.standalone = True
+    # Restart watches regularly: a stream that silently stops is the failure that bites kopf
+    # operators; the server-side timeout bounds how long one can hang unnoticed.
+    settings.watching.server_timeout = 300
+    settings.watching.client_timeout = 330
+    settings.watching.connect_timeout = 30
+    settings.execution.max_workers = 16
+    settings.posting.level = logging.INFO
+    settings.networking.error_backoffs = [1, 2, 5, 10, 30]
+    ctx = ctx_of(memo)
+    memo["watch_task"] = asyncio.create_task(_watch_health_loop(ctx_of(memo)))
+    ctx.serving = True
+
+
+@kopf.on.cleanup()
+async def stop_background(memo: kopf.Memo, **_: Any) -> None:
+    task = memo.get("watch_task")
+    if task is not None:
+        task.cancel()
+
+
+async def _watch_health_loop(ctx: Any) -> None:
+    tracker = WatchLagTracker(stale_after=ctx.settings.watch_stale_seconds)
+    interval = max(5.0, ctx.settings.watch_stale_seconds / 4)
+    namespaces = ctx.settings.namespaces or (None,)
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            listed: dict[str, str] = {}
+            for kind in Kind:
+                for namespace in namespaces:
+                    for item in await asyncio.to_thread(ctx.kube.list_runs, kind, namespace):
+                        meta = item["metadata"]
+                        listed[meta["uid"]] = meta["resourceVersion"]
+        except KubeError as err:
+            log.warning("watch health check could not list runs", extra={"error": str(err)})
+            continue
+        ctx.watching = tracker.update(listed, ctx.watch_seen, asyncio.get_running_loop().time())
+        ctx.metrics.watch_healthy.set(1 if ctx.watching else 0)
+        if not ctx.watching:
+            log.error("watches lag the API server", extra={"lagging": tracker.lagging()})

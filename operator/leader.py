@@ -1,0 +1,110 @@
+"""Leader election on a coordination.k8s.io Lease: several replicas, one active.
+
+The rules are client-go's: a replica takes the Lease when it is free or its holder has not renewed
+it within ``leaseDurationSeconds``; every write carries the resourceVersion it read, so two replicas
+racing for an expired Lease cannot both win; the holder renews every third of the duration. A
+leader that cannot renew in time stops itself (and is restarted by Kubernetes) rather than risk two
+active operators.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+
+log = logging.getLogger(__name__)
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _fmt(moment: datetime) -> str:
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+class LeaderElector:
+    def __init__(self, api: client.ApiClient, namespace: str, name: str, identity: str, duration: int) -> None:
+        self.coordination = client.CoordinationV1Api(api)
+        self.namespace = namespace
+        self.name = name
+        self.identity = identity
+        self.duration = duration
+
+    def _lease_body(self, acquire_time: str, transitions: int, resource_version: str | None) -> dict[str, Any]:
+        metadata: dict[str, Any] = {"name": self.name, "namespace": self.namespace}
+        if resource_version:
+            metadata["resourceVersion"] = resource_version
+        return {
+            "apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "metadata": metadata,
+            "spec": {"holderIdentity": self.identity, "leaseDurationSeconds": self.duration,
+                     "acquireTime": acquire_time, "renewTime": _fmt(_now()), "leaseTransitions": transitions},
+        }
+
+    def try_acquire_or_renew(self) -> bool:
+        """One attempt; True when this replica holds the Lease afterwards."""
+        try:
+            lease = self.coordination.read_namespaced_lease(self.name, self.namespace)
+        except ApiException as err:
+            if err.status != 404:
+                raise
+            try:
+                self.coordination.create_namespaced_lease(self.namespace, self._lease_body(_fmt(_now()), 0, None))
+                return True
+            except ApiException as create_err:
+                if create_err.status == 409:
+                    return False
+                raise
+        spec = lease.spec
+        holder = spec.holder_identity
+        renewed = spec.renew_time
+        duration = spec.lease_duration_seconds or self.duration
+        expired = renewed is None or renewed + timedelta(seconds=duration) < _now()
+        if holder != self.identity and not expired:
+            return False
+        ours = holder == self.identity
+        acquire = _fmt(spec.acquire_time) if ours and spec.acquire_time else _fmt(_now())
+        transitions = (spec.lease_transitions or 0) + (0 if ours else 1)
+        try:
+            self.coordination.replace_namespaced_lease(
+                self.name, self.namespace, self._lease_body(acquire, transitions, lease.metadata.resource_version))
+        except ApiException as err:
+            if err.status == 409:  # someone else wrote it first
+                return False
+            raise
+        return True
+
+    async def acquire(self) -> None:
+        """Wait until this replica is the leader."""
+        retry = max(1.0, self.duration / 3)
+        while True:
+            try:
+                if await asyncio.to_thread(self.try_acquire_or_renew):
+                    log.info("became leader", extra={"lease": f"{self.namespace}/{self.name}",
+                                                     "identity": self.identity})
+                    return
+            except ApiException as err:
+                log.warning("leader election failed; retrying", extra={"status": err.status})
+            await asyncio.sleep(retry)
+
+    async def keep(self, lost: asyncio.Event) -> None:
+        """Renew until renewal fails for longer than the lease duration; then set ``lost``."""
+        period = max(1.0, self.duration / 3)
+        last_ok = asyncio.get_running_loop().time()
+        while not lost.is_set():
+            await asyncio.sleep(period)
+            try:
+                ok = await asyncio.to_thread(self.try_acquire_or_renew)
+            except ApiException:
+                ok = False
+            now = asyncio.get_running_loop().time()
+            if ok:
+                last_ok = now
+            elif now - last_ok > self.duration * 2 / 3:
+                log.error("lost the leader Lease; stopping", extra={"identity": self.identity})
+                lost.set()

@@ -1,0 +1,170 @@
+"""From what the cluster shows (the Job, its Pods, the heartbeats) to what the run reports.
+
+A pure function of its inputs, so every branch is unit-tested without a server. The Job's own
+conditions decide success and failure (the Job controller already counted retries against
+``backoffLimit`` and ``activeDeadlineSeconds``); the Pods explain why a run is not progressing
+(unschedulable, image pull errors, OOM kills), so nothing ever sits in a silent Pending.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sampleforge.api import ConditionStatus as S
+from sampleforge.api import ConditionType as C
+from sampleforge.api import Phase, Reason
+from sampleforge.operator.conditions import ConditionUpdate
+
+_IMAGE_PULL_REASONS = frozenset({"ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull"})
+_JOB_FAILURE_REASONS = {
+    "BackoffLimitExceeded": Reason.BACKOFF_LIMIT_EXCEEDED,
+    "DeadlineExceeded": Reason.DEADLINE_EXCEEDED,
+}
+
+
+@dataclass(frozen=True)
+class RunEvent:
+    """A Kubernetes Event to post on the run."""
+
+    type: str  # Normal or Warning
+    reason: Reason
+    message: str
+
+
+@dataclass(frozen=True)
+class Observation:
+    phase: Phase
+    reason: Reason
+    message: str
+    start_time: str | None = None
+    completion_time: str | None = None
+    events: tuple[RunEvent, ...] = field(default=())
+
+    def conditions(self) -> list[ConditionUpdate]:
+        """The kstatus trio (Ready, Reconciling, Stalled) plus the domain conditions."""
+        phase, reason, message = self.phase, self.reason, self.message
+        terminal_failure = phase is Phase.FAILED
+        stalled = terminal_failure or reason is Reason.IMAGE_PULL_ERROR or reason is Reason.SECRET_NOT_FOUND
+        in_progress = phase in (Phase.PENDING, Phase.RUNNING, Phase.WAITING) and not stalled
+
+        def cond(type_: C, on: bool, why: Reason | None = None, text: str | None = None) -> ConditionUpdate:
+            return ConditionUpdate(type_, S.TRUE if on else S.FALSE, why or reason, text if text is not None else message)
+
+        return [
+            cond(C.READY, phase is Phase.SUCCEEDED),
+            cond(C.RECONCILING, in_progress),
+            cond(C.STALLED, stalled),
+            cond(C.WAITING, phase is Phase.WAITING),
+            cond(C.SUSPENDED, phase is Phase.SUSPENDED),
+            cond(C.COMPLETE, phase is Phase.SUCCEEDED),
+            cond(C.FAILED, terminal_failure),
+        ]
+
+
+def _job_condition(job: dict[str, Any], type_: str) -> dict[str, Any] | None:
+    for cond in job.get("status", {}).get("conditions") or []:
+        if cond.get("type") == type_ and cond.get("status") == "True":
+            return dict(cond)
+    return None
+
+
+def _pod_trouble(pods: list[dict[str, Any]]) -> tuple[Reason, str] | None:
+    """The most telling problem among the run's Pods, if any."""
+    for pod in pods:
+        name = pod.get("metadata", {}).get("name", "?")
+        for status in pod.get("status", {}).get("containerStatuses") or []:
+            waiting = (status.get("state") or {}).get("waiting") or {}
+            if waiting.get("reason") in _IMAGE_PULL_REASONS:
+                return Reason.IMAGE_PULL_ERROR, (f"pod {name} cannot pull image {status.get('image')!r}: "
+                                                 f"{waiting.get('reason')} {waiting.get('message', '')}".strip())
+    for pod in pods:
+        name = pod.get("metadata", {}).get("name", "?")
+        for cond in pod.get("status", {}).get("conditions") or []:
+            if cond.get("type") == "PodScheduled" and cond.get("status") == "False" \
+                    and cond.get("reason") == "Unschedulable":
+                return Reason.UNSCHEDULABLE, (f"pod {name} cannot be scheduled: {cond.get('message', '')}; "
+                                              "check spec.resources (GPUs), nodeSelector and tolerations")
+    return None
+
+
+def _last_failure(pods: list[dict[str, Any]]) -> tuple[Reason, str] | None:
+    """Why the latest failed Pod died (OOMKilled, exit code), for the run's message and Events."""
+    failures = []
+    for pod in pods:
+        for status in pod.get("status", {}).get("containerStatuses") or []:
+            terminated = (status.get("state") or {}).get("terminated") or {}
+            if terminated and terminated.get("exitCode", 0) != 0:
+                failures.append((terminated.get("finishedAt") or "", pod["metadata"]["name"], terminated))
+    if not failures:
+        return None
+    _, name, terminated = max(failures, key=lambda f: f[0])
+    if terminated.get("reason") == "OOMKilled":
+        return Reason.OOM_KILLED, (f"pod {name} was OOMKilled; raise spec.resources.memory or lower the batch "
+                                   "size")
+    detail = terminated.get("message") or terminated.get("reason") or "Error"
+    return Reason.POD_FAILED, f"pod {name} exited with code {terminated.get('exitCode')}: {detail}"
+
+
+def _parse_time(value: str | None) -> datetime | None:
+    return datetime.fromisoformat(value.replace("Z", "+00:00")) if value else None
+
+
+def observe(job: dict[str, Any] | None, pods: list[dict[str, Any]], *, suspended: bool,
+            last_heartbeat: datetime | None, heartbeat_timeout: float, now: datetime) -> Observation:
+    """The run's phase and why, from its Job and Pods (``job`` None: not created yet)."""
+    if job is None:
+        return Observation(Phase.SUSPENDED if suspended else Phase.PENDING,
+                           Reason.SUSPENDED if suspended else Reason.JOB_PENDING,
+                           "run is suspended (spec.suspend)" if suspended else "creating the Job")
+    job_name = job["metadata"]["name"]
+    job_status = job.get("status") or {}
+    start, completion = job_status.get("startTime"), job_status.get("completionTime")
+
+    if _job_condition(job, "Complete") or _job_condition(job, "SuccessCriteriaMet"):
+        return Observation(Phase.SUCCEEDED, Reason.SUCCEEDED, f"Job {job_name} completed", start,
+                           completion or job_status.get("startTime"))
+
+    failed = _job_condition(job, "Failed") or _job_condition(job, "FailureTarget")
+    if failed:
+        reason = _JOB_FAILURE_REASONS.get(failed.get("reason", ""), Reason.JOB_FAILED)
+        message = f"Job {job_name} failed: {failed.get('message') or failed.get('reason')}"
+        pod_failure = _last_failure(pods)
+        if pod_failure is not None:
+            if pod_failure[0] is Reason.OOM_KILLED:
+                reason = Reason.OOM_KILLED
+            message = f"{message}; last failure: {pod_failure[1]}"
+        return Observation(Phase.FAILED, reason, message, start, failed.get("lastTransitionTime"))
+
+    if suspended:
+        return Observation(Phase.SUSPENDED, Reason.SUSPENDED,
+                           f"Job {job_name} is suspended; set spec.suspend to false to resume", start)
+    if (job.get("spec") or {}).get("suspend"):
+        return Observation(Phase.PENDING, Reason.QUEUED,
+                           f"Job {job_name} is queued: suspended until its queue (spec.queueName) admits it", start)
+
+    events: tuple[RunEvent, ...] = ()
+    pod_failure = _last_failure(pods)
+    if pod_failure is not None:
+        events = (RunEvent("Warning", *pod_failure),)
+
+    running = [p for p in pods if p.get("status", {}).get("phase") == "Running"]
+    if running:
+        started = _parse_time(start)
+        reference = last_heartbeat or started
+        if reference is not None and (now - reference).total_seconds() > heartbeat_timeout:
+            what = "no heartbeat" if last_heartbeat is None else f"last heartbeat at {last_heartbeat:%Y-%m-%dT%H:%M:%SZ}"
+            return Observation(Phase.FAILED, Reason.HEARTBEAT_TIMEOUT,
+                               f"{what}; the pods sent no progress for more than {heartbeat_timeout:.0f}s "
+                               "(spec.heartbeatTimeoutSeconds); the Job was suspended to free its GPUs",
+                               start, None, events)
+        active = job_status.get("active", 0)
+        return Observation(Phase.RUNNING, Reason.JOB_RUNNING,
+                           f"Job {job_name}: {active} pod(s) active, {len(running)} running", start, None, events)
+
+    trouble = _pod_trouble(pods)
+    if trouble is not None:
+        return Observation(Phase.PENDING, trouble[0], trouble[1], start, None, events)
+    return Observation(Phase.PENDING, Reason.JOB_PENDING, f"Job {job_name} created; waiting for its pods to start",
+                       start, None, events)

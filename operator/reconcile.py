@@ -1,0 +1,136 @@
+"""Bring one run's children in line with its spec: check what can only be checked at run time,
+then make sure its Job (and, for multi-node training, its headless Service) exists.
+
+Idempotent by construction: the Job's name comes from the run, creation treats "already exists" as
+success, and a second call changes nothing. So kopf may call this twice, and an operator restarted
+half-way never makes a second Job.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime
+from typing import Any
+
+import kopf
+from pydantic import ValidationError
+
+from sampleforge.api import Kind, Phase, Reason
+from sampleforge.api.constants import TERMINAL_PHASES
+from sampleforge.operator import status as run_status
+from sampleforge.operator.context import OperatorContext
+from sampleforge.operator.lifecycle import Observation, observe
+from sampleforge.operator.render import RunObject, render_headless_service, render_job
+
+log = logging.getLogger(__name__)
+
+UPSTREAM_RETRY_SECONDS = 10
+SECRET_RETRY_SECONDS = 30
+
+
+def _report(ctx: OperatorContext, kind: Kind, body: dict[str, Any], obs: Observation, **extra: Any) -> None:
+    run_status.write(ctx, kind, body, run_status.compose(body, obs, datetime.now(UTC), **extra))
+
+
+def outputs_for(kind: Kind, run: RunObject) -> dict[str, str]:
+    uri = str(run.spec.output.uri)
+    out = {"uri": uri, "manifestUri": f"{uri}manifest.json"}
+    if kind is Kind.FINE_TUNE_RUN:
+        out["modelUri"] = f"{uri}model/"
+    return out
+
+
+def upstream_input(ctx: OperatorContext, body: dict[str, Any], run: RunObject) -> str | None:
+    """For a FineTuneRun fed by an AugmentationRun: that run's committed output, or wait/fail."""
+    spec = run.spec
+    upstream_name = getattr(getattr(spec, "data", None), "from_augmentation_run", None)
+    if not upstream_name:
+        return None
+    upstream = ctx.kube.get_run(Kind.AUGMENTATION_RUN, run.namespace, upstream_name)
+    if upstream is None:
+        _report(ctx, Kind.FINE_TUNE_RUN, body, Observation(
+            Phase.WAITING, Reason.UPSTREAM_NOT_FOUND,
+            f"AugmentationRun {upstream_name} (spec.data.fromAugmentationRun) does not exist in namespace "
+            f"{run.namespace}; create it or fix the name"))
+        raise kopf.TemporaryError(f"upstream AugmentationRun {upstream_name} not found", delay=UPSTREAM_RETRY_SECONDS)
+    phase = (upstream.get("status") or {}).get("phase")
+    if phase == Phase.FAILED:
+        _report(ctx, Kind.FINE_TUNE_RUN, body, Observation(
+            Phase.FAILED, Reason.UPSTREAM_FAILED,
+            f"AugmentationRun {upstream_name} (spec.data.fromAugmentationRun) failed; fix and rerun it, then "
+            "create a new FineTuneRun"))
+        return None
+    if phase != Phase.SUCCEEDED:
+        _report(ctx, Kind.FINE_TUNE_RUN, body, Observation(
+            Phase.WAITING, Reason.WAITING_FOR_UPSTREAM,
+            f"waiting for AugmentationRun {upstream_name} to succeed (it is {phase or 'Pending'})"))
+        raise kopf.TemporaryError(f"upstream AugmentationRun {upstream_name} is {phase}",
+                                  delay=UPSTREAM_RETRY_SECONDS)
+    outputs = (upstream.get("status") or {}).get("outputs") or {}
+    uri = outputs.get("uri") or str(upstream["spec"]["output"]["uri"])
+    return str(uri)
+
+
+def check_secrets(ctx: OperatorContext, kind: Kind, body: dict[str, Any], run: RunObject) -> None:
+    """A missing Secret is a condition with a reason and a slow retry, never a crash loop."""
+    storage = run.spec.storage
+    wanted = {storage.credentials_secret: {storage.access_key_key(), storage.secret_key_key()}}
+    hub = run.spec.hub_token
+    if hub is not None:
+        wanted.setdefault(hub.name, set()).add(hub.key)
+    for secret, keys in wanted.items():
+        have = ctx.kube.get_secret_keys(run.namespace, secret)
+        missing = sorted(keys - (have or set()))
+        if have is None or missing:
+            what = (f"Secret {secret} not found in namespace {run.namespace}" if have is None
+                    else f"Secret {secret} has no key(s) {', '.join(missing)}")
+            _report(ctx, kind, body, Observation(
+                Phase.PENDING, Reason.SECRET_NOT_FOUND,
+                f"{what} (spec.storage.credentialsSecret / spec.hubToken); create it — the run starts by itself"))
+            raise kopf.TemporaryError(what, delay=SECRET_RETRY_SECONDS)
+
+
+def reconcile(ctx: OperatorContext, kind: Kind, body: dict[str, Any]) -> None:
+    phase = (body.get("status") or {}).get("phase")
+    if phase in TERMINAL_PHASES:
+        return
+    try:
+        run = RunObject.from_body({**body, "kind": str(kind)})
+    except ValidationError as err:
+        _report(ctx, kind, body, Observation(Phase.FAILED, Reason.INVALID_SPEC, f"invalid spec: {err}"))
+        raise kopf.PermanentError(f"invalid spec: {err}") from err
+
+    input_uri = upstream_input(ctx, body, run) if kind is Kind.FINE_TUNE_RUN else None
+    if kind is Kind.FINE_TUNE_RUN and run.spec.data.from_augmentation_run and input_uri is None:  # type: ignore[attr-defined]
+        return  # upstream failed: reported above
+    check_secrets(ctx, kind, body, run)
+
+    service = render_headless_service(run, ctx.settings)
+    if service is not None:
+        ctx.kube.ensure_service(service)
+    try:
+        job, created = ctx.kube.ensure_job(render_job(run, ctx.settings, input_uri=input_uri))
+    except Exception:
+        ctx.metrics.job_create_errors.labels(kind=kind).inc()
+        raise
+    job_name = job["metadata"]["name"]
+    if created:
+        ctx.metrics.jobs_created.labels(kind=kind).inc()
+        kopf.info(body, reason=Reason.JOB_CREATED, message=f"created Job {job_name}")
+        log.info("job created", extra={"kind": str(kind), "namespace": run.namespace, "run": run.name,
+                                       "job": job_name})
+    suspend = bool(run.spec.suspend)
+    job_is_suspended = bool((job.get("spec") or {}).get("suspend"))
+    # A queued run's Job is resumed by Kueue when it admits it, never by the operator.
+    if job_is_suspended != suspend and (suspend or run.spec.queue_name is None):
+        ctx.kube.set_job_suspend(run.namespace, job_name, suspend)
+        job.setdefault("spec", {})["suspend"] = suspend
+        kopf.info(body, reason=Reason.SUSPENDED if suspend else Reason.RESUMED,
+                  message=f"{'suspended' if suspend else 'resumed'} Job {job_name}")
+    obs = observe(job, ctx.children.pods(run.uid), suspended=suspend, last_heartbeat=None,
+                  heartbeat_timeout=float("inf"), now=datetime.now(UTC))
+    if phase == Phase.RUNNING and obs.phase is Phase.PENDING:
+        # After a restart the pod cache may still be empty: never step a running run back.
+        return
+    _report(ctx, kind, body, obs, job_name=job_name, outputs=outputs_for(kind, run))
+    ctx.children.wake(run.uid)

@@ -1,0 +1,427 @@
+"""Rendering: a run (its identity and spec) → the Kubernetes objects that carry it out, as dicts.
+
+Everything here is a pure function: no API calls, no clock, no randomness. The same run and
+settings always give equal dicts (and byte-equal JSON), which is what makes creation idempotent:
+the Job's name is derived from the run's name, so an operator that restarts mid-reconcile, or an
+event delivered twice, renders the same Job again, and the API server's 409 Conflict says it
+exists already. Names are never taken from time or chance.
+
+What a run becomes:
+
+* **AugmentationRun** → one Indexed Job, one pod per shard (``completions = parallelism =
+  spec.parallelism``); each pod finds its shard in ``JOB_COMPLETION_INDEX`` (set by Kubernetes)
+  and the shard count in ``SHARD_COUNT``.
+* **FineTuneRun** with one node → a plain Job with one pod. With ``distribution.nodes > 1`` → an
+  Indexed Job with one pod per node plus a headless Service (:func:`render_headless_service`):
+  Indexed Job pods get the hostname ``<job>-<index>``, and with ``subdomain`` = the Service's name
+  rank 0 is resolvable as ``<job>-0.<service>.<namespace>.svc``, which is ``MASTER_ADDR``. The node
+  rank is the completion index.
+
+Both are owned by the run (``controller: true``), so deleting the run deletes the Job, its pods and
+the Service through garbage collection, with no finalizer needed. The pod itself (environment,
+resources, volumes, scheduling, security) is built in :mod:`._render_pod`.
+
+Label propagation (decided here, documented in :data:`NOT_PROPAGATED_PREFIXES`): a run's own
+labels are copied to its Job and pods, because users select by them (``kubectl get pods -l
+team=search``), except bookkeeping labels that belong to the tool that manages the run itself.
+Copying those would make that tool claim the Job: Argo CD tracks what it owns by
+``app.kubernetes.io/instance`` and prunes or flags "extraneous" objects carrying it; ``kubectl
+apply --prune`` with ApplySets deletes whatever carries ``applyset.kubernetes.io/part-of``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Final, TypeAlias
+
+from sampleforge.api import AugmentationRunSpec, FineTuneRunSpec, Kind
+from sampleforge.api.constants import (
+    ANNOTATION_PREFIX,
+    API_VERSION,
+    GROUP,
+    KUEUE_QUEUE_LABEL,
+    LABEL_MANAGED_BY,
+    LABEL_RUN_KIND,
+    LABEL_RUN_NAME,
+    LABEL_RUN_UID,
+    MANAGED_BY_VALUE,
+)
+from sampleforge.api.jobenv import EXIT_INVALID_CONFIG
+
+from ._render_pod import CONTAINER_NAME, RENDEZVOUS_PORT_NAME, Topology, pod_template
+from .settings import Settings
+
+__all__ = [
+    "ANNOTATION_RUN_GENERATION",
+    "MAX_JOB_NAME_LENGTH",
+    "NOT_PROPAGATED_KEYS",
+    "NOT_PROPAGATED_PREFIXES",
+    "RunObject",
+    "Topology",
+    "child_labels",
+    "job_name",
+    "job_suspended",
+    "owner_reference",
+    "pod_failure_policy",
+    "propagated_labels",
+    "render_headless_service",
+    "render_job",
+    "run_label_value",
+    "selector_labels",
+    "service_name",
+    "topology",
+]
+
+#: The spec model of either kind.
+RunSpec: TypeAlias = AugmentationRunSpec | FineTuneRunSpec
+
+_SPEC_MODELS: Final[dict[Kind, type[AugmentationRunSpec | FineTuneRunSpec]]] = {
+    Kind.AUGMENTATION_RUN: AugmentationRunSpec,
+    Kind.FINE_TUNE_RUN: FineTuneRunSpec,
+}
+
+
+@dataclass(frozen=True)
+class RunObject:
+    """What rendering needs to know about one run: who it is, and its spec twice.
+
+    ``spec`` is the validated model (defaults applied), used to decide what to render;
+    ``raw_spec`` is the spec exactly as the API server stores it (camelCase, server defaults
+    applied), passed to the pods verbatim in ``RUN_SPEC`` so the job validates the very document
+    the API server accepted, with the same schema.
+    """
+
+    kind: Kind
+    name: str
+    namespace: str
+    uid: str
+    generation: int
+    spec: RunSpec
+    raw_spec: Mapping[str, Any]
+    labels: Mapping[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "kind", Kind(self.kind))
+        if not isinstance(self.spec, _SPEC_MODELS[self.kind]):
+            raise TypeError(f"a {self.kind} needs a {_SPEC_MODELS[self.kind].__name__}, got {type(self.spec).__name__}")
+
+    @classmethod
+    def from_body(cls, body: Mapping[str, Any]) -> RunObject:
+        """Build from a whole object as the API server (or kopf's ``body``) returns it.
+
+        Raises pydantic's ValidationError when the spec does not validate: the API server's schema
+        should have stopped it, so this means a schema drift or a hand-edited etcd.
+        """
+        kind = Kind(body["kind"])
+        meta = body["metadata"]
+        raw = _plain(body["spec"])
+        return cls(
+            kind=kind,
+            name=str(meta["name"]),
+            namespace=str(meta["namespace"]),
+            uid=str(meta["uid"]),
+            generation=int(meta.get("generation") or 1),
+            spec=_SPEC_MODELS[kind].model_validate(raw),
+            raw_spec=raw,
+            labels={str(k): str(v) for k, v in (meta.get("labels") or {}).items()},
+        )
+
+
+def _plain(value: Any) -> Any:
+    """A deep copy made of plain dicts and lists (kopf hands out read-only Mapping views)."""
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+# --- names -----------------------------------------------------------------------------------
+
+_JOB_SUFFIX: Final[dict[Kind, str]] = {Kind.AUGMENTATION_RUN: "-aug", Kind.FINE_TUNE_RUN: "-ft"}
+_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+_DNS_1035_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+_MAX_LABEL: Final = 63
+_HASH_LENGTH: Final = 8
+
+#: Longest Job name rendered. Pods of an Indexed Job get the hostname ``<job>-<index>``, which must
+#: be a DNS-1123 label (at most 63 characters; the Job controller does not shorten it), and an
+#: index has at most 3 digits (spec.parallelism <= 1000, distribution.nodes <= 64). The Job
+#: controller also copies the name into the pods' ``batch.kubernetes.io/job-name`` label.
+MAX_JOB_NAME_LENGTH: Final = _MAX_LABEL - len("-999")
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:_HASH_LENGTH]
+
+
+def job_name(kind: Kind | str, run_name: str) -> str:
+    """The Job's name: ``<run-name>-aug`` or ``<run-name>-ft``, derived from the run's name only.
+
+    A run name is a DNS-1123 *subdomain* (up to 253 characters, dots allowed) but the Job name must
+    work as a DNS-1123 *label* (see :data:`MAX_JOB_NAME_LENGTH`). Names that do not fit are
+    shortened, dots become dashes, and 8 hex digits of the full name's SHA-256 keep two long names
+    with a common prefix apart: ``<first part>-<hash>-aug``. The uid is deliberately not part of
+    the name: the name must be computable from what a user sees, and a recreated run is told apart
+    from its predecessor by the ``LABEL_RUN_UID`` label and the owner reference instead.
+    """
+    suffix = _JOB_SUFFIX[Kind(kind)]
+    plain = run_name + suffix
+    if len(plain) <= MAX_JOB_NAME_LENGTH and _DNS_LABEL.match(plain):
+        return plain
+    room = MAX_JOB_NAME_LENGTH - len(suffix) - _HASH_LENGTH - 1
+    stem = re.sub(r"[^a-z0-9-]", "-", run_name.lower())[:room].strip("-")
+    return f"{stem}-{_digest(run_name)}{suffix}" if stem else f"x{_digest(run_name)}{suffix}"
+
+
+def service_name(job: str) -> str:
+    """The headless Service (and pod subdomain) of a multi-node Job: the Job's own name.
+
+    A Service name must be a DNS-1035 label, which may not start with a digit; a Job named
+    ``2026q4-ranker-ft`` gets the Service ``sf-2026q4-ranker-ft`` (still at most 63 characters).
+    """
+    return job if _DNS_1035_LABEL.match(job) else f"sf-{job}"
+
+
+def run_label_value(run_name: str) -> str:
+    """The run's name as a label value (``LABEL_RUN_NAME``).
+
+    Label values are at most 63 characters while run names may have 253; longer names are cut
+    and get a hash suffix, as in :func:`job_name`. Select children by :func:`selector_labels`
+    (the uid) when the exact run matters.
+    """
+    if len(run_name) <= _MAX_LABEL:
+        return run_name
+    return f"{run_name[: _MAX_LABEL - _HASH_LENGTH - 1].rstrip('-.')}-{_digest(run_name)}"
+
+
+# --- labels, annotations, ownership ----------------------------------------------------------
+
+#: Recommended Kubernetes labels the operator sets on every child (values: see below).
+LABEL_APP_NAME: Final = "app.kubernetes.io/name"
+LABEL_APP_COMPONENT: Final = "app.kubernetes.io/component"
+APP_NAME: Final = "sampleforge"
+_COMPONENT: Final[dict[Kind, str]] = {Kind.AUGMENTATION_RUN: "augmentation", Kind.FINE_TUNE_RUN: "finetune"}
+
+#: Annotation on the Job: the run's metadata.generation it was rendered from.
+ANNOTATION_RUN_GENERATION: Final = f"{ANNOTATION_PREFIX}/run-generation"
+
+#: Run label keys never copied to children: Argo CD's default tracking label (it would adopt or
+#: prune the Job), and the Job controller's own pod labels (a user value would clash with the
+#: selector the API server generates).
+NOT_PROPAGATED_KEYS: Final = frozenset({"app.kubernetes.io/instance", "controller-uid", "job-name"})
+#: Run label prefixes never copied to children: the operator's own keys (it sets them itself),
+#: GitOps and kubectl bookkeeping (Argo CD, Flux, kubectl ApplySets), Kueue (the queue comes from
+#: spec.queueName only, and Kueue's pod integration would manage labelled pods on its own) and the
+#: Job controller's ``batch.kubernetes.io/`` labels.
+NOT_PROPAGATED_PREFIXES: Final = (
+    f"{GROUP}/",
+    "argocd.argoproj.io/",
+    "kustomize.toolkit.fluxcd.io/",
+    "helm.toolkit.fluxcd.io/",
+    "applyset.kubernetes.io/",
+    "kubectl.kubernetes.io/",
+    "kueue.x-k8s.io/",
+    "batch.kubernetes.io/",
+)
+
+
+def propagated_labels(run: RunObject) -> dict[str, str]:
+    """The run's own labels that its children carry too (see the module docstring)."""
+    return {
+        k: v
+        for k, v in sorted(run.labels.items())
+        if k not in NOT_PROPAGATED_KEYS and not k.startswith(NOT_PROPAGATED_PREFIXES)
+    }
+
+
+def selector_labels(run: RunObject) -> dict[str, str]:
+    """Labels that select exactly this run's children (pods, Job, Service), never a predecessor's."""
+    return {LABEL_RUN_KIND: run.kind.value, LABEL_RUN_UID: run.uid}
+
+
+def child_labels(run: RunObject) -> dict[str, str]:
+    """Labels of every child (Job, pod template, Service): propagated ones, then the operator's,
+    which win on a clash. Keys sorted, so the rendered dict does not depend on input order."""
+    labels = propagated_labels(run)
+    labels.update(selector_labels(run))
+    labels.update({
+        LABEL_RUN_NAME: run_label_value(run.name),
+        LABEL_MANAGED_BY: MANAGED_BY_VALUE,
+        LABEL_APP_NAME: APP_NAME,
+        LABEL_APP_COMPONENT: _COMPONENT[run.kind],
+    })
+    return dict(sorted(labels.items()))
+
+
+def owner_reference(run: RunObject) -> dict[str, Any]:
+    """The controller owner reference to the run: garbage collection deletes the child with it.
+
+    ``blockOwnerDeletion`` makes foreground deletion of the run wait for the Job; the operator's
+    RBAC therefore needs ``update`` on ``<plural>/finalizers`` (OwnerReferencesPermissionEnforcement).
+    """
+    return {
+        "apiVersion": API_VERSION,
+        "kind": run.kind.value,
+        "name": run.name,
+        "uid": run.uid,
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+# --- the Job ---------------------------------------------------------------------------------
+
+
+def topology(run: RunObject) -> Topology:
+    """How many pods the run's Job has, whether it is Indexed, GPUs per pod, and the rendezvous
+    Service of a multi-node FineTuneRun."""
+    spec = run.spec
+    if isinstance(spec, AugmentationRunSpec):
+        # Always Indexed, even with one shard: the job code then has a single way to find its shard.
+        gpus = spec.resources.gpus if spec.resources.gpus is not None else 0
+        return Topology(pods=spec.parallelism, indexed=True, gpus_per_pod=gpus, service=None)
+    nodes = spec.distribution.nodes
+    service = service_name(job_name(run.kind, run.name)) if nodes > 1 else None
+    return Topology(pods=nodes, indexed=nodes > 1, gpus_per_pod=spec.gpus_per_pod(), service=service)
+
+
+def job_suspended(spec: RunSpec) -> bool:
+    """``Job.spec.suspend`` at creation: the run's ``suspend``, or true when a Kueue queue is named.
+
+    Kueue admits a Job by unsuspending it, so a queued Job is created suspended (as Kueue's own
+    examples do); otherwise its pods could start before Kueue's webhook or admission. The caller
+    must then leave resuming to Kueue: when a queued run is resumed (``suspend: false``) the
+    operator does not patch the Job's ``suspend`` itself.
+    """
+    return spec.suspend or spec.queue_name is not None
+
+
+def pod_failure_policy() -> dict[str, Any]:
+    """What a failed pod means, evaluated before ``backoffLimit`` counts it.
+
+    * exit code :data:`~sampleforge.api.jobenv.EXIT_INVALID_CONFIG` (2): the configuration is
+      wrong and a retry would fail the same way, so the Job fails at once (FailJob);
+    * a pod with the ``DisruptionTarget`` condition (preemption by a higher priority, eviction,
+      node drain, taint manager) is retried without counting against ``backoffLimit`` (Ignore): a
+      fine-tune checkpoints on SIGTERM and resumes.
+    * anything else, including :data:`~sampleforge.api.jobenv.EXIT_TERMINATED` (143) without a
+      disruption condition, is an ordinary failure counted against ``backoffLimit``.
+    """
+    return {
+        "rules": [
+            {
+                "action": "FailJob",
+                "onExitCodes": {"containerName": CONTAINER_NAME, "operator": "In", "values": [EXIT_INVALID_CONFIG]},
+            },
+            {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
+        ]
+    }
+
+
+def _check_input(run: RunObject, input_uri: str | None) -> None:
+    spec = run.spec
+    upstream = spec.data.from_augmentation_run if isinstance(spec, FineTuneRunSpec) else None
+    if upstream is not None and input_uri is None:
+        raise ValueError(
+            f"{run.kind} {run.namespace}/{run.name} trains on AugmentationRun {upstream!r} "
+            "(spec.data.fromAugmentationRun): pass that run's committed output as input_uri"
+        )
+    if upstream is None and input_uri is not None:
+        raise ValueError(
+            f"{run.kind} {run.namespace}/{run.name} names no upstream AugmentationRun; input_uri must be None"
+        )
+
+
+def render_job(run: RunObject, settings: Settings, input_uri: str | None = None) -> dict[str, Any]:
+    """The run's batch/v1 Job.
+
+    ``input_uri`` is the committed output prefix of the AugmentationRun a FineTuneRun trains on
+    (``spec.data.fromAugmentationRun``): required for exactly those runs, ValueError otherwise,
+    so a Job can never be created that trains on nothing.
+    """
+    _check_input(run, input_uri)
+    spec = run.spec
+    topo = topology(run)
+    name = job_name(run.kind, run.name)
+    if topo.indexed and len(f"{name}-{topo.pods - 1}") > _MAX_LABEL:  # guards MAX_JOB_NAME_LENGTH
+        raise ValueError(f"pod hostname {name}-{topo.pods - 1} would exceed {_MAX_LABEL} characters")
+
+    labels = child_labels(run)
+    job_labels = dict(labels)
+    if spec.queue_name is not None:
+        # On the Job only: Kueue's Job integration reads it there; on pods it would make Kueue's
+        # pod integration (when enabled) try to manage each pod on its own.
+        job_labels[KUEUE_QUEUE_LABEL] = spec.queue_name
+
+    job_spec: dict[str, Any] = {
+        "suspend": job_suspended(spec),
+        "completions": topo.pods,
+        "parallelism": topo.pods,
+        "completionMode": "Indexed" if topo.indexed else "NonIndexed",
+        "backoffLimit": spec.backoff_limit,
+        "podFailurePolicy": pod_failure_policy(),
+        # Start a replacement only once the failed pod is gone: two pods with the same hostname
+        # (rank 0 and its replacement) must never be in the rendezvous Service at once. This is
+        # also the only value allowed with a podFailurePolicy.
+        "podReplacementPolicy": "Failed",
+    }
+    if spec.active_deadline_seconds is not None:
+        job_spec["activeDeadlineSeconds"] = spec.active_deadline_seconds
+    if spec.ttl_seconds_after_finished is not None:
+        job_spec["ttlSecondsAfterFinished"] = spec.ttl_seconds_after_finished
+    job_spec["template"] = pod_template(
+        run,
+        settings,
+        job=name,
+        topo=topo,
+        labels=labels,
+        run_spec_json=json.dumps(run.raw_spec, sort_keys=True, separators=(",", ":"), ensure_ascii=False),
+        input_uri=input_uri,
+    )
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {
+            "name": name,
+            "namespace": run.namespace,
+            "labels": dict(sorted(job_labels.items())),
+            "annotations": {ANNOTATION_RUN_GENERATION: str(run.generation)},
+            "ownerReferences": [owner_reference(run)],
+        },
+        "spec": job_spec,
+    }
+
+
+def render_headless_service(run: RunObject, settings: Settings) -> dict[str, Any] | None:
+    """The headless Service that gives a multi-node FineTuneRun's pods stable DNS names; None for
+    every other run.
+
+    ``publishNotReadyAddresses``: the pods have no readiness probe that means anything for
+    rendezvous, and rank 0 must be resolvable as soon as it has an IP, not when it is "ready".
+    Created before the Job by the caller so the name resolves by the time pods start.
+    """
+    topo = topology(run)
+    if topo.service is None:
+        return None
+    port = settings.rendezvous_port
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {
+            "name": topo.service,
+            "namespace": run.namespace,
+            "labels": child_labels(run),
+            "ownerReferences": [owner_reference(run)],
+        },
+        "spec": {
+            "clusterIP": "None",
+            "selector": selector_labels(run),
+            "publishNotReadyAddresses": True,
+            "ports": [{"name": RENDEZVOUS_PORT_NAME, "port": port, "targetPort": port, "protocol": "TCP"}],
+        },
+    }

@@ -1,0 +1,79 @@
+"""The operator's settings: read from the environment once at startup, each with a default.
+
+One frozen object is passed to everything that needs configuration (rendering, the heartbeat
+endpoint, the monitors), so a test can build one directly and nothing reads ``os.environ`` later.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+_PREFIX = "SAMPLEFORGE_OPERATOR_"
+
+
+@dataclass(frozen=True)
+class Settings:
+    #: Image for run pods when a run sets no spec.image.
+    job_image: str = "ghcr.io/sampleforge/sampleforge-job:0.1.0"
+    #: Namespaces to watch (comma-separated); empty means the whole cluster.
+    namespaces: tuple[str, ...] = ()
+    #: Namespace the operator runs in (its leader-election Lease lives there).
+    pod_namespace: str = "sampleforge-system"
+    #: This replica's identity for leader election (the pod name in a cluster).
+    pod_name: str = "sampleforge-operator-local"
+    #: Take part in leader election (several replicas, one active). Off for a single local process.
+    leader_election: bool = True
+    lease_name: str = "sampleforge-operator"
+    lease_duration_seconds: int = 15
+    #: Port of the operator's HTTP server: /healthz, /readyz, /metrics and the heartbeat endpoint.
+    http_port: int = 8080
+    http_host: str = "0.0.0.0"  # noqa: S104 - inside its pod; a Service and NetworkPolicy front it
+    #: URL the run pods POST heartbeats to (the operator's Service, or 127.0.0.1 for a local operator).
+    heartbeat_url: str = "http://sampleforge-operator.sampleforge-system.svc:8080/v1alpha1/heartbeats"
+    #: How often pods send heartbeats; the operator writes a run's status at most once per
+    #: ``status_min_interval_seconds`` whatever the pods send.
+    heartbeat_interval_seconds: int = 10
+    status_min_interval_seconds: float = 5.0
+    #: Re-check each live run at least this often even when nothing changed (heartbeat timeouts).
+    resync_seconds: float = 30.0
+    #: Node label that spec.resources.gpuType is matched against.
+    gpu_type_label: str = "nvidia.com/gpu.product"
+    #: Tolerate the usual taint of GPU node pools on pods that ask for GPUs.
+    tolerate_gpu_taint: bool = True
+    #: Port for torch.distributed rendezvous on multi-node FineTuneRuns.
+    rendezvous_port: int = 29500
+    #: A watch that lags the API server this long marks the operator unhealthy (liveness fails).
+    watch_stale_seconds: float = 120.0
+    log_format: str = "json"
+    extra_job_env: Mapping[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """``SAMPLEFORGE_OPERATOR_<FIELD>`` overrides each field, e.g. ``..._JOB_IMAGE``."""
+        env = os.environ if env is None else env
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            raw = env.get(_PREFIX + f.name.upper())
+            if raw is None:
+                continue
+            default = getattr(cls, f.name, None)
+            if isinstance(default, bool):
+                values[f.name] = raw.strip().lower() in ("1", "true", "yes")
+            elif isinstance(default, int):
+                values[f.name] = int(raw)
+            elif isinstance(default, float):
+                values[f.name] = float(raw)
+            elif isinstance(default, tuple):
+                values[f.name] = tuple(s.strip() for s in raw.split(",") if s.strip())
+            elif f.name == "extra_job_env":
+                values[f.name] = dict(kv.split("=", 1) for kv in raw.split(",") if "=" in kv)
+            else:
+                values[f.name] = raw
+        if "pod_namespace" not in values and env.get("POD_NAMESPACE"):
+            values["pod_namespace"] = env["POD_NAMESPACE"]
+        if "pod_name" not in values and env.get("POD_NAME"):
+            values["pod_name"] = env["POD_NAME"]
+        return cls(**values)

@@ -1,0 +1,257 @@
+"""The operator against the real API server, controllers and kwok GPU nodes: from a created run
+to a Job and back to status, with the operator running as its own process."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from kubernetes import client
+from prometheus_client.parser import text_string_to_metric_families
+
+from operator_helpers import (
+    CREDENTIALS_SECRET,
+    condition,
+    create_credentials,
+    create_run,
+    example,
+    get_run,
+    jobs_of,
+    patch_run,
+    pod_token,
+    pods_of,
+    post_heartbeat,
+    running_pod,
+    scrape,
+    wait_for,
+    wait_phase,
+)
+from sampleforge.api import jobenv
+from sampleforge.api.constants import GPU_RESOURCE, Kind
+from sampleforge.testbed import EXIT_CODE_ANNOTATION, HOLD_KEY, Testbed
+from sampleforge.testbed._operator import OPERATOR_NAMESPACE, OperatorProcess
+
+pytestmark = pytest.mark.integration
+AR, FT = Kind.AUGMENTATION_RUN, Kind.FINE_TUNE_RUN
+HOLD = {HOLD_KEY: "true"}
+FAST = {"SAMPLEFORGE_OPERATOR_STATUS_MIN_INTERVAL_SECONDS": "1", "SAMPLEFORGE_OPERATOR_RESYNC_SECONDS": "2",
+        "SAMPLEFORGE_OPERATOR_LEADER_ELECTION": "true", "SAMPLEFORGE_OPERATOR_LEASE_DURATION_SECONDS": "6"}
+
+
+@pytest.fixture(scope="module")
+def operator_proc(testbed: Testbed, tmp_path_factory: pytest.TempPathFactory) -> Iterator[OperatorProcess]:
+    with testbed.api_client() as api:
+        try:
+            client.CoreV1Api(api).create_namespace({"metadata": {"name": OPERATOR_NAMESPACE}})
+        except client.ApiException as err:
+            if err.status != 409:
+                raise
+    logs = testbed.logs
+    proc = OperatorProcess(testbed.kubeconfig, logs / "operator.log", settings=FAST).start()
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture
+def ns(operator_proc: OperatorProcess, kube_api: client.ApiClient, namespace: str) -> str:
+    create_credentials(kube_api, namespace)
+    return namespace
+
+
+def release(api: client.ApiClient, namespace: str, uid: str) -> None:
+    """Let held kwok pods finish successfully."""
+    for pod in pods_of(api, namespace, uid):
+        client.CoreV1Api(api).patch_namespaced_pod(pod.metadata.name, namespace,
+                                                   {"metadata": {"labels": {HOLD_KEY: None}}})
+
+
+class TestJobCreation:
+    def test_augmentation_run_becomes_a_gpu_job_with_secret_env_and_owner(self, kube_api: client.ApiClient,
+                                                                         ns: str) -> None:
+        run = create_run(kube_api, ns, example("augmentationrun.yaml"), labels={"team": "search", **HOLD})
+        uid = run["metadata"]["uid"]
+        jobs = wait_for(lambda: jobs_of(kube_api, ns, uid), what="the Job")
+        assert len(jobs) == 1
+        job = jobs[0]
+        assert job.metadata.owner_references[0].uid == uid and job.metadata.owner_references[0].controller
+        assert job.metadata.labels["team"] == "search"
+        assert job.spec.completion_mode == "Indexed" and job.spec.completions == 4
+        container = job.spec.template.spec.containers[0]
+        assert container.resources.limits[GPU_RESOURCE] == "1"
+        env = {e.name: e for e in container.env}
+        assert env[jobenv.S3_SECRET_KEY].value_from.secret_key_ref.name == CREDENTIALS_SECRET
+        assert env[jobenv.S3_SECRET_KEY].value is None
+        assert "do-not-leak-this-secret" not in json.dumps(client.ApiClient().sanitize_for_serialization(job))
+        assert json.loads(env[jobenv.RUN_SPEC].value)["source"]["uri"] == run["spec"]["source"]["uri"]
+
+        status = wait_phase(kube_api, AR, ns, run["metadata"]["name"], "Running")["status"]
+        assert status["jobName"] == job.metadata.name
+        assert condition({"status": status}, "Reconciling")["status"] == "True"
+        release(kube_api, ns, uid)
+        done = wait_phase(kube_api, AR, ns, run["metadata"]["name"], "Succeeded", timeout=90)
+        assert condition(done, "Ready")["status"] == "True"
+        assert condition(done, "Complete")["status"] == "True"
+        assert condition(done, "Stalled")["status"] == "False"
+        assert done["status"]["outputs"]["manifestUri"].endswith("manifest.json")
+        assert done["status"]["completionTime"]
+        # kopf posts Events in the background: they follow the status by a moment.
+        wait_for(lambda: {"JobCreated", "JobRunning", "Succeeded"} <= {
+            e.reason for e in client.CoreV1Api(kube_api).list_namespaced_event(
+                ns, field_selector=f"involvedObject.uid={uid}").items}, what="JobCreated/JobRunning/Succeeded Events")
+
+    def test_failed_pod_fails_the_run_with_a_reason(self, kube_api: client.ApiClient, ns: str) -> None:
+        run = create_run(kube_api, ns, example("augmentationrun.yaml", backoffLimit=0, parallelism=1),
+                         labels=HOLD)
+        pod = running_pod(kube_api, ns, run["metadata"]["uid"])
+        client.CoreV1Api(kube_api).patch_namespaced_pod(pod.metadata.name, ns,
+                                                        {"metadata": {"annotations": {EXIT_CODE_ANNOTATION: "7"}}})
+        failed = wait_phase(kube_api, AR, ns, run["metadata"]["name"], "Failed", timeout=90)
+        cond = condition(failed, "Failed")
+        assert cond["status"] == "True" and cond["reason"] == "BackoffLimitExceeded"
+        assert "exited with code 7" in cond["message"]
+        assert condition(failed, "Stalled")["status"] == "True"
+
+
+class TestRuntimeChecks:
+    def test_missing_secret_is_a_condition_not_a_crash(self, kube_api: client.ApiClient, operator_proc: OperatorProcess,
+                                                       namespace: str) -> None:
+        run = create_run(kube_api, namespace, example("augmentationrun.yaml"))
+        name = run["metadata"]["name"]
+
+        def stalled() -> dict | None:
+            current = get_run(kube_api, AR, namespace, name)
+            cond = condition(current, "Stalled")
+            return current if cond and cond["status"] == "True" and cond["reason"] == "SecretNotFound" else None
+
+        current = wait_for(stalled, what="SecretNotFound")
+        assert CREDENTIALS_SECRET in condition(current, "Stalled")["message"]
+        assert current["status"]["phase"] == "Pending"
+        assert not jobs_of(kube_api, namespace, run["metadata"]["uid"])
+        assert operator_proc.process.alive()
+        create_credentials(kube_api, namespace)
+        wait_for(lambda: jobs_of(kube_api, namespace, run["metadata"]["uid"]), timeout=60,
+                 what="the Job once the Secret exists")
+
+    def test_finetune_waits_for_its_augmentation_run(self, kube_api: client.ApiClient, ns: str) -> None:
+        ft = create_run(kube_api, ns, example("finetunerun.yaml"), name="ranker")
+        waiting = wait_phase(kube_api, FT, ns, "ranker", "Waiting")
+        assert condition(waiting, "Waiting")["reason"] == "UpstreamNotFound"
+        aug = create_run(kube_api, ns, example("augmentationrun.yaml"), labels=HOLD)
+        wait_for(lambda: condition(get_run(kube_api, FT, ns, "ranker"), "Waiting")["reason"] == "WaitingForUpstream",
+                 what="WaitingForUpstream")
+        assert not jobs_of(kube_api, ns, ft["metadata"]["uid"])
+        release(kube_api, ns, aug["metadata"]["uid"])
+        wait_phase(kube_api, AR, ns, aug["metadata"]["name"], "Succeeded", timeout=90)
+        jobs = wait_for(lambda: jobs_of(kube_api, ns, ft["metadata"]["uid"]), timeout=60, what="the fine-tune Job")
+        env = {e.name: e.value for e in jobs[0].spec.template.spec.containers[0].env}
+        assert env[jobenv.INPUT_URI] == aug["spec"]["output"]["uri"]
+        assert jobs[0].spec.completions == 2  # distribution.nodes: 2 → Indexed Job, one pod per node
+        assert env[jobenv.MASTER_ADDR].startswith(jobs[0].metadata.name + "-0.")
+
+
+class TestSuspendDeleteTtl:
+    def test_suspend_and_resume(self, kube_api: client.ApiClient, ns: str) -> None:
+        run = create_run(kube_api, ns, example("augmentationrun.yaml", suspend=True), labels=HOLD)
+        name, uid = run["metadata"]["name"], run["metadata"]["uid"]
+        suspended = wait_phase(kube_api, AR, ns, name, "Suspended")
+        assert condition(suspended, "Suspended")["status"] == "True"
+        job = wait_for(lambda: jobs_of(kube_api, ns, uid), what="the Job")[0]
+        assert job.spec.suspend is True
+        assert not pods_of(kube_api, ns, uid)
+        patch_run(kube_api, AR, ns, name, {"spec": {"suspend": False}})
+        wait_phase(kube_api, AR, ns, name, "Running")
+        assert jobs_of(kube_api, ns, uid)[0].spec.suspend is False
+
+    def test_deleting_a_run_deletes_its_job_and_pods(self, kube_api: client.ApiClient, ns: str) -> None:
+        run = create_run(kube_api, ns, example("augmentationrun.yaml"), labels=HOLD)
+        uid = run["metadata"]["uid"]
+        running_pod(kube_api, ns, uid)
+        client.CustomObjectsApi(kube_api).delete_namespaced_custom_object(
+            "sampleforge.io", "v1alpha1", ns, "augmentationruns", run["metadata"]["name"])
+        wait_for(lambda: not jobs_of(kube_api, ns, uid) and not pods_of(kube_api, ns, uid), timeout=90,
+                 what="garbage collection of the Job and its pods")
+
+    def test_ttl_removes_the_finished_job_but_keeps_the_status(self, kube_api: client.ApiClient, ns: str) -> None:
+        run = create_run(kube_api, ns, example("augmentationrun.yaml", ttlSecondsAfterFinished=1, parallelism=1))
+        name, uid = run["metadata"]["name"], run["metadata"]["uid"]
+        wait_phase(kube_api, AR, ns, name, "Succeeded", timeout=90)
+        wait_for(lambda: not jobs_of(kube_api, ns, uid), timeout=60, what="the TTL controller to delete the Job")
+        time.sleep(2)
+        assert get_run(kube_api, AR, ns, name)["status"]["phase"] == "Succeeded"
+
+
+class TestHeartbeats:
+    def test_heartbeats_update_progress_and_results(self, kube_api: client.ApiClient, ns: str,
+                                                    operator_proc: OperatorProcess) -> None:
+        run = create_run(kube_api, ns, example("augmentationrun.yaml", parallelism=1), labels=HOLD)
+        name, uid = run["metadata"]["name"], run["metadata"]["uid"]
+        pod = running_pod(kube_api, ns, uid)
+        wait_phase(kube_api, AR, ns, name, "Running")
+        beat = {"kind": "AugmentationRun", "namespace": ns, "name": name, "uid": uid, "shard": 0, "shards": 1,
+                "done": 250, "total": 1000, "rate": 50.0, "sentAt": datetime.now(UTC).isoformat(),
+                "augmentation": {"samplesIn": 250, "samplesOut": 600, "perAugmenter": {"typo": 350}}}
+        assert post_heartbeat(operator_proc.url, "not-a-token", beat) == 401
+        # A token for the API server's own audience must not be accepted either.
+        assert post_heartbeat(operator_proc.url, pod_token(kube_api, pod, audience="https://kubernetes.default.svc"),
+                              beat) == 401
+        assert post_heartbeat(operator_proc.url, pod_token(kube_api, pod), beat) == 202
+
+        def progressed() -> dict | None:
+            status = get_run(kube_api, AR, ns, name).get("status") or {}
+            return status if (status.get("progress") or {}).get("done") == 250 else None
+
+        status = wait_for(progressed, what="progress in status")
+        assert status["progress"]["percent"] == 25
+        assert status["progress"]["etaSeconds"] == 15
+        assert status["results"]["perAugmenter"] == {"typo": 350}
+
+        metrics = {(s.name, tuple(sorted(s.labels.items()))): s.value
+                   for family in text_string_to_metric_families(scrape(operator_proc.url)) for s in family.samples}
+        labels = (("kind", "AugmentationRun"), ("name", name), ("namespace", ns))
+        assert metrics[("sampleforge_run_progress_ratio", labels)] == pytest.approx(0.25)
+        with_augmenter = tuple(sorted((*labels, ("augmenter", "typo"))))
+        assert metrics[("sampleforge_augmentation_augmenter_samples", with_augmenter)] == 350
+        assert metrics[("sampleforge_heartbeats_total", (("kind", "AugmentationRun"), ("result", "accepted")))] >= 1
+
+    def test_a_run_whose_heartbeats_stop_fails(self, kube_api: client.ApiClient, ns: str) -> None:
+        run = create_run(kube_api, ns, example("augmentationrun.yaml", parallelism=1, heartbeatTimeoutSeconds=30),
+                         labels=HOLD)
+        failed = wait_phase(kube_api, AR, ns, run["metadata"]["name"], "Failed", timeout=90)
+        assert condition(failed, "Failed")["reason"] == "HeartbeatTimeout"
+        job = jobs_of(kube_api, ns, run["metadata"]["uid"])[0]
+        assert wait_for(lambda: client.BatchV1Api(kube_api).read_namespaced_job(job.metadata.name, ns).spec.suspend,
+                        what="the Job to be suspended, freeing its GPUs")
+
+
+class TestRestartAndMetrics:
+    def test_operator_killed_mid_run_makes_no_second_job(self, testbed: Testbed, kube_api: client.ApiClient, ns: str,
+                                                        operator_proc: OperatorProcess) -> None:
+        run = create_run(kube_api, ns, example("augmentationrun.yaml", parallelism=1), labels=HOLD)
+        name, uid = run["metadata"]["name"], run["metadata"]["uid"]
+        wait_phase(kube_api, AR, ns, name, "Running")
+        operator_proc.kill()
+        release(kube_api, ns, uid)  # the pod finishes while no operator runs
+        wait_for(lambda: (jobs_of(kube_api, ns, uid)[0].status.succeeded or 0) >= 1, timeout=60,
+                 what="the Job to finish")
+        operator_proc.start(wait_ready=False)
+        operator_proc.wait_ready(timeout=60)  # after the old Lease expires
+        wait_phase(kube_api, AR, ns, name, "Succeeded", timeout=90)
+        assert len(jobs_of(kube_api, ns, uid)) == 1
+
+    def test_metrics_expose_runs_by_phase_and_controller_series(self, kube_api: client.ApiClient, ns: str,
+                                                               operator_proc: OperatorProcess) -> None:
+        run = create_run(kube_api, ns, example("augmentationrun.yaml", parallelism=1))
+        wait_phase(kube_api, AR, ns, run["metadata"]["name"], "Succeeded", timeout=90)
+        families = {f.name: f for f in text_string_to_metric_families(scrape(operator_proc.url))}
+        succeeded = [s for s in families["sampleforge_runs"].samples
+                     if s.labels == {"kind": "AugmentationRun", "phase": "Succeeded"}]
+        assert succeeded and succeeded[0].value >= 1
+        for name in ("sampleforge_reconcile_duration_seconds", "sampleforge_run_phase_transitions",
+                     "sampleforge_jobs_created", "sampleforge_run_duration_seconds", "sampleforge_operator_leader",
+                     "sampleforge_status_writes"):
+            assert name in families, f"{name} missing from /metrics"
+        assert families["sampleforge_operator_leader"].samples[0].value == 1
