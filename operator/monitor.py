@@ -66,8 +66,8 @@ async def monitor_run(ctx: OperatorContext, kind: Kind, body: kopf.Body, stopped
         if job is None:
             # Reconcile creates the Job; if it stays gone (deleted by hand), create it again.
             missing_since = missing_since or loop.time()
-            if phase not in (None, Phase.WAITING) and loop.time() - missing_since > MISSING_JOB_GRACE_SECONDS \
-                    and ctx.serving:
+            had_job = bool((snapshot.get("status") or {}).get("jobName"))
+            if had_job and loop.time() - missing_since > MISSING_JOB_GRACE_SECONDS and ctx.serving:
                 log.warning("job missing; recreating", extra={"kind": str(kind), "namespace": namespace, "run": name})
                 try:
                     await asyncio.to_thread(reconcile, ctx, kind, snapshot)

@@ -5,11 +5,17 @@ demo and the benchmarks alike.
 """
 
 from sampleforge.testbed._errors import TestbedError
-from sampleforge.testbed._kwok import EXIT_CODE_ANNOTATION, GPU_RESOURCE, GPU_TAINT, HOLD_KEY
+from sampleforge.testbed._kwok import (
+    EXIT_CODE_ANNOTATION,
+    GPU_RESOURCE,
+    GPU_TAINT,
+    HOLD_KEY,
+    IMAGE_PULL_ERROR_LABEL,
+)
 from sampleforge.testbed._paths import ALL_BINARIES, binary, kubernetes_version, missing_binaries
 from sampleforge.testbed._testbed import Testbed, TestbedOptions
 
 __all__ = [
-    "ALL_BINARIES", "EXIT_CODE_ANNOTATION", "GPU_RESOURCE", "GPU_TAINT", "HOLD_KEY",
+    "ALL_BINARIES", "EXIT_CODE_ANNOTATION", "GPU_RESOURCE", "GPU_TAINT", "HOLD_KEY", "IMAGE_PULL_ERROR_LABEL",
     "Testbed", "TestbedError", "TestbedOptions", "binary", "kubernetes_version", "missing_binaries",
 ]

@@ -27,6 +27,8 @@ GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
 GPU_TAINT = {"key": GPU_RESOURCE, "value": "present", "effect": "NoSchedule"}
 #: Pod label/annotation that keeps a kwok Pod Running until removed (see kwok-stages.yaml).
 HOLD_KEY = "testbed.sampleforge.io/hold"
+#: Pod label that makes a kwok Pod report ImagePullBackOff instead of starting.
+IMAGE_PULL_ERROR_LABEL = "testbed.sampleforge.io/image-pull-error"
 #: Pod annotation that makes a Running kwok Pod terminate with this exit code.
 EXIT_CODE_ANNOTATION = "testbed.sampleforge.io/exit-code"
 

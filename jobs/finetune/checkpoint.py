@@ -34,6 +34,7 @@ from sampleforge.api.finetune import FineTuneRunSpec
 from sampleforge.jobs.common.storage import MANIFEST_NAME, ObjectStore, S3Uri
 
 from .errors import CheckpointMismatchError
+from .launch import node_layout
 
 log = logging.getLogger(__name__)
 
@@ -88,14 +89,6 @@ class Committed:
     prefix: S3Uri
     step: int
     manifest: dict[str, Any]
-
-
-def _node_layout() -> tuple[int, int]:
-    """(node rank, number of nodes) from torchrun's environment; (0, 1) for one process."""
-    local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    return rank // max(local, 1), max(world // max(local, 1), 1)
 
 
 class Checkpoints:
@@ -158,7 +151,7 @@ class Checkpoints:
         name = f"step-{step:09d}"
         local = self.local_root / "save" / name
         prefix = self.root.join(name + "/")
-        node, nodes = _node_layout()
+        node, nodes = node_layout(os.environ)
         if self.accelerator.is_local_main_process and local.exists():
             shutil.rmtree(local)
         self.accelerator.wait_for_everyone()

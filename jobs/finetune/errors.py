@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from enum import IntEnum
 
+from sampleforge.api import jobenv
 from sampleforge.api.constants import Reason
 
 
@@ -20,15 +21,16 @@ class ExitCode(IntEnum):
     SUCCESS = 0
     #: Anything unexpected (a bug, an out-of-memory error): worth a retry.
     UNEXPECTED = 1
-    #: The environment or the spec is unusable, or a checkpoint belongs to another configuration.
-    CONFIGURATION = 2
+    #: The environment or the spec is unusable, or a checkpoint belongs to another configuration:
+    #: the operator's podFailurePolicy fails the Job at once (jobenv.EXIT_INVALID_CONFIG).
+    CONFIGURATION = jobenv.EXIT_INVALID_CONFIG
     #: The base model cannot be loaded (spec.model).
     MODEL_UNAVAILABLE = 3
     #: The training or evaluation data cannot be read or is unusable (spec.data).
     DATASET_UNREADABLE = 4
     #: SIGTERM (preemption, eviction, node drain) arrived; a checkpoint was committed first, so a
-    #: retried pod resumes from it. 75 is EX_TEMPFAIL from sysexits.h: "try again later".
-    PREEMPTED = 75
+    #: retried pod resumes from it: 128 + SIGTERM, as jobenv.EXIT_TERMINATED says.
+    PREEMPTED = jobenv.EXIT_TERMINATED
 
 
 class FineTuneError(RuntimeError):

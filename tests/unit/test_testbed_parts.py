@@ -112,7 +112,7 @@ class TestKwokConfig:
     def test_stages_cover_the_pod_and_node_lifecycle(self) -> None:
         stages = {doc["metadata"]["name"]: doc for doc in yaml.safe_load_all(STAGES_FILE.read_text())}
         assert set(stages) == {"node-initialize", "node-heartbeat", "pod-running", "pod-succeed", "pod-fail",
-                               "pod-delete"}
+                               "pod-delete", "pod-image-pull-error"}
         assert all(doc["kind"] == "Stage" for doc in stages.values())
 
 

@@ -11,7 +11,6 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-
 from sampleforge.jobs.augment.text import (
     AUGMENTER_TYPES,
     AugmentResult,
@@ -247,9 +246,8 @@ class TestProtectedTokens:
 
     def test_numbers_can_be_unprotected(self) -> None:
         aug = RandomDeletion(WordEditParams(alpha=1.0, max_edits=1, protect_numbers=False))
-        assert aug.augment(["13 42"], seed=1, n_per_text=2).variants == [["42", "13"]] or aug.augment(
-            ["13 42"], seed=1, n_per_text=2
-        ).variants == [["13", "42"]]
+        assert sorted(aug.augment(["13 42"], seed=1, n_per_text=2).variants[0]) == ["13", "42"]
+        assert RandomDeletion().augment(["13 42"], seed=1, n_per_text=2).variants == [[]]
 
 
 class TestChineseWords:

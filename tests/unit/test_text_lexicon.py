@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections import Counter
 
 import pytest
-
 from sampleforge.jobs.augment.text.lexicon import (
     LEXICON_DIR,
     Lexicon,

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from sampleforge.jobs.augment.text.tokenize import Doc, contains_han, render, tokenize
 
 
@@ -44,7 +43,7 @@ class TestEnglish:
         [
             ("sony wh-1000xm4 headphones", ["sony", "wh-1000xm4", "headphones"]),
             ("Sony WH-1000XM4, Black", ["Sony", "WH-1000XM4", "Black"]),
-            ('MacBook Air 13.3in laptop (2020)', ["MacBook", "Air", "13.3in", "laptop", "2020"]),
+            ("MacBook Air 13.3in laptop (2020)", ["MacBook", "Air", "13.3in", "laptop", "2020"]),
             ("cloth diapers 8-35lbs, men's size", ["cloth", "diapers", "8-35lbs", "men's", "size"]),
             ("toner $19.99 - 2 pack!", ["toner", "$19.99", "2", "pack"]),
             ("usb-c to usb-a cable 3.3ft", ["usb-c", "to", "usb-a", "cable", "3.3ft"]),

@@ -247,16 +247,16 @@ def tokenize(text: str, *, segment: bool = True) -> Doc:
 def _tokenize_single_spaced(text: str, chunks: list[str], shape: str) -> Doc:
     """Single-spaced ASCII text where some chunks carry edge punctuation ("Diapers,", "(Black)").
 
-    Runs of ordinary chunks are copied in bulk; only the chunks with edge punctuation go through
+    Those few chunks are found by scanning the shape in C (``str.find``/``str.count``); runs of
+    ordinary chunks between them are copied in bulk, and only the marked chunks go through
     :func:`_add_latin_chunk`.
     """
-    # chunk indices with edge punctuation: a "#" at either end of the shape or next to a space;
-    # str.find and str.count do the scanning in C, Python only sees the few hits
+    n = len(chunks)
     marks = set()
     if shape[0] == "#":
         marks.add(0)
     if shape[-1] == "#":
-        marks.add(len(chunks) - 1)
+        marks.add(n - 1)
     for pattern, shift in ((" #", 1), ("# ", 0)):
         pos = shape.find(pattern)
         while pos >= 0:
@@ -266,13 +266,17 @@ def _tokenize_single_spaced(text: str, chunks: list[str], shape: str) -> Doc:
     gaps: list[str] = []
     words: list[int] = []
     prev = 0
-    for i in sorted(marks) + [len(chunks)]:
+    for i in sorted(marks):
         if i > prev:
             base = len(tokens)
             tokens.extend(chunks[prev:i])
             gaps.extend(_SIMPLE_GAPS[:i] if prev == 0 else _SIMPLE_GAPS[1 : i - prev + 1])
             words.extend(range(base, base + i - prev))
-        if i < len(chunks):
-            _add_latin_chunk(chunks[i], " " if i else "", tokens, gaps, words)
+        _add_latin_chunk(chunks[i], " " if i else "", tokens, gaps, words)
         prev = i + 1
-    return Doc(text, tokens, gaps, "", words, False, len(tokens) == len(chunks))
+    if prev < n:
+        base = len(tokens)
+        tokens.extend(chunks[prev:])
+        gaps.extend(_SIMPLE_GAPS[:n] if prev == 0 else _SIMPLE_GAPS[1 : n - prev + 1])
+        words.extend(range(base, base + n - prev))
+    return Doc(text, tokens, gaps, "", words, False, len(tokens) == n)

@@ -1,0 +1,178 @@
+"""Pure operator logic: conditions, the Job→phase mapping, progress aggregation, watch lag,
+settings. No servers."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from sampleforge.api import ConditionStatus, ConditionType, Kind, Phase, Reason
+from sampleforge.api.heartbeat import Heartbeat
+from sampleforge.operator.conditions import ConditionUpdate, find, set_conditions
+from sampleforge.operator.lifecycle import observe
+from sampleforge.operator.progress import ProgressStore, format_eta, run_key
+from sampleforge.operator.settings import Settings
+from sampleforge.operator.status import compose
+from sampleforge.operator.watchcheck import WatchLagTracker
+
+NOW = datetime(2026, 11, 28, 12, 0, 0, tzinfo=UTC)
+
+
+def job(conditions: list[dict[str, Any]] | None = None, suspend: bool = False, active: int = 0) -> dict[str, Any]:
+    return {"metadata": {"name": "r-aug"}, "spec": {"suspend": suspend},
+            "status": {"conditions": conditions or [], "active": active, "startTime": "2026-11-28T11:00:00Z"}}
+
+
+def pod(phase: str = "Running", **status: Any) -> dict[str, Any]:
+    return {"metadata": {"name": "r-aug-0-x"}, "status": {"phase": phase, **status}}
+
+
+class TestConditions:
+    def test_transition_time_moves_only_when_status_changes(self) -> None:
+        first = set_conditions([], [ConditionUpdate(ConditionType.READY, ConditionStatus.FALSE, Reason.JOB_PENDING,
+                                                    "waiting")], 1, NOW)
+        later = NOW + timedelta(minutes=5)
+        same_status = set_conditions(first, [ConditionUpdate(ConditionType.READY, ConditionStatus.FALSE,
+                                                             Reason.JOB_RUNNING, "running")], 2, later)
+        ready = find(same_status, ConditionType.READY)
+        assert ready is not None
+        assert ready["lastTransitionTime"] == "2026-11-28T12:00:00Z"
+        assert (ready["reason"], ready["message"], ready["observedGeneration"]) == ("JobRunning", "running", 2)
+        flipped = set_conditions(same_status, [ConditionUpdate(ConditionType.READY, ConditionStatus.TRUE,
+                                                               Reason.SUCCEEDED, "done")], 2, later)
+        assert find(flipped, ConditionType.READY)["lastTransitionTime"] == "2026-11-28T12:05:00Z"
+
+    def test_unmentioned_conditions_are_kept_and_order_is_stable(self) -> None:
+        current = [{"type": "Waiting", "status": "True", "reason": "X", "message": "", "lastTransitionTime": "t",
+                    "observedGeneration": 1}]
+        out = set_conditions(current, [ConditionUpdate(ConditionType.READY, ConditionStatus.FALSE, Reason.JOB_PENDING,
+                                                       "")], 1, NOW)
+        assert [c["type"] for c in out] == ["Ready", "Waiting"]
+
+
+class TestObserve:
+    def observe(self, j: dict[str, Any] | None, pods: list[dict[str, Any]], **kw: Any) -> Any:
+        defaults: dict[str, Any] = {"suspended": False, "last_heartbeat": None, "heartbeat_timeout": 600.0,
+                                    "now": NOW}
+        return observe(j, pods, **{**defaults, **kw})
+
+    def test_complete_job_succeeds_and_sets_kstatus(self) -> None:
+        obs = self.observe(job([{"type": "Complete", "status": "True"}]), [])
+        assert obs.phase is Phase.SUCCEEDED
+        conds = {c.type: c.status for c in obs.conditions()}
+        assert conds[ConditionType.READY] == ConditionStatus.TRUE
+        assert conds[ConditionType.RECONCILING] == ConditionStatus.FALSE
+        assert conds[ConditionType.STALLED] == ConditionStatus.FALSE
+
+    def test_failed_job_names_the_oom_kill(self) -> None:
+        oom = pod("Failed", containerStatuses=[{"state": {"terminated": {"exitCode": 137, "reason": "OOMKilled",
+                                                                          "finishedAt": "2026-11-28T11:59:00Z"}}}])
+        obs = self.observe(job([{"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded",
+                                 "message": "Job has reached the specified backoff limit"}]), [oom])
+        assert obs.phase is Phase.FAILED and obs.reason is Reason.OOM_KILLED
+        assert "spec.resources.memory" in obs.message
+        assert {c.type: c.status for c in obs.conditions()}[ConditionType.STALLED] == ConditionStatus.TRUE
+
+    def test_deadline_exceeded(self) -> None:
+        obs = self.observe(job([{"type": "Failed", "status": "True", "reason": "DeadlineExceeded"}]), [])
+        assert obs.reason is Reason.DEADLINE_EXCEEDED
+
+    def test_unschedulable_pod_is_explained(self) -> None:
+        pending = pod("Pending", conditions=[{"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+                                              "message": "0/3 nodes are available: 3 Insufficient nvidia.com/gpu."}])
+        obs = self.observe(job(active=1), [pending])
+        assert (obs.phase, obs.reason) == (Phase.PENDING, Reason.UNSCHEDULABLE)
+        assert "Insufficient nvidia.com/gpu" in obs.message and "spec.resources" in obs.message
+
+    def test_image_pull_error_is_stalled(self) -> None:
+        pulling = pod("Pending", containerStatuses=[{"image": "bad:tag", "state": {"waiting": {
+            "reason": "ImagePullBackOff", "message": "Back-off pulling image"}}}])
+        obs = self.observe(job(active=1), [pulling])
+        assert obs.reason is Reason.IMAGE_PULL_ERROR
+        assert {c.type: c.status for c in obs.conditions()}[ConditionType.STALLED] == ConditionStatus.TRUE
+
+    def test_suspended_and_queued(self) -> None:
+        assert self.observe(job(suspend=True), [], suspended=True).phase is Phase.SUSPENDED
+        queued = self.observe(job(suspend=True), [], suspended=False)
+        assert (queued.phase, queued.reason) == (Phase.PENDING, Reason.QUEUED)
+
+    def test_running_until_heartbeats_stop(self) -> None:
+        fresh = self.observe(job(active=1), [pod()], last_heartbeat=NOW - timedelta(seconds=30))
+        assert fresh.phase is Phase.RUNNING
+        stale = self.observe(job(active=1), [pod()], last_heartbeat=NOW - timedelta(seconds=700))
+        assert (stale.phase, stale.reason) == (Phase.FAILED, Reason.HEARTBEAT_TIMEOUT)
+        never = self.observe(job(active=1), [pod()])  # no heartbeat: the Job's start time counts (1 h ago)
+        assert never.reason is Reason.HEARTBEAT_TIMEOUT
+
+    def test_failed_pod_while_retrying_posts_a_warning(self) -> None:
+        crashed = pod("Failed", containerStatuses=[{"state": {"terminated": {"exitCode": 1, "message": "boom"}}}])
+        obs = self.observe(job(active=1), [crashed, pod()], last_heartbeat=NOW)
+        assert obs.phase is Phase.RUNNING
+        assert [e.type for e in obs.events] == ["Warning"] and "boom" in obs.events[0].message
+
+
+class TestProgress:
+    def beat(self, shard: int, done: int, total: int | None, rate: float | None, **kw: Any) -> Heartbeat:
+        return Heartbeat.model_validate({"kind": "AugmentationRun", "namespace": "ns", "name": "r", "uid": "u1",
+                                         "shard": shard, "shards": 2, "done": done, "total": total, "rate": rate,
+                                         "sentAt": NOW, **kw})
+
+    def test_shards_are_summed_once_all_report(self) -> None:
+        store = ProgressStore()
+        store.record(self.beat(0, 100, 400, 10.0, augmentation={"samplesOut": 150, "perAugmenter": {"typo": 50}}),
+                     NOW)
+        entry = store.get(run_key(Kind.AUGMENTATION_RUN, "ns", "r"), "u1")
+        assert entry is not None
+        assert "total" not in entry.progress()  # one shard of two: no meaningful total yet
+        store.record(self.beat(1, 300, 400, 30.0, augmentation={"samplesOut": 450, "perAugmenter": {"typo": 150,
+                                                                                               "synonym": 5}}), NOW)
+        progress = entry.progress()
+        assert (progress["done"], progress["total"], progress["percent"], progress["rate"]) == (400, 800, 50, 40.0)
+        assert progress["etaSeconds"] == 10 and progress["eta"] == "10s"
+        assert entry.results(Kind.AUGMENTATION_RUN) == {"samplesOut": 600, "perAugmenter": {"synonym": 5,
+                                                                                            "typo": 200}}
+
+    def test_a_recreated_run_starts_from_nothing(self) -> None:
+        store = ProgressStore()
+        store.record(self.beat(0, 100, 400, 1.0), NOW)
+        fresh = self.beat(0, 5, 400, 1.0).model_copy(update={"uid": "u2"})
+        store.record(fresh, NOW)
+        key = run_key(Kind.AUGMENTATION_RUN, "ns", "r")
+        assert store.get(key, "u1") is None
+        assert store.get(key, "u2").progress()["done"] == 5  # type: ignore[union-attr]
+
+    @pytest.mark.parametrize(("seconds", "text"), [(45, "45s"), (3060, "51m"), (7800, "2h10m")])
+    def test_eta_format(self, seconds: int, text: str) -> None:
+        assert format_eta(seconds) == text
+
+
+class TestStatusCompose:
+    def test_success_completes_progress(self) -> None:
+        body = {"metadata": {"generation": 3}, "status": {"progress": {"done": 90, "total": 100, "percent": 90}}}
+        obs = observe(job([{"type": "Complete", "status": "True"}]), [], suspended=False, last_heartbeat=None,
+                      heartbeat_timeout=600, now=NOW)
+        status = compose(body, obs, NOW, job_name="r-aug")
+        assert status["progress"]["percent"] == 100 and status["progress"]["done"] == 100
+        assert status["observedGeneration"] == 3 and status["completionTime"]
+
+
+class TestWatchLag:
+    def test_an_object_ahead_of_the_watch_for_too_long_is_unhealthy(self) -> None:
+        tracker = WatchLagTracker(stale_after=60)
+        assert tracker.update({"a": "5"}, {"a": "5"}, now=0)
+        assert tracker.update({"a": "6"}, {"a": "5"}, now=10)  # just changed: the watch gets a moment
+        assert not tracker.update({"a": "6"}, {"a": "5"}, now=80)
+        assert tracker.lagging() == ["a"]
+        assert tracker.update({"a": "6"}, {"a": "6"}, now=81)
+
+
+class TestSettings:
+    def test_environment_overrides(self) -> None:
+        settings = Settings.from_env({"SAMPLEFORGE_OPERATOR_NAMESPACES": "a, b", "SAMPLEFORGE_OPERATOR_HTTP_PORT": "9",
+                                      "SAMPLEFORGE_OPERATOR_LEADER_ELECTION": "false", "POD_NAMESPACE": "ops",
+                                      "SAMPLEFORGE_OPERATOR_STATUS_MIN_INTERVAL_SECONDS": "2.5"})
+        assert settings.namespaces == ("a", "b")
+        assert (settings.http_port, settings.leader_election, settings.pod_namespace) == (9, False, "ops")
+        assert settings.status_min_interval_seconds == 2.5
