@@ -10,6 +10,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -30,6 +31,7 @@ from sampleforge.testbed._controlplane import (
 )
 from sampleforge.testbed._errors import TestbedError
 from sampleforge.testbed._kwok import create_gpu_nodes, start_kwok
+from sampleforge.testbed._localnode import LocalNode
 from sampleforge.testbed._minio import MinioServer, start_minio
 from sampleforge.testbed._paths import binary
 from sampleforge.testbed._process import ManagedProcess
@@ -45,6 +47,8 @@ class TestbedOptions:
     #: kube-controller-manager + kube-scheduler + kwok with fake GPU nodes.
     controllers: bool = False
     gpu_nodes: int = 2
+    #: A node whose Pods run as local processes (needs ``controllers``): Jobs really execute.
+    local_node: bool = False
     minio: bool = True
     startup_timeout: float = 120.0
     #: Where certificates, data and logs go; a fresh temporary directory when None.
@@ -69,6 +73,7 @@ class Testbed:
         self._api: ApiServer | None = None
         self._minio: MinioServer | None = None
         self.gpu_node_names: list[str] = []
+        self.local_node: LocalNode | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -94,6 +99,9 @@ class Testbed:
                     self.processes.append(start_kwok(self.logs, kubeconfig, timeout))
                     with self.api_client() as api:
                         self.gpu_node_names = create_gpu_nodes(api, opts.gpu_nodes, timeout)
+                    if opts.local_node:
+                        self.local_node = LocalNode(self.api_client(), "local-0", self.workdir / "local-node",
+                                                    path_prepend=str(Path(sys.executable).parent)).start()
                     self.wait_for_default_service_account("default", timeout)
         except BaseException:
             self.stop(keep_workdir=True)
@@ -101,6 +109,9 @@ class Testbed:
         return self
 
     def stop(self, keep_workdir: bool = False) -> None:
+        if self.local_node is not None:
+            self.local_node.stop()
+            self.local_node = None
         # Reverse order: clients of the API server first, etcd and MinIO last.
         for proc in reversed(self.processes):
             proc.stop()

@@ -1,0 +1,306 @@
+"""A node whose Pods run as local processes: the smallest kubelet that lets a laptop (or CI) run the
+product's real Jobs end to end, with no container runtime.
+
+It registers a Node, keeps it Ready, and for each Pod the scheduler binds to it: resolves the
+container's environment (literal values, Secret keys, the downward API), stands in for the volumes
+the pods use (a projected ServiceAccount token minted with TokenRequest and bound to the Pod, the
+emptyDirs as temporary directories; environment values that point into a mount are rewritten to the
+local path), runs the container's command and arguments, and reports Running, then Succeeded or
+Failed with the exit code back to the API server. Deleting a Pod stops its process. The operator
+cannot tell the difference: this is development tooling, and never part of the operator.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import threading
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from kubernetes import client, watch
+
+log = logging.getLogger(__name__)
+NODE_LABEL = "sampleforge.io/local-node"
+
+
+def _now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@dataclass
+class _LocalPod:
+    namespace: str
+    name: str
+    uid: str
+    process: subprocess.Popen[bytes]
+    workdir: Path
+    log_path: Path
+    grace: int
+
+
+class LocalNode:
+    """Run with ``start()``; ``stop()`` kills every pod process and removes the Node."""
+
+    def __init__(self, api: client.ApiClient, name: str, workdir: Path, cpu: str = "2", memory: str = "16Gi",
+                 path_prepend: str | None = None) -> None:
+        self.api = api
+        self.core = client.CoreV1Api(api)
+        self.name = name
+        self.workdir = workdir
+        self.cpu, self.memory = cpu, memory
+        self.path_prepend = path_prepend
+        self._pods: dict[str, _LocalPod] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+
+    # -- node ------------------------------------------------------------------------------
+
+    def _node_status(self) -> dict[str, Any]:
+        now = _now()
+        resources = {"cpu": self.cpu, "memory": self.memory, "pods": "32", "ephemeral-storage": "100Gi"}
+        ready = {"type": "Ready", "status": "True", "reason": "LocalNodeReady",
+                 "message": "pods run as local processes", "lastHeartbeatTime": now, "lastTransitionTime": now}
+        return {"capacity": resources, "allocatable": dict(resources), "conditions": [ready],
+                "addresses": [{"type": "InternalIP", "address": "127.0.0.1"}, {"type": "Hostname", "address": self.name}],
+                "nodeInfo": {"architecture": "amd64", "operatingSystem": "linux", "kubeletVersion": "local-process",
+                             "containerRuntimeVersion": "local-process://1", "kernelVersion": os.uname().release,
+                             "osImage": "local", "kubeProxyVersion": "", "machineID": "", "systemUUID": "",
+                             "bootID": ""}}
+
+    def register(self) -> None:
+        body = {"apiVersion": "v1", "kind": "Node",
+                "metadata": {"name": self.name, "labels": {"kubernetes.io/hostname": self.name, NODE_LABEL: "true",
+                                                           "kubernetes.io/os": "linux"}},
+                "status": self._node_status()}
+        try:
+            self.core.create_node(body)
+        except client.ApiException as err:
+            if err.status != 409:
+                raise
+        self.core.patch_node_status(self.name, {"status": self._node_status()})
+
+    def _heartbeat_loop(self) -> None:
+        while not self._stop.wait(10):
+            try:
+                self.core.patch_node_status(self.name, {"status": {"conditions": self._node_status()["conditions"]}})
+            except client.ApiException as err:
+                log.warning("node heartbeat failed: %s", err.reason)
+
+    # -- pods ------------------------------------------------------------------------------
+
+    def _watch_loop(self) -> None:
+        selector = f"spec.nodeName={self.name}"
+        while not self._stop.is_set():
+            w = watch.Watch()
+            try:
+                for event in w.stream(self.core.list_pod_for_all_namespaces, field_selector=selector,
+                                      timeout_seconds=10):
+                    if self._stop.is_set():
+                        w.stop()
+                        break
+                    pod = event["object"]
+                    if event["type"] == "DELETED":
+                        self._kill(pod.metadata.uid, grace=0)
+                    elif pod.metadata.deletion_timestamp is not None:
+                        self._terminate(pod)
+                    elif pod.status.phase == "Pending" and pod.metadata.uid not in self._pods:
+                        self._start(pod)
+            except Exception as err:  # noqa: BLE001 - the watch restarts; a dead runtime would hang the demo
+                if not self._stop.is_set():
+                    log.warning("pod watch restarted: %s", err)
+                    time.sleep(1)
+
+    def _secret_value(self, namespace: str, name: str, key: str) -> str:
+        import base64
+
+        secret = self.core.read_namespaced_secret(name, namespace)
+        return base64.b64decode((secret.data or {})[key]).decode()
+
+    def _field(self, pod: client.V1Pod, path: str) -> str:
+        if path == "metadata.name":
+            return str(pod.metadata.name)
+        if path == "metadata.namespace":
+            return str(pod.metadata.namespace)
+        if path == "metadata.uid":
+            return str(pod.metadata.uid)
+        if path == "spec.nodeName":
+            return self.name
+        if path == "spec.serviceAccountName":
+            return str(pod.spec.service_account_name or "default")
+        if path in ("status.podIP", "status.hostIP"):
+            return "127.0.0.1"
+        for prefix, source in (("metadata.annotations", pod.metadata.annotations),
+                               ("metadata.labels", pod.metadata.labels)):
+            if path.startswith(prefix + "['") and path.endswith("']"):
+                return str((source or {}).get(path[len(prefix) + 2:-2], ""))
+        raise ValueError(f"unsupported fieldRef {path}")
+
+    def _volumes(self, pod: client.V1Pod, workdir: Path) -> dict[str, Path]:
+        """Local stand-ins for the pod's volumes, by volume name."""
+        local: dict[str, Path] = {}
+        for volume in pod.spec.volumes or []:
+            path = workdir / "volumes" / volume.name
+            path.mkdir(parents=True, exist_ok=True)
+            if volume.projected is not None:
+                for source in volume.projected.sources or []:
+                    token = source.service_account_token
+                    if token is None:
+                        continue
+                    request = {"spec": {"audiences": [token.audience] if token.audience else None,
+                                        "expirationSeconds": token.expiration_seconds or 3600,
+                                        "boundObjectRef": {"kind": "Pod", "apiVersion": "v1",
+                                                           "name": pod.metadata.name, "uid": pod.metadata.uid}}}
+                    minted = self.core.create_namespaced_service_account_token(
+                        pod.spec.service_account_name or "default", pod.metadata.namespace, request)
+                    (path / token.path).write_text(minted.status.token)
+            local[volume.name] = path
+        return local
+
+    def _environment(self, pod: client.V1Pod, container: client.V1Container, mounts: dict[str, Path]) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR",
+                                                           "SAMPLEFORGE_SHARED_DATA", "HF_HUB_OFFLINE")}
+        if self.path_prepend:
+            env["PATH"] = f"{self.path_prepend}:{env.get('PATH', '/usr/bin:/bin')}"
+        env.update(HOSTNAME=pod.spec.hostname or pod.metadata.name, KUBERNETES_NODE_NAME=self.name,
+                   HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+        for item in container.env or []:
+            if item.value is not None:
+                value = item.value
+            elif item.value_from and item.value_from.secret_key_ref:
+                ref = item.value_from.secret_key_ref
+                value = self._secret_value(pod.metadata.namespace, ref.name, ref.key)
+            elif item.value_from and item.value_from.field_ref:
+                value = self._field(pod, item.value_from.field_ref.field_path)
+            else:
+                value = ""
+            env[item.name] = value
+        # Values that point into a mounted volume point at its local stand-in instead.
+        for mount in container.volume_mounts or []:
+            local = mounts.get(mount.name)
+            if local is None:
+                continue
+            for key, value in env.items():
+                if value == mount.mount_path or value.startswith(mount.mount_path.rstrip("/") + "/"):
+                    env[key] = str(local) + value[len(mount.mount_path.rstrip("/")):]
+        return env
+
+    def _start(self, pod: client.V1Pod) -> None:
+        container = pod.spec.containers[0]
+        workdir = self.workdir / f"{pod.metadata.namespace}_{pod.metadata.name}"
+        workdir.mkdir(parents=True, exist_ok=True)
+        log_path = workdir / "container.log"
+        try:
+            env = self._environment(pod, container, self._volumes(pod, workdir))
+            argv = [*(container.command or []), *(container.args or [])]
+            executable = shutil.which(argv[0], path=env.get("PATH")) if argv else None
+            if not executable:
+                raise FileNotFoundError(f"command {argv[:1]} not found on the local node's PATH")
+            with log_path.open("ab") as sink:
+                process = subprocess.Popen([executable, *argv[1:]], env=env, cwd=workdir, stdout=sink,
+                                           stderr=subprocess.STDOUT, start_new_session=True)
+        except Exception as err:  # noqa: BLE001 - any failure to start is the pod's failure, reported as such
+            self._report_exit(pod, 128, "ContainerCannotRun", str(err))
+            return
+        local = _LocalPod(pod.metadata.namespace, pod.metadata.name, pod.metadata.uid, process, workdir, log_path,
+                          int(pod.spec.termination_grace_period_seconds or 30))
+        with self._lock:
+            self._pods[pod.metadata.uid] = local
+        self._report_running(pod)
+        threading.Thread(target=self._wait, args=(pod, local), daemon=True).start()
+
+    def _report_running(self, pod: client.V1Pod) -> None:
+        now = _now()
+        container = pod.spec.containers[0]
+        status = {"phase": "Running", "hostIP": "127.0.0.1", "podIP": "127.0.0.1", "startTime": now,
+                  "podIPs": [{"ip": "127.0.0.1"}],
+                  "conditions": [{"type": t, "status": "True", "lastTransitionTime": now}
+                                 for t in ("PodScheduled", "Initialized", "ContainersReady", "Ready")],
+                  "containerStatuses": [{"name": container.name, "image": container.image, "imageID": "",
+                                         "ready": True, "started": True, "restartCount": 0,
+                                         "state": {"running": {"startedAt": now}}}]}
+        self.core.patch_namespaced_pod_status(pod.metadata.name, pod.metadata.namespace, {"status": status})
+
+    def _report_exit(self, pod: client.V1Pod, code: int, reason: str, message: str) -> None:
+        now = _now()
+        container = pod.spec.containers[0]
+        status = {"phase": "Succeeded" if code == 0 else "Failed",
+                  "conditions": [{"type": t, "status": "False", "reason": "PodCompleted", "lastTransitionTime": now}
+                                 for t in ("ContainersReady", "Ready")],
+                  "containerStatuses": [{"name": container.name, "image": container.image, "imageID": "",
+                                         "ready": False, "started": False, "restartCount": 0,
+                                         "state": {"terminated": {"exitCode": code, "reason": reason,
+                                                                  "message": message[-2000:], "finishedAt": now}}}]}
+        try:
+            self.core.patch_namespaced_pod_status(pod.metadata.name, pod.metadata.namespace, {"status": status})
+        except client.ApiException as err:
+            if err.status != 404:
+                raise
+
+    def _wait(self, pod: client.V1Pod, local: _LocalPod) -> None:
+        code = local.process.wait()
+        with self._lock:
+            self._pods.pop(local.uid, None)
+        if self._stop.is_set():
+            return
+        tail = local.log_path.read_text(errors="replace").splitlines()[-20:] if local.log_path.exists() else []
+        reason = "Completed" if code == 0 else ("Error" if code > 0 else "Killed")
+        self._report_exit(pod, code if code >= 0 else 128 - code, reason, "\n".join(tail))
+
+    def _terminate(self, pod: client.V1Pod) -> None:
+        """Graceful deletion: SIGTERM, the grace period, SIGKILL; then let the Pod go."""
+        uid = pod.metadata.uid
+        self._kill(uid, grace=int(pod.metadata.deletion_grace_period_seconds or 0))
+        if not pod.metadata.finalizers:
+            try:
+                self.core.delete_namespaced_pod(pod.metadata.name, pod.metadata.namespace, grace_period_seconds=0)
+            except client.ApiException as err:
+                if err.status != 404:
+                    raise
+
+    def _kill(self, uid: str, grace: int) -> None:
+        with self._lock:
+            local = self._pods.get(uid)
+        if local is None or local.process.poll() is not None:
+            return
+        try:
+            os.killpg(local.process.pid, signal.SIGTERM)
+            local.process.wait(timeout=max(grace, 1))
+        except subprocess.TimeoutExpired:
+            os.killpg(local.process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def start(self) -> LocalNode:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.register()
+        for target in (self._heartbeat_loop, self._watch_loop):
+            thread = threading.Thread(target=target, daemon=True, name=f"localnode-{target.__name__}")
+            thread.start()
+            self._threads.append(thread)
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        with self._lock:
+            running = list(self._pods.values())
+        for local in running:
+            self._kill(local.uid, grace=5)
+        for thread in self._threads:
+            thread.join(timeout=15)
+        try:
+            self.core.delete_node(self.name)
+        except client.ApiException:
+            pass
+
+    def pod_log(self, namespace: str, name: str) -> Path:
+        return self.workdir / f"{namespace}_{name}" / "container.log"
