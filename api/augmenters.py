@@ -108,7 +108,11 @@ class SynonymAugmenter(_Budget):
     """synonym: replace words with synonyms from a lexicon."""
 
     type: Literal["synonym"] = Field(description="Augmenter type.")
-    lexicon: S3Uri = Field(description="TSV file of term<TAB>synonym[,synonym...] lines, as an s3:// URI.")
+    lexicon: S3Uri | None = Field(
+        default=None,
+        description="A domain lexicon as an s3:// URI (TSV, one synonym group a line, terms separated by tabs); "
+        "used on top of the e-commerce lexicons shipped for English and Chinese. Unset: the shipped ones only.",
+    )
     word_fraction: WordFraction = 0.15
     fields: Fields = Field(default=["query", "item"])
     per_row: PerRow = 1

@@ -14,6 +14,7 @@ import sys
 import time
 from pathlib import Path
 
+from sampleforge.testbed._localnode import serve
 from sampleforge.testbed._paths import cache_dir, kubernetes_version, missing_binaries
 from sampleforge.testbed._process import stop_group
 from sampleforge.testbed._testbed import Testbed, TestbedOptions
@@ -92,6 +93,15 @@ def cmd_down(_: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_demo(args: argparse.Namespace) -> int:
+    from sampleforge.testbed._demo import run_demo
+
+    if STATE_FILE.exists():
+        print(f"a kept testbed is already running (see {STATE_FILE}); run `make down` first", file=sys.stderr)
+        return 2
+    return run_demo(keep=args.keep)
+
+
 def cmd_env(_: argparse.Namespace) -> int:
     if not STATE_FILE.exists():
         print("no kept testbed is running", file=sys.stderr)
@@ -112,6 +122,14 @@ def main(argv: list[str] | None = None) -> int:
     up.set_defaults(func=cmd_up)
     sub.add_parser("down", help="stop a testbed left running by `up --keep`").set_defaults(func=cmd_down)
     sub.add_parser("env", help="print the export line for a kept testbed's kubeconfig").set_defaults(func=cmd_env)
+    demo = sub.add_parser("demo", help="the end-to-end demo: augmentation and fine-tuning Jobs really run locally")
+    demo.add_argument("--keep", action="store_true", help="leave it running; stop later with `down`")
+    demo.set_defaults(func=cmd_demo)
+    node = sub.add_parser("local-node", help=argparse.SUPPRESS)
+    node.add_argument("--kubeconfig", type=Path, required=True)
+    node.add_argument("--workdir", type=Path, required=True)
+    node.add_argument("--name", default="local-0")
+    node.set_defaults(func=lambda a: serve(a.kubeconfig, a.workdir, a.name))
     args = parser.parse_args(argv)
     return int(args.func(args))
 

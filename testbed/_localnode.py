@@ -26,6 +26,8 @@ from typing import Any
 
 from kubernetes import client, watch
 
+from sampleforge.testbed._process import ManagedProcess
+
 log = logging.getLogger(__name__)
 NODE_LABEL = "sampleforge.io/local-node"
 
@@ -304,3 +306,46 @@ class LocalNode:
 
     def pod_log(self, namespace: str, name: str) -> Path:
         return self.workdir / f"{namespace}_{name}" / "container.log"
+
+
+LOCAL_NODE_NAME = "local-0"
+
+
+def start_local_node(kubeconfig: Path, workdir: Path, logs: Path, timeout: float) -> ManagedProcess:
+    """Run the local node as its own process (like a kubelet): it can outlive the interpreter that
+    started it (``up --keep``) and is stopped like every other testbed server."""
+    import sys
+
+    from kubernetes import config
+
+    proc = ManagedProcess("local-node", [sys.executable, "-m", "sampleforge.testbed", "local-node",
+                                         f"--kubeconfig={kubeconfig}", f"--workdir={workdir}",
+                                         f"--name={LOCAL_NODE_NAME}"], logs / "local-node.log").start()
+    api = config.new_client_from_config(config_file=str(kubeconfig))
+
+    def ready() -> bool:
+        node = client.CoreV1Api(api).read_node(LOCAL_NODE_NAME)
+        return any(c.type == "Ready" and c.status == "True" for c in node.status.conditions or [])
+
+    try:
+        proc.wait_ready(ready, timeout, "Ready")
+    finally:
+        api.close()
+    return proc
+
+
+def serve(kubeconfig: Path, workdir: Path, name: str) -> int:
+    """The ``local-node`` process: run until SIGTERM, then stop every pod process."""
+    import sys
+
+    from kubernetes import config
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    api = config.new_client_from_config(config_file=str(kubeconfig))
+    node = LocalNode(api, name, workdir, path_prepend=str(Path(sys.executable).parent)).start()
+    stop.wait()
+    node.stop()
+    return 0

@@ -10,7 +10,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -31,7 +30,7 @@ from sampleforge.testbed._controlplane import (
 )
 from sampleforge.testbed._errors import TestbedError
 from sampleforge.testbed._kwok import create_gpu_nodes, start_kwok
-from sampleforge.testbed._localnode import LocalNode
+from sampleforge.testbed._localnode import start_local_node
 from sampleforge.testbed._minio import MinioServer, start_minio
 from sampleforge.testbed._paths import binary
 from sampleforge.testbed._process import ManagedProcess
@@ -73,7 +72,6 @@ class Testbed:
         self._api: ApiServer | None = None
         self._minio: MinioServer | None = None
         self.gpu_node_names: list[str] = []
-        self.local_node: LocalNode | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -100,8 +98,8 @@ class Testbed:
                     with self.api_client() as api:
                         self.gpu_node_names = create_gpu_nodes(api, opts.gpu_nodes, timeout)
                     if opts.local_node:
-                        self.local_node = LocalNode(self.api_client(), "local-0", self.workdir / "local-node",
-                                                    path_prepend=str(Path(sys.executable).parent)).start()
+                        self.processes.append(start_local_node(self.kubeconfig, self.workdir / "local-node",
+                                                               self.logs, timeout))
                     self.wait_for_default_service_account("default", timeout)
         except BaseException:
             self.stop(keep_workdir=True)
@@ -109,9 +107,6 @@ class Testbed:
         return self
 
     def stop(self, keep_workdir: bool = False) -> None:
-        if self.local_node is not None:
-            self.local_node.stop()
-            self.local_node = None
         # Reverse order: clients of the API server first, etcd and MinIO last.
         for proc in reversed(self.processes):
             proc.stop()

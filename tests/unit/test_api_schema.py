@@ -321,8 +321,8 @@ class TestPydanticValidation:
         assert "perQuery applies only when type is hardNegative" in text
 
     def test_a_missing_parameter_is_named_with_the_type_that_needs_it(self) -> None:
-        text = _errors(AugmentationRunSpec, {**BASE_AUG, "augmenters": [{"type": "synonym"}]})
-        assert "lexicon is required when type is synonym" in text
+        text = _errors(AugmentationRunSpec, {**BASE_AUG, "augmenters": [{"type": "paraphrase"}]})
+        assert "model is required when type is paraphrase" in text
 
     def test_an_unknown_augmenter_type_lists_the_known_ones(self) -> None:
         text = _errors(AugmentationRunSpec, {**BASE_AUG, "augmenters": [{"type": "shuffle"}]})

