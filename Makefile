@@ -17,11 +17,14 @@ setup: ## Install the Python environment and the testbed's components (idempoten
 testbed: ## Build/install only the testbed's components (etcd, Kubernetes, MinIO, helm, kwok, Prometheus)
 	@python3 hack/install_testbed.py
 
-demo: setup ## Set everything up, then run the local demo (the README's first command)
-	@$(BIN)/sampleforge-testbed up
+demo: setup ## Set everything up, then run the end-to-end demo (the README's first command)
+	@$(BIN)/sampleforge-testbed demo
 
-keep: setup ## Like demo, but leave the local cluster and MinIO running
-	@$(BIN)/sampleforge-testbed up --keep
+keep: setup ## Like demo, but leave the local cluster, operator and MinIO running
+	@$(BIN)/sampleforge-testbed demo --keep
+
+up: setup ## Only start the local control plane and MinIO and show that they serve
+	@$(BIN)/sampleforge-testbed up
 
 down: ## Stop a cluster left running by `make keep`
 	@$(BIN)/sampleforge-testbed down
@@ -35,4 +38,4 @@ test-unit: ## Unit tests only: no servers, seconds
 lint: ## ruff and the import-layer contracts
 	@$(BIN)/ruff check .
 
-.PHONY: help setup testbed demo keep down test test-unit lint
+.PHONY: help setup testbed demo keep up down test test-unit lint

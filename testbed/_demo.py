@@ -77,26 +77,35 @@ def _status(api: client.ApiClient, doc: dict[str, Any]) -> dict[str, Any]:
     return dict(run.get("status") or {})
 
 
+def _line(doc: dict[str, Any], status: dict[str, Any]) -> tuple[str, int, str]:
+    """(phase, percent, detail) of one run, for a progress bar or a log line."""
+    phase = status.get("phase", "-")
+    prog = status.get("progress") or {}
+    ready = next((c for c in status.get("conditions", []) if c["type"] == "Ready"), {})
+    detail = f"ETA {prog['eta']}" if prog.get("eta") and phase == "Running" else ready.get("reason", "")
+    return phase, int(prog.get("percent", 100 if phase == "Succeeded" else 0)), detail
+
+
 def _follow(console: Console, api: client.ApiClient, docs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Progress bars on a terminal; a line per change elsewhere (CI logs, files)."""
     statuses: dict[str, dict[str, Any]] = {}
+    last: dict[str, tuple[str, int, str]] = {}
     with Progress(TextColumn("{task.fields[name]:<20}"), TextColumn("{task.fields[phase]:<10}"), BarColumn(),
                   TextColumn("{task.percentage:>3.0f}%"), TextColumn("{task.fields[detail]}"), TimeElapsedColumn(),
-                  console=console) as progress:
+                  console=console, disable=not console.is_terminal) as progress:
         tasks = {d["metadata"]["name"]: progress.add_task("", total=100, name=d["metadata"]["name"], phase="-",
                                                           detail="") for d in docs}
         deadline = time.monotonic() + TIMEOUT_SECONDS
         while time.monotonic() < deadline:
             for doc in docs:
                 name = doc["metadata"]["name"]
-                status = statuses[name] = _status(api, doc)
-                ready = next((c for c in status.get("conditions", []) if c["type"] == "Ready"), {})
-                prog = status.get("progress") or {}
-                detail = ready.get("reason", "")
-                if prog.get("eta") and status.get("phase") == "Running":
-                    detail = f"ETA {prog['eta']}"
-                progress.update(tasks[name], completed=prog.get("percent", 100 if status.get("phase") == "Succeeded"
-                                                                 else 0), phase=status.get("phase", "-"),
-                                detail=detail)
+                statuses[name] = _status(api, doc)
+                phase, percent, detail = line = _line(doc, statuses[name])
+                progress.update(tasks[name], completed=percent, phase=phase, detail=detail)
+                if not console.is_terminal and (last.get(name) is None or last[name][0] != phase
+                                                or percent - last[name][1] >= 10):
+                    console.print(f"  {name:<20} {phase:<10} {percent:>3}%  {detail}")
+                    last[name] = line
             if all(s.get("phase") in TERMINAL_PHASES for s in statuses.values()):
                 break
             time.sleep(2)

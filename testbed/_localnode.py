@@ -209,6 +209,7 @@ class LocalNode:
                 process = subprocess.Popen([executable, *argv[1:]], env=env, cwd=workdir, stdout=sink,
                                            stderr=subprocess.STDOUT, start_new_session=True)
         except Exception as err:  # noqa: BLE001 - any failure to start is the pod's failure, reported as such
+            log.error("cannot start pod %s/%s: %s", pod.metadata.namespace, pod.metadata.name, err)
             self._report_exit(pod, 128, "ContainerCannotRun", str(err))
             return
         local = _LocalPod(pod.metadata.namespace, pod.metadata.name, pod.metadata.uid, process, workdir, log_path,
