@@ -24,24 +24,24 @@ import os
 for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMEXPR_NUM_THREADS"):
     os.environ[_var] = "1"
 
-import argparse  # noqa: E402
-import csv  # noqa: E402
-import datetime as dt  # noqa: E402
-import importlib.metadata  # noqa: E402
-import json  # noqa: E402
-import platform  # noqa: E402
-import random  # noqa: E402
-import sys  # noqa: E402
-import time  # noqa: E402
-import warnings  # noqa: E402
-from collections.abc import Callable, Sequence  # noqa: E402
-from dataclasses import dataclass  # noqa: E402
-from pathlib import Path  # noqa: E402
-from typing import Any  # noqa: E402
+import argparse
+import csv
+import datetime as dt
+import importlib.metadata
+import json
+import platform
+import random
+import sys
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
 
-import numpy as np  # noqa: E402
-
-from sampleforge.jobs.augment.text import TextAugmenter, create_augmenter, default_lexicon  # noqa: E402
+import numpy as np
+from sampleforge.jobs.augment.text import TextAugmenter, create_augmenter, default_lexicon
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results" / "text_augmenters.md"
@@ -125,6 +125,12 @@ def version(dist: str) -> str:
         return "not installed"
 
 
+def build_kind() -> str:
+    """Whether the text package runs as Python source or as mypyc-compiled extension modules."""
+    tokens = importlib.import_module("sampleforge.jobs.augment.text.tokens")
+    return "mypyc-compiled" if str(tokens.__file__).endswith((".so", ".pyd")) else "pure Python (as shipped)"
+
+
 def make_cases() -> list[Case]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -183,11 +189,11 @@ def measure(case: Case, sets: Sequence[RowSet], repeats: int) -> list[dict[str, 
         ours_t: list[float] = []
         theirs_t: list[float] = []
         for rep in range(repeats):
-            ours_t.append(timed(lambda seed=rep: ours.augment(rows, seed=seed, n_per_text=1)))
+            ours_t.append(timed(partial(ours.augment, rows, seed=rep, n_per_text=1)))
             if row_set.compare:
                 random.seed(rep)
                 np.random.seed(rep)
-                theirs_t.append(timed(lambda: theirs.augment(rows, n=1)))
+                theirs_t.append(timed(partial(theirs.augment, rows, n=1)))
         result = ours.augment(rows, seed=0, n_per_text=1)
         ours_rps = len(rows) / min(ours_t)
         theirs_rps = len(rows) / min(theirs_t) if theirs_t else None
@@ -205,12 +211,17 @@ def measure(case: Case, sets: Sequence[RowSet], repeats: int) -> list[dict[str, 
     return out
 
 
-def render_report(results: list[dict[str, Any]], env: dict[str, str], quick: bool) -> str:
+def render_report(
+    results: list[dict[str, Any]], env: dict[str, str], quick: bool, command: str, title: bool = True
+) -> str:
+    """The Markdown report; ``title=False`` for a section appended to an existing report."""
+    head = ["# Text-edit augmenters: sampleforge vs nlpaug, one CPU core", ""] if title else [""]
     lines = [
-        "# Text-edit augmenters: sampleforge vs nlpaug, one CPU core",
+        *head,
+        f"## sampleforge {env['sampleforge build']}",
         "",
-        "Written by `python bench/bench_text_augmenters.py`"
-        + (" --quick (a tiny run that checks the benchmark works, not a result)" if quick else "")
+        f"Written by `{command}`"
+        + (" (a tiny run that checks the benchmark works, not a result)" if quick else "")
         + ".",
         "",
         "| machine | value |",
@@ -244,6 +255,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="tiny run that checks the benchmark works")
     parser.add_argument("--repeats", type=int, default=None, help="timed runs per library and row set (default 5)")
     parser.add_argument("--output", type=Path, default=None, help=f"report path (default {RESULTS}; --quick: none)")
+    parser.add_argument(
+        "--append",
+        action="store_true",
+        help="add this run as a section of the existing report (e.g. a mypyc-compiled build) instead of replacing it",
+    )
     args = parser.parse_args(argv)
     data = shared_data_dir()
     if not (data / "esci-sample" / "esci.csv").is_file():
@@ -260,11 +276,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         RowSet("zh: QBQTC queries + titles", chinese, False),
     ]
     env = {
-        "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "CPU": f"{cpu_model()} (nproc {os.cpu_count()}, {pinned})",
         "load average at start": " ".join(f"{x:.2f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a",
         "Python": platform.python_version(),
         "packages": ", ".join(f"{p} {version(p)}" for p in ("sampleforge", "nlpaug", "numpy", "jieba")),
+        "sampleforge build": build_kind(),
         "repeats": str(repeats),
     }
     results = []
@@ -273,14 +290,19 @@ def main(argv: Sequence[str] | None = None) -> int:
             results.append(r)
             ratio = f"{r['ratio']:.1f}x" if r["ratio"] else "n/a"
             print(f"{case.ours:13s} {r['set'][:24]:24s} ours {r['ours']:9,.0f}/s  ratio {ratio}", flush=True)
-    report = render_report(results, env, args.quick)
     output = args.output if args.output is not None else (None if args.quick else RESULTS)
+    append = args.append and output is not None and output.is_file()
+    prefix = f"PYTHONPATH={os.environ['PYTHONPATH']} " if os.environ.get("PYTHONPATH") else ""
+    args_used = list(argv) if argv is not None else sys.argv[1:]
+    command = prefix + " ".join(["python", "bench/bench_text_augmenters.py", *args_used])
+    report = render_report(results, env, args.quick, command, title=not append)
     if output is None:
         print(report)
     else:
         output.parent.mkdir(parents=True, exist_ok=True)
-        output.write_text(report, encoding="utf-8")
-        print(f"wrote {output}")
+        with output.open("a" if append else "w", encoding="utf-8") as f:
+            f.write(report)
+        print(f"{'appended to' if append else 'wrote'} {output}")
     return 0
 
 

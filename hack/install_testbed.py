@@ -148,16 +148,18 @@ def install_go(build: GoBuild, bindir: Path, stamps: Path, go_version: str, logs
     return "built"
 
 
-def install_debian(package: str, binaries: list[str], bindir: Path) -> str:
-    if all(shutil.which(b, path="/usr/bin") for b in binaries):
+def install_debian(packages: dict[str, list[str]], bindir: Path) -> str:
+    binaries = [b for names in packages.values() for b in names]
+    missing = [p for p, names in packages.items() if not all(shutil.which(b, path="/usr/bin") for b in names)]
+    if not missing:
         status = "cached"
     else:
         apt = ["apt-get"] if os.geteuid() == 0 else ["sudo", "apt-get"]
         env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
         subprocess.run([*apt, "update", "-q"], check=True, env=env, stdout=subprocess.DEVNULL)
-        subprocess.run([*apt, "install", "-y", "-q", "--no-install-recommends", package], check=True, env=env,
+        subprocess.run([*apt, "install", "-y", "-q", "--no-install-recommends", *missing], check=True, env=env,
                        stdout=subprocess.DEVNULL)
-        status = "installed"
+        status = f"installed {', '.join(missing)}"
     for b in binaries:
         link = bindir / b
         if not link.exists():
@@ -178,8 +180,8 @@ def main(argv: list[str] | None = None) -> int:
     go_version = subprocess.run(["go", "env", "GOVERSION"], check=True, capture_output=True, text=True).stdout.strip()
 
     builds = [b for b in planned_builds(pins) if not args.only or b.name in args.only]
-    want_prometheus = not args.only or "prometheus" in args.only
-    total = len(builds) + int(want_prometheus)
+    want_debian = not args.only or "debian" in args.only
+    total = len(builds) + int(want_debian)
     print(f"sampleforge testbed → {bindir} ({go_version}, Kubernetes {pins['kubernetes']['version']})", flush=True)
     started_all = time.monotonic()
     for i, build in enumerate(builds, 1):
@@ -187,10 +189,10 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.monotonic()
         status = install_go(build, bindir, stamps, go_version, logs)
         print(f"      {status} in {time.monotonic() - t0:.1f}s", flush=True)
-    if want_prometheus:
-        print(f"[{total}/{total}] prometheus + promtool (Debian package)", flush=True)
+    if want_debian:
+        print(f"[{total}/{total}] Debian packages: {', '.join(pins['debian'])}", flush=True)
         t0 = time.monotonic()
-        status = install_debian(pins["prometheus"]["debian_package"], ["prometheus", "promtool"], bindir)
+        status = install_debian(pins["debian"], bindir)
         print(f"      {status} in {time.monotonic() - t0:.1f}s", flush=True)
     print(f"testbed ready in {time.monotonic() - started_all:.1f}s", flush=True)
     return 0

@@ -77,10 +77,12 @@ class OperatorMetrics:
 
     def names(self) -> set[str]:
         """Every sample name this registry can expose (used by the dashboard/alert sync test)."""
+        suffixes = {"counter": ("_total", "_created"), "histogram": ("_bucket", "_sum", "_count", "_created"),
+                     "gauge": ("",)}
         out: set[str] = set()
         for metric in self.registry.collect():
-            out.update(sample.name for sample in metric.samples)
             out.add(metric.name)
+            out.update(metric.name + suffix for suffix in suffixes.get(metric.type, ("",)))
         return out
 
     def set_phase_counts(self, counts: dict[tuple[str, str], int], phases: Iterable[str],
@@ -114,6 +116,14 @@ class OperatorMetrics:
             self.train_step.labels(**labels).set(results["step"])
         for metric, value in (results.get("latestMetrics") or {}).items():
             self.eval_metric.labels(**labels, metric=metric).set(value)
+
+    def forget_live(self, kind: str, namespace: str, name: str) -> None:
+        """Drop the series that only mean something while a run is live (heartbeat age, ETA, rate)."""
+        for gauge in (self.heartbeat_age, self.eta_seconds, self.rate):
+            try:
+                gauge.remove(kind, namespace, name)
+            except KeyError:
+                pass
 
     def forget_run(self, kind: str, namespace: str, name: str) -> None:
         """Drop every series of a deleted run."""

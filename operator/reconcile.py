@@ -19,6 +19,7 @@ from sampleforge.api import Kind, Phase, Reason
 from sampleforge.api.constants import TERMINAL_PHASES
 from sampleforge.operator import status as run_status
 from sampleforge.operator.context import OperatorContext
+from sampleforge.operator.kube import Forbidden
 from sampleforge.operator.lifecycle import Observation, observe
 from sampleforge.operator.render import RunObject, render_headless_service, render_job
 
@@ -79,7 +80,14 @@ def check_secrets(ctx: OperatorContext, kind: Kind, body: dict[str, Any], run: R
     if hub is not None:
         wanted.setdefault(hub.name, set()).add(hub.key)
     for secret, keys in wanted.items():
-        have = ctx.kube.get_secret_keys(run.namespace, secret)
+        try:
+            have = ctx.kube.get_secret_keys(run.namespace, secret)
+        except Forbidden as err:
+            _report(ctx, kind, body, Observation(
+                Phase.PENDING, Reason.SECRET_NOT_FOUND,
+                f"the operator may not read Secret {secret} in namespace {run.namespace}: grant it get on secrets "
+                "there (chart: rbac.clusterWideSecretAccess or watchNamespaces)"))
+            raise kopf.TemporaryError(f"forbidden to read Secret {secret}", delay=SECRET_RETRY_SECONDS) from err
         missing = sorted(keys - (have or set()))
         if have is None or missing:
             what = (f"Secret {secret} not found in namespace {run.namespace}" if have is None

@@ -18,7 +18,7 @@ VERSIONS_FILE = REPO_ROOT / "hack" / "testbed-versions.toml"
 #: Every binary the full testbed starts or the tests call.
 ALL_BINARIES = (
     "etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl",
-    "kwok", "minio", "helm", "prometheus", "promtool",
+    "kwok", "minio", "helm", "prometheus", "promtool", "lua5.1", "lua5.4",
 )
 
 

@@ -26,6 +26,9 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     settings.persistence.finalizer = f"{ANNOTATION_PREFIX}/kopf-finalizer"
     # Leadership is ours (a Lease), not kopf's peering: one replica runs handlers at all.
     settings.peering.standalone = True
+    # The resources and namespaces are known; scanning would need list on CRDs and namespaces
+    # (not granted by the chart) and delays a namespaced operator's start by retries.
+    settings.scanning.disabled = True
     # Restart watches regularly: a stream that silently stops is the failure that bites kopf
     # operators; the server-side timeout bounds how long one can hang unnoticed.
     settings.watching.server_timeout = 300
@@ -37,6 +40,7 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     ctx = ctx_of(memo)
     memo["watch_task"] = asyncio.create_task(_watch_health_loop(ctx_of(memo)))
     ctx.serving = True
+    ctx.metrics.watch_healthy.set(1)
 
 
 @kopf.on.cleanup()

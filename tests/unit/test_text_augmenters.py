@@ -10,6 +10,7 @@ import sys
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pytest
 from sampleforge.jobs.augment.text import (
     AUGMENTER_TYPES,
@@ -160,6 +161,10 @@ class TestDeterminism:
         here = {n: create_augmenter(n).augment(texts, seed=5, n_per_text=3, first_row=9).variants for n in ALL}
         assert json.loads(out.stdout) == here
 
+    def test_numpy_integer_seed_is_the_same_seed(self) -> None:
+        aug = create_augmenter("typo")
+        assert aug.augment(ENGLISH, seed=np.uint64(77)).variants == aug.augment(ENGLISH, seed=77).variants
+
     def test_bad_seed_and_count(self) -> None:
         aug = create_augmenter("randomSwap")
         with pytest.raises(ValueError, match="seed"):
@@ -198,6 +203,12 @@ class TestEdits:
             result = create_augmenter(name).augment([text, "cheap cell phone case"], seed=1, n_per_text=2)
             assert result.variants[0] == [], name
             assert result.rows_without_variants >= 1 and result.missing >= 2
+
+    @pytest.mark.parametrize("name", ALL)
+    def test_blank_rows_get_nothing(self, name: str) -> None:
+        """The job blanks rows it did not select; they must cost nothing and yield nothing."""
+        result = create_augmenter(name).augment(["", "   ", "cheap cell phone case"], seed=1, n_per_text=2)
+        assert result.variants[:2] == [[], []] and result.variants[2]
 
     def test_few_possible_edits_give_fewer_variants(self) -> None:
         result = RandomSwap().augment(["red shoes"], seed=1, n_per_text=5)

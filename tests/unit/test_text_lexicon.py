@@ -14,7 +14,7 @@ from sampleforge.jobs.augment.text.lexicon import (
     normalize_term,
     parse_lexicon,
 )
-from sampleforge.jobs.augment.text.tokenize import contains_han
+from sampleforge.jobs.augment.text.tokens import contains_han
 
 
 class TestParsing:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from sampleforge.jobs.augment.text.tokenize import Doc, contains_han, render, tokenize
+from sampleforge.jobs.augment.text.tokens import Doc, contains_han, render, tokenize
 
 
 def shared_data() -> Path:
@@ -104,7 +104,7 @@ class TestChinese:
     def test_jieba_loads_only_for_chinese_text(self) -> None:
         code = (
             "import sys\n"
-            "from sampleforge.jobs.augment.text.tokenize import tokenize\n"
+            "from sampleforge.jobs.augment.text.tokens import tokenize\n"
             "tokenize('Sony WH-1000XM4 wireless headphones, black')\n"
             "before = 'jieba' in sys.modules\n"
             "tokenize('索尼耳机')\n"

@@ -15,8 +15,8 @@ from sampleforge.jobs.augment.text.base import (
     BlindEditParams,
     EditParams,
     TextAugmenter,
-    TextAugmenterProtocol,
 )
+from sampleforge.jobs.augment.text.interface import TextAugmenterProtocol
 from sampleforge.jobs.augment.text.keyboard import keyboard_neighbours
 from sampleforge.jobs.augment.text.lexicon import (
     Lexicon,
@@ -33,7 +33,7 @@ from sampleforge.jobs.augment.text.noise import (
     TypoParams,
 )
 from sampleforge.jobs.augment.text.registry import AUGMENTER_TYPES, PARAMS_TYPES, create_augmenter, option_names
-from sampleforge.jobs.augment.text.tokenize import Doc, contains_han, render, tokenize
+from sampleforge.jobs.augment.text.tokens import Doc, contains_han, render, tokenize
 from sampleforge.jobs.augment.text.word import (
     RandomDeletion,
     RandomInsertion,

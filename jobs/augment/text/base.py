@@ -13,22 +13,22 @@ are easy to get subtly wrong per augmenter:
 
 from __future__ import annotations
 
+import gc
 import re
 from abc import ABC, abstractmethod
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from itertools import compress, filterfalse
-from typing import Any, ClassVar, Generic, Protocol, TypeVar, runtime_checkable
+from typing import Any, ClassVar, Generic, SupportsIndex, TypeVar
 
 from sampleforge.jobs.augment.text.rng import BatchRandom, RowRandom, stable_salt
-from sampleforge.jobs.augment.text.tokenize import Doc, tokenize
+from sampleforge.jobs.augment.text.tokens import Doc, tokenize
 
 __all__ = [
     "AugmentResult",
     "BlindEditParams",
     "EditParams",
     "TextAugmenter",
-    "TextAugmenterProtocol",
     "eligible_words",
     "protected_keys",
     "sample_indices",
@@ -102,24 +102,6 @@ class AugmentResult:
     def rows_without_variants(self) -> int:
         """Rows for which no variant at all could be made."""
         return sum(1 for v in self.variants if not v)
-
-
-@runtime_checkable
-class TextAugmenterProtocol(Protocol):
-    """What the job needs from a text augmenter: a name and a deterministic batch call."""
-
-    name: str
-
-    def augment(
-        self,
-        texts: Sequence[str],
-        *,
-        seed: int,
-        n_per_text: int = 1,
-        first_row: int = 0,
-        protected: Collection[str] = (),
-        row_protected: Sequence[Collection[str]] | None = None,
-    ) -> AugmentResult: ...
 
 
 def protected_keys(phrases: Collection[str]) -> frozenset[str]:
@@ -229,7 +211,7 @@ class TextAugmenter(ABC, Generic[P]):
         self,
         texts: Sequence[str],
         *,
-        seed: int,
+        seed: SupportsIndex,
         n_per_text: int = 1,
         first_row: int = 0,
         protected: Collection[str] = (),
@@ -243,11 +225,34 @@ class TextAugmenter(ABC, Generic[P]):
         """
         if isinstance(n_per_text, bool) or not isinstance(n_per_text, int) or n_per_text < 1:
             raise ValueError(f"n_per_text must be an integer >= 1, got {n_per_text!r}")
-        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        # any integer type (numpy's too, as a job may derive seeds with numpy), but not a bool
+        seed_value = -1 if isinstance(seed, bool) or not hasattr(seed, "__index__") else seed.__index__()
+        if seed_value < 0:
             raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
         if row_protected is not None and len(row_protected) != len(texts):
             raise ValueError(f"row_protected has {len(row_protected)} entries for {len(texts)} texts")
         shared = protected_keys(protected) if protected else frozenset()
+        # The loop allocates many short-lived containers but never a reference cycle, so reference
+        # counting frees all of it. With the cyclic collector on, those allocations trigger
+        # collections that also walk everything else the process holds (a job process holds torch's
+        # and transformers' hundreds of thousands of objects): 15-20 % of the time. Pause it.
+        collecting = gc.isenabled()
+        gc.disable()
+        try:
+            return self._augment(texts, seed_value, n_per_text, first_row, shared, row_protected)
+        finally:
+            if collecting:
+                gc.enable()
+
+    def _augment(
+        self,
+        texts: Sequence[str],
+        seed: int,
+        n_per_text: int,
+        first_row: int,
+        shared: frozenset[str],
+        row_protected: Sequence[Collection[str]] | None,
+    ) -> AugmentResult:
         variants: list[list[str]] = []
         attempts = 3 * n_per_text + 2
         prepare, variant = self._prepare, self._variant
@@ -293,7 +298,7 @@ class TextAugmenter(ABC, Generic[P]):
         return AugmentResult(self.name, n_per_text, variants)
 
     def augment_text(
-        self, text: str, *, seed: int, n: int = 1, row: int = 0, protected: Collection[str] = ()
+        self, text: str, *, seed: SupportsIndex, n: int = 1, row: int = 0, protected: Collection[str] = ()
     ) -> list[str]:
         """Variants of a single text, as row ``row`` of a run: the same as ``augment`` would give it."""
         return self.augment([text], seed=seed, n_per_text=n, first_row=row, protected=protected).variants[0]

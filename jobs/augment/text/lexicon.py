@@ -16,7 +16,7 @@ from functools import cache
 from pathlib import Path
 from typing import Literal
 
-from sampleforge.jobs.augment.text.tokenize import contains_han, tokenize
+from sampleforge.jobs.augment.text.tokens import contains_han, tokenize
 
 __all__ = [
     "LEXICON_DIR",

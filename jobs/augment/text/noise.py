@@ -16,7 +16,7 @@ from typing import Any
 from sampleforge.jobs.augment.text.base import BlindEditParams, TextAugmenter, eligible_words, sample_indices
 from sampleforge.jobs.augment.text.keyboard import letter_neighbour_table
 from sampleforge.jobs.augment.text.rng import RowRandom
-from sampleforge.jobs.augment.text.tokenize import Doc, is_han_char, render
+from sampleforge.jobs.augment.text.tokens import Doc, is_han_char, render
 
 __all__ = [
     "CHAR_NOISE_ACTIONS",

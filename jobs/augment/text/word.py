@@ -3,7 +3,7 @@
 They follow the paper's definitions with two changes a search data set needs: synonyms come from a
 domain lexicon (WordNet knows "apple" the fruit, not Apple the brand, and has no Chinese), and
 protected tokens (brands, model numbers) are never replaced, moved or deleted. Words are tokens from
-:mod:`.tokenize`, so Chinese edits are word-level (jieba words), not character-level.
+:mod:`.tokens`, so Chinese edits are word-level (jieba words), not character-level.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from sampleforge.jobs.augment.text.base import (
 )
 from sampleforge.jobs.augment.text.lexicon import Lexicon, default_lexicon
 from sampleforge.jobs.augment.text.rng import RowRandom
-from sampleforge.jobs.augment.text.tokenize import Doc, is_han_char, render
+from sampleforge.jobs.augment.text.tokens import Doc, is_han_char, render
 
 __all__ = [
     "RandomDeletion",
