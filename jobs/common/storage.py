@@ -82,8 +82,10 @@ class ObjectStore:
             raise StorageError(f"environment variables {', '.join(missing)} are not set; the operator sets them "
                                "from spec.storage and its credentials Secret")
         # Bounded retries with backoff: a MinIO restart must not fail a ten-hour job.
-        http = urllib3.PoolManager(retries=urllib3.Retry(total=5, backoff_factor=0.5,
-                                                         status_forcelist=(500, 502, 503, 504)))
+        # maxsize 10 as the minio client's own default: multipart uploads run parallel threads,
+        # and urllib3's default of one connection per host discards the others with a warning.
+        http = urllib3.PoolManager(maxsize=10, retries=urllib3.Retry(total=5, backoff_factor=0.5,
+                                                                     status_forcelist=(500, 502, 503, 504)))
         return cls(Minio(env[jobenv.S3_ENDPOINT], access_key=env[jobenv.S3_ACCESS_KEY],
                          secret_key=env[jobenv.S3_SECRET_KEY], secure=env.get(jobenv.S3_SECURE, "") == "true",
                          region=env.get(jobenv.S3_REGION) or None, http_client=http))

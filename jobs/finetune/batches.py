@@ -121,9 +121,16 @@ class TextDataset(Dataset[dict[str, Any]]):
 class BucketBatchSampler(Sampler[list[int]]):
     """Batches of similar-length rows in an order that depends only on (seed, epoch).
 
+    At most one batch is short, and it always comes last: accelerate's ``BatchSamplerShard``
+    (which deals batches out to the ranks) assumes so, and completes that last batch with rows from
+    the start so every rank gets as many batches; a short batch in the middle would be dropped.
+    ``batch_size`` and ``drop_last`` are read by it, too.
+
     With ``shuffle=False`` (evaluation) rows are simply sorted by length, longest first, so the
     largest batch comes first and an out-of-memory error shows up at once.
     """
+
+    drop_last = False
 
     def __init__(self, lengths: NDArray[np.int64], batch_size: int, seed: int, shuffle: bool = True,
                  pool_batches: int = 50) -> None:
@@ -152,7 +159,9 @@ class BucketBatchSampler(Sampler[list[int]]):
             pool = order[start:start + self.pool]
             pool = pool[np.argsort(-self.lengths[pool], kind="stable")]
             batches.extend(pool[i:i + self.batch_size].tolist() for i in range(0, len(pool), self.batch_size))
-        return [batches[i] for i in rng.permutation(len(batches))]
+        full = [b for b in batches if len(b) == self.batch_size]
+        short = [b for b in batches if len(b) != self.batch_size]
+        return [full[i] for i in rng.permutation(len(full))] + short
 
     def __iter__(self) -> Iterator[list[int]]:
         return iter(self.batches())

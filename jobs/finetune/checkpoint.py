@@ -29,7 +29,6 @@ from pathlib import Path
 from typing import Any
 
 from accelerate import Accelerator
-
 from sampleforge.api.finetune import FineTuneRunSpec
 from sampleforge.jobs.common.storage import MANIFEST_NAME, ObjectStore, S3Uri
 
@@ -43,7 +42,7 @@ STATE = "state"
 DESCRIPTION = "checkpoint.json"
 PARTS = "_parts"
 #: Configuration keys whose change makes a checkpoint impossible to load (parameter shapes differ).
-STRUCTURAL = ("model", "task", "method", "labels", "head")
+STRUCTURAL = ("model", "task", "method")
 
 
 def describe_config(spec: FineTuneRunSpec, input_uri: str | None, world_size: int) -> dict[str, Any]:
@@ -74,7 +73,8 @@ def compare_config(saved: dict[str, Any], current: dict[str, Any]) -> tuple[list
         return out
 
     before, after = flat(saved), flat(current)
-    structural, other = [], []
+    structural: list[str] = []
+    other: list[str] = []
     for key in sorted(set(before) | set(after)):
         if before.get(key) != after.get(key):
             line = f"{key}: {before.get(key)!r} -> {after.get(key)!r}"
@@ -142,7 +142,7 @@ class Checkpoints:
         if self.accelerator.is_local_main_process:
             self.store.download_committed(checkpoint.prefix, local)
         self.accelerator.wait_for_everyone()
-        return local
+        return Path(local)
 
     # -- writing --------------------------------------------------------------------------------
 

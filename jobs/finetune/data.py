@@ -30,7 +30,6 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 from numpy.typing import NDArray
-
 from sampleforge.api.augmentation import Columns
 from sampleforge.jobs.common.storage import MANIFEST_NAME, ObjectStore, S3Uri, StorageError
 
@@ -299,7 +298,7 @@ def read_dataset(store: ObjectStore, uri: str, fmt: str | None, columns: Columns
 
 def _exists(store: ObjectStore, uri: S3Uri, field_name: str) -> bool:
     try:
-        return store.exists(uri)
+        return bool(store.exists(uri))
     except StorageError as err:
         raise DatasetError(f"{field_name}: {err}") from err
 

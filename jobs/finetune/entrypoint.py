@@ -17,9 +17,9 @@ from pathlib import Path
 from sampleforge.api import jobenv
 from sampleforge.api.constants import Reason
 from sampleforge.api.finetune import FineTuneRunSpec
+from sampleforge.api.logs import redact, setup_logging
 from sampleforge.jobs.common.context import ConfigurationError, RunContext
 from sampleforge.jobs.common.heartbeat import HeartbeatSender
-from sampleforge.api.logs import redact, setup_logging
 from sampleforge.jobs.common.storage import ObjectStore, StorageError
 
 from .errors import ExitCode, FineTuneError, Preempted
@@ -55,6 +55,8 @@ def main(env: Mapping[str, str] | None = None) -> int:
 
     env = os.environ if env is None else env
     setup_logging()
+    # Library deprecation notices become JSON log lines too, instead of raw text in the pod log.
+    logging.captureWarnings(True)
     try:
         ctx = RunContext.from_env(FineTuneRunSpec, env)
     except ConfigurationError as err:
@@ -83,7 +85,7 @@ def main(env: Mapping[str, str] | None = None) -> int:
         return _terminate(ExitCode.CONFIGURATION, Reason.INVALID_SPEC, str(err))
     except StorageError as err:
         return _terminate(ExitCode.UNEXPECTED, Reason.FAILED, f"MinIO: {err}")
-    except Exception as err:  # noqa: BLE001 - the last line of defence: log it, exit non-zero, let the Job retry
+    except Exception as err:
         log.exception("unexpected failure")
         return _terminate(ExitCode.UNEXPECTED, Reason.FAILED, f"{type(err).__name__}: {err}")
     finally:

@@ -65,7 +65,7 @@ class CheckpointMismatchError(SpecError):
     """The latest committed checkpoint was written for a configuration it cannot be resumed into."""
 
 
-class Preempted(Exception):  # noqa: N818 - an outcome, not a failure
+class Preempted(Exception):
     """Raised after the SIGTERM checkpoint is committed, to unwind to the entry point."""
 
     exit_code = ExitCode.PREEMPTED

@@ -20,9 +20,8 @@ import numpy as np
 import torch
 from accelerate import Accelerator
 from numpy.typing import NDArray
-from torch.utils.data import DataLoader
-
 from sampleforge.api.finetune import Task
+from torch.utils.data import DataLoader
 
 from . import metrics as M
 from .errors import SpecError
@@ -116,7 +115,7 @@ def evaluate_cross(accelerator: Accelerator, model: torch.nn.Module, data: Cross
                                          "label": [None if v is None else str(v) for v in data.raw_labels],
                                          "grade": data.grades.tolist()}
     if task == Task.RELEVANCE:
-        probs = torch.softmax(torch.from_numpy(logits), dim=-1).numpy().astype(np.float64)
+        probs = torch.softmax(torch.from_numpy(logits.astype(np.float64)), dim=-1).numpy()
         predicted = probs.argmax(axis=1)
         score = probs @ np.asarray(space.class_grades) if space.class_grades is not None else probs.max(axis=1)
         predictions.update(target=targets.tolist(), predicted=predicted.tolist(),

@@ -15,12 +15,10 @@ from typing import Any
 import numpy as np
 import torch
 from numpy.typing import NDArray
-
 from sampleforge.api.finetune import FineTuneRunSpec, Task
 from sampleforge.jobs.common.storage import ObjectStore, S3Uri
 
-from .batches import (BucketBatchSampler, Collator, PairDataset, TextDataset, TwoTowerDataset, make_loader,
-                      tokenize)
+from .batches import BucketBatchSampler, Collator, PairDataset, TextDataset, TwoTowerDataset, make_loader, tokenize
 from .data import Dataset, Examples, Rejected, read_committed, read_dataset, split_by_query
 from .errors import SpecError
 from .evaluate import CrossEvalSet, TowerEvalSet

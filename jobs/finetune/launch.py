@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -33,6 +33,8 @@ log = logging.getLogger(__name__)
 
 #: Where workers leave their exit codes for the launcher (set by the launcher only).
 EXIT_DIR_ENV = "SAMPLEFORGE_FINETUNE_EXIT_DIR"
+#: How long torchrun lets workers finish their SIGTERM checkpoint before it kills them.
+SHUTDOWN_TIMEOUT_SECONDS = 100
 
 
 def processes_per_node(spec: FineTuneRunSpec, env: Mapping[str, str]) -> int:
@@ -56,6 +58,14 @@ def node_layout(env: Mapping[str, str]) -> tuple[int, int]:
     return int(env.get("RANK", "0")) // local, max(int(env.get("WORLD_SIZE", "1")) // local, 1)
 
 
+def free_port() -> int:
+    """A free loopback port: one pod on its own needs no agreed port, and a fixed one could clash
+    with another job on the same machine (a laptop, a CI runner)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
 def worst(codes: list[int]) -> int:
     """The exit code of the pod from its workers' codes: a configuration or data error wins (no
     retry will help), then preemption (retry, resume), then any other failure, then success."""
@@ -76,7 +86,10 @@ def launch(spec: FineTuneRunSpec, env: Mapping[str, str], cache_dir: Path) -> in
         f"--nnodes={node_count}", f"--nproc-per-node={per_node}",
         f"--node-rank={env.get(jobenv.JOB_COMPLETION_INDEX, '0')}",
         f"--master-addr={env.get(jobenv.MASTER_ADDR, '127.0.0.1')}",
-        f"--master-port={env.get(jobenv.MASTER_PORT, '29500')}",
+        f"--master-port={env.get(jobenv.MASTER_PORT) or (free_port() if node_count == 1 else 29500)}",
+        # On SIGTERM torchrun passes the signal on, then kills workers still running after this
+        # long: room for the SIGTERM checkpoint within the pod's grace period (120 s for a FineTuneRun).
+        f"--shutdown-timeout={SHUTDOWN_TIMEOUT_SECONDS}",
         "-m", "sampleforge.jobs.finetune",
     ]
     log.info("starting training processes", extra={"processes_per_node": per_node, "nodes": node_count})

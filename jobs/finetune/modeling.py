@@ -19,15 +19,14 @@ peft wraps the encoder(s) only; the head is always fully trained.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeAlias
 
 import torch
-import torch.nn.functional as F  # noqa: N812 - the usual name
+import torch.nn.functional as F
 from peft import AdaLoraConfig, AdaLoraModel, LoraConfig, PeftModel, PrefixTuningConfig, TaskType, get_peft_model
+from sampleforge.api.finetune import AdaLoraMethod, FullMethod, LoraMethod, PrefixTuningMethod, Task
 from torch import nn
 from transformers import AutoModel, PreTrainedModel
-
-from sampleforge.api.finetune import AdaLoraMethod, FullMethod, LoraMethod, PrefixTuningMethod, Task
 
 from .model_source import ModelSource, load_failure
 
@@ -37,7 +36,7 @@ TWO_TOWER_TEMPERATURE = 0.05
 #: Whether query and item share one encoder (the spec has no field for it yet).
 TWO_TOWER_SHARED = True
 
-MethodSpec = FullMethod | LoraMethod | AdaLoraMethod | PrefixTuningMethod
+MethodSpec: TypeAlias = FullMethod | LoraMethod | AdaLoraMethod | PrefixTuningMethod
 
 
 def freeze_unused_pooler(encoder: nn.Module) -> None:
@@ -70,7 +69,8 @@ def apply_method(encoder: nn.Module, method: MethodSpec, total_steps: int) -> nn
         config = PrefixTuningConfig(task_type=TaskType.FEATURE_EXTRACTION,
                                     num_virtual_tokens=method.num_virtual_tokens,
                                     prefix_projection=method.projection)
-    return get_peft_model(encoder, config)  # type: ignore[arg-type]
+    wrapped: nn.Module = get_peft_model(encoder, config)
+    return wrapped
 
 
 def uses_token_types(method: MethodSpec) -> bool:
@@ -93,6 +93,9 @@ class HeadConfig:
 class CrossEncoder(nn.Module):
     """Scores a (query, item) pair: relevance classes, a relevance score, or a click logit."""
 
+    dense_mean: torch.Tensor
+    dense_std: torch.Tensor
+
     def __init__(self, encoder: nn.Module, config: HeadConfig, hidden_size: int) -> None:
         super().__init__()
         self.config = config
@@ -100,8 +103,10 @@ class CrossEncoder(nn.Module):
         self.dropout = nn.Dropout(config.dropout)
         self.head = nn.Linear(hidden_size + config.num_dense, config.num_outputs)
         # Standardisation of dense features, learned from the training rows (part of the model).
-        self.register_buffer("dense_mean", torch.zeros(config.num_dense))
-        self.register_buffer("dense_std", torch.ones(config.num_dense))
+        # Only when there are features: safetensors cannot tell two empty tensors apart.
+        if config.num_dense:
+            self.register_buffer("dense_mean", torch.zeros(config.num_dense))
+            self.register_buffer("dense_std", torch.ones(config.num_dense))
 
     def set_dense_stats(self, mean: torch.Tensor, std: torch.Tensor) -> None:
         self.dense_mean.copy_(mean)
@@ -114,7 +119,8 @@ class CrossEncoder(nn.Module):
             assert dense is not None, "this model was built with dense features; pass them"
             scaled = (dense.to(pooled.dtype) - self.dense_mean.to(pooled.dtype)) / self.dense_std.to(pooled.dtype)
             pooled = torch.cat([pooled, scaled], dim=-1)
-        return self.head(self.dropout(pooled))
+        logits: torch.Tensor = self.head(self.dropout(pooled))
+        return logits
 
 
 def mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -188,7 +194,8 @@ def is_adapter(encoder: nn.Module) -> bool:
 def load_encoder(source: ModelSource) -> PreTrainedModel:
     """The pretrained encoder of spec.model; a load failure names spec.model and what to do."""
     try:
-        return AutoModel.from_pretrained(source.location)
+        model: PreTrainedModel = AutoModel.from_pretrained(source.location)
+        return model
     except (OSError, ValueError, KeyError) as err:
         raise load_failure(source, err) from err
 
@@ -203,13 +210,14 @@ def build_model(source: ModelSource, config: HeadConfig, method: MethodSpec, tot
         freeze_unused_pooler(base)
         if gradient_checkpointing:
             # Non-reentrant checkpointing works with frozen inputs (peft) without extra hooks.
-            base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            base.gradient_checkpointing_enable(  # type: ignore[no-untyped-call]
+                gradient_checkpointing_kwargs={"use_reentrant": False})
         return apply_method(base, method, total_steps)
 
     if config.task == Task.TWO_TOWER:
         return TwoTower(encoder(), None if config.shared_towers else encoder(), config)
     first = encoder()
-    hidden = int(getattr(load_config_hidden(first), "hidden_size"))
+    hidden = int(load_config_hidden(first).hidden_size)
     return CrossEncoder(first, config, hidden)
 
 
@@ -224,4 +232,4 @@ def adalora_update(model: nn.Module, step: int) -> None:
     optimizer step, before the gradients are zeroed (peft's contract)."""
     for enc in encoders(model).values():
         if isinstance(enc, PeftModel) and isinstance(enc.base_model, AdaLoraModel):
-            enc.base_model.update_and_allocate(step)
+            enc.base_model.update_and_allocate(step)  # type: ignore[no-untyped-call]

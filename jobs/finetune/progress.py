@@ -16,10 +16,9 @@ import sys
 import time
 from typing import Any
 
-from tqdm.auto import tqdm
-
 from sampleforge.api.status import FineTuneResults
 from sampleforge.jobs.common.heartbeat import HeartbeatSender
+from tqdm.auto import tqdm
 
 from .training import TrainingState
 
@@ -121,7 +120,9 @@ class Progress:
             results["loss"] = state.loss
         if state.best is not None and math.isfinite(state.best.value):
             results["bestMetric"] = {"name": state.best.name, "value": state.best.value, "step": state.best.step}
-        return FineTuneResults.model_validate(results).model_dump(mode="json", by_alias=True, exclude_none=True)
+        validated: dict[str, Any] = FineTuneResults.model_validate(results).model_dump(
+            mode="json", by_alias=True, exclude_none=True)
+        return validated
 
     def set_epoch_batches(self, batches: int) -> None:
         self._epoch_batches = batches

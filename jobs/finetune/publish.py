@@ -30,7 +30,6 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 from safetensors.torch import save_file
-
 from sampleforge.api.finetune import FineTuneRunSpec
 from sampleforge.jobs.common.storage import ObjectStore, S3Uri
 
@@ -52,7 +51,7 @@ def save_model(model: torch.nn.Module, tokenizer: Any, head: HeadConfig, labels:
     adapter = any(is_adapter(e) for e in parts.values())
     merged: list[str] = []
     for name, encoder in parts.items():
-        encoder.save_pretrained(directory / name, safe_serialization=True)
+        encoder.save_pretrained(directory / name, safe_serialization=True)  # type: ignore[operator]
         if is_adapter(encoder):
             _point_adapter_at(directory / name, spec.model)
             if spec.output.merge_adapter:
@@ -140,8 +139,8 @@ def model_card(spec: FineTuneRunSpec, run: dict[str, str], data: dict[str, Any],
     lines = [
         *front, "",
         f"# {run.get('name', 'model')}", "",
-        f"Fine-tuned from `{spec.model}` for {task_text} by the sampleforge FineTuneRun "
-        f"`{run.get('namespace', '')}/{run.get('name', '')}` (uid `{run.get('uid', '')}`).", "",
+        (f"Fine-tuned from `{spec.model}` for {task_text} by the sampleforge FineTuneRun "
+         f"`{run.get('namespace', '')}/{run.get('name', '')}` (uid `{run.get('uid', '')}`)."), "",
         "## Training data", "",
         _table([("training rows", data["train"]["rows"]), ("training source", data["train"]["uri"]),
                 ("evaluation rows", data["eval"]["rows"]), ("evaluation source", data["eval"]["uri"]),

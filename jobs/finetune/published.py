@@ -7,6 +7,7 @@ prove that the published files reproduce the predictions the job recorded.
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -16,11 +17,10 @@ import torch
 from numpy.typing import NDArray
 from peft import PeftModel
 from safetensors.torch import load_file
+from sampleforge.api.finetune import Task
 from transformers import AutoModel, AutoTokenizer
 
-from sampleforge.api.finetune import Task
-
-from .modeling import CrossEncoder, HeadConfig, TwoTower, freeze_unused_pooler
+from .modeling import CrossEncoder, HeadConfig, TwoTower, freeze_unused_pooler, load_config_hidden
 from .publish import HEAD_FILE, MODEL_CONFIG
 
 
@@ -66,10 +66,11 @@ class PublishedModel:
         if task == Task.RELEVANCE:
             probs = torch.softmax(torch.from_numpy(logits), dim=-1).numpy()
             grades = self.description["labels"].get("classGrades")
-            return probs @ np.asarray(grades) if grades is not None else probs.max(axis=1)
+            scores: NDArray[np.float64] = probs @ np.asarray(grades) if grades is not None else probs.max(axis=1)
+            return scores
         if task == Task.CTR:
-            return 1.0 / (1.0 + np.exp(-logits[:, 0]))
-        return logits[:, 0]
+            return np.asarray(1.0 / (1.0 + np.exp(-logits[:, 0])), dtype=np.float64)
+        return np.asarray(logits[:, 0], dtype=np.float64)
 
     @torch.no_grad()
     def _embed(self, texts: Sequence[str], items: bool, batch_size: int = 64) -> NDArray[np.float32]:
@@ -95,13 +96,21 @@ def load_published(directory: str | Path, base_model: str | None = None, merged:
     head = HeadConfig(**{**head_fields, "task": Task(head_fields["task"])})
 
     def encoder(name: str) -> torch.nn.Module:
+        loaded: torch.nn.Module
         if merged and f"{name}-merged" in description["merged"]:
-            return AutoModel.from_pretrained(root / f"{name}-merged")
+            loaded = AutoModel.from_pretrained(root / f"{name}-merged")
+            return loaded
         if not description["adapter"]:
-            return AutoModel.from_pretrained(root / name)
+            loaded = AutoModel.from_pretrained(root / name)
+            return loaded
         base = AutoModel.from_pretrained(base_model or description["baseModel"])
         freeze_unused_pooler(base)
-        return PeftModel.from_pretrained(base, root / name)
+        with warnings.catch_warnings():
+            # AdaLoRA records its rank pattern by parameter name (…lora_E) and peft then matches it
+            # against module names and warns. Nothing is lost: AdaLoRA keeps full-rank tensors with
+            # pruned ranks zeroed, and those load as saved (the integration tests compare scores).
+            warnings.filterwarnings("ignore", "The following rank_pattern keys did not match", RuntimeWarning)
+            return PeftModel.from_pretrained(base, root / name)
 
     module: CrossEncoder | TwoTower
     if head.task == Task.TWO_TOWER:
@@ -109,8 +118,7 @@ def load_published(directory: str | Path, base_model: str | None = None, merged:
         module = TwoTower(encoder(names[0]), encoder(names[1]) if len(names) > 1 else None, head)
     else:
         enc = encoder("encoder")
-        config = enc.get_base_model().config if isinstance(enc, PeftModel) else enc.config
-        module = CrossEncoder(enc, head, int(config.hidden_size))
+        module = CrossEncoder(enc, head, int(load_config_hidden(enc).hidden_size))
         missing, unexpected = module.load_state_dict(load_file(str(root / HEAD_FILE)), strict=False)
         if unexpected or any(not k.startswith("encoder.") for k in missing):
             raise ValueError(f"{root / HEAD_FILE} does not match the model: missing {missing}, unexpected {unexpected}")

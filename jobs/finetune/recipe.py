@@ -24,12 +24,11 @@ from typing import Any
 import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
-from transformers import AutoTokenizer
-
 from sampleforge.api.finetune import AdaLoraMethod, FineTuneRunSpec, Task
 from sampleforge.jobs.common.context import RunContext
 from sampleforge.jobs.common.heartbeat import HeartbeatSender
 from sampleforge.jobs.common.storage import MANIFEST_NAME, ObjectStore, S3Uri
+from transformers import AutoTokenizer
 
 from . import publish
 from .checkpoint import Checkpoints, Committed, describe_config
@@ -98,6 +97,12 @@ class FineTuneRecipe:
                                         spec.checkpoint.keep, acc) if self.store is not None else None)
         resume: Committed | None = self.checkpoints.latest() if self.checkpoints else None
         saved = self.checkpoints.description(resume) if self.checkpoints and resume else None
+        self.config = describe_config(spec, self.ctx.input_uri, acc.num_processes)
+        if resume is not None and self.checkpoints is not None:
+            # Before any heavy lifting: a checkpoint of another configuration is a spec error.
+            for line in self.checkpoints.check_compatible(resume, self.config):
+                log.warning("resuming with a configuration that differs from the checkpoint's; the spec wins",
+                            extra={"difference": line, "checkpoint": str(resume.prefix)})
         need_labels = spec.task == Task.RELEVANCE
         self.space = (LabelSpace.from_json(saved["labels"]) if saved
                       else LabelSpace.learn(spec.task, inputs.train.examples.labels if need_labels else None))
@@ -112,7 +117,10 @@ class FineTuneRecipe:
             raise load_failure(inputs.model, err) from err
         loaders = build_loaders(spec, self.split, self.tokenizer, uses_token_types(spec.method), on_gpu)
         self.sampler = loaders.sampler
-        batches_per_rank = math.ceil(len(loaders.sampler) / acc.num_processes)
+        # The training loader first: its length per rank (after sharding) sets the step count,
+        # which AdaLoRA's schedule needs before the model is built.
+        self.train_loader = acc.prepare(loaders.train)
+        batches_per_rank = len(self.train_loader)
         self.steps_per_epoch = math.ceil(batches_per_rank / d.gradient_accumulation_steps)
         self.total_steps = min(t.max_steps or 10**12, t.epochs * self.steps_per_epoch)
 
@@ -130,14 +138,13 @@ class FineTuneRecipe:
         # Everything device- and process-related goes through accelerate.
         eval_loaders = ([loaders.eval.loader] if isinstance(loaders.eval, CrossEvalSet)
                         else [loaders.eval.query_loader, loaders.eval.item_loader])
-        self.model, self.optimizer, self.train_loader, self.scheduler, *prepared_eval = acc.prepare(
-            model, optimizer, loaders.train, scheduler, *eval_loaders)
+        self.model, self.optimizer, self.scheduler, *prepared_eval = acc.prepare(
+            model, optimizer, scheduler, *eval_loaders)
         self.eval_set = (replace(loaders.eval, loader=prepared_eval[0]) if isinstance(loaders.eval, CrossEvalSet)
                          else replace(loaders.eval, query_loader=prepared_eval[0], item_loader=prepared_eval[1]))
         acc.register_for_checkpointing(self.state)
         self.stopper = EarlyStopper(spec.evaluation.early_stopping, self.metric_names[0])
         self.adalora = isinstance(spec.method, AdaLoraMethod)
-        self.config = describe_config(spec, self.ctx.input_uri, acc.num_processes)
         self.progress = Progress(self.heartbeat, self.total_steps, acc.is_main_process, acc.is_local_main_process)
         self.progress.set_epoch_batches(batches_per_rank)
 
@@ -158,9 +165,6 @@ class FineTuneRecipe:
 
     def _resume(self, checkpoint: Committed) -> None:
         assert self.checkpoints is not None
-        for line in self.checkpoints.check_compatible(checkpoint, self.config):
-            log.warning("resuming with a configuration that differs from the checkpoint's; the spec wins",
-                        extra={"difference": line, "checkpoint": str(checkpoint.prefix)})
         local = self.checkpoints.fetch(checkpoint)
         self.accelerator.load_state(str(local / "state"))
         self.last_checkpoint = str(checkpoint.prefix)
@@ -193,10 +197,14 @@ class FineTuneRecipe:
         self.model.train()
         losses: list[torch.Tensor] = []
         while state.step < self.total_steps and not state.stopped_early:
-            self.sampler.set_epoch(state.epoch)
             # Resuming mid-epoch: skip the batches this epoch already trained on.
             loader = (acc.skip_first_batches(self.train_loader, state.batches_in_epoch)
                       if state.batches_in_epoch else self.train_loader)
+            # Both: accelerate's loader re-sets the sampler's epoch from its own iteration counter
+            # on every iter() (which a resumed run must not restart from 0), and a skipping loader
+            # does not pass set_epoch on to the sampler.
+            loader.set_epoch(state.epoch)
+            self.sampler.set_epoch(state.epoch)
             for batch in loader:
                 with acc.accumulate(self.model):
                     loss = self._loss(batch)
@@ -282,7 +290,7 @@ class FineTuneRecipe:
         acc.wait_for_everyone()
         if not acc.is_main_process or self.store is None:
             acc.wait_for_everyone()
-            return None
+            return str(self.output.join(MANIFEST_NAME)) if self.store is not None else None
         staging = self.work_dir / "publish"
         shutil.rmtree(staging, ignore_errors=True)
         model_dir = staging / publish.MODEL_DIR

@@ -14,10 +14,9 @@ from types import FrameType
 from typing import Any
 
 import torch
+from sampleforge.api.finetune import EarlyStopping, Training
 from torch import nn
 from transformers import get_scheduler
-
-from sampleforge.api.finetune import EarlyStopping, Training
 
 #: Parameters that never get weight decay: biases and normalisation weights (the BERT recipe).
 _NO_DECAY = ("bias", "LayerNorm.weight", "layer_norm.weight", "norm.weight")
@@ -25,7 +24,8 @@ _NO_DECAY = ("bias", "LayerNorm.weight", "layer_norm.weight", "norm.weight")
 
 def make_optimizer(model: nn.Module, training: Training) -> torch.optim.AdamW:
     """AdamW over the trainable parameters, with no weight decay on biases and norms."""
-    decay, no_decay = [], []
+    decay: list[nn.Parameter] = []
+    no_decay: list[nn.Parameter] = []
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
@@ -38,8 +38,8 @@ def make_optimizer(model: nn.Module, training: Training) -> torch.optim.AdamW:
 def warmup_steps(training: Training, total_steps: int) -> int:
     """Warmup length: training.warmupSteps, else warmupRatio of the steps, else none."""
     if training.warmup_steps is not None:
-        return min(training.warmup_steps, total_steps)
-    return math.ceil((training.warmup_ratio or 0.0) * total_steps)
+        return min(int(training.warmup_steps), total_steps)
+    return math.ceil(float(training.warmup_ratio or 0.0) * total_steps)
 
 
 def make_scheduler(optimizer: torch.optim.Optimizer, training: Training, total_steps: int) -> Any:

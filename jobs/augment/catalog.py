@@ -1,0 +1,52 @@
+"""The augmenter types this job can run, and building them from ``spec.augmenters``.
+
+Each family registers its types with :func:`~.protocol.register_row_augmenter` when its module is
+imported; importing them here is what makes them available. A new family (model-based generation,
+GAN, mixup, image edits) adds its module to the imports below.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sampleforge.api.augmentation import AugmentationRunSpec
+
+from . import attributes, hardnegative, rebalance, textedit  # noqa: F401 -- registration on import
+from .errors import ConfigError
+from .protocol import BuildContext, RowAugmenter, registered_types, registration
+
+__all__ = ["build_augmenters", "check_supported", "needs_of"]
+
+
+def check_supported(spec: AugmentationRunSpec) -> None:
+    """Fail before any data is read when the spec asks for a type this job image cannot run."""
+    for index, entry in enumerate(spec.augmenters):
+        if registration(entry.type) is None:
+            raise ConfigError(
+                f"spec.augmenters[{index}] has type {entry.type!r}, which this job image does not provide yet "
+                f"(available: {', '.join(registered_types())}); remove it or use an image that has it")
+
+
+def needs_of(spec: AugmentationRunSpec) -> frozenset[str]:
+    """Whole-source facts the configured augmenters need from the first pass."""
+    needs: set[str] = set()
+    for entry in spec.augmenters:
+        found = registration(entry.type)
+        if found is not None:
+            needs |= found.needs
+    return frozenset(needs)
+
+
+def build_augmenters(spec: AugmentationRunSpec, context: dict[str, Any]) -> list[tuple[Any, RowAugmenter]]:
+    """``(spec entry, augmenter)`` in spec order; ``context`` holds BuildContext's shared fields."""
+    check_supported(spec)
+    built = []
+    for index, entry in enumerate(spec.augmenters):
+        found = registration(entry.type)
+        assert found is not None
+        augmenter = found.factory(entry, BuildContext(spec=spec, index=index, **context))
+        if not isinstance(augmenter, RowAugmenter):
+            raise TypeError(f"the factory of {entry.type!r} returned {type(augmenter).__name__}, which does not "
+                            "follow the RowAugmenter protocol")
+        built.append((entry, augmenter))
+    return built

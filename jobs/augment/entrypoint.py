@@ -1,0 +1,107 @@
+"""``python -m sampleforge.jobs.augment``: one shard of an AugmentationRun, configured only by the
+environment the operator renders (:mod:`sampleforge.api.jobenv`), the same in a pod and on a laptop::
+
+    SAMPLEFORGE_RUN_KIND=AugmentationRun SAMPLEFORGE_RUN_NAME=shoes SAMPLEFORGE_RUN_NAMESPACE=search-ml \\
+    SAMPLEFORGE_RUN_SPEC="$(yq -o json .spec run.yaml)" SAMPLEFORGE_S3_ENDPOINT=localhost:9000 \\
+    SAMPLEFORGE_S3_ACCESS_KEY=... SAMPLEFORGE_S3_SECRET_KEY=... \\
+    JOB_COMPLETION_INDEX=0 SAMPLEFORGE_SHARD_COUNT=1 python -m sampleforge.jobs.augment
+
+Exit status: 0 when the shard (and, if it was the last, the run) is committed or was already;
+:data:`~sampleforge.api.jobenv.EXIT_INVALID_CONFIG` (2) when the configuration cannot work (invalid
+spec, missing column, unreadable source, unknown augmenter type, model that does not load), which
+the Job does not retry; :data:`~sampleforge.api.jobenv.EXIT_TERMINATED` (143) after SIGTERM; 1 for
+anything else, which the Job retries, resuming from the shards already committed. In a pod the
+reason and message also go to ``/dev/termination-log``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import threading
+from collections.abc import Mapping
+from pathlib import Path
+from types import FrameType
+
+from sampleforge.api import jobenv
+from sampleforge.api.augmentation import AugmentationRunSpec
+from sampleforge.api.constants import Reason
+from sampleforge.api.logs import redact, setup_logging
+from sampleforge.jobs.common.context import ConfigurationError, RunContext
+from sampleforge.jobs.common.heartbeat import HeartbeatSender
+from sampleforge.jobs.common.storage import ObjectStore, StorageError
+
+from .errors import AugmentError, ConfigError
+from .pipeline import ShardJob
+
+log = logging.getLogger("sampleforge.jobs.augment")
+
+__all__ = ["EXIT_FAILED", "main"]
+
+TERMINATION_LOG = Path("/dev/termination-log")
+#: Any failure a retry may fix (MinIO unavailable, a node problem, a bug).
+EXIT_FAILED = 1
+#: Set to 0 to turn the progress bar off (it goes to stderr, next to the JSON log lines).
+PROGRESS_ENV = "SAMPLEFORGE_PROGRESS"
+
+
+class Terminated(Exception):
+    """SIGTERM arrived (preemption, eviction, deletion): stop; committed shards survive."""
+
+
+def _terminate(code: int, reason: Reason, message: str) -> int:
+    message = redact(message)
+    (log.info if code == 0 else log.error)("finished", extra={"exit_code": code, "reason": str(reason),
+                                                              "detail": message})
+    if TERMINATION_LOG.exists() and os.access(TERMINATION_LOG, os.W_OK):
+        TERMINATION_LOG.write_text(json.dumps({"exitCode": code, "reason": str(reason), "message": message[:3500]}))
+    return code
+
+
+def cache_dir(env: Mapping[str, str]) -> Path:
+    """Scratch space for part files and downloaded models (an emptyDir in a pod)."""
+    return Path(env.get(jobenv.CACHE_DIR) or Path.home() / ".cache" / "sampleforge" / "jobs")
+
+
+def _on_sigterm(signum: int, frame: FrameType | None) -> None:
+    raise Terminated()
+
+
+def main(env: Mapping[str, str] | None = None) -> int:
+    """Run this pod's shard of the AugmentationRun the environment describes; the exit status."""
+    env = os.environ if env is None else env
+    setup_logging()
+    logging.captureWarnings(True)
+    try:
+        ctx = RunContext.from_env(AugmentationRunSpec, env)
+    except (ConfigurationError, ValueError) as err:
+        return _terminate(jobenv.EXIT_INVALID_CONFIG, Reason.INVALID_SPEC, str(err))
+    try:
+        store = ObjectStore.from_env(env)
+    except StorageError as err:
+        return _terminate(jobenv.EXIT_INVALID_CONFIG, Reason.INVALID_SPEC, str(err))
+    identity = {"kind": ctx.kind, "namespace": ctx.namespace, "name": ctx.name, "uid": ctx.uid or "local",
+                "shard": ctx.shard, "shards": ctx.shards}
+    heartbeat = HeartbeatSender.from_env(identity, env).start()
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _on_sigterm) if in_main_thread else None
+    try:
+        job = ShardJob(ctx, store, cache_dir(env), heartbeat, show_progress=env.get(PROGRESS_ENV, "1") != "0")
+        outcome = job.run()
+        return _terminate(0, Reason.SUCCEEDED, outcome.message)
+    except ConfigError as err:
+        return _terminate(jobenv.EXIT_INVALID_CONFIG, err.reason, str(err))
+    except Terminated:
+        return _terminate(jobenv.EXIT_TERMINATED, Reason.FAILED, "terminated by SIGTERM; committed shards are kept")
+    except (AugmentError, StorageError, OSError) as err:
+        log.exception("shard failed")
+        return _terminate(EXIT_FAILED, Reason.FAILED, f"{type(err).__name__}: {err}")
+    except Exception as err:
+        log.exception("shard failed unexpectedly")
+        return _terminate(EXIT_FAILED, Reason.FAILED, f"{type(err).__name__}: {err}")
+    finally:
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
+        heartbeat.stop()

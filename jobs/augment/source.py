@@ -1,0 +1,488 @@
+"""Reading a dataset from MinIO as a stream of record batches, with bounded memory, and sharding it.
+
+**Row ids.** Every well-formed record of the source gets a *global row id*: its index over the whole
+source, counting the objects in key order and the records in file order. Malformed records (a line
+that is not JSON, a CSV row with the wrong number of fields) get no id; they are set aside with the
+reason. Row ids are what the augmenters' random numbers are keyed by, so they must not depend on the
+shard count: they do not.
+
+**Sharding: contiguous row ranges.** With ``N`` records and ``n`` shards, shard ``i`` takes the row ids
+``[i*N//n, (i+1)*N//n)``. Why contiguous ranges rather than ``row % n == i``: a Parquet shard then
+reads only the row groups that overlap its range (ranged GETs, so ``1/n`` of the bytes), and
+consecutive row ids let the text-edit augmenters, which key their randomness by ``first_row + i``,
+process whole runs at once. ``N`` comes from the Parquet footers, and for JSONL and CSV from the
+first pass over the source that every shard makes anyway (:mod:`.knowledge`); a JSONL/CSV shard
+then parses its objects from their start (text formats cannot be entered in the middle) and stops
+at the end of its range. A malformed record belongs to the shard that owns the next well-formed
+record of the same object (or the previous one at the object's end), so each is reported once.
+
+**Memory.** JSONL is split into lines from 1 MiB reads; CSV goes through pyarrow's streaming reader
+(all columns as text, roles decide types later); Parquet is read through a seekable view of the object
+built on ranged GETs, one row group's pages at a time. No format needs the whole object in memory.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import IO, Any
+
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+from minio.error import S3Error
+from sampleforge.jobs.common.storage import ObjectStore, S3Uri, StorageError
+
+from .errors import SourceError
+
+__all__ = [
+    "SUFFIX_FORMATS",
+    "Malformed",
+    "RawBatch",
+    "SourceObject",
+    "SourceReader",
+    "format_of",
+    "list_objects",
+    "shard_range",
+]
+
+#: File name endings understood, and the format each means (the same table the fine-tune reader uses).
+SUFFIX_FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl", ".csv": "csv", ".parquet": "parquet"}
+_READ_CHUNK = 1 << 20
+_RANGE_BLOCK = 4 << 20
+_MAX_RECORD_TEXT = 2000
+
+
+def format_of(key: str, declared: str | None) -> str | None:
+    if declared:
+        return declared
+    for suffix, fmt in SUFFIX_FORMATS.items():
+        if key.lower().endswith(suffix):
+            return fmt
+    return None
+
+
+def shard_range(total: int, shard: int, shards: int) -> tuple[int, int]:
+    """Row ids ``[start, stop)`` of ``shard`` out of ``shards`` over ``total`` records."""
+    if not 0 <= shard < shards:
+        raise ValueError(f"shard {shard} is outside 0..{shards - 1}")
+    return shard * total // shards, (shard + 1) * total // shards
+
+
+@dataclass(frozen=True)
+class SourceObject:
+    """One data file of a source, with the ETag it had when listed (recorded in the manifest)."""
+
+    uri: S3Uri
+    size: int
+    etag: str
+    format: str
+
+
+def list_objects(store: ObjectStore, uri: str, declared_format: str | None, field_path: str) -> list[SourceObject]:
+    """The data files ``uri`` names: one object, or every data file under a prefix ending in '/'.
+
+    Under a prefix, names starting with '_' or '.' (markers, hidden files) are skipped, as Spark and
+    pyarrow datasets do. ``field_path`` (e.g. ``spec.source``) is named in every error.
+    """
+    try:
+        location = S3Uri.parse(uri)
+    except StorageError as err:
+        raise SourceError(f"{field_path}.uri: {err}") from err
+    try:
+        if uri.endswith("/"):
+            found = []
+            for obj, size, etag in store.list(location):
+                rel = obj.key[len(location.key):]
+                if any(part.startswith(("_", ".")) for part in rel.split("/")):
+                    continue
+                fmt = format_of(obj.key, declared_format)
+                if fmt is not None:
+                    found.append(SourceObject(obj, size, etag.strip('"'), fmt))
+            if not found:
+                raise SourceError(f"{field_path}.uri {uri} holds no .jsonl, .csv or .parquet files; check the URI "
+                                  f"(or set {field_path}.format)")
+            return found
+        fmt = format_of(location.key, declared_format)
+        if fmt is None:
+            raise SourceError(f"cannot tell the format of {field_path}.uri {uri}; set {field_path}.format "
+                              "(jsonl, csv or parquet)")
+        stat = store.client.stat_object(location.bucket, location.key)
+    except S3Error as err:
+        if err.code in ("NoSuchKey", "NoSuchObject", "ResourceNotFound"):
+            raise SourceError(f"{field_path}.uri {uri} does not exist; check the URI and that the upload "
+                              "finished") from err
+        if err.code == "NoSuchBucket":
+            raise SourceError(f"{field_path}.uri {uri}: bucket {location.bucket!r} does not exist") from err
+        raise SourceError(f"{field_path}.uri {uri} cannot be read: {err.code}: {err.message}") from err
+    except StorageError as err:
+        raise SourceError(f"{field_path}.uri: {err}") from err
+    return [SourceObject(location, int(stat.size or 0), str(stat.etag or "").strip('"'), fmt)]
+
+
+@dataclass(frozen=True)
+class Malformed:
+    """A record that could not be parsed; ``position`` decides which shard reports it."""
+
+    position: int
+    source: str
+    reason: str
+    record: Any
+
+
+@dataclass
+class RawBatch:
+    """Consecutive well-formed records: the requested columns as Python lists (absent values None)."""
+
+    first_row: int
+    columns: dict[str, list[Any]]
+    size: int
+    malformed: list[Malformed] = field(default_factory=list)
+    #: The object the records come from (for rejects).
+    source: str = ""
+
+
+class _RangedObject(io.RawIOBase):
+    """A read-only, seekable view of one object made of ranged GETs, for the Parquet reader.
+
+    Small reads are served from a 4 MiB block cache (the footer, page headers); large reads (column
+    chunks) are fetched exactly, so memory stays at one block plus what pyarrow asks for at once.
+    """
+
+    def __init__(self, store: ObjectStore, uri: S3Uri, size: int) -> None:
+        super().__init__()
+        self._store = store
+        self._uri = uri
+        self._size = size
+        self._pos = 0
+        self._block_start = 0
+        self._block = b""
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._size}[whence]
+        self._pos = max(0, base + offset)
+        return self._pos
+
+    def _get(self, offset: int, length: int) -> bytes:
+        try:
+            response = self._store.client.get_object(self._uri.bucket, self._uri.key, offset=offset, length=length)
+        except S3Error as err:
+            raise StorageError(f"cannot read {self._uri} (bytes {offset}..{offset + length}): {err.code}") from err
+        try:
+            return bytes(response.read())
+        finally:
+            response.close()
+            response.release_conn()
+
+    def readinto(self, buffer: Any) -> int:
+        view = memoryview(buffer).cast("B")
+        want = min(len(view), self._size - self._pos)
+        if want <= 0:
+            return 0
+        end = self._pos + want
+        if not (self._block_start <= self._pos and end <= self._block_start + len(self._block)):
+            if want >= _RANGE_BLOCK:
+                data = self._get(self._pos, want)
+                view[: len(data)] = data
+                self._pos += len(data)
+                return len(data)
+            self._block_start = self._pos
+            self._block = self._get(self._pos, min(_RANGE_BLOCK, self._size - self._pos))
+        start = self._pos - self._block_start
+        chunk = self._block[start : start + want]
+        view[: len(chunk)] = chunk
+        self._pos += len(chunk)
+        return len(chunk)
+
+
+class _Stream(io.RawIOBase):
+    """A raw reader over an HTTP response body. urllib3 reports a response as closed as soon as its
+    body is consumed, which a buffered reader that has read ahead would pass on to pyarrow; this view
+    stays open until it is closed itself."""
+
+    def __init__(self, response: IO[bytes]) -> None:
+        super().__init__()
+        self._response = response
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        view = memoryview(buffer).cast("B")
+        data = self._response.read(len(view))
+        view[: len(data)] = data
+        return len(data)
+
+
+def _lines(stream: IO[bytes]) -> Iterator[bytes]:
+    """Lines of a byte stream (without the newline), read 1 MiB at a time."""
+    rest = b""
+    while True:
+        chunk = stream.read(_READ_CHUNK)
+        if not chunk:
+            break
+        chunk = rest + chunk
+        parts = chunk.split(b"\n")
+        rest = parts.pop()
+        yield from parts
+    if rest:
+        yield rest
+
+
+def _clip_text(data: bytes | str) -> str:
+    text = data.decode("utf-8", "replace") if isinstance(data, bytes) else data
+    return text[:_MAX_RECORD_TEXT]
+
+
+def _finite_or_none(value: Any) -> Any:
+    return None if isinstance(value, float) and math.isnan(value) else value
+
+
+class SourceReader:
+    """Reads the objects of one dataset as :class:`RawBatch` es with global row ids.
+
+    ``columns`` are the columns to deliver; ``required`` is ``(spec field path, column)`` pairs that
+    must exist in every object (a missing one is a :class:`SourceError` naming the field).
+    """
+
+    def __init__(self, store: ObjectStore, objects: Sequence[SourceObject], columns: Sequence[str],
+                 required: Sequence[tuple[str, str]], batch_rows: int = 4096) -> None:
+        self.store = store
+        self.objects = list(objects)
+        self.columns = list(dict.fromkeys(columns))
+        self.required = list(required)
+        self.batch_rows = batch_rows
+
+    # -- public ---------------------------------------------------------------------------------
+
+    def read_all(self, object_rows: list[int] | None = None) -> Iterator[RawBatch]:
+        """Every record of every object (the first pass). If ``object_rows`` is given it is filled with
+        each object's record count as the objects are finished: that is how ``N`` is learnt."""
+        start = 0
+        for obj in self.objects:
+            count = 0
+            for batch in self._batches(obj, start):
+                count += batch.size
+                yield batch
+            if object_rows is not None:
+                object_rows.append(count)
+            start += count
+
+    def read_range(self, object_rows: Sequence[int], lo: int, hi: int, last: bool) -> Iterator[RawBatch]:
+        """Records with row ids in ``[lo, hi)``, and the malformed records this range owns.
+
+        A malformed record's position is the id of the next well-formed record, clamped into its own
+        object's ids; an object without any well-formed record has the position of where it starts.
+        A range owns the positions inside it; the last range (``last``) also owns those at or past
+        ``N``.
+        """
+        if len(object_rows) != len(self.objects):
+            raise ValueError("object_rows must give one count per object")
+        start = 0
+        for obj, count in zip(self.objects, object_rows, strict=True):
+            stop = start + count
+            if count == 0:
+                if lo <= start < hi or (last and start >= hi):
+                    for batch in self._batches(obj, start):
+                        if batch.malformed:
+                            yield RawBatch(start, {c: [] for c in self.columns}, 0,
+                                           [Malformed(start, m.source, m.reason, m.record) for m in batch.malformed],
+                                           batch.source)
+            elif stop > lo and start < hi:
+                yield from self._window(obj, start, count, max(lo, start), min(hi, stop))
+            start = stop
+
+    def _window(self, obj: SourceObject, start: int, count: int, lo: int, hi: int) -> Iterator[RawBatch]:
+        """Rows ``[lo, hi)`` of the object whose rows are ``[start, start + count)``."""
+        last_row = start + count - 1
+        for batch in self._batches(obj, start, lo - start, hi - start):
+            owned = []
+            for bad in batch.malformed:
+                pos = min(max(bad.position, start), last_row)
+                if lo <= pos < hi:
+                    owned.append(Malformed(pos, bad.source, bad.reason, bad.record))
+            first, end = batch.first_row, batch.first_row + batch.size
+            a, b = max(first, lo), min(end, hi)
+            if a < b:
+                i, j = a - first, b - first
+                cols = batch.columns if (i, j) == (0, batch.size) else {c: v[i:j] for c, v in batch.columns.items()}
+                yield RawBatch(a, cols, b - a, owned, batch.source)
+            elif owned:
+                yield RawBatch(min(max(a, lo), hi), {c: [] for c in self.columns}, 0, owned, batch.source)
+            if end >= hi and hi <= last_row:
+                # Malformed records after row hi-1 belong to the next range: stop reading.
+                return
+
+    # -- per format -----------------------------------------------------------------------------
+
+    def _batches(self, obj: SourceObject, start: int, skip: int = 0, stop: int | None = None) -> Iterator[RawBatch]:
+        """The object's records as batches with global ids from ``start``. ``skip``/``stop`` (local
+        indices) only let Parquet leave out row groups; text formats are parsed from the start."""
+        try:
+            if obj.format == "parquet":
+                batches = self._parquet(obj, start, skip, stop)
+            elif obj.format == "csv":
+                batches = self._csv(obj, start)
+            elif obj.format == "jsonl":
+                batches = self._jsonl(obj, start)
+            else:
+                raise SourceError(f"{obj.uri}: unknown data format {obj.format!r}; use jsonl, csv or parquet")
+            for batch in batches:
+                batch.source = str(obj.uri)
+                yield batch
+        except StorageError as err:
+            raise SourceError(f"{obj.uri} cannot be read: {err}") from err
+        except (pa.ArrowInvalid, pa.ArrowTypeError, OSError) as err:
+            raise SourceError(f"{obj.uri} is not a readable {obj.format} file: {err}") from err
+
+    def _check_columns(self, obj: SourceObject, available: set[str]) -> None:
+        missing = [(path, col) for path, col in self.required if col not in available]
+        if missing:
+            named = ", ".join(f"{path} ({col!r})" for path, col in missing)
+            shown = ", ".join(sorted(available)[:30]) or "none"
+            raise SourceError(f"{obj.uri} has no column for {named}; its columns are: {shown}. "
+                              "Fix the column mapping or the data")
+
+    def _jsonl(self, obj: SourceObject, start: int) -> Iterator[RawBatch]:
+        stream = self.store.open(obj.uri)
+        try:
+            row = start
+            first = start
+            values: dict[str, list[Any]] = {c: [] for c in self.columns}
+            malformed: list[Malformed] = []
+            seen: set[str] = set()
+            checked = False
+            size = 0
+            for number, line in enumerate(_lines(stream), start=1):
+                if not line.strip():
+                    continue
+                try:
+                    record = json.loads(line)
+                except UnicodeDecodeError:
+                    malformed.append(Malformed(row, str(obj.uri), f"invalid UTF-8 (line {number})", _clip_text(line)))
+                    continue
+                except json.JSONDecodeError as err:
+                    malformed.append(Malformed(row, str(obj.uri), f"invalid JSON (line {number}): {err.msg}",
+                                               _clip_text(line)))
+                    continue
+                if not isinstance(record, dict):
+                    malformed.append(Malformed(row, str(obj.uri), f"not a JSON object (line {number})",
+                                               _clip_text(line)))
+                    continue
+                if not checked:
+                    seen.update(record)
+                for c in self.columns:
+                    values[c].append(record.get(c))
+                row += 1
+                size += 1
+                if size >= self.batch_rows:
+                    if not checked:
+                        self._check_columns(obj, seen)
+                        checked = True
+                    yield RawBatch(first, values, size, malformed)
+                    first, size, malformed = row, 0, []
+                    values = {c: [] for c in self.columns}
+            if not checked and row > start:
+                self._check_columns(obj, seen)
+            if size or malformed:
+                yield RawBatch(first, values, size, malformed)
+        finally:
+            stream.close()
+
+    def _csv(self, obj: SourceObject, start: int) -> Iterator[RawBatch]:
+        raw = self.store.open(obj.uri)
+        try:
+            stream = io.BufferedReader(_Stream(raw), buffer_size=_READ_CHUNK)
+            head = stream.peek(1 << 16)[: 1 << 16].decode("utf-8", "replace").removeprefix("\ufeff")
+            header = next(csv.reader(io.StringIO(head)), [])
+            if not header:
+                return
+            self._check_columns(obj, set(header))
+            pending: list[Malformed] = []
+
+            def invalid(bad: Any) -> str:
+                # Called while a block is parsed; the record is placed at that block's first row.
+                pending.append(Malformed(-1, str(obj.uri),
+                                         f"malformed CSV row (line {bad.number}): expected {bad.expected_columns} "
+                                         f"fields, got {bad.actual_columns}", _clip_text(bad.text or "")))
+                return "skip"
+
+            reader = pacsv.open_csv(
+                stream,
+                read_options=pacsv.ReadOptions(block_size=_READ_CHUNK, use_threads=False),
+                parse_options=pacsv.ParseOptions(newlines_in_values=True, invalid_row_handler=invalid),
+                convert_options=pacsv.ConvertOptions(
+                    column_types=dict.fromkeys(header, pa.string()), include_columns=self.columns,
+                    include_missing_columns=True, strings_can_be_null=False, quoted_strings_can_be_null=False),
+            )
+            row = start
+            for record_batch in reader:
+                bad_rows = [Malformed(row, m.source, m.reason, m.record) for m in pending]
+                pending.clear()
+                n = record_batch.num_rows
+                if n == 0 and bad_rows:
+                    yield RawBatch(row, {c: [] for c in self.columns}, 0, bad_rows)
+                for offset in range(0, n, self.batch_rows):
+                    piece = record_batch.slice(offset, self.batch_rows)
+                    cols = {c: piece.column(c).to_pylist() for c in self.columns}
+                    yield RawBatch(row, cols, piece.num_rows, bad_rows if offset == 0 else [])
+                    row += piece.num_rows
+            if pending:
+                yield RawBatch(row, {c: [] for c in self.columns}, 0,
+                               [Malformed(row, m.source, m.reason, m.record) for m in pending])
+        finally:
+            raw.close()
+
+    def parquet_row_counts(self) -> list[int]:
+        """Record count of each (Parquet) object from its footer, without reading any data."""
+        counts = []
+        for obj in self.objects:
+            with self._open_parquet(obj) as handle:
+                counts.append(handle.metadata.num_rows)
+        return counts
+
+    def _open_parquet(self, obj: SourceObject) -> pq.ParquetFile:
+        return pq.ParquetFile(pa.PythonFile(_RangedObject(self.store, obj.uri, obj.size), mode="r"),
+                              buffer_size=_READ_CHUNK, pre_buffer=False)
+
+    def _parquet(self, obj: SourceObject, start: int, skip: int, stop: int | None) -> Iterator[RawBatch]:
+        with self._open_parquet(obj) as handle:
+            names = set(handle.schema_arrow.names)
+            self._check_columns(obj, names)
+            present = [c for c in self.columns if c in names]
+            meta = handle.metadata
+            stop = meta.num_rows if stop is None else stop
+            groups, first_local, offset = [], None, 0
+            for g in range(meta.num_row_groups):
+                rows = meta.row_group(g).num_rows
+                if offset + rows > skip and offset < stop:
+                    groups.append(g)
+                    if first_local is None:
+                        first_local = offset
+                offset += rows
+            if not groups or first_local is None:
+                return
+            row = start + first_local
+            for record_batch in handle.iter_batches(batch_size=self.batch_rows, row_groups=groups,
+                                                    columns=present, use_threads=False):
+                cols = {c: [_finite_or_none(v) for v in record_batch.column(c).to_pylist()]
+                        if pa.types.is_floating(record_batch.schema.field(c).type)
+                        else record_batch.column(c).to_pylist() for c in present}
+                for c in self.columns:
+                    if c not in cols:
+                        cols[c] = [None] * record_batch.num_rows
+                yield RawBatch(row, cols, record_batch.num_rows)
+                row += record_batch.num_rows

