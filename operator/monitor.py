@@ -15,7 +15,7 @@ from typing import Any
 
 import kopf
 
-from sampleforge.api import Kind, Phase, Reason
+from sampleforge.api import Kind, Reason
 from sampleforge.api.constants import TERMINAL_PHASES
 from sampleforge.operator import status as run_status
 from sampleforge.operator.context import OperatorContext
