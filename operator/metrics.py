@@ -117,14 +117,6 @@ class OperatorMetrics:
         for metric, value in (results.get("latestMetrics") or {}).items():
             self.eval_metric.labels(**labels, metric=metric).set(value)
 
-    def forget_live(self, kind: str, namespace: str, name: str) -> None:
-        """Drop the series that only mean something while a run is live (heartbeat age, ETA, rate)."""
-        for gauge in (self.heartbeat_age, self.eta_seconds, self.rate):
-            try:
-                gauge.remove(kind, namespace, name)
-            except KeyError:
-                pass
-
     def forget_run(self, kind: str, namespace: str, name: str) -> None:
         """Drop every series of a deleted run."""
         for gauge in self._per_run:

@@ -105,8 +105,6 @@ async def monitor_run(ctx: OperatorContext, kind: Kind, body: kopf.Body, stopped
                 break
         await _sleep(wake, stopped, settings.resync_seconds)
     ctx.progress.forget(key)
-    if ((body.get("status") or {}).get("phase") in TERMINAL_PHASES) or stopped:
-        ctx.metrics.forget_live(str(kind), namespace, name)
 
 
 async def _sleep(wake: asyncio.Event, stopped: kopf.DaemonStopped, timeout: float) -> None:
