@@ -1,5 +1,43 @@
-"""Sample augmentation for the AugmentationRun job.
+"""Sample augmentation: the job an AugmentationRun's pods run (``python -m sampleforge.jobs.augment``).
 
-Sub-packages hold one family of augmenters each; :mod:`sampleforge.jobs.augment.text` is the
-pure-Python text-edit family (EDA edits and shopper noise) that needs no model and no GPU.
+Modules, in the order a shard uses them:
+
+* :mod:`.entrypoint` -- ``main(env) -> exit status``, configured only by the environment;
+* :mod:`.pipeline` -- one shard from plan to commit (:class:`~.pipeline.ShardJob`);
+* :mod:`.source` -- listing and streaming JSONL, CSV and Parquet from MinIO; row ids and sharding;
+* :mod:`.preprocess`, :mod:`.pii` -- cleaning, dense-feature statistics, PII redaction;
+* :mod:`.knowledge` -- the first pass: whole-source facts every shard learns identically;
+* :mod:`.protocol` -- the **row-augmenter protocol** every augmenter follows, and its registry;
+* :mod:`.catalog` -- the registered augmenter families: :mod:`.textedit` (adapter for the text-edit
+  package :mod:`.text`), :mod:`.attributes`, :mod:`.hardnegative` (with :mod:`.bm25`,
+  :mod:`.embedding`), :mod:`.rebalance`;
+* :mod:`.filters`, :mod:`.dedup` -- quality filters for generated rows;
+* :mod:`.output`, :mod:`.report` -- parts, shard markers, the manifest, ``report.md``.
+
+The committed output (what :mod:`sampleforge.jobs.finetune.data` and anyone else may rely on)
+----------------------------------------------------------------------------------------------
+
+Under ``spec.output.uri``, trusted only once ``manifest.json`` exists (it is written last)::
+
+    manifest.json                            the commit
+    data/part-<shard:05d>-<seq:05d>.parquet   rows (.jsonl with output.format: jsonl)
+    rejects/shard-<shard:05d>.jsonl          source records set aside: {position, source, reason, record}
+    preprocess.json                          fitted dense-feature statistics (only with dense features)
+    report.md                                human-readable report
+    _shards/<shard>.json                     per-shard commit markers (internal: resume bookkeeping)
+
+Rows: the columns mapped in ``spec.source.columns`` under their source names (id as text, query and
+item as text, label in the source's type -- int64, double or string -- attributes as text or null,
+dense features as double after clipping and normalisation, image as text) followed by the provenance
+columns ``sf_origin`` ('source' / 'generated'), ``sf_augmenter``, ``sf_source_row`` (global source row
+id) and ``sf_label_rule`` ('keep', 'assign', 'lowest'). Unmapped source columns are not carried: a
+generated row could not give them a truthful value. Generated ids are ``<source id>~<augmenter>~<k>``.
+
+``manifest.json`` keys readers use: ``files`` -- the data parts only, each ``{path, size, sha256,
+rows}`` relative to the prefix, in shard order; ``format`` (parquet | jsonl); ``columns`` (the spec's
+``source.columns``, camelCase); ``rowsIn``, ``rowsOut``, ``generatedRows``, ``rejectedRows``. It also
+holds ``rejects`` and ``artifacts`` (other vouched-for objects with sizes and checksums), per-augmenter
+counts, drops per filter and reason, label distribution before and after, the source objects with
+ETags, the first pass's summary, ``preprocess`` statistics, the full spec (``config``), ``seed``,
+``codeVersion``, fingerprints and per-shard timings.
 """

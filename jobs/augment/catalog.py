@@ -48,5 +48,9 @@ def build_augmenters(spec: AugmentationRunSpec, context: dict[str, Any]) -> list
         if not isinstance(augmenter, RowAugmenter):
             raise TypeError(f"the factory of {entry.type!r} returned {type(augmenter).__name__}, which does not "
                             "follow the RowAugmenter protocol")
+        if augmenter.name != entry.display_name():
+            # Budgets, random streams and reports are keyed by the spec's name for the augmenter.
+            raise TypeError(f"the factory of {entry.type!r} named its augmenter {augmenter.name!r}; it must use "
+                            f"the spec entry's display_name() {entry.display_name()!r}")
         built.append((entry, augmenter))
     return built

@@ -61,11 +61,26 @@ def pair_hashes(queries: Sequence[str], item_texts: Sequence[str]) -> NDArray[np
                        count=len(queries))
 
 
+def sorted_unique(keys: NDArray[np.uint64]) -> NDArray[np.uint64]:
+    """``np.unique`` that sorts in place and needs one extra bit per key instead of copies of the array:
+    for millions of keys the difference is tens of megabytes."""
+    keys.sort()
+    if len(keys) < 2:
+        return keys
+    fresh = np.empty(len(keys), dtype=bool)
+    fresh[0] = True
+    np.not_equal(keys[1:], keys[:-1], out=fresh[1:])
+    return keys if fresh.all() else keys[fresh]
+
+
 class HashSet:
-    """A set of 64-bit keys: a sorted array (vectorised lookups) plus a set of recent additions."""
+    """A set of 64-bit keys: a sorted array (vectorised lookups) plus a set of recent additions.
+
+    ``base`` is taken over (sorted in place), not copied.
+    """
 
     def __init__(self, base: NDArray[np.uint64] | None = None) -> None:
-        self._sorted: NDArray[np.uint64] = np.unique(base) if base is not None else np.zeros(0, dtype=np.uint64)
+        self._sorted: NDArray[np.uint64] = sorted_unique(base) if base is not None else np.zeros(0, dtype=np.uint64)
         self._recent: set[int] = set()
 
     def __len__(self) -> int:
@@ -102,7 +117,11 @@ class HashSet:
                 recent.add(key)
                 new[i] = True
         if len(recent) >= _MERGE_AT:
-            self._sorted = np.union1d(self._sorted, np.fromiter(recent, dtype=np.uint64, count=len(recent)))
+            # Recent keys are new by construction: concatenate and sort, no dedup pass (peak: two arrays).
+            merged = np.concatenate((self._sorted, np.fromiter(recent, dtype=np.uint64, count=len(recent))))
+            self._sorted = np.empty(0, dtype=np.uint64)
+            merged.sort()
+            self._sorted = merged
             recent.clear()
         return new
 

@@ -21,6 +21,7 @@ import logging
 import os
 import signal
 import threading
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from types import FrameType
@@ -65,6 +66,20 @@ def cache_dir(env: Mapping[str, str]) -> Path:
     return Path(env.get(jobenv.CACHE_DIR) or Path.home() / ".cache" / "sampleforge" / "jobs")
 
 
+def _quiet_libraries() -> None:
+    """jieba (Chinese word segmentation, used by the text edits) logs its dictionary loading at DEBUG
+    through its own stderr handler, which would put plain-text lines among the JSON ones. (Its source
+    also has invalid escape sequences that Python warns about when it compiles it.)"""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # DeprecationWarning on 3.11, SyntaxWarning from 3.12
+            import jieba
+    except ImportError:  # pragma: no cover - jieba is a dependency of the job image
+        return
+    jieba.setLogLevel(logging.WARNING)
+    logging.getLogger("jieba").handlers.clear()
+
+
 def _on_sigterm(signum: int, frame: FrameType | None) -> None:
     raise Terminated()
 
@@ -74,6 +89,7 @@ def main(env: Mapping[str, str] | None = None) -> int:
     env = os.environ if env is None else env
     setup_logging()
     logging.captureWarnings(True)
+    _quiet_libraries()
     try:
         ctx = RunContext.from_env(AugmentationRunSpec, env)
     except (ConfigurationError, ValueError) as err:

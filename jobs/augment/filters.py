@@ -9,7 +9,8 @@ not make a later copy of itself look like a duplicate.
 2. ``evalSplit`` (leakage guard): a generated row whose query or item equals (normalised) a query or
    item of the evaluation split, or near-duplicates one (MinHash Jaccard of character 3-grams at or
    above the dedup threshold, 0.85 by default), is dropped; unchanged fields count too, since a
-   row that *contains* an evaluation query leaks it whoever wrote it.
+   row that *contains* an evaluation query leaks it whoever wrote it. The evaluation split is read
+   with the source's column mapping and held in memory (it is an evaluation set, not a corpus).
 3. ``similarity``: for label-keeping rows only (a hard negative is meant to differ from its source),
    each changed text's similarity to the source's must lie in ``[min, max]``: cosine of sentence
    embeddings when ``model`` is set, otherwise cosine of character 3-gram counts.

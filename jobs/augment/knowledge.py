@@ -235,7 +235,8 @@ def learn(batches: Iterator[RawBatch], object_rows: list[int], roles: ColumnRole
         picked = [row for _, row in dense_sample.result()]
         sample_matrix = np.vstack(picked) if picked else np.zeros((0, dims))
         dense = fit_dense_stats(roles.dense, spec.preprocess, valid, total, total_sq, low, high, sample_matrix)
-    pairs = np.unique(np.concatenate(pair_chunks)) if pair_chunks else np.zeros(0, dtype=np.uint64)
+    pairs = np.concatenate(pair_chunks) if pair_chunks else np.zeros(0, dtype=np.uint64)
+    pair_chunks.clear()  # the chunks and their concatenation must not coexist with the sort below
     sample_batch = None
     if sample is not None:
         picked_rows = sorted(payload for _, payload in sample.result())  # in row order

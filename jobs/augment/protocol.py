@@ -38,6 +38,23 @@ registered with :func:`register_row_augmenter`; import its module from :mod:`.ca
                 out.append(GeneratedRow(source_row=int(batch.row_ids[i]), changes=dense, label_rule="keep"))
             return out
 
+Notes for the families still to come:
+
+* **Model-based generation** (paraphrase, doc2query, back-translation): load models through
+  ``build.models`` (:class:`~.embedding.ModelCache` resolves ``s3://`` directories offline) and batch
+  the selected rows of ``batch`` yourself; seed sampling per row with ``plan.random.generator(row)``
+  or ``torch.Generator().manual_seed(plan.random.row_key(row) >> 1)`` so a row's output does not
+  depend on its batch. Dynamic batching by length is free to reorder rows *within* ``augment``.
+* **GAN / mixup** (dense features): declare ``needs=("sample",)`` and fit on
+  ``build.knowledge.sample`` (a uniform sample of whole source rows, identical in every shard) in the
+  factory, so every shard trains the same model. A synthetic row still names a ``source_row``: the
+  selected row whose other columns (texts, image) it keeps; set the label with a rule other than
+  ``keep``. Put fidelity metrics in the augmenter's log; the manifest carries counts.
+* **Images**: write new image objects under ``spec.output.uri`` with keys derived from
+  ``(augmenter name, source_row, variant)`` (deterministic, so a retried shard overwrites rather
+  than duplicates) via ``build.store``, and return the new key as the image column's change.
+* **Source-row selection** (undersampling): also implement :class:`SourceRowSelector`.
+
 This module imports neither torch nor the text augmenters: it is the contract, nothing else.
 """
 

@@ -16,6 +16,10 @@ then parses its objects from their start (text formats cannot be entered in the 
 at the end of its range. A malformed record belongs to the shard that owns the next well-formed
 record of the same object (or the previous one at the object's end), so each is reported once.
 
+**Columns.** A mapped column missing from a Parquet schema or a CSV header, or from every record of
+a JSONL object's first batch, is a :class:`~.errors.SourceError` naming the spec field; a JSONL
+record that lacks a key present elsewhere just has that value missing.
+
 **Memory.** JSONL is split into lines from 1 MiB reads; CSV goes through pyarrow's streaming reader
 (all columns as text, roles decide types later); Parquet is read through a seekable view of the object
 built on ranged GETs, one row group's pages at a time. No format needs the whole object in memory.

@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 import pytest
 from sampleforge.jobs.augment import dedup
-from sampleforge.jobs.augment.dedup import HashSet, item_repr, norm_key, pair_hash, pair_hashes
+from sampleforge.jobs.augment.dedup import HashSet, item_repr, norm_key, pair_hash, pair_hashes, sorted_unique
 from sampleforge.jobs.augment.filters import Candidate, ExactDedup, NearDedup, char_ngram_cosine
 from sampleforge.jobs.augment.protocol import ColumnRoles
 
@@ -36,6 +36,13 @@ def test_hash_set_reports_new_keys_in_order_and_survives_merges(monkeypatch: pyt
     assert keys.contains(np.array([1, 2, 3, 4, 5, 6, 7, 8], dtype=np.uint64)).tolist() == [True] * 7 + [False]
     assert 8 not in keys and 7 in keys
     assert keys.nbytes <= 8 * len(keys)
+
+
+def test_sorted_unique_matches_numpy() -> None:
+    rng = np.random.default_rng(2)
+    for n in (0, 1, 2, 1000):
+        keys = rng.integers(0, 50, size=n).astype(np.uint64)
+        assert sorted_unique(keys.copy()).tolist() == np.unique(keys).tolist()
 
 
 def test_exact_dedup_drops_copies_of_source_rows_and_of_earlier_generated_rows() -> None:
