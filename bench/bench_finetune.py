@@ -190,7 +190,7 @@ def bare_loop(args: argparse.Namespace, inputs: Inputs) -> dict[str, float]:
     return summarise(stamps, timed.waits, args)
 
 
-def loader_only(args: argparse.Namespace, inputs: Inputs) -> float:
+def loader_only(args: argparse.Namespace, inputs: Inputs, batches: int = 2000) -> float:
     """Batches per second the loader produces with no model work at all."""
     spec = make_spec(args)
     space = LabelSpace.learn(spec.task, inputs.train.examples.labels)
@@ -200,7 +200,7 @@ def loader_only(args: argparse.Namespace, inputs: Inputs) -> float:
     loaders = build_loaders(spec, split, AutoTokenizer.from_pretrained(inputs.model.location), True,
                             torch.cuda.is_available())
     start, count = time.perf_counter(), 0
-    while count < 2000:
+    while count < batches:
         for _ in loaders.train:
             count += 1
     return count / (time.perf_counter() - start)
@@ -297,9 +297,13 @@ def main() -> int:
     parser.add_argument("--model", help="a local model directory (default: the MiniLM package)")
     parser.add_argument("--rows", type=int, default=4000)
     parser.add_argument("--output", type=Path, default=RESULTS)
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's own choice); 1 keeps "
+                        "a shared CPU machine from oversubscribing its cores")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.quick:
-        args.steps, args.warmup, args.repeats, args.batch_size, args.max_length, args.rows = 6, 2, 1, 8, 32, 200
+        args.steps, args.warmup, args.repeats, args.batch_size, args.max_length, args.rows = 4, 1, 1, 8, 32, 96
     examples, source = rows(args.rows)
     evaluation = examples.take(range(8))
     inputs = Inputs(ModelSource("s3://models/bench/", model_dir(args.model)),
@@ -312,7 +316,7 @@ def main() -> int:
         runs.append((job, bare))
         print(f"repeat {repeat + 1}: job {job['samples_per_s']:.1f} samples/s, bare {bare['samples_per_s']:.1f}, "
               f"ratio {job['samples_per_s'] / bare['samples_per_s']:.3f}", file=sys.stderr)
-    text = report(args, source, runs, loader_only(args, inputs))
+    text = report(args, source, runs, loader_only(args, inputs, 200 if args.quick else 2000))
     print(text)
     if not args.quick:
         args.output.parent.mkdir(parents=True, exist_ok=True)

@@ -246,6 +246,29 @@ def _read_all(store: ObjectStore, uris: list[S3Uri], formats: list[str], columns
     return _concat(parts), rejected
 
 
+def data_entries(manifest: dict[str, Any]) -> list[dict[str, Any]]:
+    """The manifest entries that are training rows. An entry with a ``role`` is data only when the
+    role is ``data``. Otherwise a data file has the manifest's ``format`` (by its suffix, or no
+    suffix at all) or, without a declared format, a .parquet/.jsonl/.ndjson/.csv suffix; and is
+    not a side output, i.e. no part of its path starts with ``rejected``, ``_`` or ``.`` (rows the
+    producer set aside, statistics, markers). A bare ``.json`` here is a document, not rows."""
+    declared = manifest.get("format")
+    out = []
+    for entry in manifest.get("files", []):
+        path = str(entry.get("path", ""))
+        if "role" in entry:
+            if entry["role"] == "data":
+                out.append(entry)
+            continue
+        parts = path.split("/")
+        if any(p.startswith(("_", ".", "rejected")) for p in parts):
+            continue
+        by_suffix = None if path.endswith(".json") and declared != "jsonl" else _format_of(path, None)
+        if (by_suffix is not None and by_suffix == (declared or by_suffix)) or (declared and "." not in parts[-1]):
+            out.append(entry)
+    return out
+
+
 def read_committed(store: ObjectStore, prefix: S3Uri, field_name: str, need_label: bool,
                    columns: Columns | None = None) -> Dataset:
     """Read exactly the files a committed manifest lists. Column roles come from the manifest's
@@ -257,7 +280,7 @@ def read_committed(store: ObjectStore, prefix: S3Uri, field_name: str, need_labe
     if manifest is None:
         raise DatasetError(f"{prefix} has no {MANIFEST_NAME} ({field_name}): its output was never committed; wait "
                            "for the run that writes it to succeed, or point at a committed output")
-    entries = [e for e in manifest.get("files", []) if _format_of(e["path"], manifest.get("format")) is not None]
+    entries = data_entries(manifest)
     if not entries:
         raise DatasetError(f"the manifest under {prefix} lists no data files ({field_name})")
     if columns is None:

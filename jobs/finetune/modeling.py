@@ -210,8 +210,12 @@ def build_model(source: ModelSource, config: HeadConfig, method: MethodSpec, tot
         freeze_unused_pooler(base)
         if gradient_checkpointing:
             # Non-reentrant checkpointing works with frozen inputs (peft) without extra hooks.
-            base.gradient_checkpointing_enable(  # type: ignore[no-untyped-call]
-                gradient_checkpointing_kwargs={"use_reentrant": False})
+            # transformers 5.x renamed it (the old name warns); older releases only have the old one.
+            options = {"use_reentrant": False}
+            if hasattr(base, "activation_checkpointing_enable"):
+                base.activation_checkpointing_enable(activation_checkpointing_kwargs=options)
+            else:
+                base.gradient_checkpointing_enable(gradient_checkpointing_kwargs=options)  # type: ignore[no-untyped-call]
         return apply_method(base, method, total_steps)
 
     if config.task == Task.TWO_TOWER:

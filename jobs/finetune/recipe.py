@@ -120,7 +120,7 @@ class FineTuneRecipe:
         # The training loader first: its length per rank (after sharding) sets the step count,
         # which AdaLoRA's schedule needs before the model is built.
         self.train_loader = acc.prepare(loaders.train)
-        batches_per_rank = len(self.train_loader)
+        self.batches_per_rank = batches_per_rank = len(self.train_loader)
         self.steps_per_epoch = math.ceil(batches_per_rank / d.gradient_accumulation_steps)
         self.total_steps = min(t.max_steps or 10**12, t.epochs * self.steps_per_epoch)
 
@@ -321,7 +321,7 @@ class FineTuneRecipe:
         assert self.last_eval is not None
         return {
             "final": self.last_eval.metrics, "step": state.step, "totalSteps": self.total_steps,
-            "epochs": state.epoch + state.batches_in_epoch / max(1, self.progress._epoch_batches),
+            "epochs": state.epoch + state.batches_in_epoch / max(1, self.batches_per_rank),
             "best": state.best.__dict__ if state.best else None, "stoppedEarly": state.stopped_early,
             "history": state.history, "loss": state.loss, "samplesSeen": state.samples_seen,
             "trainingSeconds": self.train_seconds, "rejectedRows": dict(self.split.rejected.reasons),

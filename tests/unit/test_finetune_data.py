@@ -16,7 +16,7 @@ from accelerate.data_loader import BatchSamplerShard
 from sampleforge.api.augmentation import Columns
 from sampleforge.api.finetune import Task
 from sampleforge.jobs.finetune.batches import BucketBatchSampler, Collator, PairDataset, Tokenized, make_loader
-from sampleforge.jobs.finetune.data import Examples, Rejected, _read_columns, _to_examples, split_by_query
+from sampleforge.jobs.finetune.data import Examples, Rejected, _read_columns, _to_examples, data_entries, split_by_query
 from sampleforge.jobs.finetune.errors import DatasetError
 from sampleforge.jobs.finetune.labels import LabelSpace
 
@@ -46,6 +46,20 @@ class TestReadingFiles:
         assert any(r.startswith("invalid JSON (line 2)") for r in rejected.reasons)
         _, rejected = columns(b"q,title\na,b\nc,d,e,f\n", "csv")
         assert rejected.reasons["malformed CSV row"] == 1
+
+
+class TestCommittedManifests:
+    def test_only_data_files_are_training_rows(self) -> None:
+        manifest = {"format": "parquet", "files": [
+            {"path": "part-00000.parquet"}, {"path": "shard-1/part-00001.parquet"},
+            {"path": "rejected/part-0.jsonl"}, {"path": "rejected_rows.jsonl"}, {"path": "_stats/summary.json"},
+            {"path": "stats.json"}, {"path": "part-00002"}]}
+        assert [e["path"] for e in data_entries(manifest)] == [
+            "part-00000.parquet", "shard-1/part-00001.parquet", "part-00002"]
+
+    def test_an_explicit_role_wins(self) -> None:
+        manifest = {"files": [{"path": "a.parquet", "role": "data"}, {"path": "b.parquet", "role": "rejected"}]}
+        assert [e["path"] for e in data_entries(manifest)] == ["a.parquet"]
 
 
 class TestRoles:
