@@ -4,11 +4,12 @@ collection, real RBAC. If any of these fails, every later integration test would
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from typing import Any
 
 import pytest
 from kubernetes import client
+
+from operator_helpers import wait_for
 
 from sampleforge.testbed import (
     EXIT_CODE_ANNOTATION,
@@ -20,17 +21,6 @@ from sampleforge.testbed import (
 )
 
 pytestmark = pytest.mark.integration
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float = 60, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.2)
 
 
 def gpu_job(name: str, gpus: int = 1, pod_labels: dict[str, str] | None = None,
