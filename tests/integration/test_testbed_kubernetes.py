@@ -88,9 +88,11 @@ class TestJobsOnFakeGpuNodes:
         core, batch = client.CoreV1Api(kube_api), client.BatchV1Api(kube_api)
         batch.create_namespaced_job(namespace, gpu_job("train"))
 
-        job = wait_for(lambda: (j := batch.read_namespaced_job_status("train", namespace)).status.succeeded and j,
-                       what="Job train to succeed")
-        assert any(c.type == "Complete" and c.status == "True" for c in job.status.conditions)
+        # Complete follows the success count by a moment (SuccessCriteriaMet first): wait for the condition.
+        job = wait_for(lambda: (j := batch.read_namespaced_job_status("train", namespace)).status.conditions
+                       and any(c.type == "Complete" and c.status == "True" for c in j.status.conditions) and j,
+                       what="Job train to complete")
+        assert job.status.succeeded == 1
         pods = core.list_namespaced_pod(namespace, label_selector="job-name=train").items
         assert len(pods) == 1
         assert pods[0].spec.node_name in testbed.gpu_node_names
