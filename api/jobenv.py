@@ -65,3 +65,12 @@ EXIT_INVALID_CONFIG: Final = 2
 #: stopped: 128 + SIGTERM. It is an ordinary retryable failure; when Kubernetes marks the pod with
 #: the DisruptionTarget condition it does not count against backoffLimit at all (action Ignore).
 EXIT_TERMINATED: Final = 143
+#: A fine-tune's base model (spec.model) cannot be downloaded or loaded: not found, not a model
+#: directory, access denied. A retry would find the same object, so the Job fails at once.
+EXIT_MODEL_UNAVAILABLE: Final = 3
+#: A fine-tune's data (spec.data, or the upstream run's committed output) is missing, unreadable or
+#: holds no usable rows; like EXIT_MODEL_UNAVAILABLE, not retried. Transient storage trouble (MinIO
+#: unreachable or answering 5xx) exits 1 instead, which the Job retries.
+EXIT_DATA_UNREADABLE: Final = 4
+#: Exit codes that mean "a retry cannot help": the Job's podFailurePolicy fails the Job on them.
+EXIT_NOT_RETRYABLE: Final = (EXIT_INVALID_CONFIG, EXIT_MODEL_UNAVAILABLE, EXIT_DATA_UNREADABLE)

@@ -50,7 +50,7 @@ from sampleforge.api.constants import (
     LABEL_RUN_UID,
     MANAGED_BY_VALUE,
 )
-from sampleforge.api.jobenv import EXIT_INVALID_CONFIG
+from sampleforge.api.jobenv import EXIT_NOT_RETRYABLE
 
 from ._render_pod import CONTAINER_NAME, RENDEZVOUS_PORT_NAME, Topology, pod_template
 from .settings import Settings
@@ -304,8 +304,9 @@ def job_suspended(spec: RunSpec) -> bool:
 def pod_failure_policy() -> dict[str, Any]:
     """What a failed pod means, evaluated before ``backoffLimit`` counts it.
 
-    * exit code :data:`~sampleforge.api.jobenv.EXIT_INVALID_CONFIG` (2): the configuration is
-      wrong and a retry would fail the same way, so the Job fails at once (FailJob);
+    * the exit codes of :data:`~sampleforge.api.jobenv.EXIT_NOT_RETRYABLE` (2 invalid configuration,
+      3 model unavailable, 4 data unreadable): a retry would fail the same way, so the Job fails at
+      once (FailJob);
     * a pod with the ``DisruptionTarget`` condition (preemption by a higher priority, eviction,
       node drain, taint manager) is retried without counting against ``backoffLimit`` (Ignore): a
       fine-tune checkpoints on SIGTERM and resumes.
@@ -316,7 +317,7 @@ def pod_failure_policy() -> dict[str, Any]:
         "rules": [
             {
                 "action": "FailJob",
-                "onExitCodes": {"containerName": CONTAINER_NAME, "operator": "In", "values": [EXIT_INVALID_CONFIG]},
+                "onExitCodes": {"containerName": CONTAINER_NAME, "operator": "In", "values": list(EXIT_NOT_RETRYABLE)},
             },
             {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
         ]

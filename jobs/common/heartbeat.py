@@ -20,6 +20,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
 from sampleforge.api import jobenv
 from sampleforge.api.heartbeat import Heartbeat
 
@@ -81,7 +83,15 @@ class HeartbeatSender:
             fields, self._latest = self._latest, None
         if fields is None:
             return
-        message = Heartbeat.model_validate({**self.identity, **fields, "sentAt": datetime.now(UTC)})
+        try:
+            message = Heartbeat.model_validate({**self.identity, **fields, "sentAt": datetime.now(UTC)})
+        except ValidationError as err:
+            # A progress field out of range (a NaN loss, a negative ETA) is a bug in the reporting,
+            # not in the work: drop this one heartbeat, say which field, and keep training.
+            self.failures += 1
+            log.warning("heartbeat dropped: invalid progress fields",
+                        extra={"errors": [f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors()]})
+            return
         body = message.model_dump(mode="json", by_alias=True, exclude_none=True)
         if not self.url:
             log.info("progress", extra={"heartbeat": body})

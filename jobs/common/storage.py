@@ -29,7 +29,19 @@ _PART_SIZE = 16 * 1024 * 1024
 
 
 class StorageError(RuntimeError):
-    """An object or bucket could not be read or written; the message names it and what to check."""
+    """An object or bucket could not be read or written; the message names it and what to check.
+
+    ``transient`` is true when the server said "try again" (5xx, throttling): a retry of the pod
+    may succeed, so the jobs must not turn it into a do-not-retry exit code."""
+
+    def __init__(self, message: str, *, transient: bool = False) -> None:
+        super().__init__(message)
+        self.transient = transient
+
+
+#: S3 error codes that mean the server is busy or failing, not that the request is wrong.
+TRANSIENT_S3_CODES = frozenset({"InternalError", "ServiceUnavailable", "SlowDown", "RequestTimeout",
+                                "XMinioServerNotInitialized"})
 
 
 @dataclass(frozen=True)
@@ -100,7 +112,8 @@ class ObjectStore:
             "InvalidAccessKeyId": "the access key is unknown to the server; check the credentials Secret",
             "SignatureDoesNotMatch": "the secret key is wrong; check the credentials Secret",
         }
-        return StorageError(f"cannot {action} {uri}: {hints.get(err.code or '', err.message or err.code)}")
+        return StorageError(f"cannot {action} {uri}: {hints.get(err.code or '', err.message or err.code)}",
+                            transient=err.code in TRANSIENT_S3_CODES)
 
     # -- reading ---------------------------------------------------------------------------
 

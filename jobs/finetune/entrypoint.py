@@ -80,7 +80,10 @@ def main(env: Mapping[str, str] | None = None) -> int:
     except Preempted as stop:
         return _terminate(ExitCode.PREEMPTED, Reason.JOB_RUNNING, str(stop))
     except FineTuneError as err:
-        return _terminate(err.exit_code, err.reason, str(err))
+        # A model or dataset error caused by a busy or failing MinIO is worth a retry; the codes the
+        # Job fails on at once are for what a retry would find again.
+        transient = isinstance(err.__cause__, StorageError) and err.__cause__.transient
+        return _terminate(ExitCode.UNEXPECTED if transient else err.exit_code, err.reason, str(err))
     except ConfigurationError as err:
         return _terminate(ExitCode.CONFIGURATION, Reason.INVALID_SPEC, str(err))
     except StorageError as err:

@@ -24,10 +24,10 @@ class ExitCode(IntEnum):
     #: The environment or the spec is unusable, or a checkpoint belongs to another configuration:
     #: the operator's podFailurePolicy fails the Job at once (jobenv.EXIT_INVALID_CONFIG).
     CONFIGURATION = jobenv.EXIT_INVALID_CONFIG
-    #: The base model cannot be loaded (spec.model).
-    MODEL_UNAVAILABLE = 3
-    #: The training or evaluation data cannot be read or is unusable (spec.data).
-    DATASET_UNREADABLE = 4
+    #: The base model cannot be loaded (spec.model); the Job is not retried.
+    MODEL_UNAVAILABLE = jobenv.EXIT_MODEL_UNAVAILABLE
+    #: The training or evaluation data cannot be read or is unusable (spec.data); not retried.
+    DATASET_UNREADABLE = jobenv.EXIT_DATA_UNREADABLE
     #: SIGTERM (preemption, eviction, node drain) arrived; a checkpoint was committed first, so a
     #: retried pod resumes from it: 128 + SIGTERM, as jobenv.EXIT_TERMINATED says.
     PREEMPTED = jobenv.EXIT_TERMINATED

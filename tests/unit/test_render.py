@@ -552,10 +552,13 @@ class TestSuspendAndLimits:
         spec = render(any_example)["spec"]
         assert spec["podFailurePolicy"] == {"rules": [
             {"action": "FailJob",
-             "onExitCodes": {"containerName": "job", "operator": "In", "values": [jobenv.EXIT_INVALID_CONFIG]}},
+             "onExitCodes": {"containerName": "job", "operator": "In", "values": [2, 3, 4]}},
             {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
         ]}
-        assert jobenv.EXIT_INVALID_CONFIG == 2
+        # The fine-tune job's own codes for "no retry can help" are the ones the policy fails on.
+        from sampleforge.jobs.finetune.errors import ExitCode
+        assert {ExitCode.CONFIGURATION, ExitCode.MODEL_UNAVAILABLE, ExitCode.DATASET_UNREADABLE} == set(
+            jobenv.EXIT_NOT_RETRYABLE)
         assert spec["podReplacementPolicy"] == "Failed"
         assert container(render(any_example))["name"] == "job"
 

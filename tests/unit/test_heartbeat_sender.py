@@ -1,0 +1,101 @@
+"""The job side of the heartbeat channel against a real local HTTP endpoint: coalescing, the bearer
+token read per send, and that nothing about progress reporting can fail the work."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sampleforge.jobs.common.heartbeat import HeartbeatSender
+
+IDENTITY = {"kind": "FineTuneRun", "namespace": "ml", "name": "ranker", "uid": "u-1"}
+
+
+class Receiver:
+    def __init__(self) -> None:
+        self.bodies: list[dict[str, Any]] = []
+        self.tokens: list[str] = []
+        self.status = 204
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                receiver.tokens.append(self.headers["Authorization"])
+                receiver.bodies.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+                self.send_response(receiver.status)
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                return
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1alpha1/heartbeats"
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    r = Receiver()
+    thread = threading.Thread(target=r.server.serve_forever, daemon=True)
+    thread.start()
+    yield r
+    r.server.shutdown()
+    r.server.server_close()
+
+
+def test_updates_coalesce_and_the_token_is_read_per_send(receiver: Receiver, tmp_path: Path) -> None:
+    token = tmp_path / "token"
+    token.write_text("first\n")
+    sender = HeartbeatSender(IDENTITY, receiver.url, token, interval=3600)  # no timed sends in this test
+    for step in range(50):
+        sender.update(done=step, total=100)
+    sender.flush()
+    token.write_text("rotated")
+    sender.update(done=60, total=100)
+    sender.flush()
+    sender.flush()  # nothing new: nothing sent
+    assert [b["done"] for b in receiver.bodies] == [49, 60]
+    assert receiver.tokens == ["Bearer first", "Bearer rotated"]
+    assert receiver.bodies[0]["uid"] == "u-1" and "sentAt" in receiver.bodies[0]
+    assert sender.sent == 2 and sender.failures == 0
+
+
+def test_invalid_progress_is_dropped_not_raised(receiver: Receiver, caplog: pytest.LogCaptureFixture) -> None:
+    sender = HeartbeatSender(IDENTITY, receiver.url, None, interval=3600)
+    sender.update(done=-1, rate=float("-inf"))
+    sender.flush()  # must not raise into the training loop
+    sender.update(done=5)
+    sender.flush()
+    assert [b["done"] for b in receiver.bodies] == [5]
+    assert sender.failures == 1
+    dropped = [r for r in caplog.records if r.getMessage().startswith("heartbeat dropped")]
+    assert dropped and any("done" in e for e in dropped[0].errors)  # type: ignore[attr-defined]
+
+
+def test_an_undelivered_heartbeat_is_kept_for_the_next_send(receiver: Receiver) -> None:
+    sender = HeartbeatSender(IDENTITY, receiver.url, None, interval=3600)
+    receiver.status = 503
+    sender.update(done=7)
+    sender.flush()
+    assert sender.failures == 1 and sender.sent == 0
+    receiver.status = 204
+    sender.flush()  # the same state, retried
+    assert [b["done"] for b in receiver.bodies] == [7, 7]
+    assert sender.sent == 1
+
+
+def test_the_background_thread_sends_and_stop_flushes(receiver: Receiver) -> None:
+    sender = HeartbeatSender(IDENTITY, receiver.url, None, interval=0.05).start()
+    sender.update(done=1)
+    deadline = threading.Event()
+    for _ in range(100):
+        if receiver.bodies:
+            break
+        deadline.wait(0.05)
+    sender.update(done=2)
+    sender.stop()
+    assert [b["done"] for b in receiver.bodies][-1] == 2
