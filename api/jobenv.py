@@ -50,6 +50,9 @@ GPUS_PER_NODE: Final = _P + "GPUS_PER_NODE"
 
 #: Where a job keeps downloads (models, shards) between restarts of the same pod.
 CACHE_DIR: Final = _P + "CACHE_DIR"
+#: Compute threads per process, from spec.resources.cpu (shared among a pod's training processes):
+#: read by PyTorch, OpenMP and BLAS, which would otherwise start one thread per core of the node.
+THREADS: Final = "OMP_NUM_THREADS"
 
 #: The job image's single entry point; it dispatches on RUN_KIND. The operator runs it as the
 #: container command, so the image's ENTRYPOINT/CMD do not matter.

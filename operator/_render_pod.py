@@ -116,7 +116,30 @@ def _env(
     # Operator-wide extras (proxies, NCCL tuning, ...) last, and never over a contract variable:
     # a duplicate name would silently win in the container.
     env += [{"name": k, "value": v} for k, v in sorted(settings.extra_job_env.items()) if k not in taken]
+    # A fine-tune pod runs one training process per GPU; an augmentation shard is one process.
+    processes = topo.gpus_per_pod if run.kind is Kind.FINE_TUNE_RUN else 1
+    threads = threads_per_process(spec.resources.cpu, processes)
+    if threads is not None and jobenv.THREADS not in settings.extra_job_env:
+        env.append({"name": jobenv.THREADS, "value": str(threads)})
     return env
+
+
+def cpu_cores(quantity: str) -> float:
+    """A CPU quantity (``2``, ``0.5``, ``7500m``) in cores."""
+    text = str(quantity)
+    return int(text[:-1]) / 1000 if text.endswith("m") else float(text)
+
+
+def threads_per_process(cpu: str | None, processes: int) -> int | None:
+    """Compute threads for each training process of a pod with ``cpu`` cores (None: unset).
+
+    A container sees every core of its node, and PyTorch starts one thread per core: with a CPU
+    limit of 4 on a 96-core node that is 96 threads throttled into 4 cores' quota, which is slower
+    than 4 threads. The cores are shared out among the pod's ``processes``.
+    """
+    if cpu is None:
+        return None
+    return max(1, int(cpu_cores(cpu) // max(1, processes)))
 
 
 def _resources(spec: CommonRunSpec, gpus: int) -> dict[str, Any]:

@@ -102,7 +102,7 @@ class TextEditAugmenter:
 def build_text_augmenter(entry: Any, build: BuildContext, name: str | None = None) -> TextEditAugmenter:
     """A :class:`TextEditAugmenter` for a text-edit spec entry (``name`` overrides its display name)."""
     lexicon = None
-    if entry.type == "synonym":
+    if entry.type == "synonym" and entry.lexicon:  # unset: the shipped lexicons alone
         lexicon = _user_lexicon(entry.lexicon, build)
     try:
         text = create_augmenter(entry.type, text_options(entry), lexicon=lexicon)

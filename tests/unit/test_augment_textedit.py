@@ -65,3 +65,17 @@ def test_spec_fractions_map_to_the_text_packages_options() -> None:
     assert text_options(Entry()) == {"charAlpha": 0.2}
     Entry.type = "synonym"
     assert text_options(Entry()) == {"alpha": 0.5}
+
+
+def test_a_synonym_entry_without_a_lexicon_uses_the_shipped_lexicons() -> None:
+    from types import SimpleNamespace
+
+    from sampleforge.api.augmenters import SynonymAugmenter
+    from sampleforge.jobs.augment.textedit import build_text_augmenter
+
+    entry = SynonymAugmenter.model_validate({"type": "synonym", "fields": ["query"], "fraction": 1.0})
+    assert entry.lexicon is None
+    # No store at all: nothing may be read from MinIO for an unset lexicon.
+    aug = build_text_augmenter(entry, SimpleNamespace(store=None, field_path="spec.augmenters[0]"))  # type: ignore[arg-type]
+    rows = aug.augment(_batch(list(range(6))), _plan("synonym", 6))
+    assert rows and all(r.changes["q"] != QUERIES[r.source_row % len(QUERIES)] for r in rows)

@@ -444,6 +444,21 @@ class TestRunSpec:
         assert e[jobenv.S3_ENDPOINT]["value"] == "minio.data:9000"
         assert "value" not in e[jobenv.S3_ACCESS_KEY]
 
+    def test_compute_threads_follow_the_cpu_request_per_training_process(self) -> None:
+        from sampleforge.operator._render_pod import threads_per_process
+
+        assert threads_per_process(None, 0) is None
+        assert [threads_per_process(q, 0) for q in ("2", "0.5", "7500m", "16")] == [2, 1, 7, 16]
+        assert threads_per_process("32", 8) == 4 and threads_per_process("4", 8) == 1
+        assert jobenv.THREADS not in env(render(example("augmentationrun.yaml")))  # no cpu declared
+        # cpu 8, one GPU, but an augmentation shard is one process: 8 threads.
+        assert env_value(render(example("augmentationrun-complete.yaml")), jobenv.THREADS) == "8"
+        # cpu 32 shared by the 4 training processes of a 4-GPU pod: 8 threads each.
+        assert env_value(render(example("finetunerun-complete.yaml")), jobenv.THREADS) == "8"
+        # An operator-wide setting wins (for example to leave cores to a sidecar).
+        assert env(render(example("augmentationrun.yaml"), Settings(extra_job_env={jobenv.THREADS: "3"})))[
+            jobenv.THREADS]["value"] == "3"
+
     def test_image_and_entry_point(self) -> None:
         assert container(render(example("augmentationrun.yaml")))["image"] == SETTINGS.job_image
         assert container(render(example("augmentationrun.yaml"), Settings(job_image="reg/job:1")))["image"] == \
