@@ -214,8 +214,14 @@ class Filters(ApiModel):
     )
     eval_split: S3Uri | None = Field(
         default=None,
-        description="s3:// URI of the evaluation set; generated rows whose query or item occurs in it are "
-        "dropped so nothing leaks into evaluation.",
+        description="s3:// URI of the evaluation set; generated rows that equal or near-duplicate what it "
+        "holds out (see evalSplitMatch) are dropped so nothing leaks into evaluation.",
+    )
+    eval_split_match: Literal["query", "item", "queryOrItem"] = Field(
+        default="query",
+        description="What the evaluation set holds out: query (split by query, the catalog is shared: a "
+        "generated row leaks when its query matches an evaluation query), item (split by item, e.g. "
+        "cold-start items), or queryOrItem (both).",
     )
 
 

@@ -16,7 +16,8 @@ since Chinese has no spaces).
   of an item found by "running shoes" would label a relevant pair irrelevant. The new value is drawn
   from the values the first pass saw for that attribute (whole source), different from the old one
   and not mentioned in the query; it replaces the old value in the attribute column and in the item
-  text where the item mentions it.
+  text where the item mentions it. Only rows labelled above the spec's label are swapped (a hard
+  negative demotes; swapping an irrelevant pair's attribute would promote it to the spec's label).
 """
 
 from __future__ import annotations
@@ -187,7 +188,21 @@ class AttributeSwap(_AttributeAugmenter):
         self.pools = pools
         self._pool_keys = {a: [norm_key(v) for v in values] for a, values in pools.items()}
 
+    def _demotes(self, label: Any) -> bool:
+        """Whether giving ``label``'s row the spec's label makes it less relevant, which is what a
+        hard negative is. Swapping an attribute of an already irrelevant pair would *raise* it to the
+        spec's label (with graded labels 0/1/2 and label 1, a 0 would become 1), so such rows are
+        left alone; unordered (string) labels are only skipped when already equal."""
+        if label is None:
+            return False
+        try:
+            return float(label) > float(self.label)
+        except (TypeError, ValueError):
+            return str(label) != str(self.label)
+
     def _variant(self, batch: RowBatch, i: int, rng: Any) -> dict[str, Any] | None:
+        if not self._demotes(batch.labels[i]):
+            return None
         query = batch.queries[i]
         values = self._values(batch, i)
         eligible = [a for a in self.attributes

@@ -6,11 +6,13 @@ the dedup filters last, because they remember what they keep: a row dropped by a
 not make a later copy of itself look like a duplicate.
 
 1. ``length`` and ``charset``: on the texts the augmenter changed.
-2. ``evalSplit`` (leakage guard): a generated row whose query or item equals (normalised) a query or
-   item of the evaluation split, or near-duplicates one (MinHash Jaccard of character 3-grams at or
-   above the dedup threshold, 0.85 by default), is dropped; unchanged fields count too, since a
-   row that *contains* an evaluation query leaks it whoever wrote it. The evaluation split is read
-   with the source's column mapping and held in memory (it is an evaluation set, not a corpus).
+2. ``evalSplit`` (leakage guard): a generated row whose query (or item, per ``evalSplitMatch``)
+   equals (normalised) one the evaluation split holds out, or near-duplicates one (MinHash Jaccard
+   of character 3-grams at or above the dedup threshold, 0.85 by default), is dropped; unchanged
+   fields count too, since a row that *contains* an evaluation query leaks it whoever wrote it.
+   Items are compared only when the split holds items out (``item`` / ``queryOrItem``): in a split by
+   query the catalog is shared, and a training row about an evaluated product is not a leak. The
+   split is read with the source's column mapping and held in memory (an evaluation set, not a corpus).
 3. ``similarity``: for label-keeping rows only (a hard negative is meant to differ from its source),
    each changed text's similarity to the source's must lie in ``[min, max]``: cosine of sentence
    embeddings when ``model`` is set, otherwise cosine of character 3-gram counts.
@@ -173,6 +175,20 @@ class EvalSplit:
     item_index: Any
     num_perm: int
     threshold: float
+    #: spec.filters.evalSplitMatch: query, item or queryOrItem.
+    match: str = "query"
+
+    @property
+    def by_query(self) -> bool:
+        return self.match in ("query", "queryOrItem")
+
+    @property
+    def by_item(self) -> bool:
+        return self.match in ("item", "queryOrItem")
+
+    def holds(self, query: str, item: str) -> bool:
+        """Whether a row with this (cleaned) query and item exactly matches what the split holds out."""
+        return (self.by_query and norm_key(query) in self.queries) or (self.by_item and norm_key(item) in self.items)
 
 
 class LeakageGuard:
@@ -188,24 +204,25 @@ class LeakageGuard:
         out: list[str | None] = [None] * len(candidates)
         todo = []
         for k, (q, i) in enumerate(zip(queries, items, strict=True)):
-            if norm_key(q) in split.queries:
+            if split.by_query and norm_key(q) in split.queries:
                 out[k] = "query in eval split"
-            elif norm_key(i) in split.items:
+            elif split.by_item and norm_key(i) in split.items:
                 out[k] = "item in eval split"
             else:
                 todo.append(k)
         if todo:
-            texts = sorted({queries[k] for k in todo} | {items[k] for k in todo})
+            texts = sorted({queries[k] for k in todo if split.by_query} | {items[k] for k in todo if split.by_item})
             signatures = dict(zip(texts, minhashes(texts, split.num_perm), strict=True))
             for k in todo:
-                q_sig, i_sig = signatures[queries[k]], signatures[items[k]]
-                if any(q_sig.jaccard(split_sig) >= split.threshold
-                       for split_sig in split.query_index.query(q_sig)):
+                if split.by_query and _near(signatures[queries[k]], split.query_index, split.threshold):
                     out[k] = "query near-duplicates eval split"
-                elif any(i_sig.jaccard(split_sig) >= split.threshold
-                         for split_sig in split.item_index.query(i_sig)):
+                elif split.by_item and _near(signatures[items[k]], split.item_index, split.threshold):
                     out[k] = "item near-duplicates eval split"
         return out
+
+
+def _near(signature: Any, index: _SignatureLSH, threshold: float) -> bool:
+    return any(signature.jaccard(found) >= threshold for found in index.query(signature))
 
 
 class _SignatureLSH:
@@ -224,13 +241,13 @@ class _SignatureLSH:
 
 
 def eval_split(uri: str, queries: Sequence[str], items: Sequence[str], threshold: float,
-               num_perm: int) -> EvalSplit:
+               num_perm: int, match: str = "query") -> EvalSplit:
     """Index an evaluation split given its (cleaned) queries and items."""
     distinct_q = sorted({norm_key(q) for q in queries if q})
     distinct_i = sorted({norm_key(i) for i in items if i})
     return EvalSplit(uri, len(queries), set(distinct_q), set(distinct_i),
                      _SignatureLSH(threshold, num_perm, distinct_q), _SignatureLSH(threshold, num_perm, distinct_i),
-                     num_perm, threshold)
+                     num_perm, threshold, match)
 
 
 # --- similarity to the source row -----------------------------------------------------------------

@@ -212,7 +212,7 @@ class TestLeakageGuard:
         run_all_shards(testbed, spec(bucket, {"uri": uri, "columns": columns},
                                      [{"type": "typo", "fields": ["query", "item"]},
                                       {"type": "hardNegative", "perQuery": 1, "label": 0}],
-                                     filters={"evalSplit": eval_uri}), tmp_path)
+                                     filters={"evalSplit": eval_uri, "evalSplitMatch": "queryOrItem"}), tmp_path)
         found = manifest(s3, bucket)
         eval_queries = {_norm(r["query"]) for r in evaluation}
         eval_items = {_norm(r["title"]) for r in evaluation}

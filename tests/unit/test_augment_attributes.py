@@ -61,6 +61,20 @@ def test_swap_only_touches_attributes_the_query_mentions() -> None:
     assert swap.augment(_batch(), _plan("swap", per_row=2)) == rows  # reproducible
 
 
+def test_swap_only_demotes_never_promotes() -> None:
+    pools = {"brand": ["Nike", "Asics", "Adidas", "耐克", "李宁"], "color": ["red", "blue", "green"]}
+    batch = RowBatch(ROLES, np.arange(4, dtype=np.int64), {
+        "q": ["nike red running shoes"] * 4, "t": ["Nike Pegasus 41 Red"] * 4, "y": [2, 1, 0, None],
+        "brand": ["Nike"] * 4, "color": ["red"] * 4})
+    # Graded labels, spec label 1 ("partial match"): only the exact match (2) is demoted; a 1 is
+    # already partial and a 0 would be promoted.
+    rows = AttributeSwap("swap", ["brand", "color"], 1, 1, pools).augment(batch, _plan("swap"))
+    assert {r.source_row for r in rows} == {0}
+    strings = RowBatch(ROLES, np.arange(4, dtype=np.int64), {**batch.columns, "y": ["E", "S", "I", "C"]})
+    rows = AttributeSwap("swap", ["brand"], 1, "I", pools).augment(strings, _plan("swap"))
+    assert {r.source_row for r in rows} == {0, 1, 3}  # unordered labels: all but those already "I"
+
+
 def test_drop_relaxes_the_query_or_blanks_the_attribute() -> None:
     drop = AttributeDrop("drop", ["brand", "color"], 1, max_attributes=2)
     rows = drop.augment(_batch(), _plan("drop"))
