@@ -13,6 +13,9 @@ from sampleforge.api.augmentation import AugmentationRunSpec
 
 from . import attributes, hardnegative, rebalance, textedit  # noqa: F401 -- registration on import
 from .errors import ConfigError
+from .gan import GanAugmenter  # noqa: F401 -- registration on import (gan)
+from .image import ImageAugmenter  # noqa: F401 -- registration on import (image)
+from .mixup import Mixup  # noqa: F401 -- registration on import (mixup)
 from .protocol import BuildContext, RowAugmenter, registered_types, registration
 
 __all__ = ["build_augmenters", "check_supported", "needs_of"]

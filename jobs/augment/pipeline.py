@@ -42,7 +42,6 @@ from sampleforge.jobs.common.storage import ObjectStore, S3Uri, StorageError
 from tqdm.auto import tqdm
 
 from .catalog import build_augmenters, check_supported, needs_of
-from .dedup import norm_key
 from .embedding import ModelCache
 from .errors import AugmentError, ConfigError
 from .filters import Candidate, EvalSplit, Filter, build_filters, eval_split
@@ -61,6 +60,7 @@ from .pii import PiiRedactor
 from .preprocess import Cleaner, clean_text
 from .protocol import (
     PROVENANCE_COLUMNS,
+    AugmenterSummary,
     BatchPlan,
     ColumnRoles,
     GeneratedRow,
@@ -78,6 +78,8 @@ __all__ = ["BATCH_ROWS", "Outcome", "ShardJob", "code_version", "roles_of"]
 
 BATCH_ROWS = 2048
 EXAMPLES_PER_AUGMENTER = 3
+#: The manifest's filter name for rows an augmenter could not make (GeneratedRow.unusable).
+UNUSABLE = "unusableSource"
 #: The kinds of change a generated row can have, in the order Candidate.changed lists them.
 _CHANGED_ORDER = ("query", "item", "dense", "image", "label")
 SHARDING = ("contiguous row ranges: shard i of n takes the global row ids [i*N//n, (i+1)*N//n), N = well-formed "
@@ -272,7 +274,7 @@ class ShardJob:
         dedup = self.spec.filters.dedup
         threshold, num_perm = (dedup.threshold, dedup.num_permutations) if dedup is not None and \
             dedup.method == "minhash" else (0.85, 128)
-        return eval_split(uri, queries, items, threshold, num_perm)
+        return eval_split(uri, queries, items, threshold, num_perm, self.spec.filters.eval_split_match)
 
     def _process(self, objects: list[SourceObject], config_fp: str, fp: str, started: float) -> None:
         spec, roles, shard, shards = self.spec, self.roles, self.ctx.shard, self.ctx.shards
@@ -345,7 +347,7 @@ class ShardJob:
                     "uid": self.ctx.uid},
             "format": spec.output.format,
             "columns": spec.source.columns.to_kube(),
-            "augmenters": {a.name: {"type": entry.type, "labelRule": a.label_rule} for entry, a in augmenters},
+            "augmenters": {a.name: _augmenter_info(entry, a) for entry, a in augmenters},
             "filterNotes": notes,
             "evalSplit": {"uri": split.uri, "rows": split.rows} if split is not None else None,
             "source": {"uri": spec.source.uri, "format": spec.source.format,
@@ -380,8 +382,7 @@ class ShardJob:
         out = []
         for i, row in enumerate(source_rows):
             counts.labels_before[labels.key(row[roles.label])] += 1
-            if split is not None and (norm_key(row[roles.query]) in split.queries
-                                      or norm_key(row[roles.item]) in split.items):
+            if split is not None and split.holds(row[roles.query], row[roles.item]):
                 counts.in_eval += 1
             if keep[i]:
                 out.append({**row, "sf_origin": "source", "sf_augmenter": None,
@@ -430,6 +431,12 @@ class ShardJob:
         if i is None:
             raise AugmentError(f"augmenter {aug.name} returned a row for source row {generated.source_row}, which is "
                                "not in the batch it was given (a bug in the augmenter)")
+        if generated.unusable is not None:
+            # The augmenter could not work on this source row (e.g. its image is missing): count it
+            # where the manifest shows drops, so broken inputs are visible, and write nothing.
+            counts.filtered[UNUSABLE][generated.unusable] += 1
+            counts.dropped[aug.name][UNUSABLE][generated.unusable] += 1
+            return None
         changes = generated.changes
         if not changes.keys() <= fields.keys():
             raise AugmentError(f"augmenter {aug.name} changed columns {sorted(set(changes) - set(fields))} that are "
@@ -507,6 +514,15 @@ class ShardJob:
     def _artifact(self, rel: str, data: bytes, content_type: str) -> dict[str, Any]:
         self.store.write_bytes(self.prefix.join(rel), data, content_type)
         return {"path": rel, "size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+
+
+def _augmenter_info(entry: Any, augmenter: RowAugmenter) -> dict[str, Any]:
+    """What the manifest says about an augmenter besides its counts: type, label rule, and its
+    :class:`~.protocol.AugmenterSummary` when it has one."""
+    info: dict[str, Any] = {"type": entry.type, "labelRule": augmenter.label_rule}
+    if isinstance(augmenter, AugmenterSummary):
+        info["summary"] = dict(augmenter.summary())
+    return info
 
 
 def _canonical_json(document: Any) -> bytes:

@@ -19,14 +19,15 @@ generation, GANs, mixup or image edits) gets them for free:
 
 To add an augmenter type (the ``type`` values of ``api/augmenters.py``), write a class with a
 ``name``, ``label_rule`` and ``augment(batch, plan)`` (see :class:`RowAugmenter`), and a factory
-registered with :func:`register_row_augmenter`; import its module from :mod:`.catalog`. Example::
+registered with :func:`register_row_augmenter`; import its module from :mod:`.catalog`. Example (a
+simplified :mod:`.mixup`)::
 
     @register_row_augmenter("mixup", needs=("sample",))
     def _build_mixup(spec: MixupAugmenter, build: BuildContext) -> RowAugmenter:
         return Mixup(spec.display_name(), spec, build.knowledge.sample, build.roles)
 
     class Mixup:
-        label_rule = "mix"
+        label_rule = "dominant"
         def __init__(self, name, spec, sample, roles): ...
         def augment(self, batch: RowBatch, plan: BatchPlan) -> list[GeneratedRow]:
             out = []
@@ -35,7 +36,7 @@ registered with :func:`register_row_augmenter`; import its module from :mod:`.ca
                 partner = self.sample.row(int(rng.integers(len(self.sample))))
                 lam = float(rng.beta(self.spec.alpha, self.spec.alpha))
                 dense = {c: lam * batch.value(c, i) + (1 - lam) * partner[c] for c in batch.roles.dense}
-                out.append(GeneratedRow(source_row=int(batch.row_ids[i]), changes=dense, label_rule="keep"))
+                out.append(GeneratedRow(source_row=int(batch.row_ids[i]), changes=dense, label_rule="dominant"))
             return out
 
 Notes for the families still to come:
@@ -45,14 +46,22 @@ Notes for the families still to come:
   the selected rows of ``batch`` yourself; seed sampling per row with ``plan.random.generator(row)``
   or ``torch.Generator().manual_seed(plan.random.row_key(row) >> 1)`` so a row's output does not
   depend on its batch. Dynamic batching by length is free to reorder rows *within* ``augment``.
-* **GAN / mixup** (dense features): declare ``needs=("sample",)`` and fit on
-  ``build.knowledge.sample`` (a uniform sample of whole source rows, identical in every shard) in the
-  factory, so every shard trains the same model. A synthetic row still names a ``source_row``: the
-  selected row whose other columns (texts, image) it keeps; set the label with a rule other than
-  ``keep``. Put fidelity metrics in the augmenter's log; the manifest carries counts.
-* **Images**: write new image objects under ``spec.output.uri`` with keys derived from
-  ``(augmenter name, source_row, variant)`` (deterministic, so a retried shard overwrites rather
+* **GAN / mixup** (dense features, :mod:`.gan`, :mod:`.mixup`): declare ``needs=("sample",)`` and fit
+  on ``build.knowledge.sample`` (a uniform sample of whole source rows, identical in every shard) in
+  the factory, so every shard trains the same model. The sample holds the first pass's values: dense
+  features *before* clipping and normalisation, labels as read; apply
+  ``build.knowledge.dense.transform`` and ``build.labels.coerce`` to put them in the space of the
+  batches. A synthetic row still names a ``source_row``: the selected row whose other columns
+  (texts, image) it keeps; set the label with a rule other than ``keep`` (``condition``, ``mix``,
+  ``dominant``). Facts about the fitted model that hold for the whole run (fidelity metrics,
+  training time) go in :meth:`AugmenterSummary.summary`, which the manifest and report carry.
+* **Images** (:mod:`.image`): write new image objects under ``spec.output.uri`` with keys derived
+  from ``(augmenter name, source_row, variant)`` (deterministic, so a retried shard overwrites rather
   than duplicates) via ``build.store``, and return the new key as the image column's change.
+* **A row the augmenter cannot work on** (its image is missing or undecodable): return a
+  :class:`GeneratedRow` with ``unusable`` set to a short reason. Nothing is written for it; the
+  pipeline counts it as dropped (filter ``unusableSource``, per reason) in the manifest and report,
+  so a broken input shows up instead of silently producing fewer rows.
 * **Source-row selection** (undersampling): also implement :class:`SourceRowSelector`.
 
 This module imports neither torch nor the text augmenters: it is the contract, nothing else.
@@ -77,6 +86,7 @@ if TYPE_CHECKING:  # only for annotations: keeps this module free of import cycl
 
 __all__ = [
     "PROVENANCE_COLUMNS",
+    "AugmenterSummary",
     "BatchPlan",
     "BuildContext",
     "ColumnRoles",
@@ -102,7 +112,10 @@ PROVENANCE_COLUMNS: Mapping[str, str] = {
     "sf_augmenter": "name of the augmenter that generated the row (spec.augmenters[].name or type); null for source",
     "sf_source_row": "global index of the source row the row is (or derives from), counted over the whole source",
     "sf_label_rule": "how the label was set: keep (copied from the source row), assign (spec label), "
-    "lowest (the lowest label of the source); null for source rows",
+    "lowest (the lowest label of the source), condition (gan: the source row's label, which the dense "
+    "features were generated conditioned on), dominant (mixup: the label of the partner with the larger "
+    "mixing weight, always the source row), mix (mixup of float labels: the labels interpolated with the "
+    "features' weight); null for source rows",
 }
 
 # --- deterministic hashing ----------------------------------------------------------------------
@@ -286,6 +299,9 @@ class GeneratedRow:
     changes: Mapping[str, Any]
     label_rule: str = "keep"
     variant: int = 0
+    #: Set (to a short, countable reason such as "image not found") when the augmenter could not make
+    #: the row from its source row: the row is not written, and the pipeline counts it as dropped.
+    unusable: str | None = None
 
 
 @dataclass(frozen=True)
@@ -320,6 +336,19 @@ class RowAugmenter(Protocol):
     label_rule: str
 
     def augment(self, batch: RowBatch, plan: BatchPlan) -> Sequence[GeneratedRow]: ...
+
+
+@runtime_checkable
+class AugmenterSummary(Protocol):
+    """Optional extension: facts about the augmenter that hold for the whole run (a fitted model's
+    fidelity metrics and training time), for the manifest (``augmenters.<name>.summary``) and report.
+
+    Why not per-batch counts: those the pipeline keeps itself. A summary is computed once, when the
+    augmenter is built, from what every shard builds identically; the manifest takes shard 0's. It
+    must be JSON-serialisable (str, int, float, bool, None, lists and string-keyed mappings).
+    """
+
+    def summary(self) -> Mapping[str, Any]: ...
 
 
 @runtime_checkable

@@ -1,8 +1,9 @@
 """``report.md``: what a reviewer reads before trusting an augmented dataset.
 
 Rendered from the manifest alone (so it can be regenerated from any committed output): the label
-distribution before and after with text bars, rows added and dropped per augmenter, drops per filter
-and reason, rows set aside as malformed, and examples of augmented pairs next to their source.
+distribution before and after with text bars, rows added and dropped per augmenter (with the summary
+an augmenter gives of itself, such as a GAN's fidelity metrics), drops per filter and reason, rows set
+aside as malformed, and examples of augmented pairs next to their source.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Any
 __all__ = ["render_report"]
 
 _BAR = 30
+_ITEMS = 20
 
 
 def _cell(text: Any, limit: int = 80) -> str:
@@ -27,6 +29,32 @@ def _share(n: int, total: int) -> str:
 
 def _bar(n: int, biggest: int) -> str:
     return "█" * max(1 if n else 0, round(_BAR * n / biggest)) if biggest else ""
+
+
+def _value(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, list | tuple):
+        shown = ", ".join(_value(v) for v in value[:_ITEMS])
+        return shown + (f", … ({len(value) - _ITEMS} more)" if len(value) > _ITEMS else "")
+    return _cell(value, 120)
+
+
+def _summary_lines(summary: Mapping[str, Any], depth: int = 0) -> list[str]:
+    """An augmenter's summary (e.g. a GAN's fidelity metrics) as a nested list; long mappings (one
+    entry per feature) are cut to their first entries so the report stays readable."""
+    lines = []
+    indent = "  " * depth
+    for n, (key, value) in enumerate(summary.items()):
+        if n == _ITEMS:
+            lines.append(f"{indent}- … ({len(summary) - _ITEMS} more in manifest.json)")
+            break
+        if isinstance(value, Mapping):
+            lines.append(f"{indent}- {_cell(key)}:")
+            lines += _summary_lines(value, depth + 1)
+        else:
+            lines.append(f"{indent}- {_cell(key)}: {_value(value)}")
+    return lines
 
 
 def render_report(manifest: Mapping[str, Any]) -> str:
@@ -61,6 +89,9 @@ def render_report(manifest: Mapping[str, Any]) -> str:
                      f"{info['kept']} | {dropped} |")
         if info.get("sourceRowsRemoved"):
             lines.append(f"| {_cell(name)} (undersampling) | | | | −{info['sourceRowsRemoved']} source rows | |")
+    for name, info in manifest["augmenters"].items():
+        if info.get("summary"):
+            lines += ["", f"### {_cell(name)}", "", *_summary_lines(info["summary"])]
     lines += ["", "## Filters", ""]
     if manifest["filters"]:
         lines += ["| filter | reason | rows dropped |", "| --- | --- | ---: |"]
@@ -77,7 +108,7 @@ def render_report(manifest: Mapping[str, Any]) -> str:
     if manifest.get("evalSplit"):
         split = manifest["evalSplit"]
         lines += ["", (f"Leakage guard: evaluation split `{split['uri']}` ({split['rows']} rows); "
-                       f"{split.get('sourceRowsInEvalSplit', 0)} source rows share a query or item with it "
+                       f"{split.get('sourceRowsInEvalSplit', 0)} source rows match what it holds out "
                        "(kept: source rows are never filtered).")]
     if manifest["rejects"]["reasons"]:
         lines += ["", "## Rows set aside", "", "| reason | rows |", "| --- | ---: |"]

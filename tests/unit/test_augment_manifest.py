@@ -99,3 +99,22 @@ def test_output_schema_and_digest() -> None:
     assert schema.names == ["id", "q", "t", "y", "brand", "price", "img", *PROVENANCE_COLUMNS]
     assert str(schema.field("y").type) == "int64" and str(schema.field("price").type) == "double"
     assert digest({"b": 1, "a": [1, 2]}) == digest({"a": [1, 2], "b": 1}) != digest({"a": [2, 1], "b": 1})
+
+
+def test_an_augmenter_summary_reaches_the_manifest_and_report() -> None:
+    shared = {**SHARED, "augmenters": {**SHARED["augmenters"], "synth": {
+        "type": "gan", "labelRule": "condition",
+        "summary": {"trainingSeconds": 1.5, "fidelity": {"classifierAuc": 0.5312,
+                                                         "wasserstein1": {"perFeature": {f"f{i}": 0.1 for i in range(30)}}}}}}}
+    marker = _marker(0, rows=9, rows_in=4, read=5, rejected=0)
+    marker["shared"] = shared
+    marker["counts"]["augmenters"]["synth"] = {"produced": 3, "kept": 2, "sourceRowsRemoved": 0,
+                                               "dropped": {"unusableSource": {"image not found": 1}}}
+    manifest = assemble_manifest([marker])
+    synth = manifest["augmenters"]["synth"]
+    assert synth["summary"]["fidelity"]["classifierAuc"] == 0.5312 and synth["kept"] == 2
+    assert "summary" not in manifest["augmenters"]["typo"]
+    report = render_report(manifest)
+    assert "### synth" in report and "- classifierAuc: 0.5312" in report and "- trainingSeconds: 1.5" in report
+    assert "- f19: 0.1" in report and "f20" not in report and "(10 more in manifest.json)" in report
+    assert "| synth | gan | condition | 3 | 2 | unusableSource: 1 |" in report

@@ -119,7 +119,12 @@ class TestRegistry:
         with pytest.raises(ValueError, match="registered twice"):
             register_row_augmenter("typo")(factory)  # type: ignore[arg-type]
 
-    def test_types_without_an_implementation_are_a_configuration_error(self) -> None:
+    def test_types_without_an_implementation_are_a_configuration_error(self, monkeypatch: pytest.MonkeyPatch
+                                                                        ) -> None:
+        # A job image older than the operator's CRD: the schema knows the type, the image does not.
+        from sampleforge.jobs.augment import protocol
+
+        monkeypatch.delitem(protocol._REGISTRY, "mixup")
         spec = AugmentationRunSpec.model_validate({
             "storage": {"endpoint": "minio:9000", "credentialsSecret": "s"},
             "source": {"uri": "s3://data/train.parquet", "columns": {"denseFeatures": ["f1"]}},
