@@ -300,6 +300,24 @@ class FineTuneOutput(ApiModel):
     )
 
 
+class TwoTowerOptions(ApiModel):
+    """Two-tower retrieval settings (task twoTower)."""
+
+    temperature: float = Field(
+        default=0.05,
+        ge=0.005,
+        le=1.0,
+        description="Temperature of the in-batch-negative (InfoNCE) loss over cosine similarities: 0.05 "
+        "scales them by 20, as sentence-transformers does; lower sharpens the softmax over negatives.",
+    )
+    shared_encoder: bool = Field(
+        default=True,
+        description="One encoder for queries and items (true), or two started from the same base model "
+        "(false) for asymmetric text such as short queries against long product descriptions; two "
+        "doubles the encoder's parameters and memory.",
+    )
+
+
 class FineTuneRunSpec(CommonRunSpec):
     """What a FineTuneRun trains, on which data, how, and where the model goes."""
 
@@ -323,6 +341,13 @@ class FineTuneRunSpec(CommonRunSpec):
             ),
             field_path=".resources.gpus",
         ),
+        Rule(
+            cel="!has(self.twoTower) || self.task == 'twoTower'",
+            message="twoTower applies only when task is twoTower; remove it or change task",
+            check=lambda s: s.two_tower is None or s.task == Task.TWO_TOWER,
+            field_path=".twoTower",
+            reason="FieldValueForbidden",
+        ),
     )
 
     model: Annotated[ModelRef, _immutable("model")] = Field(
@@ -341,6 +366,13 @@ class FineTuneRunSpec(CommonRunSpec):
     checkpoint: Checkpoint = Field(default_factory=Checkpoint, description="Checkpoint cadence and retention.")
     evaluation: Evaluation = Field(default_factory=Evaluation, description="Metrics and early stopping.")
     output: Annotated[FineTuneOutput, _immutable("output")] = Field(description="Where the model is published.")
+    two_tower: TwoTowerOptions | None = Field(
+        default=None, description="Loss temperature and encoder sharing for task twoTower; defaults when unset."
+    )
+
+    def two_tower_options(self) -> TwoTowerOptions:
+        """The two-tower settings, defaults applied."""
+        return self.two_tower or TwoTowerOptions()
 
     def gpus_per_pod(self) -> int:
         """GPUs each training pod gets, defaults applied."""

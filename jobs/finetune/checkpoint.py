@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from accelerate import Accelerator
-from sampleforge.api.finetune import FineTuneRunSpec
+from sampleforge.api.finetune import FineTuneRunSpec, Task
 from sampleforge.jobs.common.storage import MANIFEST_NAME, ObjectStore, S3Uri
 
 from .errors import CheckpointMismatchError
@@ -42,7 +42,7 @@ STATE = "state"
 DESCRIPTION = "checkpoint.json"
 PARTS = "_parts"
 #: Configuration keys whose change makes a checkpoint impossible to load (parameter shapes differ).
-STRUCTURAL = ("model", "task", "method")
+STRUCTURAL = ("model", "task", "method", "twoTower")
 
 
 def describe_config(spec: FineTuneRunSpec, input_uri: str | None, world_size: int) -> dict[str, Any]:
@@ -56,6 +56,8 @@ def describe_config(spec: FineTuneRunSpec, input_uri: str | None, world_size: in
         "gradientAccumulationSteps": spec.distribution.gradient_accumulation_steps,
         "mixedPrecision": spec.distribution.mixed_precision,
         "worldSize": world_size,
+        # Only for two-tower runs, so that checkpoints of other tasks stay comparable across versions.
+        **({"twoTower": spec.two_tower_options().to_kube()} if spec.task == Task.TWO_TOWER else {}),
     }
 
 

@@ -24,17 +24,22 @@ from typing import Any, TypeAlias
 import torch
 import torch.nn.functional as F
 from peft import AdaLoraConfig, AdaLoraModel, LoraConfig, PeftModel, PrefixTuningConfig, TaskType, get_peft_model
-from sampleforge.api.finetune import AdaLoraMethod, FullMethod, LoraMethod, PrefixTuningMethod, Task
+from sampleforge.api.finetune import (
+    AdaLoraMethod,
+    FullMethod,
+    LoraMethod,
+    PrefixTuningMethod,
+    Task,
+    TwoTowerOptions,
+)
 from torch import nn
 from transformers import AutoModel, PreTrainedModel
 
 from .model_source import ModelSource, load_failure
 
-#: In-batch-negative temperature of the two-tower loss (the spec has no field for it yet): 0.05,
-#: i.e. a cosine-similarity scale of 20, as sentence-transformers' MultipleNegativesRankingLoss.
-TWO_TOWER_TEMPERATURE = 0.05
-#: Whether query and item share one encoder (the spec has no field for it yet).
-TWO_TOWER_SHARED = True
+#: Defaults of spec.twoTower (api.finetune.TwoTowerOptions), for models published before it existed.
+TWO_TOWER_TEMPERATURE = TwoTowerOptions().temperature
+TWO_TOWER_SHARED = TwoTowerOptions().shared_encoder
 
 MethodSpec: TypeAlias = FullMethod | LoraMethod | AdaLoraMethod | PrefixTuningMethod
 

@@ -127,8 +127,10 @@ class FineTuneRecipe:
         # The model. Seed first: the head (and adapters) are initialised at random.
         set_seed(t.seed)
         dense = dense_stats(self.split.train)
+        towers = spec.two_tower_options()
         self.head = HeadConfig(task=spec.task, num_outputs=self.space.num_outputs,
-                               num_dense=0 if dense is None else len(dense[0]))
+                               num_dense=0 if dense is None else len(dense[0]),
+                               shared_towers=towers.shared_encoder, temperature=towers.temperature)
         model = build_model(inputs.model, self.head, spec.method, self.total_steps, d.gradient_checkpointing)
         if isinstance(model, CrossEncoder) and dense is not None:
             model.set_dense_stats(*dense)  # before prepare: DDP broadcasts buffers from rank 0

@@ -35,6 +35,7 @@ from sampleforge.jobs.common.storage import ObjectStore, S3Uri
 from sampleforge.jobs.finetune.entrypoint import main
 from sampleforge.jobs.finetune.errors import ExitCode
 from sampleforge.jobs.finetune.localrun import job_environment
+from sampleforge.jobs.finetune.modeling import TwoTower
 from sampleforge.jobs.finetune.published import load_published
 from sampleforge.testbed import Testbed
 from sklearn import metrics as skm
@@ -330,15 +331,19 @@ class TestCtr:
 
 
 class TestTwoTower:
-    @pytest.mark.parametrize("method", [{"type": "full"}, {"type": "lora", "rank": 4}], ids=["full", "lora"])
+    @pytest.mark.parametrize(("method", "towers"), [
+        ({"type": "full"}, {"temperature": 0.1, "sharedEncoder": False}),
+        ({"type": "lora", "rank": 4}, None),
+    ], ids=["full-two-encoders", "lora-shared"])
     def test_retrieval_over_the_eval_corpus(self, testbed: Testbed, s3: Minio, bucket: str, model_uri: str,
                                             cache_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
-                                            method: dict[str, Any]) -> None:
+                                            method: dict[str, Any], towers: dict[str, Any] | None) -> None:
         data = {"uri": put(s3, bucket, "esci.csv", esci_csv()), "evalFraction": 0.3,
                 "columns": {"query": "query", "item": "product_title", "label": "esci_label",
                             "attributes": ["product_brand"]}}
         spec = make_spec(model_uri, bucket, "twoTower", data, method=method,
-                         evaluation={"metrics": ["recall@5", "mrr", "ndcg@10", "precision@1", "loss"]})
+                         evaluation={"metrics": ["recall@5", "mrr", "ndcg@10", "precision@1", "loss"]},
+                         **({"twoTower": towers} if towers else {}))
         code, detail = run_job(testbed, cache_dir, spec, capsys)
         assert code == ExitCode.SUCCESS, detail
         fetch_output(s3, bucket, tmp_path)
@@ -364,8 +369,15 @@ class TestTwoTower:
         assert final["ndcg@10"] == pytest.approx(np.mean(ndcgs))
         assert final["precision@1"] == pytest.approx(np.mean(precision))
 
-        # The published encoders reproduce the recorded similarities.
+        # spec.twoTower reaches the model: the published head records it, and two towers are two encoders.
         model = load_published(tmp_path / "model", base_model=str(MINILM))
+        expected = towers or {"temperature": 0.05, "sharedEncoder": True}
+        towers_model = model.module
+        assert isinstance(towers_model, TwoTower)
+        assert (towers_model.config.temperature, towers_model.config.shared_towers) == (
+            expected["temperature"], expected["sharedEncoder"])
+        assert (towers_model.item_encoder is None) is expected["sharedEncoder"]
+        # The published encoders reproduce the recorded similarities.
         query, items = frame["query"][0], frame["topItems"][0][:3]
         similarity = model.embed_queries([query]) @ model.embed_items(items).T
         assert similarity[0] == pytest.approx(frame["topScores"][0][:3], abs=1e-4)
