@@ -260,6 +260,12 @@ class EarlyStopping(ApiModel):
         default=None, description="max or min; min for loss, logLoss, mse, rmse and mae, max otherwise, when unset."
     )
     min_delta: float = Field(default=0.0, ge=0.0, description="Smallest change that counts as an improvement.")
+    restore_best: bool = Field(
+        default=True,
+        description="Publish the weights of the evaluation with the best metric, not the last step's: a "
+        "checkpoint is committed at each improvement and kept through retention, and the published "
+        "metrics are those of the restored weights.",
+    )
 
     def effective_mode(self) -> str:
         """The mode, default applied."""

@@ -138,6 +138,9 @@ class Checkpoints:
                 f"{'; '.join(structural)}. Restore those spec fields, or delete {self.root} to start over")
         return other
 
+    def at_step(self, step: int) -> Committed | None:
+        return next((c for c in self.committed() if c.step == step), None)
+
     def fetch(self, checkpoint: Committed) -> Path:
         """Download a committed checkpoint (verified against its manifest) onto every node."""
         local = self.local_root / "resume" / checkpoint.prefix.name
@@ -148,8 +151,9 @@ class Checkpoints:
 
     # -- writing --------------------------------------------------------------------------------
 
-    def save(self, step: int, description: dict[str, Any]) -> S3Uri:
-        """Save the full training state at ``step`` and commit it; returns its prefix."""
+    def save(self, step: int, description: dict[str, Any], protect: int | None = None) -> S3Uri:
+        """Save the full training state at ``step`` and commit it; returns its prefix. Retention
+        keeps the checkpoint of step ``protect`` (the best model's) besides the newest ``keep``."""
         name = f"step-{step:09d}"
         local = self.local_root / "save" / name
         prefix = self.root.join(name + "/")
@@ -175,18 +179,21 @@ class Checkpoints:
                 "createdAt": datetime.now(UTC).isoformat(), "files": sorted(files.values(), key=lambda e: e["path"]),
             })
             log.info("checkpoint committed", extra={"step": step, "uri": str(prefix), "files": len(files)})
-            self.rotate()
+            self.rotate(protect)
         self.accelerator.wait_for_everyone()
         if self.accelerator.is_local_main_process:
             shutil.rmtree(local, ignore_errors=True)
         return prefix
 
-    def rotate(self) -> None:
-        """Keep the newest ``keep`` committed checkpoints; delete older ones and any uncommitted
-        leftovers of killed attempts. Manifest first, so nothing half-deleted looks committed."""
+    def rotate(self, protect: int | None = None) -> None:
+        """Keep the newest ``keep`` committed checkpoints (and step ``protect``'s); delete older ones
+        and any uncommitted leftovers of killed attempts. Manifest first, so nothing half-deleted
+        looks committed."""
         committed = self.committed()
-        keep = {c.prefix.key for c in committed[-self.keep:]}
-        for checkpoint in committed[: -self.keep]:
+        keep = {c.prefix.key for c in committed[-self.keep:]} | {c.prefix.key for c in committed if c.step == protect}
+        for checkpoint in committed:
+            if checkpoint.prefix.key in keep:
+                continue
             self.store.client.remove_object(checkpoint.prefix.bucket, checkpoint.prefix.join(MANIFEST_NAME).key)
         for uri, _, _ in list(self.store.list(self.root)):
             folder = uri.key[len(self.root.key):].split("/", 1)[0]

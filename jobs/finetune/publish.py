@@ -156,6 +156,10 @@ def model_card(spec: FineTuneRunSpec, run: dict[str, str], data: dict[str, Any],
     if best:
         lines += [f"Best {best['name']}: {best['value']:.4f} at step {best['step']}"
                   + (" (stopped early)" if results.get("stoppedEarly") else "") + ".", ""]
+    published = results.get("publishedStep")
+    if published is not None and published != results.get("step"):
+        lines += [f"The published weights are step {published}'s, the best evaluation's (training ran to step "
+                  f"{results.get('step')}); the results above are measured on them.", ""]
     if description["labels"].get("classes"):
         lines += ["## Labels", "", _table([(str(i), c) for i, c in enumerate(description["labels"]["classes"])]), ""]
     lines += ["## How to use", "", "```python",

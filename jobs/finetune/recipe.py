@@ -24,14 +24,16 @@ from typing import Any
 import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
+from accelerate.utils.constants import SAFE_MODEL_NAME
 from sampleforge.api.finetune import AdaLoraMethod, FineTuneRunSpec, Task
 from sampleforge.jobs.common.context import RunContext
 from sampleforge.jobs.common.heartbeat import HeartbeatSender
 from sampleforge.jobs.common.storage import MANIFEST_NAME, ObjectStore, S3Uri
+from safetensors.torch import load_file
 from transformers import AutoTokenizer
 
 from . import publish
-from .checkpoint import Checkpoints, Committed, describe_config
+from .checkpoint import STATE, Checkpoints, Committed, describe_config
 from .errors import Preempted, SpecError
 from .evaluate import CrossEvalSet, EvalResult, check_metrics, evaluate_cross, evaluate_towers
 from .inputs import Inputs, Split, build_loaders, dense_stats, resolve_inputs, split_and_encode
@@ -64,6 +66,8 @@ class FineTuneRecipe:
         self.last_checkpoint: str | None = None
         self.train_seconds = 0.0
         self._last_eval_step = -1
+        #: The step whose weights are published: the last one, or the best one's (restoreBest).
+        self.published_step: int | None = None
 
     # -- setup ------------------------------------------------------------------------------------
 
@@ -244,28 +248,61 @@ class FineTuneRecipe:
         if self._last_eval_step != state.step or self.last_eval is None:
             self.evaluate()
         self.train_seconds += time.perf_counter() - started
+        self.published_step = state.step
+        if self._keeps_best() and state.best is not None and state.best.step != state.step:
+            self._restore_best(state.best.step)
+
+    def _measure(self) -> EvalResult:
+        if isinstance(self.eval_set, CrossEvalSet):
+            return evaluate_cross(self.accelerator, self.model, self.eval_set, self.spec.task, self.space,
+                                  self.metric_names)
+        return evaluate_towers(self.accelerator, self.model, self.eval_set, self.metric_names)
 
     def evaluate(self) -> EvalResult:
-        if isinstance(self.eval_set, CrossEvalSet):
-            result = evaluate_cross(self.accelerator, self.model, self.eval_set, self.spec.task, self.space,
-                                    self.metric_names)
-        else:
-            result = evaluate_towers(self.accelerator, self.model, self.eval_set, self.metric_names)
+        """Evaluate, record the result, and update early stopping (and the best checkpoint)."""
+        result = self._measure()
         self.last_eval, self._last_eval_step = result, self.state.step
+        best_before = self.state.best
         stop = self.stopper.update(self.state, result.metrics)
         self.state.history.append({"step": self.state.step, "metrics": result.metrics})
         self.progress.evaluated(self.state, result.metrics)
         if stop:
             log.info("early stopping", extra={"metric": self.stopper.metric, "best": self.state.best.__dict__
                                               if self.state.best else None, "step": self.state.step})
+        improved = self.state.best is not best_before
+        if improved and self._keeps_best() and not stop and self.state.step < self.total_steps:
+            # Training goes on and may get worse: keep these weights to publish if it does.
+            self.save_checkpoint()
         return result
+
+    def _keeps_best(self) -> bool:
+        stopping = self.spec.evaluation.early_stopping
+        return stopping is not None and stopping.restore_best and self.checkpoints is not None
+
+    def _restore_best(self, step: int) -> None:
+        """Load the model weights of the best evaluation's checkpoint (every rank) and evaluate
+        them again, so that what is published and what metrics.json reports are the same model."""
+        assert self.checkpoints is not None
+        found = self.checkpoints.at_step(step)
+        if found is None:  # only if someone deleted it: say so, publish the last weights
+            log.warning("the best evaluation's checkpoint is gone; publishing the last step's weights",
+                        extra={"best_step": step, "last_step": self.state.step})
+            return
+        local = self.checkpoints.fetch(found)
+        # accelerate's save_state writes the (unwrapped) model's state dict as model.safetensors.
+        weights = load_file(str(local / STATE / f"{SAFE_MODEL_NAME}.safetensors"))
+        self.accelerator.unwrap_model(self.model).load_state_dict(weights)
+        self.last_eval = self._measure()
+        self.published_step = step
+        log.info("restored the best evaluation's weights", extra={
+            "step": step, "last_step": self.state.step, "metric": self.stopper.metric,
+            "value": self.last_eval.metrics.get(self.stopper.metric)})
 
     def _stop_for_preemption(self) -> None:
         """SIGTERM: commit a checkpoint at this step (unless one was just committed) and unwind."""
         log.warning("termination requested; checkpointing before exit",
                     extra={"signal": self.preemption.signal_name, "step": self.state.step})
-        if self.checkpoints is not None and not (self.last_checkpoint or "").endswith(f"step-{self.state.step:09d}/"):
-            self.save_checkpoint()
+        self.save_checkpoint()
         raise Preempted(self.state.step, self.last_checkpoint)
 
     # -- save_checkpoint ---------------------------------------------------------------------------
@@ -275,12 +312,15 @@ class FineTuneRecipe:
         if self.checkpoints is None:
             return None
         state = self.state
+        if (self.last_checkpoint or "").endswith(f"step-{state.step:09d}/"):
+            return self.last_checkpoint  # this step is committed already (best model, then cadence)
         description = {"step": state.step, "epoch": state.epoch, "batchesInEpoch": state.batches_in_epoch,
                        "samplesSeen": state.samples_seen, "seed": self.spec.training.seed,
                        "worldSize": self.accelerator.num_processes, "config": self.config,
                        "labels": self.space.to_json(), "totalSteps": self.total_steps,
                        "best": state.best.__dict__ if state.best else None}
-        self.last_checkpoint = str(self.checkpoints.save(state.step, description))
+        protect = state.best.step if self._keeps_best() and state.best is not None else None
+        self.last_checkpoint = str(self.checkpoints.save(state.step, description, protect))
         self.progress.checkpointed(state, self.last_checkpoint)
         return self.last_checkpoint
 
@@ -310,8 +350,8 @@ class FineTuneRecipe:
                                                                 acc.num_processes))
         manifest_uri = publish.commit_output(self.store, self.output, staging, {
             "kind": "model", "run": run, "task": str(spec.task), "model": publish.MODEL_DIR + "/",
-            "step": state.step, "metrics": results["final"], "data": {k: v for k, v in data.items()
-                                                                      if k != "augmentationManifest"},
+            "step": state.step, "publishedStep": results["publishedStep"], "metrics": results["final"],
+            "data": {k: v for k, v in data.items() if k != "augmentationManifest"},
         })
         log.info("published", extra={"manifest": str(manifest_uri), "step": state.step})
         acc.wait_for_everyone()
@@ -325,6 +365,7 @@ class FineTuneRecipe:
             "final": self.last_eval.metrics, "step": state.step, "totalSteps": self.total_steps,
             "epochs": state.epoch + state.batches_in_epoch / max(1, self.batches_per_rank),
             "best": state.best.__dict__ if state.best else None, "stoppedEarly": state.stopped_early,
+            "publishedStep": self.published_step if self.published_step is not None else state.step,
             "history": state.history, "loss": state.loss, "samplesSeen": state.samples_seen,
             "trainingSeconds": self.train_seconds, "rejectedRows": dict(self.split.rejected.reasons),
         }

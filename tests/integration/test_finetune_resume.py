@@ -100,7 +100,7 @@ def setup(testbed: Testbed, s3: Minio, bucket: str, tmp_path: Path) -> dict[str,
             "distribution": {"gradientAccumulationSteps": 2},
             "checkpoint": {"everySteps": 3, "keep": 2},
             "evaluation": {"metrics": ["ndcg@5", "accuracy"], "everySteps": 2,
-                           "earlyStopping": {"metric": "ndcg@5", "patience": 100}},
+                           "earlyStopping": {"metric": "ndcg@5", "patience": 100, "restoreBest": False}},
             "output": {"uri": f"s3://{bucket}/{out}/"},
         }
         document.update(changes)
