@@ -190,7 +190,9 @@ class LabelConsistencyFilter(ApiModel):
     """Drop generated rows whose label a classifier disagrees with."""
 
     model: ModelRef | None = Field(
-        default=None, description="Classifier to ask; one trained on the source rows in the job when unset."
+        default=None,
+        description="Sequence classifier to ask (hub id or s3:// model directory) whose classes are the "
+        "source labels; without one the check is skipped and the manifest says so.",
     )
     min_agreement: float = Field(
         default=0.5, ge=0.0, le=1.0, description="Probability the classifier must give the row's label."
