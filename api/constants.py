@@ -59,6 +59,11 @@ LABEL_RUN_KIND: Final = f"{GROUP}/kind"
 LABEL_RUN_UID: Final = f"{GROUP}/run-uid"
 LABEL_MANAGED_BY: Final = "app.kubernetes.io/managed-by"
 MANAGED_BY_VALUE: Final = "sampleforge-operator"
+#: Label the leading operator replica puts on its own Pod (value ``LEADER_VALUE``) and takes off
+#: when it stops leading; the chart's heartbeat Service selects it, so heartbeats reach the one
+#: replica that keeps the runs' progress while every healthy replica reports ready.
+LABEL_LEADER: Final = f"{GROUP}/leader"
+LEADER_VALUE: Final = "true"
 
 #: Label that hands a Job to Kueue; its value is ``spec.queueName``.
 KUEUE_QUEUE_LABEL: Final = "kueue.x-k8s.io/queue-name"
@@ -140,6 +145,9 @@ class Reason(StrEnum):
     # pod-level trouble, surfaced instead of a silent Pending
     UNSCHEDULABLE = "Unschedulable"
     IMAGE_PULL_ERROR = "ImagePullError"
+    #: The Job controller cannot create the Job's pods (ResourceQuota, LimitRange, admission
+    #: webhook or PodSecurity denial, missing ServiceAccount): a FailedCreate Event on the Job.
+    POD_CREATE_FAILED = "PodCreateFailed"
     OOM_KILLED = "OOMKilled"
     POD_FAILED = "PodFailed"
     # failures detected while running

@@ -1,8 +1,11 @@
 """``sampleforge-operator``: serve probes and metrics, win the leader Lease, then run kopf.
 
-The HTTP server starts first so that standby replicas answer their liveness probe (and report not
-ready); kopf only starts handling resources on the replica that holds the Lease, and stops when it
-loses it — Kubernetes then restarts that replica as a standby.
+The HTTP server starts first so that standby replicas answer their probes: a standby is ready while
+it can read the Lease (it can take over), so every healthy replica counts as available. kopf only
+starts handling resources on the replica that holds the Lease, which then labels its own Pod as
+the leader's (the heartbeat Service selects that label), and stops when it loses it — Kubernetes
+then restarts that replica as a standby. On a clean stop the leader takes its label off and
+releases the Lease, so a standby takes over within about a second.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ import asyncio
 import logging
 import signal
 import sys
+import time
 
 import kopf
 
@@ -19,6 +23,7 @@ from sampleforge.operator import handlers  # noqa: F401 - registers the handlers
 from sampleforge.operator.context import OperatorContext
 from sampleforge.operator.kube import Kube, load_api_client
 from sampleforge.operator.leader import LeaderElector
+from sampleforge.operator.leaderlabel import LeaderPodLabel
 from sampleforge.operator.metrics import OperatorMetrics
 from sampleforge.operator.server import start_server
 from sampleforge.operator.settings import Settings
@@ -26,8 +31,21 @@ from sampleforge.operator.settings import Settings
 log = logging.getLogger("sampleforge.operator")
 
 
+async def _mark_when_serving(ctx: OperatorContext, label: LeaderPodLabel, previous_holder: str | None) -> None:
+    """Label this Pod as the leader's once kopf serves: a heartbeat that arrived earlier would find
+    no watch cache to check its sender against."""
+    while not ctx.serving:
+        await asyncio.sleep(0.2)
+    await label.mark(previous_holder)
+
+
 async def run(settings: Settings) -> int:
     ctx = OperatorContext(settings=settings, kube=Kube(load_api_client()), metrics=OperatorMetrics())
+    # Only a replica that takes part in leader election needs the label: a lone operator is the
+    # only replica behind the Service (the chart then selects no label).
+    label = LeaderPodLabel(ctx.kube, settings.pod_namespace,
+                           settings.pod_name if settings.leader_election else "")
+    await label.unmark()  # a restarted container must not keep the label it had as leader
     runner = await start_server(ctx)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -35,10 +53,12 @@ async def run(settings: Settings) -> int:
         loop.add_signal_handler(sig, stop.set)
     lost = asyncio.Event()
     keeper: asyncio.Task[None] | None = None
+    marking: asyncio.Task[None] | None = None
+    elector: LeaderElector | None = None
     try:
         if settings.leader_election:
-            elector = LeaderElector(ctx.kube.api, settings.pod_namespace, settings.lease_name, settings.pod_name,
-                                    settings.lease_duration_seconds)
+            elector = LeaderElector(ctx.kube.api, settings.pod_namespace, settings.lease_name, settings.identity,
+                                    settings.lease_duration_seconds, on_contact=lambda: _seen_lease(ctx))
             acquiring = asyncio.create_task(elector.acquire())
             stopping = asyncio.create_task(stop.wait())
             await asyncio.wait({acquiring, stopping}, return_when=asyncio.FIRST_COMPLETED)
@@ -47,6 +67,7 @@ async def run(settings: Settings) -> int:
                 return 0
             stopping.cancel()
             keeper = asyncio.create_task(elector.keep(lost))
+            marking = asyncio.create_task(_mark_when_serving(ctx, label, elector.previous_holder))
         ctx.metrics.leader.set(1)
         stop_flag: asyncio.Future[None] = loop.create_future()
 
@@ -67,11 +88,25 @@ async def run(settings: Settings) -> int:
         relay_task.cancel()
         return 1 if lost.is_set() else 0
     finally:
+        ctx.stopping = True
         ctx.serving = False
         ctx.metrics.leader.set(0)
-        if keeper is not None:
-            keeper.cancel()
+        for task in (marking, keeper):
+            if task is not None:
+                task.cancel()
+        await _step_down(label, elector, lost.is_set())
         await runner.cleanup()
+
+
+def _seen_lease(ctx: OperatorContext) -> None:
+    ctx.lease_seen_at = time.monotonic()
+
+
+async def _step_down(label: LeaderPodLabel, elector: LeaderElector | None, lost: bool) -> None:
+    """Label off first, then the Lease: the next leader must never share the label with us."""
+    await label.unmark()
+    if elector is not None and not lost:
+        await asyncio.to_thread(elector.release)
 
 
 def main() -> int:

@@ -26,8 +26,13 @@ class OperatorContext:
     started_at: datetime = field(default_factory=lambda: datetime.now(UTC))
     #: (kind, namespace, name) -> phase, for the runs-by-phase gauge and transition counting.
     phases: dict[tuple[str, str, str], str] = field(default_factory=dict)
-    #: Set once kopf has started handling resources (readiness).
+    #: Set once kopf has started handling resources: this replica leads (readiness, heartbeats).
     serving: bool = False
+    #: time.monotonic() of this replica's last successful read of the leader Lease: a standby that
+    #: can read it can take over (readiness). None until the first read.
+    lease_seen_at: float | None = None
+    #: Set when the process is on its way out: no replica is ready while it shuts down.
+    stopping: bool = False
     #: False once a watch has been seen lagging the API server (liveness).
     watching: bool = True
     #: run uid -> the resourceVersion the operator's watch last delivered.

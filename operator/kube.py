@@ -148,6 +148,30 @@ class Kube:
             raise _translate(err, f"reading Secret {namespace}/{name}") from err
         return set((secret.data or {}).keys()) | set((secret.string_data or {}).keys())
 
+    def list_job_events(self, namespace: str, job_uid: str, reason: str) -> list[dict[str, Any]]:
+        """The Events with ``reason`` recorded on one Job, selected by the server (field selector
+        on the Job's uid and the reason), so the answer is a handful of objects however busy the
+        namespace is."""
+        try:
+            events = self.core.list_namespaced_event(
+                namespace, field_selector=f"involvedObject.uid={job_uid},reason={reason}", _request_timeout=15)
+        except ApiException as err:
+            raise _translate(err, f"listing the {reason} Events of Job uid {job_uid} in namespace {namespace}") \
+                from err
+        return [dict(e) for e in self.api.sanitize_for_serialization(events).get("items", [])]
+
+    # -- the leader label on the operator's own Pod ---------------------------------------------
+
+    def set_pod_label(self, namespace: str, name: str, key: str, value: str | None) -> None:
+        """Set (or, with None, remove) one label of a Pod: a merge patch of that label alone."""
+        try:
+            self.core.patch_namespaced_pod(name, namespace, {"metadata": {"labels": {key: value}}},
+                                           _request_timeout=10)
+        except ApiException as err:
+            action = f"labelling Pod {namespace}/{name} {key}={value}" if value is not None \
+                else f"removing label {key} from Pod {namespace}/{name}"
+            raise _translate(err, action) from err
+
     # -- authentication of heartbeats ----------------------------------------------------------
 
     def review_token(self, token: str, audience: str) -> dict[str, Any] | None:

@@ -4,18 +4,27 @@ The rules are client-go's: a replica takes the Lease when it is free or its hold
 it within ``leaseDurationSeconds``; every write carries the resourceVersion it read, so two replicas
 racing for an expired Lease cannot both win; the holder renews every third of the duration. A
 leader that cannot renew in time stops itself (and is restarted by Kubernetes) rather than risk two
-active operators.
+active operators. A leader that stops cleanly releases the Lease (client-go's ReleaseOnCancel), so
+a standby takes over in about a second instead of a whole lease duration.
+
+Every successful read of the Lease is reported through ``on_contact``: a standby that can read it
+can take over, which is what its readiness probe reports.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
+from urllib3.exceptions import HTTPError
+
+#: What one Lease call can fail with: an answer from the API server, or none at all.
+LeaseError = (ApiException, HTTPError, OSError)
 
 log = logging.getLogger(__name__)
 
@@ -29,12 +38,16 @@ def _fmt(moment: datetime) -> str:
 
 
 class LeaderElector:
-    def __init__(self, api: client.ApiClient, namespace: str, name: str, identity: str, duration: int) -> None:
+    def __init__(self, api: client.ApiClient, namespace: str, name: str, identity: str, duration: int,
+                 on_contact: Callable[[], None] | None = None) -> None:
         self.coordination = client.CoordinationV1Api(api)
         self.namespace = namespace
         self.name = name
         self.identity = identity
         self.duration = duration
+        self.on_contact = on_contact
+        #: Who held the Lease before this replica took it over (None: nobody, or this replica).
+        self.previous_holder: str | None = None
 
     def _lease_body(self, acquire_time: str, transitions: int, resource_version: str | None) -> dict[str, Any]:
         metadata: dict[str, Any] = {"name": self.name, "namespace": self.namespace}
@@ -55,11 +68,13 @@ class LeaderElector:
                 raise
             try:
                 self.coordination.create_namespaced_lease(self.namespace, self._lease_body(_fmt(_now()), 0, None))
+                self._contact()
                 return True
             except ApiException as create_err:
                 if create_err.status == 409:
                     return False
                 raise
+        self._contact()
         spec = lease.spec
         holder = spec.holder_identity
         renewed = spec.renew_time
@@ -77,6 +92,29 @@ class LeaderElector:
             if err.status == 409:  # someone else wrote it first
                 return False
             raise
+        if not ours:
+            self.previous_holder = holder or None
+        return True
+
+    def _contact(self) -> None:
+        if self.on_contact is not None:
+            self.on_contact()
+
+    def release(self) -> bool:
+        """Give the Lease up (only if this replica still holds it): a standby may take it a second
+        later. True when released."""
+        try:
+            lease = self.coordination.read_namespaced_lease(self.name, self.namespace, _request_timeout=5)
+            if lease.spec.holder_identity != self.identity:
+                return False
+            body = self._lease_body(_fmt(_now()), lease.spec.lease_transitions or 0, lease.metadata.resource_version)
+            body["spec"].update(holderIdentity=None, leaseDurationSeconds=1)
+            self.coordination.replace_namespaced_lease(self.name, self.namespace, body, _request_timeout=5)
+        except LeaseError as err:
+            log.warning("could not release the leader Lease; a standby takes it when it expires",
+                        extra={"error": str(err), "lease": f"{self.namespace}/{self.name}"})
+            return False
+        log.info("released the leader Lease", extra={"lease": f"{self.namespace}/{self.name}"})
         return True
 
     async def acquire(self) -> None:
@@ -88,8 +126,9 @@ class LeaderElector:
                     log.info("became leader", extra={"lease": f"{self.namespace}/{self.name}",
                                                      "identity": self.identity})
                     return
-            except ApiException as err:
-                log.warning("leader election failed; retrying", extra={"status": err.status})
+            except LeaseError as err:
+                log.warning("leader election failed; retrying",
+                            extra={"status": getattr(err, "status", None), "error": str(err)})
             await asyncio.sleep(retry)
 
     async def keep(self, lost: asyncio.Event) -> None:
@@ -100,7 +139,7 @@ class LeaderElector:
             await asyncio.sleep(period)
             try:
                 ok = await asyncio.to_thread(self.try_acquire_or_renew)
-            except ApiException:
+            except LeaseError:
                 ok = False
             now = asyncio.get_running_loop().time()
             if ok:

@@ -3,11 +3,16 @@
 A pure function of its inputs, so every branch is unit-tested without a server. The Job's own
 conditions decide success and failure (the Job controller already counted retries against
 ``backoffLimit`` and ``activeDeadlineSeconds``); the Pods explain why a run is not progressing
-(unschedulable, image pull errors, OOM kills), so nothing ever sits in a silent Pending.
+(unschedulable, image pull errors, OOM kills), and the Job's FailedCreate Events explain why it has
+no Pods at all (a ResourceQuota, LimitRange, admission or PodSecurity denial, a missing
+ServiceAccount), so nothing ever sits in a silent Pending. Those Events are passed in as data: the
+caller decides when listing them is worth an API call.
 """
 
 from __future__ import annotations
 
+import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -18,10 +23,18 @@ from sampleforge.api import Phase, Reason
 from sampleforge.operator.conditions import ConditionUpdate
 
 _IMAGE_PULL_REASONS = frozenset({"ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull"})
+#: What the Job controller prefixes to the API server's refusal; the generated pod name differs on
+#: every retry, so keeping it would make each retry a new status message (and a new write).
+_CREATE_PREFIX = re.compile(r'^Error creating:\s*(?:pods? "[^"]*" is forbidden:\s*)?')
+FAILED_CREATE = "FailedCreate"
 _JOB_FAILURE_REASONS = {
     "BackoffLimitExceeded": Reason.BACKOFF_LIMIT_EXCEEDED,
     "DeadlineExceeded": Reason.DEADLINE_EXCEEDED,
 }
+
+
+#: Pending for a reason that only a person can remove: kstatus's Stalled, Argo CD's Degraded.
+_STALLED_REASONS = frozenset({Reason.IMAGE_PULL_ERROR, Reason.SECRET_NOT_FOUND, Reason.POD_CREATE_FAILED})
 
 
 @dataclass(frozen=True)
@@ -46,7 +59,7 @@ class Observation:
         """The kstatus trio (Ready, Reconciling, Stalled) plus the domain conditions."""
         phase, reason, message = self.phase, self.reason, self.message
         terminal_failure = phase is Phase.FAILED
-        stalled = terminal_failure or reason is Reason.IMAGE_PULL_ERROR or reason is Reason.SECRET_NOT_FOUND
+        stalled = terminal_failure or reason in _STALLED_REASONS
         in_progress = phase in (Phase.PENDING, Phase.RUNNING, Phase.WAITING) and not stalled
 
         def cond(type_: C, on: bool, why: Reason | None = None, text: str | None = None) -> ConditionUpdate:
@@ -108,12 +121,57 @@ def _last_failure(pods: list[dict[str, Any]]) -> tuple[Reason, str] | None:
 
 
 def _parse_time(value: str | None) -> datetime | None:
-    return datetime.fromisoformat(value.replace("Z", "+00:00")) if value else None
+    return datetime.fromisoformat(value) if value else None
+
+
+def event_time(event: dict[str, Any]) -> datetime | None:
+    """When a core/v1 Event was last seen, whichever API (core or events.k8s.io) recorded it."""
+    series = event.get("series") or {}
+    for value in (series.get("lastObservedTime"), event.get("lastTimestamp"), event.get("eventTime"),
+                  event.get("firstTimestamp"), (event.get("metadata") or {}).get("creationTimestamp")):
+        if value:
+            return _parse_time(str(value))
+    return None
+
+
+def _created_since(job: dict[str, Any], pods: list[dict[str, Any]]) -> datetime | None:
+    """The last moment the Job demonstrably made progress: a pod created, a start or a resume.
+    A FailedCreate Event older than that is history, not the reason for today's Pending."""
+    job_status = job.get("status") or {}
+    moments = [_parse_time((p.get("metadata") or {}).get("creationTimestamp")) for p in pods]
+    moments.append(_parse_time(job_status.get("startTime")))
+    moments += [_parse_time(c.get("lastTransitionTime")) for c in job_status.get("conditions") or []
+                if c.get("type") == "Suspended"]
+    known = [m for m in moments if m is not None]
+    return max(known) if known else None
+
+
+def _create_failure(job: dict[str, Any], pods: list[dict[str, Any]],
+                    events: Sequence[dict[str, Any]]) -> tuple[Reason, str] | None:
+    """The Job controller's latest refusal to create a pod, unless the Job has moved on since."""
+    failures = [(when, e) for e in events if e.get("reason") == FAILED_CREATE and (when := event_time(e))]
+    if not failures:
+        return None
+    when, latest = max(failures, key=lambda f: f[0])
+    since = _created_since(job, pods)
+    if since is not None and when < since:
+        return None
+    meta = job.get("metadata") or {}
+    cause = _CREATE_PREFIX.sub("", str(latest.get("message") or "")).strip() or "no reason given"
+    return Reason.POD_CREATE_FAILED, (
+        f"Job {meta.get('name')} cannot create its pods: {cause}. Remove what refuses them in namespace "
+        f"{meta.get('namespace')} (a ResourceQuota, LimitRange, admission webhook or PodSecurity policy, or a "
+        "missing ServiceAccount); the Job controller keeps retrying and the run starts by itself")
 
 
 def observe(job: dict[str, Any] | None, pods: list[dict[str, Any]], *, suspended: bool,
-            last_heartbeat: datetime | None, heartbeat_timeout: float, now: datetime) -> Observation:
-    """The run's phase and why, from its Job and Pods (``job`` None: not created yet)."""
+            last_heartbeat: datetime | None, heartbeat_timeout: float, now: datetime,
+            job_events: Sequence[dict[str, Any]] = ()) -> Observation:
+    """The run's phase and why, from its Job and Pods (``job`` None: not created yet).
+
+    ``job_events``: Warning Events recorded on the Job (as the API returns them), when the caller
+    listed them; a FailedCreate among them explains a Job that has no pods.
+    """
     if job is None:
         return Observation(Phase.SUSPENDED if suspended else Phase.PENDING,
                            Reason.SUSPENDED if suspended else Reason.JOB_PENDING,
@@ -163,8 +221,10 @@ def observe(job: dict[str, Any] | None, pods: list[dict[str, Any]], *, suspended
         return Observation(Phase.RUNNING, Reason.JOB_RUNNING,
                            f"Job {job_name}: {active} pod(s) active, {len(running)} running", start, None, events)
 
-    trouble = _pod_trouble(pods)
+    trouble = _pod_trouble(pods) or _create_failure(job, pods, job_events)
     if trouble is not None:
+        if trouble[0] is Reason.POD_CREATE_FAILED:
+            events = (*events, RunEvent("Warning", *trouble))
         return Observation(Phase.PENDING, trouble[0], trouble[1], start, None, events)
     return Observation(Phase.PENDING, Reason.JOB_PENDING, f"Job {job_name} created; waiting for its pods to start",
                        start, None, events)

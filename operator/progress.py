@@ -26,7 +26,7 @@ def run_key(kind: str, namespace: str, name: str) -> RunKey:
 
 def format_eta(seconds: float) -> str:
     """51m, 2h10m, 45s: short enough for a printer column."""
-    seconds = int(round(seconds))
+    seconds = round(seconds)
     hours, rest = divmod(seconds, 3600)
     minutes, secs = divmod(rest, 60)
     if hours:

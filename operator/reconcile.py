@@ -140,5 +140,10 @@ def reconcile(ctx: OperatorContext, kind: Kind, body: dict[str, Any]) -> None:
     if phase == Phase.RUNNING and obs.phase is Phase.PENDING:
         # After a restart the pod cache may still be empty: never step a running run back.
         return
+    if phase == Phase.PENDING and obs.reason is Reason.JOB_PENDING and (body.get("status") or {}).get("jobName"):
+        # Nor replace a Pending run's explanation (a quota, an image pull) with "waiting for its
+        # pods" from an empty cache: the monitor, which sees the pods and Events, keeps it current.
+        ctx.children.wake(run.uid)
+        return
     _report(ctx, kind, body, obs, job_name=job_name, outputs=outputs_for(kind, run))
     ctx.children.wake(run.uid)

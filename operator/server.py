@@ -48,6 +48,30 @@ class _TokenCache:
         self._entries[hashlib.sha256(token.encode()).hexdigest()] = (time.monotonic(), user)
 
 
+def readiness(ctx: OperatorContext, now: float) -> tuple[bool, str]:
+    """Ready means healthy: the leader once it serves, a standby while it can read the leader
+    Lease (so it can take over). Heartbeats find the leader by its Pod label, not by readiness, so
+    every healthy replica is ready and a 2-replica Deployment is fully available.
+
+    ``now`` is time.monotonic(); a standby that has not read the Lease for two lease durations
+    (it tries every third of one) cannot reach the API server and would not notice a dead leader.
+    """
+    if ctx.stopping:
+        return False, "shutting down"
+    if ctx.serving:
+        return True, "ok: leader, handling runs"
+    settings = ctx.settings
+    if not settings.leader_election:
+        return False, "starting: not handling runs yet"
+    seen = ctx.lease_seen_at
+    window = 2.0 * settings.lease_duration_seconds
+    if seen is not None and now - seen <= window:
+        return True, "ok: standby, following the leader Lease"
+    last = "never" if seen is None else f"{now - seen:.0f}s ago"
+    return False, (f"standby cannot read the leader Lease {settings.pod_namespace}/{settings.lease_name} "
+                   f"(last read {last}); check its access to the API server")
+
+
 def build_app(ctx: OperatorContext) -> web.Application:
     tokens = _TokenCache()
 
@@ -57,7 +81,8 @@ def build_app(ctx: OperatorContext) -> web.Application:
         return web.Response(text="ok\n")
 
     async def readyz(_: web.Request) -> web.Response:
-        return web.Response(text="ok\n") if ctx.serving else web.Response(status=503, text="not serving\n")
+        ready, why = readiness(ctx, time.monotonic())
+        return web.Response(status=200 if ready else 503, text=f"{why}\n")
 
     async def metrics(_: web.Request) -> web.Response:
         return web.Response(body=generate_latest(ctx.metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
@@ -74,6 +99,11 @@ def build_app(ctx: OperatorContext) -> web.Application:
             ctx.metrics.heartbeats.labels(kind="unknown", result="invalid").inc()
             return web.json_response({"error": f"invalid heartbeat: {err}"}, status=400)
 
+        if not ctx.serving:
+            # A standby keeps no progress; the heartbeat Service routes to the leader's Pod label,
+            # so this is a moment of failover: the sender retries on its next beat.
+            ctx.metrics.heartbeats.labels(kind=beat.kind, result="not_leader").inc()
+            return web.json_response({"error": "this replica is not the leader; retry"}, status=503)
         cached, user = tokens.get(token)
         if not cached:
             try:

@@ -12,6 +12,8 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 _PREFIX = "SAMPLEFORGE_OPERATOR_"
+#: Leader-election identity of an operator that runs outside a Pod (no POD_NAME).
+LOCAL_IDENTITY = "sampleforge-operator-local"
 
 
 @dataclass(frozen=True)
@@ -22,8 +24,10 @@ class Settings:
     namespaces: tuple[str, ...] = ()
     #: Namespace the operator runs in (its leader-election Lease lives there).
     pod_namespace: str = "sampleforge-system"
-    #: This replica's identity for leader election (the pod name in a cluster).
-    pod_name: str = "sampleforge-operator-local"
+    #: This replica's Pod (the downward API's POD_NAME): its leader-election identity, and the Pod
+    #: the leader labels so that the heartbeat Service routes to it. Empty outside a cluster: the
+    #: identity is then ``LOCAL_IDENTITY`` and no Pod is labelled.
+    pod_name: str = ""
     #: Take part in leader election (several replicas, one active). Off for a single local process.
     leader_election: bool = True
     lease_name: str = "sampleforge-operator"
@@ -47,8 +51,17 @@ class Settings:
     rendezvous_port: int = 29500
     #: A watch that lags the API server this long marks the operator unhealthy (liveness fails).
     watch_stale_seconds: float = 120.0
+    #: A Job that has had no live pods this long gets its FailedCreate Events listed (why the Job
+    #: controller cannot create its pods), then again at most this often until it has pods.
+    pod_create_check_seconds: float = 10.0
     log_format: str = "json"
     extra_job_env: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def identity(self) -> str:
+        """Who this replica is in the leader Lease: its Pod's name, or a fixed local name (a
+        restarted local operator then takes its own Lease back at once)."""
+        return self.pod_name or LOCAL_IDENTITY
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:

@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 
 
 def _parse(value: str | None) -> datetime | None:
-    return datetime.fromisoformat(value.replace("Z", "+00:00")) if value else None
+    return datetime.fromisoformat(value) if value else None
 
 
 def compose(body: dict[str, Any], obs: Observation, now: datetime, *, job_name: str | None = None,

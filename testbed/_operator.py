@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import os
 import sys
+import urllib.error
+import urllib.request
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -44,7 +46,22 @@ class OperatorProcess:
         return self
 
     def wait_ready(self, timeout: float = 60.0) -> None:
+        """Ready: healthy, as a standby that follows the Lease or as the leader."""
         self.process.wait_ready(lambda: http_ok(f"{self.url}/readyz"), timeout, "ready (/readyz)")
+
+    def wait_leading(self, timeout: float = 60.0) -> None:
+        """Leading: holding the Lease and handling runs (what /readyz says on the leader)."""
+        self.process.wait_ready(lambda: "leader" in self.readiness()[1], timeout, "the leader (/readyz)")
+
+    def readiness(self) -> tuple[bool, str]:
+        """What /readyz answers: (ready, why); (False, the error) when nothing answers."""
+        try:
+            with urllib.request.urlopen(f"{self.url}/readyz", timeout=2) as response:  # loopback only
+                return response.status == 200, response.read().decode().strip()
+        except urllib.error.HTTPError as err:
+            return False, err.read().decode().strip()
+        except OSError as err:
+            return False, str(err)
 
     def stop(self, grace: float = 10.0) -> None:
         self.process.stop(grace=grace)

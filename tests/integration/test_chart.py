@@ -145,8 +145,29 @@ class Release:
         self.kubeconfig = write_kubeconfig(workdir / f"{name}.kubeconfig", testbed.api.url, testbed.pki.serving_ca,
                                            token=self._token(), user=f"{OPERATOR_NAMESPACE}:{self.service_account}")
         settings = {k: v for k, v in self.env.items() if k not in _LOCAL_ONLY}
+        self.pod_name = f"{name}-operator-0"
+        self._create_pod(deployment)
         self.operator = OperatorProcess(self.kubeconfig, testbed.logs / f"operator-{name}.log",
-                                        identity=f"{name}-operator-0", settings={**settings, **FAST})
+                                        identity=self.pod_name, settings={**settings, **FAST})
+
+    def _create_pod(self, deployment: dict[str, Any]) -> None:
+        """The Pod the operator would run in, with the Deployment's pod labels (the testbed runs the
+        operator as a process: no kubelet). Never scheduled; it is there to be labelled."""
+        labels = deployment["spec"]["template"]["metadata"]["labels"]
+        pod = {"metadata": {"name": self.pod_name, "labels": labels},
+               "spec": {"nodeSelector": {"sampleforge.io/no-such-node": "true"},
+                        "containers": [{"name": "operator", "image": "sampleforge-operator:test"}]}}
+        with self.testbed.api_client() as api:
+            client.CoreV1Api(api).create_namespaced_pod(OPERATOR_NAMESPACE, pod)
+
+    def service_selects(self, service: str) -> list[str]:
+        """The Pods in the release namespace that a Service of the release selects."""
+        with self.testbed.api_client() as api:
+            core = client.CoreV1Api(api)
+            selector = core.read_namespaced_service(service, OPERATOR_NAMESPACE).spec.selector
+            pods = core.list_namespaced_pod(OPERATOR_NAMESPACE,
+                                            label_selector=",".join(f"{k}={v}" for k, v in selector.items()))
+        return sorted(p.metadata.name for p in pods.items)
 
     def _token(self) -> str:
         """What the kubelet would mount in the operator's pod: a token for its ServiceAccount."""
@@ -181,6 +202,8 @@ class Release:
                      timeout=60, what="the module's runs to be deleted")
         self.operator.stop()
         helm(self.testbed, "uninstall", self.name, "--namespace", OPERATOR_NAMESPACE, check=False)
+        with self.testbed.api_client() as api:
+            client.CoreV1Api(api).delete_namespaced_pod(self.pod_name, OPERATOR_NAMESPACE, grace_period_seconds=0)
 
 
 #: Namespaces this module made; deleted at its end, so later modules' operators never meet its runs.
@@ -361,6 +384,7 @@ class TestClusterWide:
 
     def test_the_token_is_refused_what_the_operator_does_not_need(self, cluster_release: Release) -> None:
         allowed = [("get", "secrets", "default"), ("create", "jobs", "default"), ("patch", "jobs", "default"),
+                   ("list", "events", "default"), ("patch", "pods", OPERATOR_NAMESPACE),
                    ("patch", "augmentationruns.sampleforge.io#status", "default"),
                    ("update", "finetuneruns.sampleforge.io#finalizers", "default"),
                    ("create", "tokenreviews.authentication.k8s.io", None),
@@ -377,6 +401,18 @@ class TestClusterWide:
                    ("list", "customresourcedefinitions.apiextensions.k8s.io", None)]
         assert [r for r in allowed if not cluster_release.can_i(*r)] == []
         assert [r for r in refused if cluster_release.can_i(*r)] == []
+
+    def test_the_leader_labels_its_pod_and_only_it_gets_heartbeats(self, cluster_release: Release) -> None:
+        """The chart's RBAC lets the leader label its own Pod; the heartbeat Service selects the
+        leader's Pod, the metrics Service every replica's."""
+        name = cluster_release.fullname
+        wait_for(lambda: cluster_release.service_selects(name) == [cluster_release.pod_name], timeout=30,
+                 what="the heartbeat Service to select the leader's Pod")
+        # The metrics Service selects every replica: the stand-in and the Deployment's own Pods
+        # (created by the testbed's controllers, never started: no kubelet runs them).
+        every = cluster_release.service_selects(f"{name}-metrics")
+        assert cluster_release.pod_name in every, every
+        assert cluster_release.operator.readiness() == (True, "ok: leader, handling runs")
 
     def test_the_operator_never_hit_a_permission_error(self, cluster_release: Release) -> None:
         assert permission_errors(cluster_release) == []
@@ -406,7 +442,10 @@ class TestNamespaced:
         assert namespaced_release.can_i("get", "secrets", served)
         assert namespaced_release.can_i("create", "jobs", served)
         assert namespaced_release.can_i("create", "tokenreviews.authentication.k8s.io")
+        assert namespaced_release.can_i("list", "events", served)
+        assert namespaced_release.can_i("patch", "pods", OPERATOR_NAMESPACE)
         for verb, resource, namespace in [("get", "secrets", other), ("get", "secrets", None),
+                                          ("list", "events", other), ("patch", "pods", served),
                                           ("list", "secrets", served), ("create", "jobs", other),
                                           ("list", "augmentationruns.sampleforge.io", None),
                                           ("list", "pods", None), ("get", "secrets", OPERATOR_NAMESPACE)]:

@@ -1,8 +1,11 @@
-"""Pod-level trouble surfaces as conditions and Events; every example manifest applies with kubectl
-and becomes the Job it describes; two operator replicas share one Lease."""
+"""Pod-level trouble surfaces as conditions and Events (a Job whose pods a ResourceQuota refuses
+included); every example manifest applies with kubectl and becomes the Job it describes; two
+operator replicas share one Lease, both report ready, and only the leader's Pod carries the label
+the heartbeat Service selects."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,11 +21,12 @@ from operator_helpers import (
     example,
     get_run,
     jobs_of,
+    pods_of,
     wait_for,
+    wait_phase,
 )
-from sampleforge.api.constants import GPU_RESOURCE, LABEL_MANAGED_BY, Kind
-from sampleforge.testbed import IMAGE_PULL_ERROR_LABEL, Testbed
-from sampleforge.testbed._health import http_ok
+from sampleforge.api.constants import GPU_RESOURCE, LABEL_LEADER, LABEL_MANAGED_BY, LEADER_VALUE, Kind
+from sampleforge.testbed import HOLD_KEY, IMAGE_PULL_ERROR_LABEL, Testbed
 from sampleforge.testbed._operator import OPERATOR_NAMESPACE, OperatorProcess
 
 pytestmark = pytest.mark.integration
@@ -39,31 +43,45 @@ def _ensure_operator_namespace(api: client.ApiClient) -> None:
             raise
 
 
+REPLICAS = ("replica-a", "replica-b")
+#: Selects this module's stand-ins for the operator's Pods.
+REPLICA_LABEL = "sampleforge.io/ha-test"
+
+
+def _replica_pod(name: str) -> dict:
+    """The Pod object a replica would run in. The testbed runs the operator as a local process
+    (no kubelet runs it), so the Pod stands in for it: the replica's POD_NAME names it, and it is
+    never scheduled (no node matches), so nothing else happens to it."""
+    return {"metadata": {"name": name, "labels": {REPLICA_LABEL: "true"}},
+            "spec": {"nodeSelector": {"sampleforge.io/no-such-node": "true"},
+                     "containers": [{"name": "operator", "image": "sampleforge-operator:test"}]}}
+
+
 @pytest.fixture(scope="module")
 def operators(testbed: Testbed) -> Iterator[list[OperatorProcess]]:
-    """Two replicas with one Lease (a lease name of this module's own)."""
+    """Two replicas with one Lease (a lease name of this module's own), each with its Pod object."""
     with testbed.api_client() as api:
         _ensure_operator_namespace(api)
+        core = client.CoreV1Api(api)
+        for name in REPLICAS:
+            core.create_namespaced_pod(OPERATOR_NAMESPACE, _replica_pod(name))
     settings = {**FAST, "SAMPLEFORGE_OPERATOR_LEASE_NAME": "sampleforge-ha-test"}
-    first = OperatorProcess(testbed.kubeconfig, testbed.logs / "operator-a.log", "replica-a", settings).start()
-    second = OperatorProcess(testbed.kubeconfig, testbed.logs / "operator-b.log", "replica-b", settings)
+    first = OperatorProcess(testbed.kubeconfig, testbed.logs / "operator-a.log", REPLICAS[0], settings).start()
+    first.wait_leading()
+    second = OperatorProcess(testbed.kubeconfig, testbed.logs / "operator-b.log", REPLICAS[1], settings)
     second.start(wait_ready=False)
     yield [first, second]
     for proc in (first, second):
         proc.stop()
+    with testbed.api_client() as api:
+        for name in REPLICAS:
+            client.CoreV1Api(api).delete_namespaced_pod(name, OPERATOR_NAMESPACE, grace_period_seconds=0)
 
 
 @pytest.fixture
 def ns(operators: list[OperatorProcess], kube_api: client.ApiClient, namespace: str) -> str:
     create_credentials(kube_api, namespace)
     return namespace
-
-
-def _ready(proc: OperatorProcess) -> bool:
-    try:
-        return http_ok(f"{proc.url}/readyz")
-    except OSError:
-        return False
 
 
 class TestPodTrouble:
@@ -80,6 +98,47 @@ class TestPodTrouble:
         current = wait_for(stalled, timeout=60, what="ImagePullError")
         assert current["status"]["phase"] == "Pending"
         assert "ImagePullBackOff" in condition(current, "Stalled")["message"]
+
+    def test_a_quota_that_refuses_the_pods_is_explained_until_it_is_lifted(self, kube_api: client.ApiClient,
+                                                                            ns: str) -> None:
+        """The Job controller only records FailedCreate Events on the Job; the run must say why it
+        has no pods, and move on by itself once the quota is gone (the Job controller retries)."""
+        core = client.CoreV1Api(kube_api)
+        core.create_namespaced_resource_quota(ns, {"metadata": {"name": "no-pods"}, "spec": {"hard": {"pods": "0"}}})
+        # Admission checks against the quota's status, which the quota controller fills in.
+        wait_for(lambda: (core.read_namespaced_resource_quota("no-pods", ns).status.hard or {}).get("pods") == "0",
+                 timeout=30, what="the ResourceQuota's status")
+        run = create_run(kube_api, ns, example("augmentationrun.yaml", parallelism=1), labels={HOLD_KEY: "true"})
+        name, uid = run["metadata"]["name"], run["metadata"]["uid"]
+        created = time.monotonic()
+
+        def explained() -> dict | None:
+            current = get_run(kube_api, AR, ns, name)
+            cond = condition(current, "Stalled")
+            return current if cond and cond["reason"] == "PodCreateFailed" and cond["status"] == "True" else None
+
+        current = wait_for(explained, timeout=30, what="PodCreateFailed within 30 s")
+        explained_after = time.monotonic() - created
+        job_name = jobs_of(kube_api, ns, uid)[0].metadata.name
+        assert current["status"]["phase"] == "Pending"
+        for type_ in ("Stalled", "Ready"):
+            message = condition(current, type_)["message"]
+            assert "exceeded quota: no-pods" in message and f"Job {job_name}" in message, message
+            assert f"namespace {ns}" in message and "ResourceQuota" in message
+        assert not pods_of(kube_api, ns, uid)
+        wait_for(lambda: [e for e in core.list_namespaced_event(ns, field_selector=f"involvedObject.uid={uid}").items
+                          if e.reason == "PodCreateFailed" and e.type == "Warning" and "no-pods" in e.message],
+                 timeout=30, what="a Warning Event PodCreateFailed on the run")
+
+        core.delete_namespaced_resource_quota("no-pods", ns)
+        lifted = time.monotonic()
+        # The Job controller retries with exponential backoff (1 s doubling, at most 60 s).
+        running = wait_phase(kube_api, AR, ns, name, "Running", timeout=90)
+        print(f"\nPodCreateFailed in status {explained_after:.1f}s after the run was created; "
+              f"Running {time.monotonic() - lifted:.1f}s after the quota was deleted")
+        assert condition(running, "Stalled")["status"] == "False"
+        assert condition(running, "Reconciling")["reason"] == "JobRunning"
+        assert pods_of(kube_api, ns, uid)
 
     def test_unschedulable_gpu_request_is_explained(self, kube_api: client.ApiClient, ns: str) -> None:
         doc = example("augmentationrun.yaml", parallelism=1)
@@ -132,8 +191,8 @@ class TestExamples:
         testbed.kubectl("apply", "-n", ns, "-f", str(path))
         for doc in docs:
             kind, name = Kind(doc["kind"]), doc["metadata"]["name"]
-            run = get_run(kube_api, kind, ns, name)
-            jobs = wait_for(lambda: jobs_of(kube_api, ns, run["metadata"]["uid"]), timeout=90, what=f"{name}'s Job")
+            uid = get_run(kube_api, kind, ns, name)["metadata"]["uid"]
+            jobs = wait_for(lambda uid=uid: jobs_of(kube_api, ns, uid), timeout=90, what=f"{name}'s Job")
             job = jobs[0]
             assert job.metadata.labels[LABEL_MANAGED_BY] == "sampleforge-operator"
             assert job.metadata.owner_references[0].name == name
@@ -146,14 +205,51 @@ class TestExamples:
                 assert GPU_RESOURCE not in limits or kind is Kind.FINE_TUNE_RUN
 
 
+def _labelled(api: client.ApiClient) -> list[str]:
+    """The replica Pods that carry the leader label (what the heartbeat Service selects)."""
+    pods = client.CoreV1Api(api).list_namespaced_pod(
+        OPERATOR_NAMESPACE, label_selector=f"{REPLICA_LABEL}=true,{LABEL_LEADER}={LEADER_VALUE}").items
+    return sorted(p.metadata.name for p in pods)
+
+
+def _lease_holder(api: client.ApiClient) -> str:
+    lease = client.CoordinationV1Api(api).read_namespaced_lease("sampleforge-ha-test", OPERATOR_NAMESPACE)
+    return str(lease.spec.holder_identity)
+
+
 class TestHighAvailability:
-    def test_one_replica_leads_and_the_other_takes_over(self, kube_api: client.ApiClient, ns: str,
-                                                       operators: list[OperatorProcess]) -> None:
+    def test_both_replicas_are_ready_and_only_the_leaders_pod_is_labelled(
+            self, kube_api: client.ApiClient, operators: list[OperatorProcess]) -> None:
         first, second = operators
-        assert _ready(first) and not _ready(second)
+        second.wait_ready()
+        assert first.readiness() == (True, "ok: leader, handling runs")
+        assert second.readiness() == (True, "ok: standby, following the leader Lease")
+        wait_for(lambda: _labelled(kube_api) == ["replica-a"], timeout=30, what="only the leader's Pod labelled")
+        assert _lease_holder(kube_api) == "replica-a"
+
+    def test_the_label_follows_the_lease_through_a_crash_a_restart_and_a_clean_stop(
+            self, kube_api: client.ApiClient, ns: str, operators: list[OperatorProcess]) -> None:
+        first, second = operators
+        wait_for(lambda: _labelled(kube_api) == ["replica-a"], timeout=30, what="replica-a labelled as leader")
+        # A crash: the dead leader cannot unlabel itself; the new leader takes the label over.
         first.kill()
-        wait_for(lambda: _ready(second), timeout=60, what="the standby to take the Lease")
+        second.wait_leading(timeout=60)
+        wait_for(lambda: _labelled(kube_api) == ["replica-b"], timeout=30, what="the label to move to replica-b")
         run = create_run(kube_api, ns, example("augmentationrun.yaml", parallelism=1))
         wait_for(lambda: jobs_of(kube_api, ns, run["metadata"]["uid"]), timeout=60, what="the new leader to act")
-        lease = client.CoordinationV1Api(kube_api).read_namespaced_lease("sampleforge-ha-test", OPERATOR_NAMESPACE)
-        assert lease.spec.holder_identity == "replica-b"
+        assert _lease_holder(kube_api) == "replica-b"
+        # The crashed replica comes back as a ready standby, without the label.
+        first.start()
+        assert first.readiness() == (True, "ok: standby, following the leader Lease")
+        assert _labelled(kube_api) == ["replica-b"] and second.readiness()[0]
+        # A clean stop takes the label off and releases the Lease: the standby leads at once.
+        stopping = time.monotonic()
+        second.stop(grace=15)
+        exited = time.monotonic()
+        assert "replica-b" not in _labelled(kube_api), "the stopping leader takes its own label off"
+        first.wait_leading(timeout=15)
+        wait_for(lambda: _labelled(kube_api) == ["replica-a"], timeout=15, what="the label back on replica-a")
+        print(f"\nclean handover: the leader exited {exited - stopping:.1f}s after SIGTERM; replica-a led and "
+              f"was labelled {time.monotonic() - exited:.1f}s after that")
+        assert "released the leader Lease" in second.process.log_tail(400)
+        assert _lease_holder(kube_api) == "replica-a"

@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 import yaml
+from sampleforge.api.constants import LABEL_LEADER, LEADER_VALUE
 from sampleforge.testbed import binary
 
 REPO = Path(__file__).resolve().parents[2]
@@ -41,11 +42,12 @@ EXPECTED_NAMESPACED_RULES = {
     ("batch", "jobs"): {"get", "list", "watch", "create", "patch"},
     ("", "pods"): {"list", "watch"},
     ("", "services"): {"create"},
-    ("", "events"): {"create"},
+    ("", "events"): {"create", "list"},
     ("", "secrets"): {"get"},
 }
 EXPECTED_CLUSTER_SCOPED_RULES = {("authentication.k8s.io", "tokenreviews"): {"create"}}
-EXPECTED_LEASE_RULES = {("coordination.k8s.io", "leases"): {"create", "get", "update"}}
+#: In the release namespace only: the leader Lease, and the leader label on the operator's own Pod.
+EXPECTED_LEASE_RULES = {("coordination.k8s.io", "leases"): {"create", "get", "update"}, ("", "pods"): {"patch"}}
 #: libyaml's parser when PyYAML has it: the rendered chart is large (the dashboard JSON).
 _LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 AGGREGATION_LABEL = re.compile(r"^rbac\.authorization\.k8s\.io/aggregate-to-")
@@ -179,7 +181,7 @@ def test_namespaced_mode_grants_nothing_cluster_wide_but_token_reviews() -> None
         role = next(r for r in bound_roles([*docs], "RoleBinding")
                     if r["metadata"]["name"] == binding["roleRef"]["name"] and r["metadata"]["namespace"] == namespace)
         if namespace == NAMESPACE:
-            assert grants([role]) == EXPECTED_LEASE_RULES, "the release namespace gets the Lease, nothing else"
+            assert grants([role]) == EXPECTED_LEASE_RULES, "the release namespace: the Lease and the leader label"
         else:
             assert namespace in watched
             assert grants([role]) == EXPECTED_NAMESPACED_RULES
@@ -191,13 +193,25 @@ def test_the_lease_role_may_renew_only_the_operators_own_lease() -> None:
     docs = render()
     role = one(docs, "Role", f"{FULLNAME}-leader-election")
     env = {e["name"]: e.get("value") for e in container(docs)["env"]}
+    assert role["metadata"]["namespace"] == NAMESPACE
     for rule in role["rules"]:
-        if set(rule["verbs"]) & {"get", "update"}:
+        if rule["resources"] == ["pods"]:
+            assert (rule["apiGroups"], rule["verbs"]) == ([""], ["patch"]), "only the leader label on its own Pods"
+        elif set(rule["verbs"]) & {"get", "update"}:
             assert rule["resourceNames"] == [env["SAMPLEFORGE_OPERATOR_LEASE_NAME"]]
         else:
             assert rule["verbs"] == ["create"], "create cannot be limited by name; nothing else may be unlimited"
     assert not of_kind(render(CHART / "ci" / "networkpolicy-values.yaml"), "Role"), \
-        "without leader election there is no Lease to grant"
+        "without leader election there is no Lease to grant and no leader Pod to label"
+
+
+@pytest.mark.parametrize("values_file", CI_VALUES, ids=lambda p: p.name)
+def test_pods_may_be_patched_only_in_the_release_namespace(values_file: Path) -> None:
+    """The leader labels its own Pod; the runs' pods (in other namespaces) are never patched."""
+    docs = render(values_file)
+    for role in operator_roles(docs):
+        if "patch" in grants([role]).get(("", "pods"), set()):
+            assert role["kind"] == "Role" and role["metadata"]["namespace"] == NAMESPACE, role["metadata"]["name"]
 
 
 def test_run_pods_get_an_identity_without_api_access() -> None:
@@ -247,8 +261,8 @@ def test_deployment_is_locked_down_and_probed() -> None:
     assert env["POD_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
     assert env["POD_NAMESPACE"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.namespace"
     assert env["SAMPLEFORGE_OPERATOR_NAMESPACES"]["value"] == ""
-    # Rolling one replica at a time would wait forever for a standby that is never ready.
-    assert deployment["spec"]["strategy"]["rollingUpdate"] == {"maxSurge": 0, "maxUnavailable": "100%"}
+    # Standbys are ready, so a rollout starts a new replica before it stops an old one.
+    assert deployment["spec"]["strategy"]["rollingUpdate"] == {"maxSurge": 1, "maxUnavailable": 0}
 
 
 def test_every_operator_setting_the_chart_sets_is_a_real_setting() -> None:
@@ -273,11 +287,30 @@ def test_heartbeat_url_points_at_the_leader_service() -> None:
     assert env["SAMPLEFORGE_OPERATOR_HEARTBEAT_URL"] == \
         f"http://{FULLNAME}.{NAMESPACE}.svc:{port}/v1alpha1/heartbeats"
     pod_labels = one(docs, "Deployment")["spec"]["template"]["metadata"]["labels"]
-    for svc in of_kind(docs, "Service"):
-        assert svc["spec"]["selector"].items() <= pod_labels.items(), svc["metadata"]["name"]
-    assert "publishNotReadyAddresses" not in service["spec"], "heartbeats must reach the ready leader only"
+    leader = {LABEL_LEADER: LEADER_VALUE}
+    assert LABEL_LEADER not in pod_labels, "the leader sets the label on its own Pod; the template never does"
+    # The heartbeat Service: this release's replicas, and of those only the one the leader labelled.
+    assert service["spec"]["selector"] == {**selector_labels(docs), **leader}
+    assert "publishNotReadyAddresses" not in service["spec"], "heartbeats must reach a ready leader only"
     metrics = one(docs, "Service", f"{FULLNAME}-metrics")
+    assert metrics["spec"]["selector"] == selector_labels(docs), "every replica is scraped, standbys included"
     assert metrics["spec"]["publishNotReadyAddresses"] is True, "standbys must be scraped too"
+    # A single replica without leader election labels nothing: the Service selects it as it is.
+    single = render(CHART / "ci" / "networkpolicy-values.yaml")
+    assert one(single, "Service", FULLNAME)["spec"]["selector"] == selector_labels(single)
+
+
+def selector_labels(docs: list[dict[str, Any]]) -> dict[str, str]:
+    labels: dict[str, str] = one(docs, "Deployment")["spec"]["selector"]["matchLabels"]
+    return labels
+
+
+def test_the_charts_leader_label_is_the_operators() -> None:
+    """One source of truth: the label the operator writes (api/constants.py) is the one selected."""
+    helpers = (CHART / "templates" / "_helpers.tpl").read_text()
+    defined = re.search(r'define "sampleforge.leaderLabel" -}}\s*(\S+)\s*{{-', helpers)
+    assert defined is not None and defined.group(1) == LABEL_LEADER
+    assert LEADER_VALUE == "true"
 
 
 def test_namespaced_settings_follow_watch_namespaces_and_job_env_is_encoded() -> None:

@@ -11,7 +11,8 @@ import pytest
 from sampleforge.api import ConditionStatus, ConditionType, Kind, Phase, Reason
 from sampleforge.api.heartbeat import Heartbeat
 from sampleforge.operator.conditions import ConditionUpdate, find, set_conditions
-from sampleforge.operator.lifecycle import observe
+from sampleforge.operator.lifecycle import event_time, observe
+from sampleforge.operator.podcreate import FailedCreateProbe, waiting_for_pods
 from sampleforge.operator.progress import ProgressStore, format_eta, run_key
 from sampleforge.operator.settings import Settings
 from sampleforge.operator.status import compose
@@ -111,6 +112,123 @@ class TestObserve:
         obs = self.observe(job(active=1), [crashed, pod()], last_heartbeat=NOW)
         assert obs.phase is Phase.RUNNING
         assert [e.type for e in obs.events] == ["Warning"] and "boom" in obs.events[0].message
+
+
+QUOTA = ('Error creating: pods "r-aug-0-x7k2p" is forbidden: exceeded quota: no-pods, requested: pods=1, '
+         'used: pods=0, limited: pods=0')
+
+
+def failed_create(message: str = QUOTA, at: str = "2026-11-28T11:59:50Z") -> dict[str, Any]:
+    """A FailedCreate Event on the Job as the Job controller records it (core/v1, serialized)."""
+    return {"type": "Warning", "reason": "FailedCreate", "message": message, "count": 1,
+            "firstTimestamp": at, "lastTimestamp": at, "involvedObject": {"kind": "Job", "name": "r-aug"}}
+
+
+class TestPodCreateFailed:
+    def observe(self, j: dict[str, Any], pods: list[dict[str, Any]], events: list[dict[str, Any]]) -> Any:
+        return observe(j, pods, suspended=False, last_heartbeat=NOW, heartbeat_timeout=600.0, now=NOW,
+                       job_events=events)
+
+    def podless_job(self) -> dict[str, Any]:
+        j = job()
+        j["metadata"]["namespace"] = "search-ml"
+        del j["status"]["startTime"]  # the Job controller sets none while it cannot create pods
+        return j
+
+    def test_a_quota_denial_is_stalled_pending_with_the_events_message(self) -> None:
+        obs = self.observe(self.podless_job(), [], [failed_create(at="2026-11-28T11:59:40Z"), failed_create(
+            QUOTA.replace("x7k2p", "q9w8e"))])
+        assert (obs.phase, obs.reason) == (Phase.PENDING, Reason.POD_CREATE_FAILED)
+        assert "exceeded quota: no-pods, requested: pods=1" in obs.message
+        assert "Job r-aug" in obs.message and "namespace search-ml" in obs.message and "ResourceQuota" in obs.message
+        # The generated pod name changes on every retry; the message must not (one write, one Event).
+        assert "x7k2p" not in obs.message and "q9w8e" not in obs.message
+        conds = {c.type: c for c in obs.conditions()}
+        assert conds[ConditionType.STALLED].status == ConditionStatus.TRUE
+        assert conds[ConditionType.READY].message == obs.message
+        assert conds[ConditionType.RECONCILING].status == ConditionStatus.FALSE
+        assert [(e.type, e.reason, e.message) for e in obs.events] == [("Warning", Reason.POD_CREATE_FAILED,
+                                                                         obs.message)]
+
+    @pytest.mark.parametrize(("message", "cause"), [
+        (('Error creating: pods "r-aug-0-abcde" is forbidden: error looking up service account search-ml/trainer: '
+          'serviceaccount "trainer" not found'), 'serviceaccount "trainer" not found'),
+        ('Error creating: admission webhook "deny.example.com" denied the request: no GPUs on Fridays',
+         'admission webhook "deny.example.com" denied the request'),
+        (('Error creating: pods "r-aug-0-abcde" is forbidden: violates PodSecurity "restricted:latest": '
+          'allowPrivilegeEscalation != false'), 'violates PodSecurity "restricted:latest"'),
+    ])
+    def test_other_refusals_keep_their_cause(self, message: str, cause: str) -> None:
+        obs = self.observe(self.podless_job(), [], [failed_create(message)])
+        assert obs.reason is Reason.POD_CREATE_FAILED and cause in obs.message
+        assert "abcde" not in obs.message
+
+    def test_a_pod_created_after_the_failure_makes_it_history(self) -> None:
+        created = pod("Pending")
+        created["metadata"]["creationTimestamp"] = "2026-11-28T11:59:55Z"
+        obs = self.observe(self.podless_job(), [created], [failed_create(at="2026-11-28T11:59:50Z")])
+        assert obs.reason is Reason.JOB_PENDING and not obs.events
+        running = pod("Running")
+        running["metadata"]["creationTimestamp"] = "2026-11-28T11:59:55Z"
+        assert self.observe(job(active=1), [running], [failed_create()]).phase is Phase.RUNNING
+
+    def test_a_resume_after_the_failure_makes_it_history(self) -> None:
+        j = self.podless_job()
+        j["status"]["conditions"] = [{"type": "Suspended", "status": "False", "reason": "JobResumed",
+                                      "lastTransitionTime": "2026-11-28T11:59:59Z"}]
+        assert self.observe(j, [], [failed_create(at="2026-11-28T11:59:50Z")]).reason is Reason.JOB_PENDING
+
+    def test_other_events_and_no_events_explain_nothing(self) -> None:
+        other = {**failed_create(), "reason": "SuccessfulCreate"}
+        assert self.observe(self.podless_job(), [], [other]).reason is Reason.JOB_PENDING
+        assert self.observe(self.podless_job(), [], []).reason is Reason.JOB_PENDING
+
+    def test_pod_trouble_is_more_specific_than_a_later_refusal(self) -> None:
+        pulling = pod("Pending", containerStatuses=[{"image": "bad:tag", "state": {"waiting": {
+            "reason": "ImagePullBackOff"}}}])
+        obs = self.observe(job(active=1), [pulling], [failed_create(at="2026-11-28T12:00:00Z")])
+        assert obs.reason is Reason.IMAGE_PULL_ERROR
+
+    def test_event_time_prefers_the_series_then_last_timestamp(self) -> None:
+        series = {"series": {"lastObservedTime": "2026-11-28T11:59:58.123456Z"}, "eventTime": "2026-11-28T11:00:00Z"}
+        assert event_time(series) == datetime(2026, 11, 28, 11, 59, 58, 123456, tzinfo=UTC)
+        assert event_time({"eventTime": "2026-11-28T11:00:00+00:00"}) == datetime(2026, 11, 28, 11, tzinfo=UTC)
+        assert event_time(failed_create(at="2026-11-28T11:59:50Z")) == datetime(2026, 11, 28, 11, 59, 50, tzinfo=UTC)
+        assert event_time({}) is None
+
+
+class TestFailedCreateProbe:
+    def test_a_job_is_waiting_for_pods_only_when_it_should_have_some(self) -> None:
+        assert waiting_for_pods(job(), [])
+        assert waiting_for_pods(job(), [pod("Failed")]), "a failed pod is not a live one"
+        assert not waiting_for_pods(job(), [pod("Pending")])
+        assert not waiting_for_pods(job(suspend=True), [])
+        assert not waiting_for_pods(job([{"type": "Complete", "status": "True"}]), [])
+
+    def test_events_are_listed_after_a_grace_then_at_most_every_interval(self) -> None:
+        probe = FailedCreateProbe(after=10, every=10)
+        probe.track("job-1", waiting=False, now=0)
+        assert probe.due_in(0) is None, "a Job with live pods costs no call"
+        probe.track("job-1", waiting=True, now=5)
+        assert probe.due_in(5) == 10 and probe.due_in(14) == 1
+        assert probe.due_in(15) == 0
+        probe.record([failed_create()], now=15)
+        probe.track("job-1", waiting=True, now=16)
+        assert probe.due_in(16) == 9 and len(probe.events) == 1, "the answer is kept between listings"
+        probe.record(None, now=25)  # the listing failed: keep the last answer, wait a full interval
+        assert len(probe.events) == 1 and probe.due_in(25) == 10
+
+    def test_live_pods_or_a_new_job_forget_the_answer(self) -> None:
+        probe = FailedCreateProbe(after=10, every=10)
+        probe.track("job-1", waiting=True, now=0)
+        probe.record([failed_create()], now=10)
+        probe.track("job-1", waiting=False, now=11)
+        assert probe.events == [] and probe.due_in(11) is None
+        probe.track("job-1", waiting=True, now=12)
+        assert probe.due_in(12) == 10, "a new podless spell gets the full grace again"
+        probe.record([failed_create()], now=22)
+        probe.track("job-2", waiting=True, now=23)
+        assert probe.events == [] and probe.due_in(23) == 10
 
 
 class TestProgress:

@@ -65,6 +65,12 @@ app.kubernetes.io/part-of: sampleforge
 {{- include "sampleforge.fullname" . -}}
 {{- end -}}
 
+{{/* Label the leading replica puts on its own Pod; the heartbeat Service selects it. Must equal
+LABEL_LEADER in api/constants.py (a unit test checks that). */}}
+{{- define "sampleforge.leaderLabel" -}}
+sampleforge.io/leader
+{{- end -}}
+
 {{/* The operator's Service: heartbeats from run pods land here, on the leader only. */}}
 {{- define "sampleforge.heartbeatURL" -}}
 {{- printf "http://%s.%s.svc:%d/v1alpha1/heartbeats" (include "sampleforge.fullname" .) .Release.Namespace (int .Values.service.port) -}}

@@ -30,10 +30,12 @@ of each watched namespace (namespaced mode), so the two modes can never grant di
 - apiGroups: [""]
   resources: ["services"]
   verbs: ["create"]
-# Events on the runs (JobCreated, phase changes, pod failures), posted by kopf as core/v1 Events.
+# Events on the runs (JobCreated, phase changes, pod failures), posted by kopf as core/v1 Events;
+# listed (field selector: one Job's uid and reason FailedCreate) only for a Job that has had no pods
+# for a while, to say why the Job controller cannot create them (quota, LimitRange, admission).
 - apiGroups: [""]
   resources: ["events"]
-  verbs: ["create"]
+  verbs: ["create", "list"]
 {{- end }}
 {{- define "sampleforge.secretRules" -}}
 # Only to check that the credentials Secret a run names exists and has the keys it needs (never
