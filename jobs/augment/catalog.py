@@ -1,8 +1,8 @@
 """The augmenter types this job can run, and building them from ``spec.augmenters``.
 
 Each family registers its types with :func:`~.protocol.register_row_augmenter` when its module is
-imported; importing them here is what makes them available. A new family (model-based generation,
-GAN, mixup, image edits) adds its module to the imports below.
+imported; importing them here is what makes them available. A new family adds its module to the
+imports below.
 """
 
 from __future__ import annotations
@@ -11,11 +11,17 @@ from typing import Any
 
 from sampleforge.api.augmentation import AugmentationRunSpec
 
-from . import attributes, hardnegative, rebalance, textedit  # noqa: F401 -- registration on import
+from . import (  # noqa: F401 -- each family registers its types on import
+    attributes,
+    gan,
+    generation,
+    hardnegative,
+    image,
+    mixup,
+    rebalance,
+    textedit,
+)
 from .errors import ConfigError
-from .gan import GanAugmenter  # noqa: F401 -- registration on import (gan)
-from .image import ImageAugmenter  # noqa: F401 -- registration on import (image)
-from .mixup import Mixup  # noqa: F401 -- registration on import (mixup)
 from .protocol import BuildContext, RowAugmenter, registered_types, registration
 
 __all__ = ["build_augmenters", "check_supported", "needs_of"]

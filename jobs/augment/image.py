@@ -21,7 +21,7 @@ source value was a bare key and the output is in the source's bucket, an ``s3://
 
 A row whose image is unset, missing from the store, or not a decodable image produces no row: it is
 reported as ``unusable`` (reasons ``no image``, ``image not found``, ``image not decodable``) and
-the manifest counts it under the ``unusableSource`` drops of the augmenter, with the key in the log.
+the manifest counts it under the ``notGenerated`` drops of the augmenter, with the key in the log.
 ``flip`` and ``grayscale`` have no parameters: asked alone with ``perRow`` above 1, they make
 identical variants.
 """

@@ -78,8 +78,9 @@ __all__ = ["BATCH_ROWS", "Outcome", "ShardJob", "code_version", "roles_of"]
 
 BATCH_ROWS = 2048
 EXAMPLES_PER_AUGMENTER = 3
-#: The manifest's filter name for rows an augmenter could not make (GeneratedRow.unusable).
-UNUSABLE = "unusableSource"
+#: The manifest's filter name for rows an augmenter could not make (GeneratedRow.unusable): a
+#: missing image, a language model's answer that was empty or lost the source's brand.
+UNUSABLE = "notGenerated"
 #: The kinds of change a generated row can have, in the order Candidate.changed lists them.
 _CHANGED_ORDER = ("query", "item", "dense", "image", "label")
 SHARDING = ("contiguous row ranges: shard i of n takes the global row ids [i*N//n, (i+1)*N//n), N = well-formed "

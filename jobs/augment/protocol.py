@@ -41,11 +41,14 @@ simplified :mod:`.mixup`)::
 
 Notes for the families still to come:
 
-* **Model-based generation** (paraphrase, doc2query, back-translation): load models through
-  ``build.models`` (:class:`~.embedding.ModelCache` resolves ``s3://`` directories offline) and batch
-  the selected rows of ``batch`` yourself; seed sampling per row with ``plan.random.generator(row)``
-  or ``torch.Generator().manual_seed(plan.random.row_key(row) >> 1)`` so a row's output does not
-  depend on its batch. Dynamic batching by length is free to reorder rows *within* ``augment``.
+* **Model-based generation** (paraphrase, doc2query, backTranslation, :mod:`.generation`): models
+  come from ``build.models.generator`` (:class:`~.embedding.ModelCache` resolves ``s3://``
+  directories offline; a directory holds a transformers model or one ``*.gguf`` file). The selected
+  rows are batched by token length inside ``augment``; sampling draws each sequence's tokens from its
+  own ``torch.Generator`` seeded from ``plan.random.row_key(row)`` (with the field and variant), so
+  a row's text does not depend on its batch, the batch size or the shard count. Answers that are
+  empty, identical to their source or lose an attribute value are dropped there and counted in the
+  job log. A new model-based type reuses :class:`~.generation.TextGenerator` and its ``generate``.
 * **GAN / mixup** (dense features, :mod:`.gan`, :mod:`.mixup`): declare ``needs=("sample",)`` and fit
   on ``build.knowledge.sample`` (a uniform sample of whole source rows, identical in every shard) in
   the factory, so every shard trains the same model. The sample holds the first pass's values: dense
@@ -60,7 +63,7 @@ Notes for the families still to come:
   than duplicates) via ``build.store``, and return the new key as the image column's change.
 * **A row the augmenter cannot work on** (its image is missing or undecodable): return a
   :class:`GeneratedRow` with ``unusable`` set to a short reason. Nothing is written for it; the
-  pipeline counts it as dropped (filter ``unusableSource``, per reason) in the manifest and report,
+  pipeline counts it as dropped (filter ``notGenerated``, per reason) in the manifest and report,
   so a broken input shows up instead of silently producing fewer rows.
 * **Source-row selection** (undersampling): also implement :class:`SourceRowSelector`.
 

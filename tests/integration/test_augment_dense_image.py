@@ -109,7 +109,7 @@ def test_image_edits_are_written_under_the_output_and_broken_images_counted(test
     run_all_shards(testbed, run_spec, tmp_path)
     found = manifest(s3, bucket)
     assert found["augmenters"]["image"]["dropped"] == {
-        "unusableSource": {"image not decodable": 1, "image not found": 1}}
+        "notGenerated": {"image not decodable": 1, "image not found": 1}}
     out = output_rows(s3, bucket)
     edited = list(generated(out, "image"))
     assert len(edited) == 2 * 28

@@ -109,7 +109,7 @@ def test_an_augmenter_summary_reaches_the_manifest_and_report() -> None:
     marker = _marker(0, rows=9, rows_in=4, read=5, rejected=0)
     marker["shared"] = shared
     marker["counts"]["augmenters"]["synth"] = {"produced": 3, "kept": 2, "sourceRowsRemoved": 0,
-                                               "dropped": {"unusableSource": {"image not found": 1}}}
+                                               "dropped": {"notGenerated": {"image not found": 1}}}
     manifest = assemble_manifest([marker])
     synth = manifest["augmenters"]["synth"]
     assert synth["summary"]["fidelity"]["classifierAuc"] == 0.5312 and synth["kept"] == 2
@@ -117,4 +117,4 @@ def test_an_augmenter_summary_reaches_the_manifest_and_report() -> None:
     report = render_report(manifest)
     assert "### synth" in report and "- classifierAuc: 0.5312" in report and "- trainingSeconds: 1.5" in report
     assert "- f19: 0.1" in report and "f20" not in report and "(10 more in manifest.json)" in report
-    assert "| synth | gan | condition | 3 | 2 | unusableSource: 1 |" in report
+    assert "| synth | gan | condition | 3 | 2 | notGenerated: 1 |" in report

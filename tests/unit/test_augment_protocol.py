@@ -139,3 +139,11 @@ class TestRegistry:
             "augmenters": [{"type": "hardNegative"}, {"type": "attributeSwap", "attributes": ["brand"], "label": 0}],
             "output": {"uri": "s3://data/out/"}})
         assert needs_of(spec) == frozenset({"itemPool", "attributeValues"})
+
+
+def test_every_augmenter_type_of_the_schema_is_implemented() -> None:
+    """The CRD accepts exactly the types this job image can run."""
+    from sampleforge.api.augmenters import AUGMENTER_UNION
+    from sampleforge.jobs.augment import catalog  # noqa: F401 -- registers every family
+
+    assert set(AUGMENTER_UNION.by_tag) == set(registered_types())
