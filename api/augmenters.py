@@ -28,15 +28,22 @@ EditFraction = Annotated[float, Field(gt=0.0, le=1.0)]
 BatchSize = Annotated[int, Field(ge=1, le=4096, description="Rows per batch on the accelerator.")]
 MaxNewTokens = Annotated[int, Field(ge=1, le=2048, description="Most tokens generated per output.")]
 Temperature = Annotated[
-    float, Field(ge=0.0, le=2.0, description="Sampling temperature for generation; 0 means greedy decoding.")
+    float,
+    Field(
+        ge=0.0,
+        le=2.0,
+        description="Sampling temperature for generation; 0 means greedy decoding, which gives one variant per "
+        "row whatever perRow says.",
+    ),
 ]
 PromptTemplate = Annotated[
     str,
     Field(
         min_length=1,
         max_length=4096,
-        description="Prompt sent to the model; {text} is replaced by the row's text. The job's built-in "
-        "prompt for the type when unset.",
+        description="Prompt sent to the model; {text} is replaced by the row's text, and for backTranslation "
+        "{language} and {languageName} by the step's target language (tag and name: >>{language}<< {text} "
+        "for a multilingual Marian model). The job's built-in prompt for the type when unset.",
     ),
     Rule(
         cel="self.contains('{text}')",
