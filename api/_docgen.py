@@ -113,16 +113,16 @@ def reference_markdown() -> str:
     lines = [
         "# API reference",
         "",
-        "Every table here is generated from the models in `api/` (the same ones the CRDs come from). "
-        "`kubectl explain augmentationrun.spec` and `kubectl explain finetunerun.spec` show the same "
-        "descriptions field by field.",
+        ("Every table here is generated from the models in `api/` (the same ones the CRDs come from). "
+         "`kubectl explain augmentationrun.spec` and `kubectl explain finetunerun.spec` show the same "
+         "descriptions field by field."),
         "",
         "## AugmentationRun",
         "",
         "### Augmenters (`spec.augmenters[]`)",
         "",
-        "Every augmenter also takes `name` (to use one type twice), `fraction` (share of source rows it "
-        "works on) and `maxRows` (most rows it adds).",
+        ("Every augmenter also takes `name` (to use one type twice), `fraction` (share of source rows it "
+         "works on) and `maxRows` (most rows it adds)."),
         "",
         *_union_table(AUGMENTER_UNION.variants, common=("name", "fraction", "max_rows")),
         "",

@@ -44,6 +44,7 @@ import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
 from accelerate.utils import set_seed
+
 from sampleforge.api.augmentation import Columns
 from sampleforge.api.finetune import FineTuneRunSpec
 from sampleforge.jobs.common.context import RunContext

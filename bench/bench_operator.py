@@ -102,7 +102,7 @@ def wait_seen(watcher: JobWatcher, names: list[str], timeout: float) -> None:
 
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
 def main() -> int:
@@ -191,7 +191,7 @@ def _status_writes(operator: OperatorProcess) -> float:
 
     from prometheus_client.parser import text_string_to_metric_families
 
-    with urllib.request.urlopen(f"{operator.url}/metrics", timeout=10) as response:  # noqa: S310 - loopback
+    with urllib.request.urlopen(f"{operator.url}/metrics", timeout=10) as response:
         text = response.read().decode()
     return sum(s.value for f in text_string_to_metric_families(text) if f.name == "sampleforge_status_writes"
                for s in f.samples if s.name.endswith("_total"))
@@ -203,10 +203,10 @@ def write_results(rows: list[tuple[str, str]], args: argparse.Namespace) -> None
     lines = [
         "# Operator latency and scale",
         "",
-        f"Measured {datetime.now(UTC):%Y-%m-%d} with `python bench/bench_operator.py"
-        f"{' --quick' if args.quick else ''}` on {os.cpu_count()} cores ({cpu}), Python "
-        f"{platform.python_version()}, against the testbed's real kube-apiserver (no kubelet: the Jobs are not "
-        "run, only created; this measures the operator).",
+        (f"Measured {datetime.now(UTC):%Y-%m-%d} with `python bench/bench_operator.py"
+         f"{' --quick' if args.quick else ''}` on {os.cpu_count()} cores ({cpu}), Python "
+         f"{platform.python_version()}, against the testbed's real kube-apiserver (no kubelet: the Jobs are not "
+         "run, only created; this measures the operator)."),
         "",
         "| measurement | value |",
         "| --- | --- |",

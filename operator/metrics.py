@@ -126,6 +126,6 @@ class OperatorMetrics:
                 pass
         for gauge in self._per_run_keyed:
             # Labelled children are keyed by label-value tuples; remove all of this run's.
-            for values in list(gauge._metrics):  # noqa: SLF001 - prometheus_client offers no prefix removal
+            for values in list(gauge._metrics):
                 if values[:3] == (kind, namespace, name):
                     gauge.remove(*values)

@@ -34,7 +34,7 @@ class Settings:
     lease_duration_seconds: int = 15
     #: Port of the operator's HTTP server: /healthz, /readyz, /metrics and the heartbeat endpoint.
     http_port: int = 8080
-    http_host: str = "0.0.0.0"  # noqa: S104 - inside its pod; a Service and NetworkPolicy front it
+    http_host: str = "0.0.0.0"
     #: URL the run pods POST heartbeats to (the operator's Service, or 127.0.0.1 for a local operator).
     heartbeat_url: str = "http://sampleforge-operator.sampleforge-system.svc:8080/v1alpha1/heartbeats"
     #: How often pods send heartbeats; the operator writes a run's status at most once per

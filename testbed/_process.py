@@ -8,6 +8,7 @@ not leave an etcd or a MinIO behind on the machine.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import os
 import signal
 import subprocess
@@ -63,11 +64,9 @@ class ManagedProcess:
                 code = self._proc.returncode if self._proc else None
                 raise TestbedError(f"{self.name} exited (code {code}) before it was {what}; "
                                    f"log {self.log_path}:\n{self.log_tail()}")
-            try:
+            with contextlib.suppress(Exception):  # not answering yet is exactly what we wait out
                 if probe():
                     return
-            except Exception:  # noqa: BLE001 - not answering yet is exactly what we wait out
-                pass
             if time.monotonic() > deadline:
                 raise TestbedError(f"{self.name} was not {what} after {timeout:.0f}s; "
                                    f"log {self.log_path}:\n{self.log_tail()}")

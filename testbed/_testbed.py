@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, Self
 
 from kubernetes import client, config
 from minio import Minio
@@ -75,7 +75,7 @@ class Testbed:
 
     # -- lifecycle ---------------------------------------------------------------------------
 
-    def start(self) -> Testbed:
+    def start(self) -> Self:
         opts = self.options
         timeout = opts.startup_timeout
         self.logs.mkdir(parents=True, exist_ok=True)
@@ -116,7 +116,7 @@ class Testbed:
         elif self.options.workdir is None:
             shutil.rmtree(self.workdir, ignore_errors=True)
 
-    def __enter__(self) -> Testbed:
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
@@ -157,7 +157,7 @@ class Testbed:
 
     def kubectl(self, *args: str, check: bool = True, input: str | None = None) -> subprocess.CompletedProcess[str]:
         result = subprocess.run([str(binary("kubectl")), *args], env=self.env(), capture_output=True, text=True,
-                                input=input, timeout=120)
+                                input=input, timeout=120, check=False)  # the caller's `check` decides
         if check and result.returncode != 0:
             raise TestbedError(f"kubectl {' '.join(args)} failed ({result.returncode}): {result.stderr.strip()}")
         return result

@@ -36,6 +36,7 @@ from functools import lru_cache
 from typing import Any, Protocol
 
 import numpy as np
+
 from sampleforge.api.augmentation import Filters
 
 from .dedup import HashSet, NearDuplicateIndex, item_repr, minhashes, norm_key, pair_hash

@@ -35,6 +35,7 @@ from typing import Any
 
 import numpy as np
 from PIL import Image, ImageEnhance, ImageFilter, ImageOps, UnidentifiedImageError
+
 from sampleforge.jobs.common.storage import ObjectStore, S3Uri, StorageError
 
 from .errors import ConfigError

@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
+
 from sampleforge.api.augmentation import AugmentationRunSpec
 
 from .dedup import HashSet, hash64, item_repr, norm_key, pair_hashes

@@ -36,6 +36,7 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+
 from sampleforge.jobs.common.storage import ObjectStore, S3Uri, sha256_file
 
 from .preprocess import Reject

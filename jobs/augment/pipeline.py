@@ -34,12 +34,13 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 from minio.error import S3Error
+from tqdm.auto import tqdm
+
 from sampleforge.api.augmentation import AugmentationRunSpec, Columns
 from sampleforge.api.constants import Reason
 from sampleforge.jobs.common.context import RunContext
 from sampleforge.jobs.common.heartbeat import HeartbeatSender
 from sampleforge.jobs.common.storage import ObjectStore, S3Uri, StorageError
-from tqdm.auto import tqdm
 
 from .catalog import build_augmenters, check_supported, needs_of
 from .embedding import ModelCache

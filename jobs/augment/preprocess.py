@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
+
 from sampleforge.api.augmentation import Preprocess
 
 from .pii import PiiRedactor

@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
+
 from sampleforge.jobs.augment.text import create_augmenter
 
 from .errors import ConfigError

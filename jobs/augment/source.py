@@ -39,6 +39,7 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 from minio.error import S3Error
+
 from sampleforge.jobs.common.storage import ObjectStore, S3Uri, StorageError
 
 from .errors import SourceError

@@ -101,7 +101,7 @@ class HeartbeatSender:
             request = urllib.request.Request(self.url, data=json.dumps(body).encode(), method="POST",
                                              headers={"Content-Type": "application/json",
                                                       "Authorization": f"Bearer {token}"})
-            with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310 - operator-configured URL
+            with urllib.request.urlopen(request, timeout=10) as response:
                 response.read()
             self.sent += 1
         except (OSError, urllib.error.URLError) as err:

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from accelerate import Accelerator
+
 from sampleforge.api.finetune import FineTuneRunSpec, Task
 from sampleforge.jobs.common.storage import MANIFEST_NAME, ObjectStore, S3Uri
 

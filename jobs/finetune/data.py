@@ -30,6 +30,7 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 from numpy.typing import NDArray
+
 from sampleforge.api.augmentation import Columns
 from sampleforge.jobs.common.storage import MANIFEST_NAME, ObjectStore, S3Uri, StorageError
 

@@ -20,8 +20,9 @@ import numpy as np
 import torch
 from accelerate import Accelerator
 from numpy.typing import NDArray
-from sampleforge.api.finetune import Task
 from torch.utils.data import DataLoader
+
+from sampleforge.api.finetune import Task
 
 from . import metrics as M
 from .errors import SpecError

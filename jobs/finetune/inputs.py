@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 from numpy.typing import NDArray
+
 from sampleforge.api.finetune import FineTuneRunSpec, Task
 from sampleforge.jobs.common.storage import ObjectStore, S3Uri
 

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
+
 from sampleforge.api.finetune import Task
 
 from .data import Examples, Rejected

@@ -19,8 +19,9 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from sampleforge.jobs.common.storage import MANIFEST_NAME, ObjectStore, S3Uri, StorageError
 from tqdm.auto import tqdm
+
+from sampleforge.jobs.common.storage import MANIFEST_NAME, ObjectStore, S3Uri, StorageError
 
 from .errors import ModelUnavailableError
 

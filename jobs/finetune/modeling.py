@@ -24,6 +24,9 @@ from typing import Any, TypeAlias
 import torch
 import torch.nn.functional as F
 from peft import AdaLoraConfig, AdaLoraModel, LoraConfig, PeftModel, PrefixTuningConfig, TaskType, get_peft_model
+from torch import nn
+from transformers import AutoModel, PreTrainedModel
+
 from sampleforge.api.finetune import (
     AdaLoraMethod,
     FullMethod,
@@ -32,8 +35,6 @@ from sampleforge.api.finetune import (
     Task,
     TwoTowerOptions,
 )
-from torch import nn
-from transformers import AutoModel, PreTrainedModel
 
 from .model_source import ModelSource, load_failure
 

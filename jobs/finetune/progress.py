@@ -16,9 +16,10 @@ import sys
 import time
 from typing import Any
 
+from tqdm.auto import tqdm
+
 from sampleforge.api.status import FineTuneResults
 from sampleforge.jobs.common.heartbeat import HeartbeatSender
-from tqdm.auto import tqdm
 
 from .training import TrainingState
 

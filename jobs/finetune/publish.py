@@ -30,6 +30,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 from safetensors.torch import save_file
+
 from sampleforge.api.finetune import FineTuneRunSpec
 from sampleforge.jobs.common.storage import ObjectStore, S3Uri
 
@@ -158,8 +159,8 @@ def model_card(spec: FineTuneRunSpec, run: dict[str, str], data: dict[str, Any],
                   + (" (stopped early)" if results.get("stoppedEarly") else "") + ".", ""]
     published = results.get("publishedStep")
     if published is not None and published != results.get("step"):
-        lines += [f"The published weights are step {published}'s, the best evaluation's (training ran to step "
-                  f"{results.get('step')}); the results above are measured on them.", ""]
+        lines += [(f"The published weights are step {published}'s, the best evaluation's (training ran to step "
+                   f"{results.get('step')}); the results above are measured on them."), ""]
     if description["labels"].get("classes"):
         lines += ["## Labels", "", _table([(str(i), c) for i, c in enumerate(description["labels"]["classes"])]), ""]
     lines += ["## How to use", "", "```python",

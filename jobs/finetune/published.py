@@ -17,8 +17,9 @@ import torch
 from numpy.typing import NDArray
 from peft import PeftModel
 from safetensors.torch import load_file
-from sampleforge.api.finetune import Task
 from transformers import AutoModel, AutoTokenizer
+
+from sampleforge.api.finetune import Task
 
 from .modeling import CrossEncoder, HeadConfig, TwoTower, freeze_unused_pooler, load_config_hidden
 from .publish import HEAD_FILE, MODEL_CONFIG

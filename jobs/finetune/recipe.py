@@ -25,12 +25,13 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
 from accelerate.utils.constants import SAFE_MODEL_NAME
+from safetensors.torch import load_file
+from transformers import AutoTokenizer
+
 from sampleforge.api.finetune import AdaLoraMethod, FineTuneRunSpec, Task
 from sampleforge.jobs.common.context import RunContext
 from sampleforge.jobs.common.heartbeat import HeartbeatSender
 from sampleforge.jobs.common.storage import MANIFEST_NAME, ObjectStore, S3Uri
-from safetensors.torch import load_file
-from transformers import AutoTokenizer
 
 from . import publish
 from .checkpoint import STATE, Checkpoints, Committed, describe_config

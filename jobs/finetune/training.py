@@ -14,9 +14,10 @@ from types import FrameType
 from typing import Any
 
 import torch
-from sampleforge.api.finetune import EarlyStopping, Training
 from torch import nn
 from transformers import get_scheduler
+
+from sampleforge.api.finetune import EarlyStopping, Training
 
 #: Parameters that never get weight decay: biases and normalisation weights (the BERT recipe).
 _NO_DECAY = ("bias", "LayerNorm.weight", "layer_norm.weight", "norm.weight")

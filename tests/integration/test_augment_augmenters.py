@@ -14,7 +14,6 @@ from typing import Any
 import numpy as np
 import pytest
 from minio import Minio
-from sampleforge.testbed import Testbed
 from test_augment_support import (
     esci_csv,
     generated,
@@ -29,6 +28,8 @@ from test_augment_support import (
     spec,
     walmart_rows,
 )
+
+from sampleforge.testbed import Testbed
 
 pytestmark = pytest.mark.integration
 
@@ -207,8 +208,9 @@ class TestHardNegatives:
     def test_without_a_label_on_text_labels_the_run_fails_naming_the_field(self, testbed: Testbed, s3: Minio,
                                                                            bucket: str, tmp_path: Path) -> None:
         """ESCI labels (Exact, Substitute, ...) have no lowest value: the spec must say which label."""
-        from sampleforge.api import jobenv
         from test_augment_support import job_env, run_job
+
+        from sampleforge.api import jobenv
 
         uri, _ = self._esci(s3, bucket)
         run_spec = spec(bucket, {"uri": uri, "columns": ESCI_COLUMNS}, [{"type": "hardNegative"}])

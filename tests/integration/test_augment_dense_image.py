@@ -15,7 +15,6 @@ from typing import Any
 import pytest
 from minio import Minio
 from PIL import Image, ImageDraw
-from sampleforge.testbed import Testbed
 from test_augment_support import (
     generated,
     manifest,
@@ -27,6 +26,8 @@ from test_augment_support import (
     spec,
     walmart_rows,
 )
+
+from sampleforge.testbed import Testbed
 
 pytestmark = pytest.mark.integration
 

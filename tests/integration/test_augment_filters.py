@@ -18,7 +18,6 @@ from typing import Any
 import numpy as np
 import pytest
 from minio import Minio
-from sampleforge.testbed import Testbed
 from test_augment_support import (
     esci_csv,
     generated,
@@ -33,6 +32,8 @@ from test_augment_support import (
     spec,
     walmart_rows,
 )
+
+from sampleforge.testbed import Testbed
 
 pytestmark = pytest.mark.integration
 

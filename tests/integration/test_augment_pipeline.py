@@ -14,10 +14,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 from minio import Minio
-from sampleforge.api import jobenv
-from sampleforge.api.augmentation import Columns
-from sampleforge.jobs.common.storage import ObjectStore, S3Uri
-from sampleforge.testbed import Testbed
 from test_augment_support import (
     esci_csv,
     generated,
@@ -33,6 +29,11 @@ from test_augment_support import (
     spec,
     walmart_rows,
 )
+
+from sampleforge.api import jobenv
+from sampleforge.api.augmentation import Columns
+from sampleforge.jobs.common.storage import ObjectStore, S3Uri
+from sampleforge.testbed import Testbed
 
 pytestmark = pytest.mark.integration
 

@@ -13,7 +13,6 @@ from typing import Any
 
 import pytest
 from minio import Minio
-from sampleforge.testbed import Testbed
 from test_augment_support import (
     generated,
     job_env,
@@ -26,6 +25,8 @@ from test_augment_support import (
     spec,
     start_subprocess,
 )
+
+from sampleforge.testbed import Testbed
 
 pytestmark = pytest.mark.integration
 

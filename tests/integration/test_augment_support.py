@@ -22,6 +22,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from minio import Minio
+
 from sampleforge.api import jobenv
 from sampleforge.testbed import Testbed
 

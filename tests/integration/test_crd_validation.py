@@ -19,6 +19,7 @@ import pytest
 import yaml
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
+
 from sampleforge.api import AugmentationRunSpec, FineTuneRunSpec, FineTuneRunStatus
 from sampleforge.api.constants import GROUP, PLURALS, VERSION, Kind
 

@@ -31,6 +31,8 @@ import pyarrow.parquet as pq
 import pytest
 from minio import Minio
 from safetensors.numpy import load_file
+from sklearn import metrics as skm
+
 from sampleforge.jobs.common.storage import ObjectStore, S3Uri
 from sampleforge.jobs.finetune.entrypoint import main
 from sampleforge.jobs.finetune.errors import ExitCode
@@ -38,7 +40,6 @@ from sampleforge.jobs.finetune.localrun import job_environment
 from sampleforge.jobs.finetune.modeling import TwoTower
 from sampleforge.jobs.finetune.published import load_published
 from sampleforge.testbed import Testbed
-from sklearn import metrics as skm
 
 pytestmark = [
     pytest.mark.integration,

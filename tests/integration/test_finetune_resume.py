@@ -27,6 +27,7 @@ import numpy as np
 import pytest
 from minio import Minio
 from safetensors.numpy import load_file
+
 from sampleforge.jobs.common.storage import ObjectStore, S3Uri
 from sampleforge.jobs.finetune.errors import ExitCode
 from sampleforge.jobs.finetune.localrun import job_environment

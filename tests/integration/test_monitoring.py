@@ -41,6 +41,7 @@ from operator_helpers import (
     wait_for,
     wait_phase,
 )
+
 from sampleforge.api.constants import GROUP, PLURALS, VERSION, Kind
 from sampleforge.testbed import EXIT_CODE_ANNOTATION, HOLD_KEY, Testbed, binary
 from sampleforge.testbed._health import http_ok

@@ -10,8 +10,6 @@ from datetime import UTC, datetime
 
 import pytest
 from kubernetes import client
-from prometheus_client.parser import text_string_to_metric_families
-
 from operator_helpers import (
     CREDENTIALS_SECRET,
     condition,
@@ -29,6 +27,8 @@ from operator_helpers import (
     wait_for,
     wait_phase,
 )
+from prometheus_client.parser import text_string_to_metric_families
+
 from sampleforge.api import jobenv
 from sampleforge.api.constants import GPU_RESOURCE, Kind
 from sampleforge.testbed import EXIT_CODE_ANNOTATION, HOLD_KEY, Testbed

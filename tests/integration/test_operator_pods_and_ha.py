@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 import yaml
 from kubernetes import client
-
 from operator_helpers import (
     EXAMPLES,
     condition,
@@ -25,6 +24,7 @@ from operator_helpers import (
     wait_for,
     wait_phase,
 )
+
 from sampleforge.api.constants import GPU_RESOURCE, LABEL_LEADER, LABEL_MANAGED_BY, LEADER_VALUE, Kind
 from sampleforge.testbed import HOLD_KEY, IMAGE_PULL_ERROR_LABEL, Testbed
 from sampleforge.testbed._operator import OPERATOR_NAMESPACE, OperatorProcess

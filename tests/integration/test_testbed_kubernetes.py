@@ -8,7 +8,6 @@ from typing import Any
 
 import pytest
 from kubernetes import client
-
 from operator_helpers import wait_for
 
 from sampleforge.testbed import (

@@ -43,10 +43,9 @@ class TestLifecycle:
         assert not workdir.exists()
 
     def test_an_exception_keeps_the_logs(self) -> None:
-        with pytest.raises(RuntimeError, match="boom"):
-            with Testbed(TestbedOptions(kubernetes=False)) as tb:
-                logs = tb.logs
-                raise RuntimeError("boom")
+        with pytest.raises(RuntimeError, match="boom"), Testbed(TestbedOptions(kubernetes=False)) as tb:
+            logs = tb.logs
+            raise RuntimeError("boom")
         try:
             assert (logs / "minio.log").exists()
         finally:

@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 from kubernetes import client
-
 from operator_helpers import wait_for
+
 from sampleforge.testbed import Testbed, TestbedOptions
 
 pytestmark = pytest.mark.integration

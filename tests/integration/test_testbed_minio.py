@@ -19,7 +19,7 @@ pytestmark = pytest.mark.integration
 
 class TestMinio:
     def test_put_and_get_round_trip(self, s3: Minio, bucket: str) -> None:
-        payload = "query\ttitle\tlabel\nrunning shoes\tNike Pegasus 41\t2\n".encode()
+        payload = b"query\ttitle\tlabel\nrunning shoes\tNike Pegasus 41\t2\n"
         s3.put_object(bucket, "raw/train.tsv", io.BytesIO(payload), len(payload), content_type="text/tab-separated-values")
         response = s3.get_object(bucket, "raw/train.tsv")
         try:

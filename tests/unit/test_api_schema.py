@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 import yaml
 from pydantic import BaseModel, ValidationError
+
 from sampleforge.api import (
     API_VERSION,
     AugmentationResults,

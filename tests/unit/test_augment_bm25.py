@@ -8,6 +8,7 @@ import random
 from collections import Counter
 
 import pytest
+
 from sampleforge.jobs.augment.bm25 import BM25Index, bm25_tokens
 
 

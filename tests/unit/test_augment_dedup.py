@@ -6,6 +6,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+
 from sampleforge.jobs.augment import dedup
 from sampleforge.jobs.augment.dedup import HashSet, item_repr, norm_key, pair_hash, pair_hashes, sorted_unique
 from sampleforge.jobs.augment.filters import Candidate, ExactDedup, NearDedup, char_ngram_cosine

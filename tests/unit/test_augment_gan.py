@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+
 from sampleforge.api.augmentation import AugmentationRunSpec
 from sampleforge.jobs.augment.catalog import build_augmenters, needs_of
 from sampleforge.jobs.augment.errors import ConfigError

@@ -8,6 +8,7 @@ import io
 import numpy as np
 import pytest
 from PIL import Image, ImageDraw
+
 from sampleforge.jobs.augment.image import OPERATIONS, _encode, apply_operations, image_key
 from sampleforge.jobs.augment.protocol import RowRandomness
 from sampleforge.jobs.common.storage import S3Uri

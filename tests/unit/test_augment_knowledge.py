@@ -7,6 +7,7 @@ import random
 
 import numpy as np
 import pytest
+
 from sampleforge.api.augmentation import Preprocess
 from sampleforge.jobs.augment.knowledge import HISTOGRAM_BINS, BottomK, _MaxRowsHistogram
 from sampleforge.jobs.augment.pii import PiiRedactor

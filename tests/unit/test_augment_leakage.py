@@ -4,6 +4,7 @@ shared catalog), items (a split by item), or both."""
 from __future__ import annotations
 
 import pytest
+
 from sampleforge.jobs.augment.filters import Candidate, LeakageGuard, eval_split
 from sampleforge.jobs.augment.protocol import ColumnRoles
 

@@ -6,6 +6,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+
 from sampleforge.jobs.augment.output import assemble_manifest, digest, output_schema
 from sampleforge.jobs.augment.protocol import PROVENANCE_COLUMNS, ColumnRoles
 from sampleforge.jobs.augment.report import render_report

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from sampleforge.jobs.augment.pii import PiiRedactor, id_checksum_ok, luhn_ok
 
 

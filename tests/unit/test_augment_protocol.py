@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from sampleforge.api.augmentation import AugmentationRunSpec
 from sampleforge.jobs.augment.catalog import check_supported, needs_of
 from sampleforge.jobs.augment.errors import ConfigError

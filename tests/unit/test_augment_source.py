@@ -7,6 +7,7 @@ import io
 import itertools
 
 import pytest
+
 from sampleforge.jobs.augment import source
 from sampleforge.jobs.augment.source import _lines, format_of, shard_range
 

@@ -4,6 +4,7 @@ budgets, fields, and per-name seeds."""
 from __future__ import annotations
 
 import numpy as np
+
 from sampleforge.jobs.augment.protocol import BatchPlan, ColumnRoles, RowBatch, RowRandomness
 from sampleforge.jobs.augment.text import create_augmenter
 from sampleforge.jobs.augment.textedit import TextEditAugmenter, text_options

@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 import yaml
+
 from sampleforge.api.constants import LABEL_LEADER, LEADER_VALUE
 from sampleforge.testbed import binary
 

@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 import yaml
+
 from sampleforge.api import _crdgen
 from sampleforge.api.constants import CATEGORY, GROUP, SHORT_NAMES, VERSION, Kind, crd_name
 

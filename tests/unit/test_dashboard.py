@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 import yaml
+
 from sampleforge.operator.metrics import OperatorMetrics
 
 REPO = Path(__file__).resolve().parents[2]

@@ -13,6 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 from accelerate.data_loader import BatchSamplerShard
+
 from sampleforge.api.augmentation import Columns
 from sampleforge.api.finetune import Task
 from sampleforge.jobs.finetune.batches import BucketBatchSampler, Collator, PairDataset, Tokenized, make_loader

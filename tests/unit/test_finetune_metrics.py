@@ -6,9 +6,10 @@ import math
 
 import numpy as np
 import pytest
-from sampleforge.jobs.finetune import metrics as m
 from scipy import stats
 from sklearn import metrics as skm
+
+from sampleforge.jobs.finetune import metrics as m
 
 
 @pytest.fixture

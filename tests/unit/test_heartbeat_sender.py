@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from sampleforge.jobs.common.heartbeat import HeartbeatSender
 
 IDENTITY = {"kind": "FineTuneRun", "namespace": "ml", "name": "ranker", "uid": "u-1"}

@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 import yaml
 from kubernetes import client
+
 from sampleforge.api import AugmentationRunSpec, FineTuneRunSpec, Kind, jobenv
 from sampleforge.api.constants import (
     API_VERSION,

@@ -6,8 +6,9 @@ from __future__ import annotations
 import pytest
 from minio import Minio
 from minio.error import S3Error
-from sampleforge.jobs.common.storage import ObjectStore, S3Uri
 from urllib3 import HTTPResponse
+
+from sampleforge.jobs.common.storage import ObjectStore, S3Uri
 
 
 def s3_error(code: str) -> S3Error:
