@@ -12,10 +12,13 @@ does not download it again, and every file is verified:
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import logging
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,8 +56,27 @@ def _md5(path: Path) -> str:
     return digest.hexdigest()
 
 
+@contextlib.contextmanager
+def _exclusive(directory: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``directory`` while mirroring into it: two processes sharing a cache
+    (two pods on a node-local cache, or benchmark runs) would otherwise download the same file to
+    the same temporary name at once."""
+    directory.mkdir(parents=True, exist_ok=True)
+    with (directory.parent / f".{directory.name}.lock").open("w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def _mirror(store: ObjectStore, prefix: S3Uri, directory: Path, show_progress: bool) -> None:
     """Download what is new or changed under ``prefix``; verify it; keep an ETag index."""
+    with _exclusive(directory):
+        _mirror_locked(store, prefix, directory, show_progress)
+
+
+def _mirror_locked(store: ObjectStore, prefix: S3Uri, directory: Path, show_progress: bool) -> None:
     index_path = directory / _INDEX
     index: dict[str, str] = json.loads(index_path.read_text()) if index_path.exists() else {}
     root = S3Uri(prefix.bucket, prefix.key.rstrip("/") + "/")

@@ -18,6 +18,8 @@ import logging
 import os
 import re
 import secrets
+import subprocess
+import sys
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -423,6 +425,26 @@ class TestInputs:
         code, detail = run_job(testbed, cache_dir, spec, capsys, input_uri=f"s3://{bucket}/aug/")
         assert code == ExitCode.DATASET_UNREADABLE
         assert "sha256" in detail and "data.fromAugmentationRun" in detail
+
+    def test_two_processes_sharing_a_cache_both_get_a_complete_model(self, testbed: Testbed, model_uri: str,
+                                                                    tmp_path: Path) -> None:
+        """Found by the quality benchmark: two jobs downloading the same model into one cache wrote the
+        same temporary file at once, and one failed with exit 3. The download is now locked."""
+        script = ("import sys; from pathlib import Path; "
+                  "from sampleforge.jobs.common.storage import ObjectStore; "
+                  "from sampleforge.jobs.finetune.model_source import resolve_model; "
+                  "print(resolve_model(sys.argv[1], ObjectStore.from_env(), Path(sys.argv[2])).location)")
+        env = {**os.environ, **job_environment({}, name="x", endpoint=testbed.minio.endpoint,
+                                               access_key=testbed.minio.access_key,
+                                               secret_key=testbed.minio.secret_key, cache_dir=tmp_path)}
+        procs = [subprocess.Popen([sys.executable, "-c", script, model_uri, str(tmp_path)], env=env,
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+        outputs = [p.communicate(timeout=300) for p in procs]
+        assert [p.returncode for p in procs] == [0, 0], [err[-2000:] for _, err in outputs]
+        (first, _), (second, _) = outputs
+        location = Path(first.strip())
+        assert first == second and (location / "model.safetensors").is_file()
+        assert (location / "model.safetensors").read_bytes() == (MINILM / "model.safetensors").read_bytes()
 
     def test_missing_dataset_names_the_field(self, testbed: Testbed, bucket: str, model_uri: str, cache_dir: Path,
                                              capsys: pytest.CaptureFixture[str]) -> None:
