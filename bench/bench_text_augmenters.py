@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from sampleforge.jobs.augment.text import TextAugmenter, create_augmenter, default_lexicon
 
 REPO = Path(__file__).resolve().parents[1]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import os
 import subprocess
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from sampleforge.jobs.augment.text import (
     AUGMENTER_TYPES,
     AugmentResult,
@@ -353,3 +355,58 @@ class TestCharNoise:
         assert unprotected.augment(["iphone13 手机壳"], seed=1).variants == [["ｉｐｈｏｎｅ１３ 手机壳"]]
         assert unprotected.augment(["ｉｐｈｏｎｅ 手机壳"], seed=1).variants == [["iphone 手机壳"]]
         assert unprotected.augment(["iphone case"], seed=1).variants == [[]], "width only in Chinese text"
+
+
+# Inputs and configurations whose outputs TestPinnedOutput pins.
+PINNED_ENGLISH = (
+    *ENGLISH,
+    "XL t-shirt, cheap!! (men's)",
+    "  Hello,  World!  \t",
+    "zzz aaa bbb",
+    "iPhone 13 Pro Max (256GB) - Blue",
+    "Elite Screens cheap laptop bag for women",
+)
+PINNED_CHINESE = (
+    "小孩咳嗽感冒",
+    "便宜的手机壳",
+    "笔记本电脑包",
+    "苹果手机 iPhone13 便宜",
+    "ＡＢＣ 手机壳",
+    "移动电话 cell phone 便宜的",
+)
+PINNED_CONFIGS: tuple[tuple[str, dict[str, object]], ...] = (
+    ("typo", {}),
+    ("typo", {"alpha": 0.3, "maxEdits": 10, "charAlpha": 0.3, "maxCharsPerWord": 10, "minWordLen": 4}),
+    ("charNoise", {}),
+    ("charNoise", {"actions": ["swap"], "alpha": 0.5, "charAlpha": 0.3, "maxCharsPerWord": 10}),
+    ("randomSwap", {}),
+    ("randomDelete", {"alpha": 0.3}),
+    ("synonym", {}),
+    ("randomInsert", {"alpha": 0.5}),
+)
+
+
+def pinned_digest(texts: tuple[str, ...]) -> str:
+    """SHA-256 of every variant of ``texts`` under each pinned configuration, two seeds, 3 per row."""
+    out = []
+    for name, options in PINNED_CONFIGS:
+        aug = create_augmenter(name, options)
+        for seed in (0, 7):
+            result = aug.augment(list(texts), seed=seed, n_per_text=3, first_row=11, protected=["Elite Screens"])
+            out.append(result.variants)
+    return hashlib.sha256(json.dumps(out, ensure_ascii=False).encode()).hexdigest()
+
+
+class TestPinnedOutput:
+    """Byte-identical output is promised for the same input, config and seed, across releases.
+
+    The digests were computed with the augmenters as they were before their speed-up (Nov 2026);
+    an optimisation that changes any variant, or the random numbers a row consumes, fails here.
+    Chinese is pinned separately because its segmentation also depends on jieba's dictionary.
+    """
+
+    def test_english_outputs_are_unchanged(self) -> None:
+        assert pinned_digest(PINNED_ENGLISH) == "5cb9c69c4447e53b021105fd657ae91264d32ca83cabbc99f0bd4413cb71ad12"
+
+    def test_chinese_outputs_are_unchanged(self) -> None:
+        assert pinned_digest(PINNED_CHINESE) == "59e6a89d813fba82d507b86886f4e71458404bb52a13d22e21dc024f0db5688a"

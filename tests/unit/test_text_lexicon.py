@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections import Counter
 
 import pytest
+
 from sampleforge.jobs.augment.text.lexicon import (
     LEXICON_DIR,
     Lexicon,

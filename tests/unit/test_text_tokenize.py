@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from sampleforge.jobs.augment.text.tokens import Doc, contains_han, render, tokenize
 
 

@@ -18,8 +18,8 @@ import re
 from abc import ABC, abstractmethod
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
-from itertools import compress, filterfalse
-from typing import Any, ClassVar, Generic, SupportsIndex, TypeVar
+from itertools import compress, repeat
+from typing import Any, ClassVar, Generic, SupportsIndex, TypeVar, cast
 
 from sampleforge.jobs.augment.text.rng import BatchRandom, RowRandom, stable_salt
 from sampleforge.jobs.augment.text.tokens import Doc, tokenize
@@ -117,32 +117,22 @@ def protected_keys(phrases: Collection[str]) -> frozenset[str]:
     return frozenset(keys)
 
 
-def _digit_chunks(shape: str) -> set[int]:
-    """Indices of the space-separated chunks of a text shape that contain a digit ("0")."""
-    found: set[int] = set()
-    pos = shape.find("0")
-    while pos >= 0:
-        found.add(shape.count(" ", 0, pos))
-        end = shape.find(" ", pos)
-        if end < 0:
-            break
-        pos = shape.find("0", end)
-    return found
-
-
 def eligible_words(doc: Doc, protected: frozenset[str], protect_numbers: bool) -> Sequence[int]:
     """Indices of word tokens that blind edits may touch.
 
     Runs once per row for every blind augmenter, so the per-token work is done by C code: the text's
-    shape locates the few words with digits, and ``map``/``compress``/``filterfalse`` with C-level
-    predicates do the rest without bytecode per token.
+    shape tells which words have digits, and ``map``/``compress`` with C-level predicates do the rest
+    without bytecode per token.
     """
     tokens = doc.tokens
     words = doc.words
     if protect_numbers:
         if doc.shape is not None:
+            # token i is chunk i of the shape; with "#" made a letter, a chunk is alphabetic iff it has no digit
             out: Sequence[int] = (
-                list(filterfalse(_digit_chunks(doc.shape).__contains__, words)) if "0" in doc.shape else words
+                list(compress(words, map(str.isalpha, doc.shape.replace("#", "a").split(" "))))
+                if "0" in doc.shape
+                else words
             )
         else:
             word_tokens = list(map(tokens.__getitem__, words))
@@ -259,31 +249,36 @@ class TextAugmenter(ABC, Generic[P]):
         for start in range(0, len(texts), _BATCH):
             batch = texts[start : start + _BATCH]
             if row_protected is None:
-                states = [prepare(tokenize(text), shared) for text in batch]
+                states = list(map(prepare, map(tokenize, batch), repeat(shared)))
             else:
                 states = [
                     prepare(tokenize(text), shared | protected_keys(extra) if extra else shared)
                     for text, extra in zip(batch, row_protected[start : start + _BATCH])
                 ]
-            live = [i for i, st in enumerate(states) if st is not None]
+            # rows with an edit possible, and their states (compress: no bytecode per row)
+            live = list(compress(range(len(batch)), states))
+            live_states = cast("list[tuple[Any, int]]", list(compress(states, states)))
             streams = BatchRandom(
                 seed,
                 self._salt,
                 [first_row + start + i for i in live],
-                [states[i][1] * n_per_text for i in live],  # type: ignore[index]
+                [st[1] * n_per_text for st in live_states],
             )
             select = streams.select
             out: list[list[str]] = [[] for _ in batch]
             for pos, i in enumerate(live):
                 rnd = select(pos)
-                state = states[i][0]  # type: ignore[index]
+                state = live_states[pos][0]
                 original = batch[i]
                 if n_per_text == 1:
-                    for _ in range(attempts):
+                    # Nearly always the first attempt differs from the input: no loop set up for it.
+                    text = variant(state, rnd)
+                    tries = 1
+                    while (text == original or not text) and tries < attempts:
                         text = variant(state, rnd)
-                        if text != original and text:
-                            out[i].append(text)
-                            break
+                        tries += 1
+                    if text != original and text:
+                        out[i].append(text)
                     continue
                 seen = {original}
                 found = out[i]

@@ -11,7 +11,7 @@ names the source and line number and says what to change.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from functools import cache
 from pathlib import Path
 from typing import Literal
@@ -67,7 +67,7 @@ class Lexicon:
     cannot become a term, without a per-token regex.
     """
 
-    __slots__ = ("_alternatives", "groups", "max_key_len", "prefixes")
+    __slots__ = ("_alternatives", "groups", "lookup", "max_key_len", "prefixes")
 
     def __init__(self, groups: Iterable[tuple[str, ...]]) -> None:
         self.groups: tuple[tuple[str, ...], ...] = tuple(tuple(g) for g in groups)
@@ -82,6 +82,9 @@ class Lexicon:
                     if other_key is not None and other_key != key:
                         alts.setdefault(other, None)
         self._alternatives: dict[str, tuple[str, ...]] = {k: tuple(v) for k, v in merged.items() if v}
+        # The span matcher calls this for every candidate word of every row: a bound ``dict.get``
+        # (None when the key has no alternatives) costs no Python frame, unlike ``alternatives``.
+        self.lookup: Callable[[str], tuple[str, ...] | None] = self._alternatives.get
         prefixes: set[str] = set()
         for key in self._alternatives:
             for end in range(1, len(key) + 1):

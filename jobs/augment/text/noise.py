@@ -9,8 +9,11 @@ doubled or swapped character is a common input-method slip); keyboard typos do n
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from itertools import compress
+from operator import itemgetter
 from typing import Any
 
 from sampleforge.jobs.augment.text.base import BlindEditParams, TextAugmenter, eligible_words, sample_indices
@@ -35,6 +38,7 @@ CHAR_NOISE_ACTIONS = ("swap", "drop", "duplicate", "space", "width")
 _FULL = {c: chr(ord(c) + 0xFEE0) for c in "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"}
 _TO_FULL = str.maketrans(_FULL)
 _TO_HALF = str.maketrans({v: k for k, v in _FULL.items()})
+_NO_WORDS: frozenset[int] = frozenset()
 
 
 def to_full_width(text: str) -> str:
@@ -157,8 +161,17 @@ class KeyboardTypo(TextAugmenter[TypoParams]):
         return doc.render(tokens)
 
 
-def _swappable(word: str) -> list[int]:
-    """Positions p where swapping characters p and p+1 changes the word."""
+_DOUBLED = re.compile(r"(.)\1", re.DOTALL).search
+
+
+def _swappable(word: str) -> Sequence[int]:
+    """Positions p where swapping characters p and p+1 changes the word.
+
+    Most words have no doubled letter, and then that is every position: one C-level regex search
+    decides it instead of a comparison per character.
+    """
+    if _DOUBLED(word) is None:
+        return range(len(word) - 1)
     return [p for p in range(len(word) - 1) if word[p] != word[p + 1]]
 
 
@@ -176,6 +189,9 @@ class CharNoise(TextAugmenter[CharNoiseParams]):
         acts = params.actions
         self._swap, self._drop, self._dup = "swap" in acts, "drop" in acts, "duplicate" in acts
         self._space, self._width = "space" in acts, "width" in acts
+        self._swap_only = acts == ("swap",)
+        # with one action enabled, every target (see _changeable) takes it: no per-word action list
+        self._only_action = acts[0] if len(acts) == 1 else None
 
     def _actions_for(self, doc: Doc, i: int, eligible: frozenset[int]) -> list[str]:
         """The enabled actions that change token ``i``, in a fixed order."""
@@ -199,6 +215,22 @@ class CharNoise(TextAugmenter[CharNoiseParams]):
             out.append("width")
         return out
 
+    def _changeable(self, doc: Doc, targets: list[int], eligible: frozenset[int]) -> list[int]:
+        """The targets that some enabled action changes (what ``_actions_for`` would find non-empty).
+
+        Asking ``_actions_for`` word by word is the general answer; the common settings are decided
+        without it: "duplicate" changes every word, "drop" every word of 2+ characters (all Latin
+        targets when ``min_word_len >= 2``), and "swap" alone every word whose characters are not all
+        equal, which C-level ``map`` checks for the whole list.
+        """
+        if self._dup or (self._drop and self.params.min_word_len >= 2 and not doc.has_han):
+            return targets
+        if self._swap_only:
+            words = list(map(doc.tokens.__getitem__, targets))
+            uniform = map(int.__eq__, map(str.count, words, map(itemgetter(0), words)), map(len, words))
+            return list(compress(targets, map(True.__xor__, uniform)))
+        return [i for i in targets if self._actions_for(doc, i, eligible)]
+
     def _prepare(self, doc: Doc, protected: frozenset[str]) -> tuple[Any, int] | None:
         p = self.params
         tokens = doc.tokens
@@ -208,9 +240,8 @@ class CharNoise(TextAugmenter[CharNoiseParams]):
             targets = [i for i in eligible if len(tokens[i]) >= min_len or is_han_char(tokens[i][0])]
         else:
             targets = [i for i in eligible if len(tokens[i]) >= min_len]
-        eligible_set = frozenset(eligible) if self._space else frozenset()
-        if not self._dup:
-            targets = [i for i in targets if self._actions_for(doc, i, eligible_set)]
+        eligible_set = frozenset(eligible) if self._space else _NO_WORDS
+        targets = self._changeable(doc, targets, eligible_set)
         if not targets:
             return None
         k = self._edits(len(targets))
@@ -228,8 +259,10 @@ class CharNoise(TextAugmenter[CharNoiseParams]):
         new_gaps: list[str] | None = None
         for t in sample_indices(rnd, len(targets), k):
             i = targets[t]
-            possible = self._actions_for(doc, i, eligible)
-            action = possible[below(len(possible))] if len(possible) > 1 else possible[0]
+            action = self._only_action
+            if action is None:
+                possible = self._actions_for(doc, i, eligible)
+                action = possible[below(len(possible))] if len(possible) > 1 else possible[0]
             word = tokens[i]
             if action == "space":
                 if new_gaps is None:

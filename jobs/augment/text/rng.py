@@ -34,12 +34,22 @@ def _mix(z: int) -> int:
     return z ^ (z >> 31)
 
 
+# numpy scalars made once: building them per call costs more than the arithmetic on a short batch
+_U11, _U27, _U30, _U31 = np.uint64(11), np.uint64(27), np.uint64(30), np.uint64(31)
+_UC1, _UC2, _UGOLDEN = np.uint64(_C1), np.uint64(_C2), np.uint64(_GOLDEN)
+
+
 def _mix_array(z: np.ndarray) -> np.ndarray:
-    """SplitMix64 finaliser on a uint64 array; numpy arrays wrap on overflow, as the algorithm needs."""
-    z = (z ^ (z >> np.uint64(30))) * np.uint64(_C1)
-    z = (z ^ (z >> np.uint64(27))) * np.uint64(_C2)
-    out: np.ndarray = z ^ (z >> np.uint64(31))
-    return out
+    """SplitMix64 finaliser on a uint64 array, in place (numpy wraps on overflow, as the algorithm needs).
+
+    In place because a batch's fixed cost is mostly numpy call overhead and temporaries.
+    """
+    z ^= z >> _U30
+    z *= _UC1
+    z ^= z >> _U27
+    z *= _UC2
+    z ^= z >> _U31
+    return z
 
 
 def stable_salt(name: str) -> int:
@@ -123,16 +133,25 @@ class BatchRandom:
             self._offsets: list[int] = [0]
             return
         seed_part = _mix((seed & _MASK) ^ salt)
-        row_arr = np.asarray([r & _MASK for r in rows], dtype=np.uint64)
-        keys = _mix_array(np.uint64(seed_part) + row_arr * np.uint64(_GOLDEN))
-        counts = np.maximum(np.asarray(draws, dtype=np.int64), 1)
-        ends = np.cumsum(counts)
-        starts = ends - counts
+        if min(rows) < 0 or max(rows) > _MASK:
+            rows = [r & _MASK for r in rows]  # two's complement wrap, as _row_key does
+        keys = np.array(rows, dtype=np.uint64)  # a copy: updated in place below
+        keys *= _UGOLDEN
+        keys += np.uint64(seed_part)
+        _mix_array(keys)
+        counts = np.array(draws, dtype=np.int64)
+        np.maximum(counts, 1, out=counts)
+        ends = counts.cumsum()
         total = int(ends[-1])
-        # counter j + 1 within each row's segment, laid out row after row
-        counters = np.arange(1, total + 1, dtype=np.uint64) - np.repeat(starts, counts).astype(np.uint64)
-        z = np.repeat(keys, counts) + counters * np.uint64(_GOLDEN)
-        self._values = ((_mix_array(z) >> np.uint64(11)).astype(np.float64) * _INV_2_53).tolist()
+        starts = ends - counts
+        # z = key + (j + 1) * golden for counter j within each row's segment, laid out row after row
+        steps = np.arange(1, total + 1, dtype=np.uint64)
+        steps -= np.repeat(starts.astype(np.uint64), counts)
+        steps *= _UGOLDEN
+        z = np.repeat(keys, counts)
+        z += steps
+        z = _mix_array(z) >> _U11
+        self._values = (z.astype(np.float64) * _INV_2_53).tolist()
         self._keys = keys.tolist()
         self._offsets = starts.tolist() + [total]
 

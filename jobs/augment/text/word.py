@@ -73,24 +73,27 @@ def find_synonym_spans(doc: Doc, lexicon: Lexicon, protected: frozenset[str]) ->
     """
     tokens, gaps, words = doc.tokens, doc.gaps, doc.words
     prefixes = lexicon.prefixes
-    alternatives = lexicon.alternatives
+    lookup = lexicon.lookup
     is_word: set[int] | None
     if doc.simple and len(words) == len(tokens) and doc.text.isascii():
+        # every token is a word, so token i is word i: test the lower-cased chunks directly
         lower = doc.text.lower().split()
         is_word = None
+        starts = compress(words, map(prefixes.__contains__, lower))
     else:
         lower = [t.lower() for t in tokens]
         is_word = set(words)
+        starts = compress(words, map(prefixes.__contains__, map(lower.__getitem__, words)))
     n_tokens = len(tokens)
     spans: list[Span] = []
-    for i in compress(words, map(prefixes.__contains__, map(lower.__getitem__, words))):
+    for i in starts:
         key = lower[i]
         if protected and key in protected:
             continue
         best: Span | None = None
         j = i
         while True:
-            alts = alternatives(key)
+            alts = lookup(key)
             if alts:
                 best = (i, j + 1, alts)
             j += 1
