@@ -5,8 +5,10 @@ webhook or PodSecurity denial, a missing ServiceAccount) the only trace is a War
 ``FailedCreate`` on the Job: the Job's status does not change. Watching every Event in the cluster
 would cost far more than the answer is worth, so each run's monitor lists its Job's FailedCreate
 Events (a field selector on the Job's uid and the reason) only once the Job has had no live pods
-for ``after`` seconds, and then at most every ``every`` seconds until it gets pods. A Job whose
-pods come up within ``after`` seconds, which is nearly all of them, costs no call at all.
+for ``after`` seconds, and then at most every ``every`` seconds until it gets pods, doubling the
+interval (up to ``longest``) while the listings find nothing: a Job without pods for a reason that
+leaves no Event (a slow Job controller) must not cost a call every few seconds for ever. A Job
+whose pods come up within ``after`` seconds, which is nearly all of them, costs no call at all.
 
 Pure bookkeeping on a clock the caller passes in; the monitor does the listing.
 """
@@ -37,20 +39,24 @@ class FailedCreateProbe:
 
     #: Seconds a Job must have been without live pods before its Events are first listed.
     after: float
-    #: Seconds between two listings while it stays without pods.
+    #: Seconds between two listings while it stays without pods and a listing found Events.
     every: float
+    #: Longest interval between listings that found nothing (the interval doubles up to it).
+    longest: float = 300.0
     #: The FailedCreate Events of the last listing (empty once the Job has live pods again).
     events: list[dict[str, Any]] = field(default_factory=list)
     _job_uid: str | None = None
     _podless_since: float | None = None
     _checked_at: float | None = None
+    _interval: float | None = None
 
     def track(self, job_uid: str, waiting: bool, now: float) -> None:
         """Record what the monitor sees now: which Job, and whether it is waiting for pods."""
         if job_uid != self._job_uid:  # a recreated Job has Events of its own
             self._job_uid, self._podless_since, self._checked_at, self.events = job_uid, None, None, []
+            self._interval = None
         if not waiting:
-            self._podless_since, self._checked_at, self.events = None, None, []
+            self._podless_since, self._checked_at, self.events, self._interval = None, None, [], None
         elif self._podless_since is None:
             self._podless_since = now
 
@@ -59,7 +65,7 @@ class FailedCreateProbe:
         if self._podless_since is None:
             return None
         first = self._podless_since + self.after
-        due = first if self._checked_at is None else max(first, self._checked_at + self.every)
+        due = first if self._checked_at is None else max(first, self._checked_at + (self._interval or self.every))
         return max(0.0, due - now)
 
     def record(self, events: list[dict[str, Any]] | None, now: float) -> None:
@@ -67,3 +73,5 @@ class FailedCreateProbe:
         self._checked_at = now
         if events is not None:
             self.events = events
+            # Nothing to show: ask less and less often; something to show: keep it current.
+            self._interval = self.every if events else min(self.longest, 2 * (self._interval or self.every / 2))

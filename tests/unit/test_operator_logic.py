@@ -218,6 +218,24 @@ class TestFailedCreateProbe:
         probe.record(None, now=25)  # the listing failed: keep the last answer, wait a full interval
         assert len(probe.events) == 1 and probe.due_in(25) == 10
 
+    def test_listings_that_find_nothing_back_off(self) -> None:
+        probe = FailedCreateProbe(after=10, every=10, longest=60)
+        probe.track("job-1", waiting=True, now=0)
+        gaps, now = [], 10.0
+        for _ in range(6):
+            probe.record([], now=now)
+            gap = probe.due_in(now)
+            assert gap is not None
+            gaps.append(gap)
+            now += gap
+        assert gaps == [10, 20, 40, 60, 60, 60]
+        probe.record([failed_create()], now=now)
+        assert probe.due_in(now) == 10, "once there is something to show, it is kept current"
+        probe.track("job-1", waiting=False, now=now + 1)
+        probe.track("job-1", waiting=True, now=now + 2)
+        probe.record([], now=now + 12)
+        assert probe.due_in(now + 12) == 10, "a new podless spell starts from the short interval"
+
     def test_live_pods_or_a_new_job_forget_the_answer(self) -> None:
         probe = FailedCreateProbe(after=10, every=10)
         probe.track("job-1", waiting=True, now=0)
