@@ -57,6 +57,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from machine import cpu_model
 from quality_data import DATASETS, SHARED, DataSplits
 from quality_nlpaug import ALPHA, nlpaug_rows
 
@@ -370,16 +371,6 @@ def versions() -> str:
     return ", ".join(found)
 
 
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
-
-
 def _mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
@@ -418,7 +409,7 @@ def report(results: list[dict[str, Any]], splits: dict[str, DataSplits], config:
         "",
         "| | |", "| --- | --- |",
         f"| date | {dt.datetime.now(dt.UTC).strftime('%Y-%m-%d %H:%M UTC')} |",
-        f"| machine | {cpu_name()}, {os.cpu_count()} CPUs (shared with other work), {platform.system()} {platform.release()} |",
+        f"| machine | {cpu_model()}, {os.cpu_count()} CPUs (shared with other work), {platform.system()} {platform.release()} |",
         f"| Python | {platform.python_version()} |",
         f"| packages | {versions()} |",
         f"| wall time | {wall / 60:.1f} min for everything below |",

@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from machine import cpu_model
 
 from sampleforge.jobs.augment.text import TextAugmenter, create_augmenter, default_lexicon
 
@@ -107,16 +108,6 @@ def pin_one_core() -> str:
         os.sched_setaffinity(0, {core})
         return f"pinned to core {core}"
     return "not pinned (no sched_setaffinity on this platform)"
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def version(dist: str) -> str:

@@ -45,7 +45,7 @@ import io
 import logging
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -387,6 +387,17 @@ class GeneratingAugmenter:
     def _variants(self, plan: BatchPlan) -> int:
         return min(self.variants, plan.per_row or self.variants)
 
+    @staticmethod
+    def _texts(batch: RowBatch, selected: Sequence[int], plan: BatchPlan,
+               fields: Sequence[str]) -> Iterator[tuple[int, int, str, str]]:
+        """(position, row key, field, text) for each non-empty field of each selected row."""
+        for i in selected:
+            key = plan.random.row_key(int(batch.row_ids[i]))
+            for field in fields:
+                text = batch.queries[i] if field == "query" else batch.items[i]
+                if text:
+                    yield i, key, field, text
+
     def _answer(self, requests: Sequence[_Request], batch: RowBatch, generator: TextGenerator | None = None,
                 stage: str = "") -> list[str | Dropped]:
         """The cleaned answer to each request, or why it was dropped. ``stage`` names an
@@ -454,17 +465,12 @@ class Paraphrase(GeneratingAugmenter):
     def augment(self, batch: RowBatch, plan: BatchPlan) -> list[GeneratedRow]:
         started, selected = time.monotonic(), plan.selected_indices()
         requests = []
-        for i in selected:
-            key = plan.random.row_key(int(batch.row_ids[i]))
-            for field in self.fields:
-                text = batch.queries[i] if field == "query" else batch.items[i]
-                if not text:
-                    continue
-                prompt = self.prompts[field]
-                model_input = prompt.model_input(self.generator, text)
-                for k in range(self._variants(plan)):
-                    requests.append(_Request(i, field, k, text, model_input, prompt.instruction(),
-                                             request_seed(key, field, k), prompt.echoes))
+        for i, key, field, text in self._texts(batch, selected, plan, self.fields):
+            prompt = self.prompts[field]
+            model_input = prompt.model_input(self.generator, text)
+            for k in range(self._variants(plan)):
+                requests.append(_Request(i, field, k, text, model_input, prompt.instruction(),
+                                         request_seed(key, field, k), prompt.echoes))
         rows = self._rows(batch, requests, self._answer(requests, batch))
         self._log(len(selected), len(requests), started)
         return rows
@@ -521,16 +527,11 @@ class BackTranslation(GeneratingAugmenter):
     def augment(self, batch: RowBatch, plan: BatchPlan) -> list[GeneratedRow]:
         started, selected = time.monotonic(), plan.selected_indices()
         there = []
-        for i in selected:
-            key = plan.random.row_key(int(batch.row_ids[i]))
-            for field in self.fields:
-                text = batch.queries[i] if field == "query" else batch.items[i]
-                if not text:
-                    continue
-                model_input = self.forward_prompt.model_input(self.generator, text, self.pivot)
-                for k in range(self._variants(plan)):
-                    there.append(_Request(i, field, k, text, model_input, self.forward_prompt.instruction(self.pivot),
-                                          request_seed(key, field, k, "forward")))
+        for i, key, field, text in self._texts(batch, selected, plan, self.fields):
+            model_input = self.forward_prompt.model_input(self.generator, text, self.pivot)
+            for k in range(self._variants(plan)):
+                there.append(_Request(i, field, k, text, model_input, self.forward_prompt.instruction(self.pivot),
+                                      request_seed(key, field, k, "forward")))
         pivots = self._answer(there, batch, stage="pivot")
         back, pivot_drops = [], []
         for request, pivot in zip(there, pivots, strict=True):
