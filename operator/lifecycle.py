@@ -20,6 +20,7 @@ from typing import Any
 from sampleforge.api import ConditionStatus as S
 from sampleforge.api import ConditionType as C
 from sampleforge.api import Phase, Reason
+from sampleforge.api.jobenv import EXIT_DATA_UNREADABLE, EXIT_INVALID_CONFIG, EXIT_MODEL_UNAVAILABLE
 from sampleforge.operator.conditions import ConditionUpdate
 
 _IMAGE_PULL_REASONS = frozenset({"ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull"})
@@ -102,8 +103,18 @@ def _pod_trouble(pods: list[dict[str, Any]]) -> tuple[Reason, str] | None:
     return None
 
 
+#: The jobs' do-not-retry exit codes (api/jobenv), on which the podFailurePolicy fails the Job
+#: (condition reason PodFailurePolicy): the run's reason says which kind of input was at fault.
+_EXIT_REASONS = {
+    EXIT_INVALID_CONFIG: Reason.INVALID_SPEC,
+    EXIT_MODEL_UNAVAILABLE: Reason.MODEL_UNAVAILABLE,
+    EXIT_DATA_UNREADABLE: Reason.DATASET_UNREADABLE,
+}
+
+
 def _last_failure(pods: list[dict[str, Any]]) -> tuple[Reason, str] | None:
-    """Why the latest failed Pod died (OOMKilled, exit code), for the run's message and Events."""
+    """Why the latest failed Pod died (OOMKilled, a do-not-retry exit code, another exit code), for
+    the run's message and Events."""
     failures = []
     for pod in pods:
         for status in pod.get("status", {}).get("containerStatuses") or []:
@@ -117,7 +128,8 @@ def _last_failure(pods: list[dict[str, Any]]) -> tuple[Reason, str] | None:
         return Reason.OOM_KILLED, (f"pod {name} was OOMKilled; raise spec.resources.memory or lower the batch "
                                    "size")
     detail = terminated.get("message") or terminated.get("reason") or "Error"
-    return Reason.POD_FAILED, f"pod {name} exited with code {terminated.get('exitCode')}: {detail}"
+    reason = _EXIT_REASONS.get(terminated.get("exitCode"), Reason.POD_FAILED)
+    return reason, f"pod {name} exited with code {terminated.get('exitCode')}: {detail}"
 
 
 def _parse_time(value: str | None) -> datetime | None:
@@ -190,8 +202,8 @@ def observe(job: dict[str, Any] | None, pods: list[dict[str, Any]], *, suspended
         message = f"Job {job_name} failed: {failed.get('message') or failed.get('reason')}"
         pod_failure = _last_failure(pods)
         if pod_failure is not None:
-            if pod_failure[0] is Reason.OOM_KILLED:
-                reason = Reason.OOM_KILLED
+            if pod_failure[0] is Reason.OOM_KILLED or pod_failure[0] in _EXIT_REASONS.values():
+                reason = pod_failure[0]
             message = f"{message}; last failure: {pod_failure[1]}"
         return Observation(Phase.FAILED, reason, message, start, failed.get("lastTransitionTime"))
 

@@ -122,20 +122,24 @@ async def monitor_run(ctx: OperatorContext, kind: Kind, body: kopf.Body, stopped
             desired = run_status.compose(snapshot, obs, now, job_name=job["metadata"]["name"], progress=progress,
                                          results=results, outputs=outputs_for(kind, RunObject.from_body({**snapshot, "kind": str(kind)})))
             delta = run_status.changed_fields(snapshot, desired)
+            heartbeat_age = (now - entry.received_at).total_seconds() if entry and entry.received_at else None
+            # Recorded before the status write: a terminal phase ends this daemon (kopf stops it
+            # once the run no longer matches its filter), and what comes after the write may not run.
+            ctx.metrics.observe_run(str(kind), namespace, name, desired, heartbeat_age)
             wait = settings.status_min_interval_seconds - (loop.time() - last_write)
             # Phase changes go out at once; progress-only changes respect the write budget.
             if delta and ("phase" in delta or wait <= 0):
+                if obs.reason is Reason.HEARTBEAT_TIMEOUT and not (job.get("spec") or {}).get("suspend"):
+                    # Before the terminal status, for the same reason: a suspend still to come
+                    # would be lost with the Job holding its GPUs.
+                    await asyncio.to_thread(ctx.kube.set_job_suspend, namespace, job["metadata"]["name"], True)
+                _post_new(snapshot, obs.events, posted)
                 await asyncio.to_thread(run_status.write, ctx, kind, snapshot, desired)
                 written.update(delta)
                 last_write = loop.time()
-                _post_new(snapshot, obs.events, posted)
-                if obs.reason is Reason.HEARTBEAT_TIMEOUT and not (job.get("spec") or {}).get("suspend"):
-                    await asyncio.to_thread(ctx.kube.set_job_suspend, namespace, job["metadata"]["name"], True)
             elif delta:
                 await _sleep(wake, stopped, wait)
                 continue
-            heartbeat_age = (now - entry.received_at).total_seconds() if entry and entry.received_at else None
-            ctx.metrics.observe_run(str(kind), namespace, name, desired, heartbeat_age)
             if obs.phase in TERMINAL_PHASES:
                 break
         due = probe.due_in(loop.time())

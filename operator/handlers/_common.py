@@ -15,6 +15,11 @@ from sampleforge.operator.progress import run_key
 from sampleforge.operator.reconcile import reconcile
 from sampleforge.operator.status import publish_phase_counts
 
+#: How long kopf lets a run's monitor finish on its own once the run stops matching the daemon's
+#: filter (it reached a terminal phase) before cancelling it: the monitor's last iteration, which
+#: wrote that phase, still records the run's final metrics.
+MONITOR_EXIT_SECONDS = 10.0
+
 
 def ctx_of(memo: kopf.Memo) -> OperatorContext:
     ctx = memo["ctx"]

@@ -8,6 +8,7 @@ import kopf
 
 from sampleforge.api import GROUP, VERSION, Kind
 from sampleforge.operator.handlers import _common
+from sampleforge.operator.handlers._common import MONITOR_EXIT_SECONDS
 
 KIND = Kind.FINE_TUNE_RUN
 PLURAL = "finetuneruns"
@@ -20,7 +21,7 @@ def finetunerun_reconcile(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     _common.reconcile_handler(KIND, body, memo)
 
 
-@kopf.daemon(GROUP, VERSION, PLURAL, cancellation_timeout=5.0,
+@kopf.daemon(GROUP, VERSION, PLURAL, cancellation_backoff=MONITOR_EXIT_SECONDS, cancellation_timeout=5.0,
              when=lambda status, **_: status.get("phase") not in ("Succeeded", "Failed"))
 async def finetunerun_monitor(body: kopf.Body, memo: kopf.Memo, stopped: kopf.DaemonStopped, **_: Any) -> None:
     await _common.monitor_handler(KIND, body, memo, stopped)

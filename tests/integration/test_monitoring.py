@@ -262,7 +262,7 @@ def drive_runs(api: client.ApiClient, namespace: str, url: str) -> dict[str, str
         time.sleep(1.5)
     pod = running_pod(api, namespace, broken["metadata"]["uid"])
     client.CoreV1Api(api).patch_namespaced_pod(pod.metadata.name, namespace,
-                                               {"metadata": {"annotations": {EXIT_CODE_ANNOTATION: "3"}}})
+                                               {"metadata": {"annotations": {EXIT_CODE_ANNOTATION: "1"}}})
     release(api, namespace, shoes["metadata"]["uid"])
     release(api, namespace, ranker["metadata"]["uid"])
     wait_phase(api, AR, namespace, "shoes", "Succeeded", timeout=90)

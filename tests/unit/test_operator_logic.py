@@ -76,6 +76,16 @@ class TestObserve:
         assert "spec.resources.memory" in obs.message
         assert {c.type: c.status for c in obs.conditions()}[ConditionType.STALLED] == ConditionStatus.TRUE
 
+    @pytest.mark.parametrize(("code", "reason"), [(2, Reason.INVALID_SPEC), (3, Reason.MODEL_UNAVAILABLE),
+                                                  (4, Reason.DATASET_UNREADABLE), (1, Reason.JOB_FAILED)])
+    def test_a_do_not_retry_exit_code_names_the_input_at_fault(self, code: int, reason: Reason) -> None:
+        # The podFailurePolicy fails the Job on 2, 3 and 4 with reason PodFailurePolicy.
+        died = pod("Failed", containerStatuses=[{"state": {"terminated": {
+            "exitCode": code, "message": "spec.model s3://m/ has no config.json", "finishedAt": "2026-11-28T11:59:00Z"}}}])
+        obs = self.observe(job([{"type": "Failed", "status": "True", "reason": "PodFailurePolicy"}]), [died])
+        assert (obs.phase, obs.reason) == (Phase.FAILED, reason)
+        assert f"exited with code {code}: spec.model s3://m/ has no config.json" in obs.message
+
     def test_deadline_exceeded(self) -> None:
         obs = self.observe(job([{"type": "Failed", "status": "True", "reason": "DeadlineExceeded"}]), [])
         assert obs.reason is Reason.DEADLINE_EXCEEDED
