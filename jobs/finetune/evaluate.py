@@ -83,6 +83,8 @@ class EvalResult:
     metrics: dict[str, float]
     #: Column name -> values, one entry per evaluation row (cross) or query (two-tower).
     predictions: dict[str, list[Any]]
+    #: How many queries the ranking metrics rest on; None when no ranking metric is evaluated.
+    ranking: M.RankingCoverage | None = None
 
 
 def _gather_rows(accelerator: Accelerator, loader: DataLoader[dict[str, Any]],
@@ -133,8 +135,11 @@ def evaluate_cross(accelerator: Accelerator, model: torch.nn.Module, data: Cross
     predictions["score"] = score.tolist()
     results: dict[str, float] = {}
     ranking = [n for n in names if M.MetricName.parse(n).is_ranking]
+    coverage = None
     if ranking:
-        results.update(M.ranking_metrics(np.asarray(data.queries, dtype=object), data.grades, score, ranking))
+        query_ids = np.asarray(data.queries, dtype=object)
+        results.update(M.ranking_metrics(query_ids, data.grades, score, ranking))
+        coverage = M.ranking_coverage(query_ids, data.grades)
     for name in names:
         family = M.MetricName.parse(name).family
         if family in M.RANKING_FAMILIES:
@@ -154,7 +159,7 @@ def evaluate_cross(accelerator: Accelerator, model: torch.nn.Module, data: Cross
             results[name] = M.log_loss(targets, probs)
         else:
             results[name] = getattr(M, family)(targets, predicted)
-    return EvalResult(results, predictions)
+    return EvalResult(results, predictions, coverage)
 
 
 def evaluate_towers(accelerator: Accelerator, model: torch.nn.Module, data: TowerEvalSet,
@@ -186,4 +191,5 @@ def evaluate_towers(accelerator: Accelerator, model: torch.nn.Module, data: Towe
         "topScores": [scores[i, order[i, :top]].tolist() for i in range(len(order))],
         "firstRelevantRank": first_relevant,
     }
-    return EvalResult(results, predictions)
+    coverage = M.retrieval_coverage(data.relevance) if any(M.MetricName.parse(n).is_ranking for n in names) else None
+    return EvalResult(results, predictions, coverage)

@@ -8,8 +8,11 @@ cases, so the two cannot drift apart silently.
 Conventions (each one is a choice someone reading a dashboard should be able to look up):
 
 * Ranking metrics are computed per query and averaged over queries (macro average), the way search
-  teams report them. Queries with no relevant item (every grade 0) are left out, because NDCG,
-  MRR and recall are undefined for them.
+  teams report them. A query counts only when it has at least two candidates and at least one
+  relevant one: with no relevant item NDCG, MRR and recall are undefined, and a single candidate
+  scores 1 whatever the model does, so on a set where most queries have one title an average over
+  every query says nothing about ranking. :class:`RankingCoverage` says how many queries the
+  averages rest on and how many were left out, and why; metrics.json records it.
 * A row is *relevant* when its grade is > 0. NDCG uses the grade itself as the gain (linear gain,
   as scikit-learn's ``ndcg_score``); ``log2(rank + 1)`` discount.
 * Items are ranked by descending score; ties keep the input order (a stable sort).
@@ -22,6 +25,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
@@ -161,12 +165,41 @@ def spearman(x: ArrayLike, y: ArrayLike) -> float:
 # --- ranking ----------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class RankingCoverage:
+    """How many queries the ranking metrics are averaged over, and how many were left out and why."""
+
+    #: Queries with at least two candidates and at least one relevant one: the averages rest on these.
+    queries: int = 0
+    #: Queries with one candidate (whatever its grade): any model ranks it first.
+    single_candidate: int = 0
+    #: Queries with several candidates, none relevant: the metrics are undefined for them.
+    no_relevant: int = 0
+
+    def add(self, grades: NDArray[np.float64]) -> RankingCoverage:
+        """This coverage with one more query whose candidates have ``grades``."""
+        if len(grades) < 2:
+            return RankingCoverage(self.queries, self.single_candidate + 1, self.no_relevant)
+        if not np.any(grades > 0):
+            return RankingCoverage(self.queries, self.single_candidate, self.no_relevant + 1)
+        return RankingCoverage(self.queries + 1, self.single_candidate, self.no_relevant)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"rankingQueries": self.queries,
+                "rankingQueriesSkipped": {"singleCandidate": self.single_candidate, "noRelevant": self.no_relevant}}
+
+
+def _counts(grades: NDArray[np.float64]) -> bool:
+    """Whether a query with these candidates' grades enters the ranking averages."""
+    return len(grades) >= 2 and bool(np.any(grades > 0))
+
+
 def _query_metrics(grades: NDArray[np.float64], scores: NDArray[np.float64],
                    names: Sequence[MetricName]) -> dict[MetricName, float] | None:
-    """Every ranking metric for one query; None when the query has no relevant item."""
-    relevant_total = int(np.sum(grades > 0))
-    if relevant_total == 0:
+    """Every ranking metric for one query; None when the query does not count (see the module)."""
+    if not _counts(grades):
         return None
+    relevant_total = int(np.sum(grades > 0))
     order = np.argsort(-scores, kind="stable")
     ranked = grades[order]
     hits = ranked > 0
@@ -198,23 +231,48 @@ def _query_metrics(grades: NDArray[np.float64], scores: NDArray[np.float64],
     return out
 
 
+def _query_rows(query_ids: ArrayLike) -> list[NDArray[np.int64]]:
+    """Row indices of each distinct query, rows in input order."""
+    q = np.asarray(query_ids)
+    if q.size == 0:
+        return []
+    _, inverse = np.unique(q, return_inverse=True)
+    order = np.argsort(inverse, kind="stable")
+    boundaries = np.flatnonzero(np.diff(inverse[order])) + 1
+    return np.split(order, boundaries)
+
+
+def ranking_coverage(query_ids: ArrayLike, grades: ArrayLike) -> RankingCoverage:
+    """Which queries :func:`ranking_metrics` averages over, counted."""
+    g = _arr(grades)
+    coverage = RankingCoverage()
+    for rows in _query_rows(query_ids):
+        coverage = coverage.add(g[rows])
+    return coverage
+
+
+def retrieval_coverage(relevance: ArrayLike) -> RankingCoverage:
+    """Which queries :func:`retrieval_metrics` averages over, counted (every corpus item is a candidate)."""
+    coverage = RankingCoverage()
+    for row in _arr(relevance):
+        coverage = coverage.add(row)
+    return coverage
+
+
 def ranking_metrics(query_ids: ArrayLike, grades: ArrayLike, scores: ArrayLike,
                     names: Iterable[str]) -> dict[str, float]:
-    """Per-query ranking metrics averaged over queries that have at least one relevant row.
+    """Per-query ranking metrics averaged over queries with at least two candidates and at least
+    one relevant row (:func:`ranking_coverage` counts them; NaN when there is none).
 
     ``query_ids`` groups the rows (any hashable values), ``grades`` are graded relevance labels
     (0 = irrelevant) and ``scores`` the model's scores; higher ranks first.
     """
     labels = list(names)
     parsed = [MetricName.parse(n) for n in labels]
-    q = np.asarray(query_ids)
     g, s = _arr(grades), _arr(scores)
-    _, inverse = np.unique(q, return_inverse=True)
-    order = np.argsort(inverse, kind="stable")
-    boundaries = np.flatnonzero(np.diff(inverse[order])) + 1
     sums = dict.fromkeys(parsed, 0.0)
     counted = 0
-    for rows in np.split(order, boundaries):
+    for rows in _query_rows(query_ids):
         result = _query_metrics(g[rows], s[rows], parsed)
         if result is None:
             continue
@@ -227,7 +285,7 @@ def ranking_metrics(query_ids: ArrayLike, grades: ArrayLike, scores: ArrayLike,
 def retrieval_metrics(scores: ArrayLike, relevance: ArrayLike, names: Iterable[str]) -> dict[str, float]:
     """Ranking metrics for a retrieval evaluation: row q of ``scores`` scores every corpus item for
     query q, and row q of ``relevance`` holds those items' grades (0 for items not judged relevant).
-    Averaged over queries with at least one relevant item."""
+    Averaged over queries with at least one relevant item (and a corpus of at least two items)."""
     labels = list(names)
     parsed = [MetricName.parse(n) for n in labels]
     s, r = _arr(scores), _arr(relevance)

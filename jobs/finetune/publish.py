@@ -154,6 +154,12 @@ def model_card(spec: FineTuneRunSpec, run: dict[str, str], data: dict[str, Any],
                   "```", ""]
     lines += ["## Hyperparameters", "", _table(hyper), "", "## Results", "",
               _table([(k, f"{v:.4f}") for k, v in final.items()]), ""]
+    if results.get("rankingQueries") is not None:
+        skipped = results.get("rankingQueriesSkipped", {})
+        lines += [(f"Ranking metrics are averaged over the {results['rankingQueries']} evaluation queries with at "
+                   "least two candidates and at least one relevant one; left out: "
+                   f"{skipped.get('singleCandidate', 0)} with a single candidate (it ranks first whatever the "
+                   f"model does) and {skipped.get('noRelevant', 0)} with no relevant candidate."), ""]
     if best:
         lines += [f"Best {best['name']}: {best['value']:.4f} at step {best['step']}"
                   + (" (stopped early)" if results.get("stoppedEarly") else "") + ".", ""]

@@ -92,6 +92,8 @@ class FineTuneRecipe:
         # Inputs: the model is downloaded once per node (local main first), the data read by every rank.
         if inputs is None:
             assert self.store is not None
+            if self.heartbeat is not None:  # a keep-alive repeats it through a long download
+                self.heartbeat.stage("downloading the model and reading the data")
             with acc.local_main_process_first():
                 inputs = resolve_inputs(spec, self.ctx.input_uri, self.store, self.cache_dir,
                                         acc.is_local_main_process)
@@ -369,6 +371,8 @@ class FineTuneRecipe:
             "publishedStep": self.published_step if self.published_step is not None else state.step,
             "history": state.history, "loss": state.loss, "samplesSeen": state.samples_seen,
             "trainingSeconds": self.train_seconds, "rejectedRows": dict(self.split.rejected.reasons),
+            # rankingQueries / rankingQueriesSkipped: what the final ranking metrics are averaged over.
+            **(self.last_eval.ranking.to_json() if self.last_eval.ranking is not None else {}),
         }
 
     def data_summary(self) -> dict[str, Any]:

@@ -199,7 +199,8 @@ def fetch_output(s3: Minio, bucket: str, target: Path, out: str = "out") -> dict
 
 
 def ndcg_by_query(frame: dict[str, list[Any]], k: int) -> float:
-    """Mean per-query NDCG@k with scikit-learn; queries without a relevant row are left out."""
+    """Mean per-query NDCG@k with scikit-learn over the queries with at least two candidates and a
+    relevant one (a single candidate ranks first whatever the model does)."""
     groups: dict[str, list[int]] = {}
     for i, q in enumerate(frame["query"]):
         groups.setdefault(q, []).append(i)
@@ -207,10 +208,18 @@ def ndcg_by_query(frame: dict[str, list[Any]], k: int) -> float:
     for rows in groups.values():
         grades = np.asarray([frame["grade"][i] for i in rows])
         scores = np.asarray([frame["score"][i] for i in rows])
-        if grades.max() <= 0:
+        if grades.max() <= 0 or len(rows) == 1:
             continue
-        values.append(1.0 if len(rows) == 1 else skm.ndcg_score([grades], [scores], k=k))
+        values.append(skm.ndcg_score([grades], [scores], k=k))
     return float(np.mean(values))
+
+
+def ranking_queries(frame: dict[str, list[Any]]) -> int:
+    """How many queries ndcg_by_query averages over."""
+    grades: dict[str, list[float]] = {}
+    for q, grade in zip(frame["query"], frame["grade"], strict=True):
+        grades.setdefault(q, []).append(grade)
+    return sum(1 for g in grades.values() if len(g) >= 2 and max(g) > 0)
 
 
 # --- the tasks ---------------------------------------------------------------------------------
@@ -250,6 +259,7 @@ class TestRelevance:
         frame = pq.read_table(tmp_path / "predictions.parquet").to_pydict()
         assert final["ndcg@10"] == pytest.approx(ndcg_by_query(frame, 10))
         assert final["ndcg@3"] == pytest.approx(ndcg_by_query(frame, 3))
+        assert results["rankingQueries"] == ranking_queries(frame) > 0
         assert final["accuracy"] == pytest.approx(skm.accuracy_score(frame["target"], frame["predicted"]))
         assert final["macroF1"] == pytest.approx(skm.f1_score(frame["target"], frame["predicted"], average="macro"))
         assert final["auc"] == pytest.approx(skm.roc_auc_score(np.asarray(frame["grade"]) > 0, frame["score"]))

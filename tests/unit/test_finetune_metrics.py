@@ -78,8 +78,7 @@ def _sklearn_ndcg_per_query(q: np.ndarray, g: np.ndarray, s: np.ndarray, k: int)
         if g[rows].max() <= 0:
             continue
         if rows.sum() == 1:
-            values.append(1.0)  # sklearn refuses one-document queries; NDCG of one relevant item is 1
-            continue
+            continue  # a single candidate ranks first whatever the model does: not counted
         values.append(skm.ndcg_score([g[rows]], [s[rows]], k=k))
     return float(np.mean(values))
 
@@ -92,6 +91,34 @@ class TestRanking:
         for k in (1, 3, 10):
             got = m.ranking_metrics(q, g, s, [f"ndcg@{k}"])[f"ndcg@{k}"]
             assert got == pytest.approx(_sklearn_ndcg_per_query(q, g, s, k))
+
+    def test_single_candidate_queries_do_not_inflate_ndcg_or_mrr(self, rng: np.random.Generator) -> None:
+        # 6 multi-candidate queries ranked by a bad model (relevant items last), then 200 one-title
+        # queries that any model "ranks" perfectly: averaging over all of them would report ~0.97.
+        multi_q = np.repeat(np.arange(6), 5)
+        multi_g = np.tile([2.0, 1.0, 0.0, 0.0, 0.0], 6)
+        multi_s = np.tile([0.1, 0.2, 0.7, 0.8, 0.9], 6)
+        single_q = np.arange(100, 300)
+        q = np.concatenate([multi_q, single_q, [400, 400]])  # query 400: two candidates, none relevant
+        g = np.concatenate([multi_g, rng.integers(1, 3, 200).astype(float), [0.0, 0.0]])
+        s = np.concatenate([multi_s, rng.normal(size=200), [0.3, 0.2]])
+        got = m.ranking_metrics(q, g, s, ["ndcg@5", "mrr", "ndcg@3"])
+        for k in (3, 5):
+            expected = np.mean([skm.ndcg_score([multi_g[multi_q == i]], [multi_s[multi_q == i]], k=k) for i in range(6)])
+            assert got[f"ndcg@{k}"] == pytest.approx(expected)
+            assert got[f"ndcg@{k}"] == pytest.approx(_sklearn_ndcg_per_query(q, g, s, k))
+        assert got["ndcg@5"] < 0.6
+        assert got["mrr"] == pytest.approx(1 / 4)  # the first relevant item is 4th in every counted query
+        coverage = m.ranking_coverage(q, g)
+        assert coverage == m.RankingCoverage(queries=6, single_candidate=200, no_relevant=1)
+        assert coverage.to_json() == {"rankingQueries": 6,
+                                      "rankingQueriesSkipped": {"singleCandidate": 200, "noRelevant": 1}}
+
+    def test_only_single_candidate_queries_give_no_ranking_metric(self) -> None:
+        got = m.ranking_metrics(["a", "b"], [1, 2], [0.3, 0.9], ["ndcg@10", "mrr"])
+        assert math.isnan(got["ndcg@10"]) and math.isnan(got["mrr"])
+        assert m.ranking_coverage(["a", "b"], [1, 2]).queries == 0
+        assert m.retrieval_coverage([[1.0, 0.0], [0.0, 0.0]]) == m.RankingCoverage(1, 0, 1)
 
     def test_full_ndcg_and_average_precision_match_sklearn(self, rng: np.random.Generator) -> None:
         g = rng.integers(0, 3, (12, 40)).astype(float)
