@@ -15,7 +15,17 @@ from ._base import ApiModel, Rule
 from ._unions import FlatUnion
 from .augmenters import NEEDS_ATTRIBUTES, NEEDS_DENSE_FEATURES, NEEDS_IMAGE, Augmenter
 from .common import CommonRunSpec
-from .fields import ColumnName, ColumnNames, DenseFeatureNames, ModelRef, S3Prefix, S3Uri, unique_names
+from .fields import (
+    ColumnName,
+    ColumnNames,
+    DenseFeatureNames,
+    ModelRef,
+    S3Prefix,
+    S3Uri,
+    s3_locations_overlap,
+    s3_overlap_cel,
+    unique_names,
+)
 from .status import AugmentationRunStatus
 
 DataFormat = Literal["jsonl", "csv", "parquet"]
@@ -300,9 +310,19 @@ class AugmentationRunSpec(CommonRunSpec):
             reason="FieldValueRequired",
         ),
         Rule(
-            cel="!self.source.uri.startsWith(self.output.uri)",
-            message="source.uri lies under output.uri; write output elsewhere so a rerun never reads its own output",
-            check=lambda s: not s.source.uri.startswith(s.output.uri),
+            cel=f"!{s3_overlap_cel('self.source.uri', 'self.output.uri')}",
+            message="output.uri and source.uri overlap (one lies under the other, or they are the same): a "
+            "rerun would read its own output as input; choose an output.uri outside the source's prefix",
+            check=lambda s: not s3_locations_overlap(s.source.uri, s.output.uri),
+            field_path=".output.uri",
+        ),
+        Rule(
+            cel="!has(self.filters) || !has(self.filters.evalSplit) || "
+            f"!{s3_overlap_cel('self.filters.evalSplit', 'self.output.uri')}",
+            message="output.uri and filters.evalSplit overlap (one lies under the other, or they are the same): "
+            "the output would be mixed with the evaluation set; choose an output.uri outside it",
+            check=lambda s: s.filters.eval_split is None or not s3_locations_overlap(s.filters.eval_split,
+                                                                                    s.output.uri),
             field_path=".output.uri",
         ),
     )

@@ -14,6 +14,7 @@ bounds and refuses CRDs whose rules could be too expensive.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Hashable, Sequence
 from typing import Annotated, Literal, TypeVar
 
@@ -39,10 +40,77 @@ _PREFIX_RULE = Rule(
     check=lambda v: isinstance(v, str) and v.endswith("/"),
 )
 
+
+_DOT_SEGMENT = re.compile(r"/[.][.]?(/|\Z)")  # the CEL rule below, with RE2's '$' spelt as Python's '\Z'
+
+
+def _has_dot_segment(value: str) -> bool:
+    return _DOT_SEGMENT.search(value) is not None
+
+
+#: '.' and '..' mean nothing to S3: keys are literal strings, so ``s3://b/x/../y`` is neither
+#: ``s3://b/y`` nor anything a user meant, MinIO refuses such names, and such an alias defeats the
+#: overlap checks between inputs and outputs. The CEL regex finds a segment made only of one or two
+#: dots ('/...' or '/.hidden' are ordinary names); the bucket cannot start with a dot, so only key
+#: segments can match.
+_NO_DOT_SEGMENTS_RULE = Rule(
+    cel="!self.matches('/[.][.]?(/|$)')",
+    message="must not contain '.' or '..' path segments: S3 keys are literal, so s3://bucket/a/../b is not "
+    "s3://bucket/b; write the path without them",
+    check=lambda v: isinstance(v, str) and not _has_dot_segment(v),
+)
+
 #: An object or a prefix in MinIO.
-S3Uri = Annotated[str, Field(min_length=1, max_length=MAX_URI_LENGTH), _S3_RULE]
+S3Uri = Annotated[str, Field(min_length=1, max_length=MAX_URI_LENGTH), _S3_RULE, _NO_DOT_SEGMENTS_RULE]
 #: A prefix in MinIO that a run writes under; always ends with '/'.
-S3Prefix = Annotated[str, Field(min_length=1, max_length=MAX_URI_LENGTH), _S3_RULE, _PREFIX_RULE]
+S3Prefix = Annotated[
+    str, Field(min_length=1, max_length=MAX_URI_LENGTH), _S3_RULE, _NO_DOT_SEGMENTS_RULE, _PREFIX_RULE
+]
+
+
+def normalized_s3_uri(uri: str) -> str:
+    """``uri`` with '.' and '..' key segments resolved ('..' stops at the bucket), as a reader that
+    resolved them would see it. The schema refuses such segments; normalising anyway keeps the
+    overlap checks sound for values that never went through the schema."""
+    head, sep, key = uri.partition("://")
+    if not sep:
+        return uri
+    bucket, slash, path = key.partition("/")
+    if not slash:
+        return uri
+    parts: list[str] = []
+    segments = path.split("/")
+    for segment in segments:
+        if segment == "..":
+            if parts:
+                parts.pop()
+        elif segment != ".":
+            parts.append(segment)
+    if segments[-1] in (".", "..") and (not parts or parts[-1] != ""):
+        parts.append("")  # "a/.." names the folder a's parent: a prefix, so keep the trailing '/'
+    return f"{head}://{bucket}/{'/'.join(parts)}"
+
+
+def _as_prefix(uri: str) -> str:
+    return uri if uri.endswith("/") else uri + "/"
+
+
+def s3_locations_overlap(a: str, b: str) -> bool:
+    """Whether one location lies under the other (or they are the same), each an object or a
+    prefix ending in '/': an object ``x/f`` is compared as ``x/f/``, so ``x/f2/`` is not under it
+    but ``x/`` holds it. Dot segments are resolved first (see :func:`normalized_s3_uri`)."""
+    pa, pb = _as_prefix(normalized_s3_uri(a)), _as_prefix(normalized_s3_uri(b))
+    return pa.startswith(pb) or pb.startswith(pa)
+
+
+def s3_overlap_cel(a: str, b: str) -> str:
+    """CEL for :func:`s3_locations_overlap` of the fields at ``a`` and ``b`` (CEL paths such as
+    ``self.source.uri``). No normalisation: the schema already refuses dot segments."""
+
+    def prefix(path: str) -> str:
+        return f"({path}.endsWith('/') ? {path} : {path} + '/')"
+
+    return f"({prefix(a)}.startsWith({prefix(b)}) || {prefix(b)}.startsWith({prefix(a)}))"
 
 # --- models -----------------------------------------------------------------------------------
 
@@ -59,6 +127,7 @@ ModelRef = Annotated[
         "such as s3://models/bert-base/",
         check=regex_check(MODEL_REF_PATTERN),
     ),
+    _NO_DOT_SEGMENTS_RULE,
 ]
 
 # --- metrics ----------------------------------------------------------------------------------

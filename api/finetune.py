@@ -16,7 +16,17 @@ from ._base import ApiModel, Rule
 from ._unions import FlatUnion
 from .augmentation import Columns, DataFormat
 from .common import CommonRunSpec
-from .fields import LOWER_IS_BETTER, Metric, Metrics, ModelRef, ObjectName, S3Prefix, S3Uri
+from .fields import (
+    LOWER_IS_BETTER,
+    Metric,
+    Metrics,
+    ModelRef,
+    ObjectName,
+    S3Prefix,
+    S3Uri,
+    s3_locations_overlap,
+    s3_overlap_cel,
+)
 from .status import FineTuneRunStatus
 
 
@@ -346,6 +356,20 @@ class FineTuneRunSpec(CommonRunSpec):
                 or s.distribution.gpus_per_node == s.resources.gpus
             ),
             field_path=".resources.gpus",
+        ),
+        Rule(
+            cel=f"!has(self.data.uri) || !{s3_overlap_cel('self.data.uri', 'self.output.uri')}",
+            message="output.uri and data.uri overlap (one lies under the other, or they are the same): the "
+            "model and checkpoints would be mixed with the training data; choose an output.uri outside it",
+            check=lambda s: s.data.uri is None or not s3_locations_overlap(s.data.uri, s.output.uri),
+            field_path=".output.uri",
+        ),
+        Rule(
+            cel=f"!has(self.data.eval) || !{s3_overlap_cel('self.data.eval', 'self.output.uri')}",
+            message="output.uri and data.eval overlap (one lies under the other, or they are the same): the "
+            "model and checkpoints would be mixed with the evaluation data; choose an output.uri outside it",
+            check=lambda s: s.data.eval is None or not s3_locations_overlap(s.data.eval, s.output.uri),
+            field_path=".output.uri",
         ),
         Rule(
             cel="!has(self.twoTower) || self.task == 'twoTower'",

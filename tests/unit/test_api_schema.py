@@ -42,6 +42,7 @@ from sampleforge.api import (
 from sampleforge.api._unions import FlatUnion, forbidden_message, required_message
 from sampleforge.api.augmentation import CLIP_UNION, DEDUP_UNION
 from sampleforge.api.augmenters import AUGMENTER_UNION, RebalanceAugmenter
+from sampleforge.api.fields import normalized_s3_uri, s3_locations_overlap
 from sampleforge.api.finetune import METHOD_UNION
 
 REPO = Path(__file__).resolve().parents[2]
@@ -360,6 +361,140 @@ class TestPydanticValidation:
         ok = {**BASE_AUG, "augmenters": [{"type": "typo"}, {"type": "typo", "name": "heavyTypos"}]}
         parsed = AugmentationRunSpec.model_validate(ok)
         assert [a.display_name() for a in parsed.augmenters] == ["typo", "heavyTypos"]
+
+
+
+def _validations(node: Any) -> list[tuple[str, list[str]]]:
+    """(path, CEL rules) of every schema node below ``node`` that has rules."""
+    found: list[tuple[str, list[str]]] = []
+
+    def walk(n: Any, path: str) -> None:
+        if isinstance(n, dict):
+            rules = [v["rule"] for v in n.get("x-kubernetes-validations", [])]
+            if rules:
+                found.append((path, rules))
+            for key, child in n.items():
+                walk(child, f"{path}.{key}")
+        elif isinstance(n, list):
+            for i, child in enumerate(n):
+                walk(child, f"{path}[{i}]")
+
+    walk(node, "")
+    return found
+
+
+DOT_SEGMENT_CEL = "!self.matches('/[.][.]?(/|$)')"
+
+
+class TestS3UriPathSegments:
+    @pytest.mark.parametrize("kind", ["AugmentationRun", "FineTuneRun"])
+    def test_every_uri_field_of_the_crd_refuses_dot_segments(self, kind: str) -> None:
+        uri_nodes = [(path, rules) for path, rules in _validations(crd_schema(kind, "spec"))
+                     if any("s3://" in r for r in rules)]
+        assert len(uri_nodes) >= (6 if kind == "AugmentationRun" else 4)
+        missing = [path for path, rules in uri_nodes if DOT_SEGMENT_CEL not in rules]
+        assert not missing, f"URI fields without the dot-segment rule: {missing}"
+
+    @pytest.mark.parametrize(
+        ("kind", "change", "field"),
+        [
+            ("AugmentationRun", {"source": {"uri": "s3://datasets/a/../train.parquet"}}, "uri"),
+            ("AugmentationRun", {"source": {"uri": "s3://datasets/./train.parquet"}}, "uri"),
+            ("AugmentationRun", {"source": {"uri": "s3://datasets/a/.."}}, "uri"),
+            ("AugmentationRun", {"output": {"uri": "s3://datasets/out/../"}}, "uri"),
+            ("AugmentationRun", {"filters": {"evalSplit": "s3://datasets/./eval.parquet"}}, "evalSplit"),
+            ("AugmentationRun", {"augmenters": [{"type": "synonym", "lexicon": "s3://lex/../x.tsv"}]}, "lexicon"),
+            ("AugmentationRun", {"augmenters": [{"type": "paraphrase", "model": "s3://models/./m/"}]}, "model"),
+            ("FineTuneRun", {"data": {"uri": "s3://datasets/../train.parquet"}}, "uri"),
+            ("FineTuneRun", {"data": {"uri": "s3://datasets/train.parquet", "eval": "s3://datasets/x/../e.parquet"}},
+             "eval"),
+            ("FineTuneRun", {"output": {"uri": "s3://models/./out/"}}, "uri"),
+            ("FineTuneRun", {"model": "s3://models/enc/../other/"}, "model"),
+        ],
+    )
+    def test_pydantic_refuses_dot_segments_naming_the_field(self, kind: str, change: dict[str, Any],
+                                                            field: str) -> None:
+        base = BASE_AUG if kind == "AugmentationRun" else BASE_FT
+        text = _errors(SPEC_MODELS[kind], {**base, **change})
+        assert "must not contain '.' or '..' path segments" in text
+        assert field in text
+
+    @pytest.mark.parametrize("uri", ["s3://datasets/.hidden/train.parquet", "s3://datasets/a.b/.../x..y/",
+                                     "s3://datasets/v1.0/", "s3://my.bucket/train.parquet"])
+    def test_dots_inside_names_are_fine(self, uri: str) -> None:
+        AugmentationRunSpec.model_validate({**BASE_AUG, "source": {"uri": uri, "format": "parquet"}})
+
+
+class TestInputOutputOverlap:
+    @pytest.mark.parametrize(
+        ("a", "b", "overlap"),
+        [
+            ("s3://d/shoes/", "s3://d/shoes/augmented/", True),
+            ("s3://d/shoes/train.parquet", "s3://d/shoes/", True),
+            ("s3://d/shoes/", "s3://d/shoes/", True),
+            ("s3://d/shoes/train.parquet", "s3://d/shoes/train.parquet/out/", True),
+            ("s3://d/shoes/", "s3://d/shoes2/", False),
+            ("s3://d/shoes/train.parquet", "s3://d/shoes/train.parquet2/", False),
+            ("s3://d/shoes/train.parquet", "s3://d/out/", False),
+            ("s3://d/shoes/", "s3://e/shoes/", False),
+            ("s3://d/shoes", "s3://d/shoes/x/", True),
+            # '..' and '.' aliases (refused by the schema) are resolved before comparing.
+            ("s3://d/other/../shoes/", "s3://d/shoes/augmented/", True),
+            ("s3://d/shoes/", "s3://d/shoes/./augmented/", True),
+            ("s3://d/shoes/x/..", "s3://d/shoes/out/", True),
+            ("s3://d/../../shoes/", "s3://d/shoes/", True),
+            ("s3://d/shoes/a/../b/", "s3://d/shoes/a/", False),
+        ],
+    )
+    def test_locations_overlap_in_either_direction(self, a: str, b: str, overlap: bool) -> None:
+        assert s3_locations_overlap(a, b) is overlap
+        assert s3_locations_overlap(b, a) is overlap
+
+    def test_normalisation_keeps_the_bucket_and_a_trailing_slash(self) -> None:
+        assert normalized_s3_uri("s3://d/a/./b/../c") == "s3://d/a/c"
+        assert normalized_s3_uri("s3://d/a/b/..") == "s3://d/a/"
+        assert normalized_s3_uri("s3://d/../x/") == "s3://d/x/"
+        assert normalized_s3_uri("s3://d/a/b/") == "s3://d/a/b/"
+
+    @pytest.mark.parametrize(
+        ("source", "output"),
+        [
+            ("s3://datasets/shoes/", "s3://datasets/shoes/augmented/"),
+            ("s3://datasets/shoes/train.parquet", "s3://datasets/shoes/"),
+            ("s3://datasets/shoes/", "s3://datasets/shoes/"),
+        ],
+    )
+    def test_augmentation_output_overlapping_the_source_is_refused(self, source: str, output: str) -> None:
+        spec = {**BASE_AUG, "source": {"uri": source, "format": "parquet"}, "output": {"uri": output}}
+        assert "output.uri and source.uri overlap" in _errors(AugmentationRunSpec, spec)
+
+    def test_augmentation_output_overlapping_the_eval_split_is_refused(self) -> None:
+        spec = {**BASE_AUG, "filters": {"evalSplit": "s3://datasets/out/eval.parquet"}}
+        assert "output.uri and filters.evalSplit overlap" in _errors(AugmentationRunSpec, spec)
+
+    def test_siblings_with_a_common_name_prefix_are_accepted(self) -> None:
+        AugmentationRunSpec.model_validate({**BASE_AUG, "source": {"uri": "s3://datasets/shoes/"},
+                                            "output": {"uri": "s3://datasets/shoes-augmented/"}})
+        FineTuneRunSpec.model_validate({**BASE_FT, "data": {"uri": "s3://models/train.parquet"},
+                                        "output": {"uri": "s3://models/train/"}})
+
+    @pytest.mark.parametrize(
+        ("data", "message"),
+        [
+            ({"uri": "s3://models/out/train.parquet"}, "output.uri and data.uri overlap"),
+            ({"uri": "s3://models/"}, "output.uri and data.uri overlap"),
+            ({"uri": "s3://datasets/train.parquet", "eval": "s3://models/out/eval/"}, "output.uri and data.eval overlap"),
+        ],
+    )
+    def test_finetune_output_overlapping_its_data_is_refused(self, data: dict[str, Any], message: str) -> None:
+        assert message in _errors(FineTuneRunSpec, {**BASE_FT, "data": data})
+
+    @pytest.mark.parametrize("kind", ["AugmentationRun", "FineTuneRun"])
+    def test_the_crd_carries_the_overlap_rules_at_output_uri(self, kind: str) -> None:
+        rules = crd_schema(kind, "spec")["x-kubernetes-validations"]
+        overlap = [r for r in rules if "overlap" in r["message"]]
+        assert len(overlap) == 2 and all(r["fieldPath"] == ".output.uri" for r in overlap)
+        assert all("startsWith" in r["rule"] and "endsWith('/')" in r["rule"] for r in overlap)
 
 
 class TestDefaults:
