@@ -109,8 +109,10 @@ class FineTuneData(ApiModel):
         default=None,
         gt=0.0,
         lt=0.5,
-        description="Share of training rows held out for evaluation (split by query) when data.eval is unset; "
-        "0.05 when both are unset.",
+        description="Share of the training data's source rows held out for evaluation when data.eval is unset; "
+        "0.05 when both are unset. Whole query groups are held out: queries equal after Unicode (NFKC), case "
+        "and whitespace normalisation, with every generated row following its source row (sf_source_row), "
+        "so a typo or paraphrase of an evaluated query is never trained on.",
     )
 
 
@@ -305,6 +307,14 @@ class Evaluation(ApiModel):
         description="Evaluate every this many steps; at the end of each epoch when unset.",
     )
     early_stopping: EarlyStopping | None = Field(default=None, description="Stop early when a metric stops improving.")
+    include_synthetic: bool = Field(
+        default=False,
+        description="Also evaluate on rows an augmenter generated (sf_origin: generated). When false, evaluation "
+        "holds source rows only: with data.evalFraction the generated variants of the held-out queries are "
+        "left out of training and evaluation alike, and with data.eval its generated rows are skipped. Either "
+        "way the split groups every generated row with its source row's query (sf_source_row), so no variant "
+        "of an evaluated query is trained on.",
+    )
 
 
 class FineTuneOutput(ApiModel):

@@ -16,24 +16,19 @@ shared title hide two unrelated queries.
 from __future__ import annotations
 
 import hashlib
-import unicodedata
 from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 from datasketch import MinHash, MinHashLSH
 from numpy.typing import NDArray
 
+# One rule for "the same text" in both jobs: the leakage guard and the fine-tune split must agree.
+from sampleforge.jobs.common.text import norm_key
+
 __all__ = ["HashSet", "NearDuplicateIndex", "hash64", "item_repr", "minhashes", "norm_key", "normalized_pair_hashes",
            "pair_hash", "pair_hashes", "shingles"]
 
 _MERGE_AT = 1 << 17
-
-
-def norm_key(text: str) -> str:
-    """Text as compared for duplicates: NFKC, case-folded, single-spaced."""
-    if not text.isascii():
-        text = unicodedata.normalize("NFKC", text)
-    return " ".join(text.casefold().split())
 
 
 def item_repr(item: str, attributes: Mapping[str, str | None]) -> str:

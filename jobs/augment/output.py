@@ -37,6 +37,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from sampleforge.jobs.common.records import reason_class
 from sampleforge.jobs.common.storage import ObjectStore, S3Uri, sha256_file
 
 from .preprocess import Reject
@@ -208,8 +209,8 @@ class RejectsWriter:
 
 def _reason_class(reason: str) -> str:
     """A reason without its line number, so counts group ("invalid JSON (line 7): ..." -> "invalid JSON")."""
-    head = reason.split(" (line ", 1)[0]
-    return head.split(":", 1)[0] if head.startswith(("invalid JSON", "malformed CSV row")) else head
+    parsed = reason_class(reason)
+    return parsed if parsed != reason else reason.split(" (line ", 1)[0]
 
 
 def clear_directory(path: Path) -> None:

@@ -20,6 +20,11 @@ record of the same object (or the previous one at the object's end), so each is 
 a JSONL object's first batch, is a :class:`~.errors.SourceError` naming the spec field; a JSONL
 record that lacks a key present elsewhere just has that value missing.
 
+**Parsing** of JSONL and CSV records is :mod:`sampleforge.jobs.common.records`, the same code the
+fine-tune job reads with: strict UTF-8 (a record in another encoding is set aside with its line, never
+decoded with replacement characters), lines split at ``\n`` only, and one fixed reason per kind of bad
+record. The format of a file is :func:`sampleforge.jobs.common.formats.format_of`.
+
 **Memory.** JSONL is split into lines from 1 MiB reads; CSV goes through pyarrow's streaming reader
 (all columns as text, roles decide types later); Parquet is read through a seekable view of the object
 built on ranged GETs, one row group's pages at a time. No format needs the whole object in memory.
@@ -27,19 +32,18 @@ built on ranged GETs, one row group's pages at a time. No format needs the whole
 
 from __future__ import annotations
 
-import csv
 import io
-import json
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import IO, Any
 
 import pyarrow as pa
-import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 from minio.error import S3Error
 
+from sampleforge.jobs.common.formats import SUFFIX_FORMATS, format_of
+from sampleforge.jobs.common.records import READ_CHUNK, BadRecord, CsvHeaderError, csv_blocks, jsonl_records
 from sampleforge.jobs.common.storage import ObjectStore, S3Uri, StorageError
 
 from .errors import SourceError
@@ -55,20 +59,8 @@ __all__ = [
     "shard_range",
 ]
 
-#: File name endings understood, and the format each means (the same table the fine-tune reader uses).
-SUFFIX_FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl", ".csv": "csv", ".parquet": "parquet"}
-_READ_CHUNK = 1 << 20
+_READ_CHUNK = READ_CHUNK
 _RANGE_BLOCK = 4 << 20
-_MAX_RECORD_TEXT = 2000
-
-
-def format_of(key: str, declared: str | None) -> str | None:
-    if declared:
-        return declared
-    for suffix, fmt in SUFFIX_FORMATS.items():
-        if key.lower().endswith(suffix):
-            return fmt
-    return None
 
 
 def shard_range(total: int, shard: int, shards: int) -> tuple[int, int]:
@@ -232,26 +224,6 @@ class _Stream(io.RawIOBase):
         return len(data)
 
 
-def _lines(stream: IO[bytes]) -> Iterator[bytes]:
-    """Lines of a byte stream (without the newline), read 1 MiB at a time."""
-    rest = b""
-    while True:
-        chunk = stream.read(_READ_CHUNK)
-        if not chunk:
-            break
-        chunk = rest + chunk
-        parts = chunk.split(b"\n")
-        rest = parts.pop()
-        yield from parts
-    if rest:
-        yield rest
-
-
-def _clip_text(data: bytes | str) -> str:
-    text = data.decode("utf-8", "replace") if isinstance(data, bytes) else data
-    return text[:_MAX_RECORD_TEXT]
-
-
 def _finite_or_none(value: Any) -> Any:
     return None if isinstance(value, float) and math.isnan(value) else value
 
@@ -371,21 +343,9 @@ class SourceReader:
             seen: set[str] = set()
             checked = False
             size = 0
-            for number, line in enumerate(_lines(stream), start=1):
-                if not line.strip():
-                    continue
-                try:
-                    record = json.loads(line)
-                except UnicodeDecodeError:
-                    malformed.append(Malformed(row, str(obj.uri), f"invalid UTF-8 (line {number})", _clip_text(line)))
-                    continue
-                except json.JSONDecodeError as err:
-                    malformed.append(Malformed(row, str(obj.uri), f"invalid JSON (line {number}): {err.msg}",
-                                               _clip_text(line)))
-                    continue
-                if not isinstance(record, dict):
-                    malformed.append(Malformed(row, str(obj.uri), f"not a JSON object (line {number})",
-                                               _clip_text(line)))
+            for record in jsonl_records(stream, _READ_CHUNK):
+                if isinstance(record, BadRecord):
+                    malformed.append(Malformed(row, str(obj.uri), record.message, record.text))
                     continue
                 if not checked:
                     seen.update(record)
@@ -411,43 +371,25 @@ class SourceReader:
         raw = self.store.open(obj.uri)
         try:
             stream = io.BufferedReader(_Stream(raw), buffer_size=_READ_CHUNK)
-            head = stream.peek(1 << 16)[: 1 << 16].decode("utf-8", "replace").removeprefix("\ufeff")
-            header = next(csv.reader(io.StringIO(head)), [])
+            try:
+                header, blocks = csv_blocks(stream, self.columns, _READ_CHUNK)
+            except CsvHeaderError as err:
+                raise SourceError(f"{obj.uri}: {err}") from err
             if not header:
                 return
             self._check_columns(obj, set(header))
-            pending: list[Malformed] = []
-
-            def invalid(bad: Any) -> str:
-                # Called while a block is parsed; the record is placed at that block's first row.
-                pending.append(Malformed(-1, str(obj.uri),
-                                         f"malformed CSV row (line {bad.number}): expected {bad.expected_columns} "
-                                         f"fields, got {bad.actual_columns}", _clip_text(bad.text or "")))
-                return "skip"
-
-            reader = pacsv.open_csv(
-                stream,
-                read_options=pacsv.ReadOptions(block_size=_READ_CHUNK, use_threads=False),
-                parse_options=pacsv.ParseOptions(newlines_in_values=True, invalid_row_handler=invalid),
-                convert_options=pacsv.ConvertOptions(
-                    column_types=dict.fromkeys(header, pa.string()), include_columns=self.columns,
-                    include_missing_columns=True, strings_can_be_null=False, quoted_strings_can_be_null=False),
-            )
             row = start
-            for record_batch in reader:
-                bad_rows = [Malformed(row, m.source, m.reason, m.record) for m in pending]
-                pending.clear()
-                n = record_batch.num_rows
+            for block in blocks:
+                # Records set aside while a block was parsed are placed at that block's first row.
+                bad_rows = [Malformed(row, str(obj.uri), b.message, b.text) for b in block.bad]
+                n = block.rows
                 if n == 0 and bad_rows:
                     yield RawBatch(row, {c: [] for c in self.columns}, 0, bad_rows)
                 for offset in range(0, n, self.batch_rows):
-                    piece = record_batch.slice(offset, self.batch_rows)
-                    cols = {c: piece.column(c).to_pylist() for c in self.columns}
-                    yield RawBatch(row, cols, piece.num_rows, bad_rows if offset == 0 else [])
-                    row += piece.num_rows
-            if pending:
-                yield RawBatch(row, {c: [] for c in self.columns}, 0,
-                               [Malformed(row, m.source, m.reason, m.record) for m in pending])
+                    size = min(self.batch_rows, n - offset)
+                    cols = {c: block.columns[c][offset:offset + size] for c in self.columns}
+                    yield RawBatch(row, cols, size, bad_rows if offset == 0 else [])
+                    row += size
         finally:
             raw.close()
 

@@ -5,9 +5,13 @@ Two rules shape this module:
 
 * A committed prefix is read only through its manifest: the files it lists, each checked against
   the size and sha256 recorded there, so leftovers of a failed attempt are never trained on.
-* Bad rows (no query, no item text, no label, a non-numeric dense feature, unparseable JSON or CSV)
-  are counted and set aside with the reason, never silently dropped and never fatal; a dataset
-  with no usable row at all is an error that names the spec field.
+* Bad rows (no query, no item text, no label, a non-numeric dense feature, unparseable JSON or CSV,
+  bytes that are not UTF-8) are counted per reason and set aside, never silently dropped, never
+  decoded with replacement characters and never fatal; a dataset with no usable row at all is an
+  error that names the spec field. JSONL and CSV are parsed by :mod:`sampleforge.jobs.common.records`,
+  the code the augmentation job reads its source with, so both jobs agree on what a row is.
+* Rows that carry an augmentation run's provenance (``sf_origin``, ``sf_source_row``) keep it, so
+  that the evaluation split can follow lineage (:func:`split_by_query`).
 
 The result is plain Python and numpy (:class:`Examples`): tokenising and batching live in
 :mod:`.batches`, and what a label means for each task in :mod:`.labels`.
@@ -15,7 +19,6 @@ The result is plain Python and numpy (:class:`Examples`): tokenising and batchin
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import io
 import json
@@ -23,55 +26,96 @@ import math
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 from numpy.typing import NDArray
 
 from sampleforge.api.augmentation import Columns
+from sampleforge.jobs.common.formats import SUFFIX_FORMATS, format_of
+from sampleforge.jobs.common.records import BadRecord, CsvHeaderError, csv_blocks, jsonl_records
 from sampleforge.jobs.common.storage import MANIFEST_NAME, ObjectStore, S3Uri, StorageError
+from sampleforge.jobs.common.text import norm_key
 
 from .errors import DatasetError
 
-#: File name endings the reader understands, and the format each one means.
-SUFFIX_FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl", ".csv": "csv", ".parquet": "parquet"}
+__all__ = ["SUFFIX_FORMATS", "Dataset", "Examples", "QuerySplit", "Rejected", "data_entries", "query_groups",
+           "read_committed", "read_dataset", "split_by_query"]
+
+#: Provenance columns an AugmentationRun writes next to the data (see jobs/augment/protocol.py).
+ORIGIN: Final = "sf_origin"
+SOURCE_ROW: Final = "sf_source_row"
+LABEL_RULE: Final = "sf_label_rule"
+#: sf_origin of a row an augmenter made (source rows say "source").
+GENERATED: Final = "generated"
 
 
 @dataclass(frozen=True)
 class Examples:
-    """Rows ready for a task: query text, item text (attributes appended), raw label, features."""
+    """Rows ready for a task: query text, item text (attributes appended), raw label, features, and
+    the provenance of rows an augmentation run wrote (None when the data carries none)."""
 
     queries: list[str]
     items: list[str]
     labels: list[Any] | None
     dense: NDArray[np.float32] | None = None
+    #: sf_origin per row: "source" or "generated".
+    origins: list[str] | None = None
+    #: sf_source_row per row: the global index of the source row the row is or derives from.
+    source_rows: list[int | None] | None = None
+    #: sf_label_rule per row: how a generated row's label was set (None for source rows).
+    label_rules: list[str | None] | None = None
 
     def __len__(self) -> int:
         return len(self.queries)
 
     def take(self, indices: Sequence[int] | NDArray[np.int64]) -> Examples:
         idx = [int(i) for i in indices]
+
+        def pick(values: list[Any] | None) -> list[Any] | None:
+            return None if values is None else [values[i] for i in idx]
+
         return Examples(
             queries=[self.queries[i] for i in idx],
             items=[self.items[i] for i in idx],
-            labels=None if self.labels is None else [self.labels[i] for i in idx],
+            labels=pick(self.labels),
             dense=None if self.dense is None else self.dense[idx],
+            origins=pick(self.origins),
+            source_rows=pick(self.source_rows),
+            label_rules=pick(self.label_rules),
         )
+
+    def generated(self) -> NDArray[np.bool_]:
+        """Which rows an augmenter made (all False without provenance)."""
+        if self.origins is None:
+            return np.zeros(len(self), dtype=bool)
+        return np.asarray([o == GENERATED for o in self.origins], dtype=bool)
 
 
 @dataclass
 class Rejected:
-    """Rows set aside, with why; written next to the model so nobody has to guess what was dropped."""
+    """Rows set aside, with why; written next to the model so nobody has to guess what was dropped.
+
+    ``reasons`` counts by reason class ("invalid JSON"), so the counts stay a short table however
+    many lines are bad; each row's own entry keeps the full message ("invalid JSON (line 7): ...").
+    """
 
     rows: list[dict[str, Any]] = field(default_factory=list)
     reasons: Counter[str] = field(default_factory=Counter)
 
-    def add(self, source: str, reason: str, row: Any) -> None:
+    def add(self, source: str, reason: str, row: Any, message: str | None = None) -> None:
         self.reasons[reason] += 1
-        self.rows.append({"source": source, "reason": reason, "row": row})
+        self.rows.append({"source": source, "reason": message or reason, "row": row})
+
+    def add_bad(self, source: str, bad: BadRecord) -> None:
+        """A record the parser refused."""
+        self.add(source, bad.reason, bad.text, bad.message)
+
+    def extend(self, other: Rejected) -> None:
+        self.rows.extend(other.rows)
+        self.reasons.update(other.reasons)
 
     @property
     def count(self) -> int:
@@ -94,47 +138,28 @@ class Dataset:
 # --- files -> columns -------------------------------------------------------------------------
 
 
-def _format_of(key: str, declared: str | None) -> str | None:
-    if declared:
-        return declared
-    for suffix, fmt in SUFFIX_FORMATS.items():
-        if key.endswith(suffix):
-            return fmt
-    return None
-
-
 def _read_columns(data: bytes, fmt: str, source: str, rejected: Rejected) -> dict[str, list[Any]]:
     """Every column of one file as Python lists; malformed records go to ``rejected``."""
     if fmt == "parquet":
         table = pq.read_table(io.BytesIO(data))
         return {name: table.column(name).to_pylist() for name in table.column_names}
     if fmt == "csv":
-        def skip(row: Any) -> str:
-            rejected.add(source, "malformed CSV row", getattr(row, "text", str(row)))
-            return "skip"
-
         # Every column as text: types are decided per role below, the same way for every format.
-        header = next(csv.reader(io.StringIO(data[:65536].decode("utf-8", "replace"))), [])
-        table = pacsv.read_csv(
-            io.BytesIO(data),
-            parse_options=pacsv.ParseOptions(newlines_in_values=True, invalid_row_handler=skip),
-            convert_options=pacsv.ConvertOptions(column_types=dict.fromkeys(header, pa.string())),
-        )
-        return {name: table.column(name).to_pylist() for name in table.column_names}
+        header, blocks = csv_blocks(io.BufferedReader(io.BytesIO(data)))  # type: ignore[arg-type]
+        columns: dict[str, list[Any]] = {name: [] for name in header}
+        for block in blocks:
+            for bad in block.bad:
+                rejected.add_bad(source, bad)
+            for name, values in block.columns.items():
+                columns.setdefault(name, []).extend(values)
+        return columns
     if fmt == "jsonl":
         records: list[dict[str, Any]] = []
-        for number, line in enumerate(data.decode("utf-8", "replace").splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as err:
-                rejected.add(source, f"invalid JSON (line {number}): {err.msg}", line[:2000])
-                continue
-            if not isinstance(record, dict):
-                rejected.add(source, f"not a JSON object (line {number})", line[:2000])
-                continue
-            records.append(record)
+        for record in jsonl_records(io.BytesIO(data)):
+            if isinstance(record, BadRecord):
+                rejected.add_bad(source, record)
+            else:
+                records.append(record)
         names = list(dict.fromkeys(k for r in records for k in r))
         return {name: [r.get(name) for r in records] for name in names}
     raise DatasetError(f"unknown data format {fmt!r}; use jsonl, csv or parquet")
@@ -163,10 +188,14 @@ def _to_examples(cols: dict[str, list[Any]], columns: Columns, source: str, fiel
         raise DatasetError(f"{source} has no column {', '.join(missing)}; its columns are "
                            f"{', '.join(sorted(cols))}. Fix {field_name}.columns or the data")
     has_label = columns.label in cols
+    has_provenance = ORIGIN in cols
     queries: list[str] = []
     items: list[str] = []
     labels: list[Any] = []
     dense_rows: list[list[float]] = []
+    origins: list[str] = []
+    source_rows: list[int | None] = []
+    label_rules: list[str | None] = []
     for i in range(n):
         query, item = _text(cols[columns.query][i]), _text(cols[columns.item][i])
         label = cols[columns.label][i] if has_label else None
@@ -197,9 +226,26 @@ def _to_examples(cols: dict[str, list[Any]], columns: Columns, source: str, fiel
         items.append(f"{item}{suffix}")
         labels.append(label)
         dense_rows.append(features)
+        if has_provenance:
+            origins.append(_text(cols[ORIGIN][i]) or "source")
+            source_rows.append(_row_id(cols[SOURCE_ROW][i]) if SOURCE_ROW in cols else None)
+            label_rules.append(_text(cols[LABEL_RULE][i]) if LABEL_RULE in cols else None)
     dense = np.asarray(dense_rows, dtype=np.float32).reshape(len(queries), len(columns.dense_features)) \
         if columns.dense_features else None
-    return Examples(queries, items, labels if has_label else None, dense)
+    if not has_provenance:
+        return Examples(queries, items, labels if has_label else None, dense)
+    return Examples(queries, items, labels if has_label else None, dense, origins, source_rows, label_rules)
+
+
+def _row_id(value: Any) -> int | None:
+    """An sf_source_row value (an int in Parquet and JSON, text in CSV) as an int."""
+    if value is None or isinstance(value, bool):
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return int(number) if math.isfinite(number) and number == int(number) else None
 
 
 def _jsonable(value: Any) -> Any:
@@ -213,11 +259,16 @@ def _jsonable(value: Any) -> Any:
 def _concat(parts: list[Examples]) -> Examples:
     labelled = all(p.labels is not None for p in parts)
     dense = [p.dense for p in parts if p.dense is not None]
+    # Rows of a file without provenance are source rows of their own (no lineage to follow).
+    traced = any(p.origins is not None for p in parts)
     return Examples(
         queries=[q for p in parts for q in p.queries],
         items=[t for p in parts for t in p.items],
         labels=[x for p in parts for x in p.labels or []] if labelled else None,
         dense=np.concatenate(dense) if dense and len(dense) == len(parts) else None,
+        origins=[o for p in parts for o in (p.origins or ["source"] * len(p))] if traced else None,
+        source_rows=[r for p in parts for r in (p.source_rows or [None] * len(p))] if traced else None,
+        label_rules=[r for p in parts for r in (p.label_rules or [None] * len(p))] if traced else None,
     )
 
 
@@ -241,7 +292,7 @@ def _read_all(store: ObjectStore, uris: list[S3Uri], formats: list[str], columns
                                    "committed output was changed afterwards; rerun the run that produced it")
         try:
             cols = _read_columns(data, fmt, str(uri), rejected)
-        except (pa.ArrowInvalid, UnicodeDecodeError, OSError) as err:
+        except (pa.ArrowInvalid, CsvHeaderError, OSError) as err:
             raise DatasetError(f"{uri} is not a readable {fmt} file ({field_name}): {err}") from err
         parts.append(_to_examples(cols, columns, str(uri), field_name, need_label, rejected))
     return _concat(parts), rejected
@@ -264,7 +315,7 @@ def data_entries(manifest: dict[str, Any]) -> list[dict[str, Any]]:
         parts = path.split("/")
         if any(p.startswith(("_", ".", "rejected")) for p in parts):
             continue
-        by_suffix = None if path.endswith(".json") and declared != "jsonl" else _format_of(path, None)
+        by_suffix = None if path.lower().endswith(".json") and declared != "jsonl" else format_of(path, None)
         if (by_suffix is not None and by_suffix == (declared or by_suffix)) or (declared and "." not in parts[-1]):
             out.append(entry)
     return out
@@ -287,7 +338,7 @@ def read_committed(store: ObjectStore, prefix: S3Uri, field_name: str, need_labe
     if columns is None:
         columns = Columns.model_validate(manifest.get("columns") or {})
     uris = [prefix.join(e["path"]) for e in entries]
-    formats = [_format_of(e["path"], manifest.get("format")) or "" for e in entries]
+    formats = [format_of(e["path"], manifest.get("format")) or "" for e in entries]
     examples, rejected = _read_all(store, uris, formats, columns, field_name, need_label, expected=entries)
     return _checked(Dataset(examples, rejected, str(prefix), [str(u) for u in uris], columns, manifest), field_name)
 
@@ -303,13 +354,13 @@ def read_dataset(store: ObjectStore, uri: str, fmt: str | None, columns: Columns
             return read_committed(store, location, field_name, need_label, columns)
         listed = [u for u, _, _ in _listing(store, location, field_name)
                   if not any(part.startswith(("_", ".")) for part in u.key[len(location.key):].split("/"))]
-        found = [(u, _format_of(u.key, fmt)) for u in listed]
+        found = [(u, format_of(u.key, fmt)) for u in listed]
         uris = [u for u, f in found if f]
         if not uris:
             raise DatasetError(f"no .jsonl, .csv or .parquet files under {uri} ({field_name}); check the URI")
         formats = [f for _, f in found if f]
     else:
-        detected = _format_of(location.key, fmt)
+        detected = format_of(location.key, fmt)
         if detected is None:
             raise DatasetError(f"cannot tell the format of {uri}; set {field_name.rsplit('.', 1)[0]}.format "
                                "(jsonl, csv or parquet)")
@@ -344,26 +395,93 @@ def _checked(dataset: Dataset, field_name: str) -> Dataset:
 # --- splitting --------------------------------------------------------------------------------
 
 
-def split_by_query(queries: Sequence[str], fraction: float, seed: int) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
-    """Row indices (train, eval) such that no query has rows on both sides.
+def query_groups(queries: Sequence[str], source_rows: Sequence[int | None] | None = None) -> NDArray[np.int64]:
+    """A group number per row: rows that must be on the same side of a train/eval split.
 
-    Whole queries are drawn in a seeded random order until the evaluation side holds ``fraction``
-    of the rows (at least one query, and never every query), so the split is the same on every
-    rank and every restart.
+    Two rows are in one group when their queries are equal once normalised (NFKC, case and
+    whitespace, :func:`~sampleforge.jobs.common.text.norm_key`) or when they share a source row
+    (``sf_source_row``), and so on transitively. A generated row therefore follows its source
+    row's query whatever its own query became (a typo, a paraphrase), and a generated query that
+    happens to equal another row's query joins that row's group too: either way no text that is
+    evaluated is trained on. Groups are numbered in the order of their smallest normalised query,
+    so the numbering does not depend on the order of the rows.
     """
-    unique, inverse = np.unique(np.asarray(queries, dtype=object), return_inverse=True)
-    if len(unique) < 2:
-        raise DatasetError("the training data has a single query, so no evaluation split by query is possible; "
-                           "set data.eval to a separate evaluation set")
-    counts = np.bincount(inverse, minlength=len(unique))
-    order = np.random.default_rng(seed).permutation(len(unique))
-    target = fraction * len(queries)
-    taken = np.zeros(len(unique), dtype=bool)
+    keys, key_of_row = np.unique(np.asarray([norm_key(q) for q in queries], dtype=object), return_inverse=True)
+    parent = list(range(len(keys)))
+
+    def find(x: int) -> int:
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    if source_rows is not None:
+        first_key: dict[int, int] = {}
+        for row, source in enumerate(source_rows):
+            if source is None:
+                continue
+            key = int(key_of_row[row])
+            seen = first_key.setdefault(source, key)
+            a, b = find(seen), find(key)
+            if a != b:
+                # The smaller key (the earlier query in sorted order) names the group.
+                parent[max(a, b)] = min(a, b)
+    roots = np.asarray([find(k) for k in range(len(keys))], dtype=np.int64)
+    _, group_of_key = np.unique(roots, return_inverse=True)
+    return group_of_key[key_of_row].astype(np.int64)
+
+
+@dataclass(frozen=True)
+class QuerySplit:
+    """Row indices of a split by query group (see :func:`split_by_query`)."""
+
+    train: NDArray[np.int64]
+    eval: NDArray[np.int64]
+    #: Generated rows of the evaluation groups: variants of evaluated rows, so never trained on, and
+    #: not evaluated either unless synthetic rows are (evaluation.includeSynthetic).
+    held_out: NDArray[np.int64]
+
+
+def split_by_query(queries: Sequence[str], fraction: float, seed: int, *,
+                   source_rows: Sequence[int | None] | None = None, generated: Sequence[bool] | None = None,
+                   include_synthetic: bool = False) -> QuerySplit:
+    """Rows for training and for evaluation, such that no query group (:func:`query_groups`) has
+    rows on both sides.
+
+    Whole groups are drawn in a seeded random order until the evaluation side holds ``fraction``
+    of the rows it can hold (at least one group, and never every group), so the split is the same
+    on every rank and every restart. Evaluation holds the source rows of the drawn groups; their
+    generated rows (``generated``) are held out of both sides unless ``include_synthetic``, in
+    which case they are evaluated too. ``fraction`` is counted over the rows evaluation may hold.
+    A group of generated rows only (their source row was set aside) is never drawn: it has no row
+    to evaluate.
+    """
+    n = len(queries)
+    groups = query_groups(queries, source_rows)
+    made = np.zeros(n, dtype=bool) if generated is None else np.asarray(generated, dtype=bool)
+    if made.shape != (n,):
+        raise ValueError("generated must have one flag per row")
+    count = int(groups.max()) + 1 if n else 0
+    if count < 2:
+        raise DatasetError("the training data has a single query (counting the generated variants of each source "
+                           "row's query as that query), so no evaluation split by query is possible; set data.eval "
+                           "to a separate evaluation set")
+    eligible = ~made if not include_synthetic else np.ones(n, dtype=bool)
+    sizes = np.bincount(groups[eligible], minlength=count)
+    order = [int(g) for g in np.random.default_rng(seed).permutation(count) if sizes[g] > 0]
+    if not order:
+        raise DatasetError("the training data has no source row to evaluate on (every row is generated); set "
+                           "data.eval to a separate evaluation set, or evaluation.includeSynthetic: true")
+    if len(order) == count:
+        order = order[:-1]  # never every group: something must be left to train on
+    target = fraction * int(eligible.sum())
+    taken = np.zeros(count, dtype=bool)
     rows = 0
-    for q in order[:-1]:
+    for g in order:
         if rows >= target and taken.any():
             break
-        taken[q] = True
-        rows += int(counts[q])
-    is_eval = taken[inverse]
-    return np.flatnonzero(~is_eval), np.flatnonzero(is_eval)
+        taken[g] = True
+        rows += int(sizes[g])
+    in_eval_group = taken[groups]
+    return QuerySplit(train=np.flatnonzero(~in_eval_group), eval=np.flatnonzero(in_eval_group & eligible),
+                      held_out=np.flatnonzero(in_eval_group & ~eligible))

@@ -71,23 +71,36 @@ class Split:
     eval: Examples
     eval_targets: Targets
     rejected: Rejected
+    #: Generated rows neither trained nor evaluated on: variants of evaluated rows (see
+    #: evaluation.includeSynthetic).
+    held_out: int = 0
 
 
 def split_and_encode(spec: FineTuneRunSpec, inputs: Inputs, space: LabelSpace) -> Split:
-    """Hold out evaluation rows by query (unless data.eval is given) and encode every label."""
+    """Hold out evaluation rows by query group (unless data.eval is given) and encode every label.
+
+    Generated rows follow their source row's query group, and are evaluated only with
+    evaluation.includeSynthetic (see :func:`.data.split_by_query`)."""
     rejected = Rejected()
-    rejected.rows.extend(inputs.train.rejected.rows)
-    rejected.reasons.update(inputs.train.rejected.reasons)
+    rejected.extend(inputs.train.rejected)
     train, evaluation = inputs.train.examples, None
+    synthetic = spec.evaluation.include_synthetic
     if inputs.eval is None:
         fraction = spec.eval_fraction()
         assert fraction is not None
-        train_idx, eval_idx = split_by_query(train.queries, fraction, spec.training.seed)
-        train, evaluation = train.take(train_idx), train.take(eval_idx)
+        split = split_by_query(train.queries, fraction, spec.training.seed, source_rows=train.source_rows,
+                               generated=train.generated(), include_synthetic=synthetic)
+        train, evaluation = train.take(split.train), train.take(split.eval)
+        held_out = len(split.held_out)
     else:
-        rejected.rows.extend(inputs.eval.rejected.rows)
-        rejected.reasons.update(inputs.eval.rejected.reasons)
+        rejected.extend(inputs.eval.rejected)
         evaluation = inputs.eval.examples
+        made = evaluation.generated()
+        held_out = 0 if synthetic else int(made.sum())
+        if held_out:
+            evaluation = evaluation.take(np.flatnonzero(~made))
+    if held_out:
+        log.info("generated rows held out of evaluation", extra={"rows": held_out})
     train, train_targets = space.encode(train, rejected, inputs.train_field)
     evaluation, eval_targets = space.encode(evaluation, rejected, "data.eval" if inputs.eval else inputs.train_field)
     if spec.task == Task.TWO_TOWER:
@@ -98,9 +111,12 @@ def split_and_encode(spec: FineTuneRunSpec, inputs: Inputs, space: LabelSpace) -
     if len(train) == 0:
         raise SpecError(f"no usable training rows in {inputs.train.uri} ({inputs.train_field}) after reading labels; "
                         f"rows set aside: {dict(rejected.reasons)}")
+    if len(evaluation) == 0 and held_out:
+        raise SpecError(f"the evaluation set holds only generated rows ({held_out}, sf_origin: generated); evaluate "
+                        "on source rows, or set evaluation.includeSynthetic: true to evaluate on generated ones")
     if len(evaluation) == 0:
         raise SpecError("the evaluation set is empty; set data.eval or a larger data.evalFraction")
-    return Split(train, train_targets, evaluation, eval_targets, rejected)
+    return Split(train, train_targets, evaluation, eval_targets, rejected, held_out)
 
 
 def _keys(texts: list[str]) -> NDArray[np.int64]:

@@ -370,7 +370,9 @@ class FineTuneRecipe:
             "best": state.best.__dict__ if state.best else None, "stoppedEarly": state.stopped_early,
             "publishedStep": self.published_step if self.published_step is not None else state.step,
             "history": state.history, "loss": state.loss, "samplesSeen": state.samples_seen,
-            "trainingSeconds": self.train_seconds, "rejectedRows": dict(self.split.rejected.reasons),
+            "trainingSeconds": self.train_seconds,
+            # The operator fills FineTuneRun status from these two keys: rows set aside, and why.
+            "rejectedRows": self.split.rejected.count, "rejected": dict(self.split.rejected.reasons),
             # rankingQueries / rankingQueriesSkipped: what the final ranking metrics are averaged over.
             **(self.last_eval.ranking.to_json() if self.last_eval.ranking is not None else {}),
         }
@@ -380,8 +382,10 @@ class FineTuneRecipe:
         return {
             "train": {"uri": inputs.train.uri, "rows": len(self.split.train), "files": inputs.train.files},
             "eval": {"uri": inputs.eval.uri if inputs.eval else f"{self.spec.eval_fraction():.0%} of the training "
-                     "queries, held out by query", "rows": len(self.split.eval)},
-            "rejectedRows": self.split.rejected.count,
+                     "data's source rows, held out by query with every generated variant",
+                     "rows": len(self.split.eval), "includeSynthetic": self.spec.evaluation.include_synthetic,
+                     "heldOutGeneratedRows": self.split.held_out},
+            "rejectedRows": self.split.rejected.count, "rejected": dict(self.split.rejected.reasons),
             "fromAugmentationRun": self.spec.data.from_augmentation_run,
             "augmentationManifest": inputs.train.manifest,
         }

@@ -8,8 +8,8 @@ import itertools
 
 import pytest
 
-from sampleforge.jobs.augment import source
-from sampleforge.jobs.augment.source import _lines, format_of, shard_range
+from sampleforge.jobs.augment.source import format_of, shard_range
+from sampleforge.jobs.common.records import lines
 
 
 @pytest.mark.parametrize("total", [0, 1, 2, 7, 100, 9_999, 5_000_000])
@@ -44,9 +44,8 @@ def test_formats_from_suffix_or_declaration() -> None:
     assert format_of("a/data.txt", "csv") == "csv"
 
 
-def test_lines_are_split_across_read_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(source, "_READ_CHUNK", 7)
+def test_lines_are_split_across_read_chunks() -> None:
     data = b'{"a": 1}\n{"b": "two"}\n\n{"c": 3}'
-    assert list(_lines(io.BytesIO(data))) == [b'{"a": 1}', b'{"b": "two"}', b"", b'{"c": 3}']
-    assert list(_lines(io.BytesIO(b""))) == []
-    assert list(_lines(io.BytesIO(b"x\n"))) == [b"x"]
+    assert list(lines(io.BytesIO(data), chunk=7)) == [b'{"a": 1}', b'{"b": "two"}', b"", b'{"c": 3}']
+    assert list(lines(io.BytesIO(b""), chunk=7)) == []
+    assert list(lines(io.BytesIO(b"x\n"), chunk=7)) == [b"x"]

@@ -17,7 +17,16 @@ from accelerate.data_loader import BatchSamplerShard
 from sampleforge.api.augmentation import Columns
 from sampleforge.api.finetune import Task
 from sampleforge.jobs.finetune.batches import BucketBatchSampler, Collator, PairDataset, Tokenized, make_loader
-from sampleforge.jobs.finetune.data import Examples, Rejected, _read_columns, _to_examples, data_entries, split_by_query
+from sampleforge.jobs.finetune.data import (
+    Examples,
+    Rejected,
+    _concat,
+    _read_columns,
+    _to_examples,
+    data_entries,
+    query_groups,
+    split_by_query,
+)
 from sampleforge.jobs.finetune.errors import DatasetError
 from sampleforge.jobs.finetune.labels import LabelSpace
 
@@ -44,9 +53,47 @@ class TestReadingFiles:
         cols, rejected = columns(b'{"q": "a", "title": "b"}\n{not json\n[1, 2]\n', "jsonl")
         assert cols["q"] == ["a"]
         assert rejected.count == 2
-        assert any(r.startswith("invalid JSON (line 2)") for r in rejected.reasons)
+        # Counted per reason (a short table however many lines are bad); each row keeps its line.
+        assert rejected.reasons == {"invalid JSON": 1, "not a JSON object": 1}
+        assert rejected.rows[0]["reason"].startswith("invalid JSON (line 2): ")
+        assert rejected.rows[1]["reason"] == "not a JSON object (line 3)"
         _, rejected = columns(b"q,title\na,b\nc,d,e,f\n", "csv")
         assert rejected.reasons["malformed CSV row"] == 1
+
+    def test_a_line_that_is_not_utf8_is_set_aside_not_trained_on(self) -> None:
+        data = ('{"q": "红色 连衣裙", "title": "a"}\n'.encode() + b'{"q": "caf\xe9", "title": "latin-1"}\n'
+                + b'{"q": "bag", "title": "tote"}\n')
+        cols, rejected = columns(data, "jsonl")
+        assert cols["q"] == ["红色 连衣裙", "bag"], "never decoded with replacement characters"
+        assert rejected.reasons == {"invalid UTF-8": 1}
+        assert rejected.rows[0]["reason"].startswith("invalid UTF-8 (line 2)")
+        assert "\\xe9" in rejected.rows[0]["row"], "the bytes are shown as they are"
+
+    def test_a_csv_row_that_is_not_utf8_is_set_aside_and_the_rest_is_read(self) -> None:
+        cols, rejected = columns(b"q,title\nred,shoe\ncaf\xe9,latin-1\nbag,tote\n", "csv")
+        assert cols == {"q": ["red", "bag"], "title": ["shoe", "tote"]}
+        assert rejected.reasons == {"invalid UTF-8": 1}
+        assert rejected.rows[0]["reason"] == "invalid UTF-8 (row 2): column 'q'"
+
+    def test_a_json_row_holding_a_unicode_line_separator_stays_one_row(self) -> None:
+        rows = [{"q": "a\u2028b", "title": "para\u2029graph\x85 next\x0c"}, {"q": "c", "title": "d"}]
+        data = "\n".join(json.dumps(r, ensure_ascii=False) for r in rows).encode()
+        cols, rejected = columns(data, "jsonl")
+        assert rejected.count == 0
+        assert cols["q"] == ["a\u2028b", "c"] and cols["title"][0] == "para\u2029graph\x85 next\x0c"
+
+
+class TestFormats:
+    def test_suffixes_are_matched_whatever_their_case(self) -> None:
+        manifest = {"files": [{"path": "data/PART-0.PARQUET"}, {"path": "data/part-1.JSONL"}, {"path": "README.md"}]}
+        assert [e["path"] for e in data_entries(manifest)] == ["data/PART-0.PARQUET", "data/part-1.JSONL"]
+
+    def test_both_jobs_use_one_format_detector(self) -> None:
+        from sampleforge.jobs.augment import source
+        from sampleforge.jobs.common import formats
+        from sampleforge.jobs.finetune import data
+
+        assert source.format_of is formats.format_of and data.format_of is formats.format_of
 
 
 class TestCommittedManifests:
@@ -90,20 +137,126 @@ class TestRoles:
 class TestSplitByQuery:
     def test_no_query_on_both_sides_and_roughly_the_fraction(self) -> None:
         queries = [f"q{i % 40}" for i in range(400)]
-        train, evaluation = split_by_query(queries, 0.2, seed=3)
+        split = split_by_query(queries, 0.2, seed=3)
+        train, evaluation = split.train, split.eval
         assert set(train).isdisjoint(evaluation) and len(train) + len(evaluation) == 400
         assert {queries[i] for i in train}.isdisjoint({queries[i] for i in evaluation})
-        assert 0.15 <= len(evaluation) / 400 <= 0.3
+        assert 0.15 <= len(evaluation) / 400 <= 0.3 and len(split.held_out) == 0
 
     def test_same_seed_same_split(self) -> None:
         queries = [f"q{i % 13}" for i in range(100)]
         a, b = split_by_query(queries, 0.3, 1), split_by_query(queries, 0.3, 1)
-        assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
-        assert not np.array_equal(a[1], split_by_query(queries, 0.3, 2)[1])
+        assert np.array_equal(a.train, b.train) and np.array_equal(a.eval, b.eval)
+        assert not np.array_equal(a.eval, split_by_query(queries, 0.3, 2).eval)
+
+    def test_the_split_does_not_depend_on_the_order_of_the_rows(self) -> None:
+        queries = [f"q{i % 17}" for i in range(170)]
+        order = np.random.default_rng(0).permutation(len(queries))
+        shuffled = [queries[i] for i in order]
+        held = {queries[i] for i in split_by_query(queries, 0.3, 5).eval}
+        assert held == {shuffled[i] for i in split_by_query(shuffled, 0.3, 5).eval}
+
+    def test_queries_that_differ_in_case_width_or_spaces_are_one_query(self) -> None:
+        groups = query_groups(["Red Shoes", "red  shoes ", "ＲＥＤ shoes", "bag"])
+        assert groups[0] == groups[1] == groups[2] != groups[3]
 
     def test_a_single_query_cannot_be_split(self) -> None:
         with pytest.raises(DatasetError, match="data.eval"):
             split_by_query(["q", "q"], 0.5, 0)
+
+
+def augmented_rows() -> list[dict[str, object]]:
+    """What an AugmentationRun commits for 40 queries of 1-3 titles each: the source rows, then a
+    typo, a paraphrase and a hard negative of each (provenance columns as the job writes them).
+    Every variant's query text is new, so a split by raw query puts it in a group of its own."""
+    rows: list[dict[str, object]] = []
+    for q in range(40):
+        for t in range(1 + q % 3):
+            rows.append({"query": f"trail running shoes {q}", "title": f"Salomon Speedcross {q}-{t}", "label": t % 2,
+                         "sf_origin": "source", "sf_source_row": len(rows), "sf_label_rule": None})
+    for src in list(rows):
+        n = src["sf_source_row"]
+        rows += [
+            {**src, "query": f"trial runing shoes {src['query'].split()[-1]} #{n}", "sf_origin": "generated",
+             "sf_label_rule": "keep"},
+            {**src, "query": f"shoes for trail running, model {src['query'].split()[-1]}", "sf_origin": "generated",
+             "sf_label_rule": "keep"},
+            {**src, "title": f"Garden hose {n}", "label": 0, "sf_origin": "generated", "sf_label_rule": "assign"},
+        ]
+    return rows
+
+
+def provenance(rows: list[dict[str, object]]) -> tuple[list[str], list[int | None], list[bool]]:
+    return ([str(r["query"]) for r in rows], [r["sf_source_row"] for r in rows],  # type: ignore[misc]
+            [r["sf_origin"] == "generated" for r in rows])
+
+
+class TestLineageSplit:
+    """A generated row follows its source row: nothing derived from an evaluated row is trained on."""
+
+    def test_the_old_split_by_raw_query_leaks_on_this_input(self) -> None:
+        rows = augmented_rows()
+        queries, sources, made = provenance(rows)
+        old = split_by_query(queries, 0.25, seed=7)  # no lineage: what the job did before
+        evaluated = {sources[i] for i in old.eval if not made[i]}
+        assert any(sources[i] in evaluated for i in old.train if made[i]), "variants of evaluated rows trained on"
+        assert any(made[i] for i in old.eval), "generated rows evaluated"
+
+    @pytest.mark.parametrize("seed", [0, 7, 21])
+    def test_no_variant_of_an_evaluated_row_is_trained_on(self, seed: int) -> None:
+        rows = augmented_rows()
+        queries, sources, made = provenance(rows)
+        split = split_by_query(queries, 0.25, seed, source_rows=sources, generated=made)
+        train, evaluation, held = set(split.train), set(split.eval), set(split.held_out)
+        assert train.isdisjoint(evaluation) and train.isdisjoint(held) and evaluation.isdisjoint(held)
+        assert train | evaluation | held == set(range(len(rows)))
+        assert evaluation and not any(made[i] for i in evaluation), "evaluation holds source rows only"
+        evaluated = {sources[i] for i in evaluation}
+        assert not any(sources[i] in evaluated for i in train)
+        assert held == {i for i in range(len(rows)) if made[i] and sources[i] in evaluated}
+        assert {queries[i].casefold() for i in train}.isdisjoint({queries[i].casefold() for i in evaluation | held})
+        source_count = sum(not m for m in made)
+        assert 0.2 <= len(evaluation) / source_count <= 0.35
+
+    def test_include_synthetic_evaluates_the_variants_too(self) -> None:
+        rows = augmented_rows()
+        queries, sources, made = provenance(rows)
+        split = split_by_query(queries, 0.25, 7, source_rows=sources, generated=made, include_synthetic=True)
+        evaluated = {sources[i] for i in split.eval if not made[i]}
+        assert len(split.held_out) == 0 and any(made[i] for i in split.eval)
+        assert set(split.eval) == {i for i in range(len(rows)) if sources[i] in evaluated}
+        assert not any(sources[i] in evaluated for i in split.train)
+
+    def test_a_generated_query_equal_to_another_query_joins_both_groups(self) -> None:
+        # Row 2 paraphrases row 0 ("red dress") into row 1's query: were "red gown" evaluated, the
+        # paraphrase would train on it, so the two source queries must share a side.
+        queries = ["red dress", "red gown", "Red Gown", "blue hat", "green scarf"]
+        groups = query_groups(queries, [0, 1, 0, 3, 4])
+        assert groups[0] == groups[1] == groups[2]
+        assert len({groups[0], groups[3], groups[4]}) == 3
+
+    def test_generated_rows_whose_source_row_is_absent_are_trained_on_never_evaluated(self) -> None:
+        # Source rows 90 and 91 were removed upstream (undersampling); their variants stay in training.
+        queries = [f"q{i}" for i in range(10)] + ["orphan variant a", "orphan variant b"]
+        sources: list[int | None] = [*range(10), 90, 91]
+        made = [False] * 10 + [True, True]
+        for seed in range(20):
+            split = split_by_query(queries, 0.4, seed, source_rows=sources, generated=made)
+            assert {10, 11} <= set(split.train)
+
+    def test_provenance_is_read_from_the_data_and_kept_through_concat_and_take(self) -> None:
+        rows = augmented_rows()[:3] + augmented_rows()[-3:]
+        cols = {k: [r[k] for r in rows] for k in rows[0]}
+        part = _to_examples(cols, Columns(item="title"), "f", "data.fromAugmentationRun", True, Rejected())
+        plain = Examples(["x"], ["y"], [1])
+        both = _concat([part, plain])
+        assert both.origins == ["source"] * 3 + ["generated"] * 3 + ["source"]
+        assert both.source_rows == [r["sf_source_row"] for r in rows] + [None]
+        assert both.generated().tolist() == [False] * 3 + [True] * 3 + [False]
+        assert both.take([3, 6]).label_rules == ["keep", None]
+        csv_like = _to_examples({**cols, "sf_source_row": [str(v) for v in cols["sf_source_row"]]},
+                                Columns(item="title"), "f", "data.uri", True, Rejected())
+        assert csv_like.source_rows == part.source_rows
 
 
 def examples(labels: list[object]) -> Examples:
