@@ -8,7 +8,10 @@ configuration the API server would have rejected.
 
 from __future__ import annotations
 
+from enum import IntEnum
 from typing import Final
+
+from .constants import Reason
 
 _P: Final = "SAMPLEFORGE_"
 
@@ -75,5 +78,32 @@ EXIT_MODEL_UNAVAILABLE: Final = 3
 #: holds no usable rows; like EXIT_MODEL_UNAVAILABLE, not retried. Transient storage trouble (MinIO
 #: unreachable or answering 5xx) exits 1 instead, which the Job retries.
 EXIT_DATA_UNREADABLE: Final = 4
+#: Anything else (MinIO unreachable, a node problem, a bug): an ordinary failure the Job retries.
+EXIT_FAILED: Final = 1
 #: Exit codes that mean "a retry cannot help": the Job's podFailurePolicy fails the Job on them.
 EXIT_NOT_RETRYABLE: Final = (EXIT_INVALID_CONFIG, EXIT_MODEL_UNAVAILABLE, EXIT_DATA_UNREADABLE)
+
+
+class ExitCode(IntEnum):
+    """The exit statuses of both jobs (augmentation and fine-tune): one set, because the operator
+    reads them back the same way for either kind (podFailurePolicy, and the condition reason a
+    failed pod's code stands for)."""
+
+    SUCCESS = 0
+    #: Worth a retry (EXIT_FAILED).
+    UNEXPECTED = EXIT_FAILED
+    #: The spec or environment is unusable (EXIT_INVALID_CONFIG): reason InvalidSpec.
+    CONFIGURATION = EXIT_INVALID_CONFIG
+    #: A model named in the spec cannot be downloaded or loaded: reason ModelUnavailable.
+    MODEL_UNAVAILABLE = EXIT_MODEL_UNAVAILABLE
+    #: A dataset named in the spec is missing, unreadable or holds no usable rows: DatasetUnreadable.
+    DATASET_UNREADABLE = EXIT_DATA_UNREADABLE
+    #: SIGTERM: a checkpoint or the committed shards survive, the pod is retried (EXIT_TERMINATED).
+    PREEMPTED = EXIT_TERMINATED
+
+    @classmethod
+    def for_reason(cls, reason: str) -> ExitCode:
+        """The do-not-retry code for a failure of condition ``reason``: a model or data problem gets
+        its own code (so the run's condition says which), anything else the configuration one."""
+        return {Reason.MODEL_UNAVAILABLE: cls.MODEL_UNAVAILABLE,
+                Reason.DATASET_UNREADABLE: cls.DATASET_UNREADABLE}.get(reason, cls.CONFIGURATION)

@@ -6,12 +6,13 @@ environment the operator renders (:mod:`sampleforge.api.jobenv`), the same in a 
     SAMPLEFORGE_S3_ACCESS_KEY=... SAMPLEFORGE_S3_SECRET_KEY=... \\
     JOB_COMPLETION_INDEX=0 SAMPLEFORGE_SHARD_COUNT=1 python -m sampleforge.jobs.augment
 
-Exit status: 0 when the shard (and, if it was the last, the run) is committed or was already;
-:data:`~sampleforge.api.jobenv.EXIT_INVALID_CONFIG` (2) when the configuration cannot work (invalid
-spec, missing column, unreadable source, unknown augmenter type, model that does not load), which
-the Job does not retry; :data:`~sampleforge.api.jobenv.EXIT_TERMINATED` (143) after SIGTERM; 1 for
-anything else, which the Job retries, resuming from the shards already committed. In a pod the
-reason and message also go to ``/dev/termination-log``.
+Exit status (:class:`~sampleforge.api.jobenv.ExitCode`, the same codes as the fine-tune job): 0 when
+the shard (and, if it was the last, the run) is committed or was already; 4 when a dataset cannot be
+read or holds no rows (DatasetUnreadable), 3 when a model does not load (ModelUnavailable), 2 when
+the configuration cannot work otherwise (invalid spec, missing column, unknown augmenter type), none
+of which the Job retries; 143 after SIGTERM; 1 for anything else, which the Job retries, resuming
+from the shards already committed. In a pod the reason and message also go to
+``/dev/termination-log``.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ __all__ = ["EXIT_FAILED", "main"]
 
 TERMINATION_LOG = Path("/dev/termination-log")
 #: Any failure a retry may fix (MinIO unavailable, a node problem, a bug).
-EXIT_FAILED = 1
+EXIT_FAILED = jobenv.EXIT_FAILED
 #: Set to 0 to turn the progress bar off (it goes to stderr, next to the JSON log lines).
 PROGRESS_ENV = "SAMPLEFORGE_PROGRESS"
 
@@ -108,7 +109,7 @@ def main(env: Mapping[str, str] | None = None) -> int:
         outcome = job.run()
         return _terminate(0, Reason.SUCCEEDED, outcome.message)
     except ConfigError as err:
-        return _terminate(jobenv.EXIT_INVALID_CONFIG, err.reason, str(err))
+        return _terminate(err.exit_code, err.reason, str(err))
     except Terminated:
         return _terminate(jobenv.EXIT_TERMINATED, Reason.FAILED, "terminated by SIGTERM; committed shards are kept")
     except (AugmentError, StorageError, OSError) as err:

@@ -1,15 +1,18 @@
 """How an augmentation run can fail, and what each failure means for the Job.
 
-Two kinds matter to the operator: a configuration problem that no retry can fix (the spec names a
-column the data lacks, the source cannot be read, a model does not load) ends the pod with
-:data:`~sampleforge.api.jobenv.EXIT_INVALID_CONFIG`, so the Job's podFailurePolicy fails the run at
-once with the message; anything else is an ordinary failure that the Job retries, resuming from the
-shards already committed.
+Two kinds matter to the operator: a problem that no retry can fix ends the pod with a do-not-retry
+code of :class:`~sampleforge.api.jobenv.ExitCode`, the same codes the fine-tune job uses, so the
+Job's podFailurePolicy fails the run at once and the run's condition says which input is at fault:
+a dataset that cannot be read (DATASET_UNREADABLE, reason DatasetUnreadable), a model that does not
+load (MODEL_UNAVAILABLE, reason ModelUnavailable), anything else about the configuration
+(CONFIGURATION, reason InvalidSpec). Anything else is an ordinary failure that the Job retries,
+resuming from the shards already committed.
 """
 
 from __future__ import annotations
 
 from sampleforge.api.constants import Reason
+from sampleforge.api.jobenv import ExitCode
 
 
 class AugmentError(RuntimeError):
@@ -25,6 +28,11 @@ class ConfigError(AugmentError):
     def __init__(self, message: str, reason: Reason = Reason.INVALID_SPEC) -> None:
         super().__init__(message)
         self.reason = reason
+
+    @property
+    def exit_code(self) -> ExitCode:
+        """The pod's exit status for this failure (the operator maps it back to ``reason``)."""
+        return ExitCode.for_reason(self.reason)
 
 
 class SourceError(ConfigError):

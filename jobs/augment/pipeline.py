@@ -44,7 +44,7 @@ from sampleforge.jobs.common.storage import ObjectStore, S3Uri, StorageError
 
 from .catalog import build_augmenters, check_supported, needs_of
 from .embedding import ModelCache
-from .errors import AugmentError, ConfigError
+from .errors import AugmentError, ConfigError, SourceError
 from .filters import Candidate, EvalSplit, Filter, build_filters, eval_split
 from .knowledge import DatasetKnowledge, learn
 from .output import (
@@ -254,6 +254,7 @@ class ShardJob:
         with self._bar(None, "first pass") as bar:
             knowledge = learn(reader.read_all(object_rows), object_rows, self.roles, self.spec,
                               needs_of(self.spec), progress=bar.update)
+        _check_usable(self.spec.source.uri, knowledge)
         return knowledge
 
     def _eval_split(self) -> EvalSplit | None:
@@ -516,6 +517,18 @@ class ShardJob:
     def _artifact(self, rel: str, data: bytes, content_type: str) -> dict[str, Any]:
         self.store.write_bytes(self.prefix.join(rel), data, content_type)
         return {"path": rel, "size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+
+
+def _check_usable(uri: str, knowledge: DatasetKnowledge) -> None:
+    """A source without a single usable row is unreadable as a dataset: augmenting it would commit an
+    empty output and call the run a success, which a FineTuneRun on it would only find out later."""
+    if knowledge.total_rows == 0:
+        raise SourceError(f"spec.source.uri {uri} holds no rows (the file is empty, or every data file under "
+                          "the prefix is); upload the data, or point spec.source.uri at a file that has rows")
+    if knowledge.valid_rows == 0:
+        raise SourceError(f"none of the {knowledge.total_rows} rows of spec.source.uri {uri} is usable: every one "
+                          "was set aside while cleaning (malformed, or empty query or item text); check the data "
+                          "and spec.source.columns")
 
 
 def _augmenter_info(entry: Any, augmenter: RowAugmenter) -> dict[str, Any]:

@@ -4,33 +4,16 @@ Exit codes are the pod's only reliable channel to the Job controller: a Job's ``
 matches them, so the operator can retry a preempted pod without counting it against
 ``backoffLimit`` and fail the run at once on input that no retry will fix. Each code is therefore
 distinct and stable, and each error carries the condition reason the operator shows to users.
+The codes are :class:`sampleforge.api.jobenv.ExitCode`, shared with the augmentation job.
 """
 
 from __future__ import annotations
 
-from enum import IntEnum
-
-from sampleforge.api import jobenv
 from sampleforge.api.constants import Reason
+from sampleforge.api.jobenv import ExitCode
 
-
-class ExitCode(IntEnum):
-    """Process exit statuses of ``python -m sampleforge.jobs.finetune``."""
-
-    #: Trained, evaluated and published; the output manifest is committed.
-    SUCCESS = 0
-    #: Anything unexpected (a bug, an out-of-memory error): worth a retry.
-    UNEXPECTED = 1
-    #: The environment or the spec is unusable, or a checkpoint belongs to another configuration:
-    #: the operator's podFailurePolicy fails the Job at once (jobenv.EXIT_INVALID_CONFIG).
-    CONFIGURATION = jobenv.EXIT_INVALID_CONFIG
-    #: The base model cannot be loaded (spec.model); the Job is not retried.
-    MODEL_UNAVAILABLE = jobenv.EXIT_MODEL_UNAVAILABLE
-    #: The training or evaluation data cannot be read or is unusable (spec.data); not retried.
-    DATASET_UNREADABLE = jobenv.EXIT_DATA_UNREADABLE
-    #: SIGTERM (preemption, eviction, node drain) arrived; a checkpoint was committed first, so a
-    #: retried pod resumes from it: 128 + SIGTERM, as jobenv.EXIT_TERMINATED says.
-    PREEMPTED = jobenv.EXIT_TERMINATED
+__all__ = ["CheckpointMismatchError", "DatasetError", "ExitCode", "FineTuneError", "ModelUnavailableError",
+           "Preempted", "SpecError"]
 
 
 class FineTuneError(RuntimeError):

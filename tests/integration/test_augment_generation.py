@@ -269,6 +269,7 @@ class TestModelErrors:
         for augmenters, field, advice in cases:
             capsys.readouterr()
             code = run_job(job_env(testbed, spec(bucket, source, augmenters), tmp_path))
-            assert code == jobenv.EXIT_INVALID_CONFIG
+            assert code == jobenv.EXIT_MODEL_UNAVAILABLE  # as for a fine-tune: the operator says ModelUnavailable
             finished = [json.loads(line) for line in capsys.readouterr().err.splitlines() if '"finished"' in line]
             assert finished and field in finished[-1]["detail"] and advice in finished[-1]["detail"], finished
+            assert finished[-1]["reason"] == "ModelUnavailable"

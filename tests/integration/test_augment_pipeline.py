@@ -237,24 +237,58 @@ class TestBadConfiguration:
         assert "spec.source.columns.item ('product_title')" in done.stderr
         assert not list(s3.list_objects(bucket, prefix="out/", recursive=True))
 
-    def test_unreadable_sources_exit_with_invalid_config(self, testbed: Testbed, s3: Minio, bucket: str,
-                                                         tmp_path: Path) -> None:
+    def test_unreadable_sources_exit_with_data_unreadable(self, testbed: Testbed, s3: Minio, bucket: str,
+                                                          tmp_path: Path) -> None:
+        # The same code as the fine-tune job's, so the operator reports DatasetUnreadable, not InvalidSpec.
         absent = self._run_subprocess(testbed, spec(bucket, {"uri": f"s3://{bucket}/nope/train.parquet",
                                                              "columns": QBQTC_COLUMNS}, [{"type": "typo"}]), tmp_path)
-        assert absent.returncode == jobenv.EXIT_INVALID_CONFIG
+        assert absent.returncode == jobenv.EXIT_DATA_UNREADABLE
         assert "spec.source.uri" in absent.stderr and "does not exist" in absent.stderr
+        assert '"reason": "DatasetUnreadable"' in absent.stderr
         corrupt = put(s3, bucket, "bad/train.parquet", b"PAR1 this is not parquet at all")
         done = self._run_subprocess(testbed, spec(bucket, {"uri": corrupt, "columns": QBQTC_COLUMNS},
                                                   [{"type": "typo"}]), tmp_path)
-        assert done.returncode == jobenv.EXIT_INVALID_CONFIG
+        assert done.returncode == jobenv.EXIT_DATA_UNREADABLE
         assert "not a readable parquet file" in done.stderr
 
-    def test_augmenter_types_this_image_lacks_fail_before_reading(self, testbed: Testbed, s3: Minio, bucket: str,
-                                                                  tmp_path: Path) -> None:
+    @pytest.mark.parametrize("fmt", ["jsonl", "csv", "parquet"])
+    def test_an_empty_source_fails_as_unreadable_instead_of_succeeding_with_no_rows(
+            self, testbed: Testbed, s3: Minio, bucket: str, tmp_path: Path, fmt: str) -> None:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        empty = {"jsonl": b"", "csv": b"id,query,title,label\n"}
+        if fmt == "parquet":
+            sink = pa.BufferOutputStream()
+            pq.write_table(pa.table({c: pa.array([], pa.string()) for c in ("id", "query", "title", "label")}), sink)
+            empty["parquet"] = sink.getvalue().to_pybytes()
+        uri = put(s3, bucket, f"empty/train.{fmt}", empty[fmt])
+        done = self._run_subprocess(testbed, spec(bucket, {"uri": uri, "columns": QBQTC_COLUMNS}, [{"type": "typo"}]),
+                                    tmp_path)
+        assert done.returncode == jobenv.EXIT_DATA_UNREADABLE, done.stderr[-2000:]
+        assert f"spec.source.uri {uri} holds no rows" in done.stderr
+        assert not list(s3.list_objects(bucket, prefix="out/", recursive=True))
+
+    def test_a_source_without_one_usable_row_fails_as_unreadable(self, testbed: Testbed, s3: Minio, bucket: str,
+                                                                   tmp_path: Path) -> None:
+        lines = [json.dumps({"id": i, "query": "", "title": "", "label": "1"}).encode() for i in range(5)]
+        uri = put(s3, bucket, "blank/train.jsonl", b"\n".join(lines) + b"\n")
+        done = self._run_subprocess(testbed, spec(bucket, {"uri": uri, "columns": QBQTC_COLUMNS}, [{"type": "typo"}]),
+                                    tmp_path)
+        assert done.returncode == jobenv.EXIT_DATA_UNREADABLE, done.stderr[-2000:]
+        assert f"none of the 5 rows of spec.source.uri {uri} is usable" in done.stderr
+        assert s3.stat_object(bucket, "blank/train.jsonl")  # the source is left alone
+        assert not any(o.object_name.endswith("manifest.json")
+                       for o in s3.list_objects(bucket, prefix="out/", recursive=True))
+
+    def test_a_model_that_cannot_be_loaded_exits_with_model_unavailable(self, testbed: Testbed, s3: Minio,
+                                                                         bucket: str, tmp_path: Path) -> None:
         uri = put(s3, bucket, "qbqtc/train.jsonl", b"\n".join(qbqtc_lines(30)) + b"\n")
         run_spec = spec(bucket, {"uri": uri, "columns": QBQTC_COLUMNS},
-                        [{"type": "paraphrase", "model": "s3://models/none/"}])
-        assert run_job(job_env(testbed, run_spec, tmp_path)) == jobenv.EXIT_INVALID_CONFIG
+                        [{"type": "paraphrase", "model": f"s3://{bucket}/models/none/"}])
+        done = self._run_subprocess(testbed, run_spec, tmp_path)
+        assert done.returncode == jobenv.EXIT_MODEL_UNAVAILABLE, done.stderr[-2000:]
+        assert "spec.augmenters[0].model" in done.stderr and '"reason": "ModelUnavailable"' in done.stderr
 
     def test_invalid_spec_and_missing_output_bucket(self, testbed: Testbed, s3: Minio, bucket: str,
                                                     tmp_path: Path) -> None:
