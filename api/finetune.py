@@ -187,6 +187,39 @@ Method = Annotated[
 ADAPTER_METHODS: Final = ("lora", "adalora")
 
 
+LabelName = Annotated[str, Field(min_length=1, max_length=128)]
+ClassWeight = Annotated[float, Field(gt=0.0, le=1000.0)]
+#: Tasks whose labels are classes, so that class weights and decision calibration apply.
+CLASS_TASKS: Final = ("relevance", "ctr")
+
+
+class ClassWeights(ApiModel):
+    """How much each label's rows weigh in the training loss (tasks relevance and ctr)."""
+
+    kube_rules = (
+        Rule(
+            cel="self.type == 'explicit' ? (has(self.weights) && size(self.weights) > 0) : !has(self.weights)",
+            message="training.classWeights.weights is required with type explicit (a weight per label, e.g. "
+            "{\"0\": 1.0, \"1\": 4.0}) and forbidden with type balanced; set one or change type",
+            check=lambda c: bool(c.weights) if c.type == "explicit" else c.weights is None,
+            field_path=".weights",
+        ),
+    )
+
+    type: Literal["balanced", "explicit"] = Field(
+        description="balanced: each label weighs (training rows) / (labels x its rows), scikit-learn's "
+        "'balanced', so every label contributes as much to the loss as any other; explicit: the weights map."
+    )
+    weights: dict[LabelName, ClassWeight] | None = Field(
+        default=None,
+        max_length=256,
+        description="type explicit: weight per label, keyed by the label as written in the label column "
+        "(\"0\", \"2\", \"Exact\"; for ctr \"0\" and \"1\"); labels not listed weigh 1. Each row's loss is "
+        "multiplied by its label's weight and averaged over the rows, so weights that average 1 over the "
+        "training rows keep the learning rate's meaning.",
+    )
+
+
 class Training(ApiModel):
     """Optimisation settings."""
 
@@ -226,6 +259,11 @@ class Training(ApiModel):
     )
     max_length: int = Field(
         default=128, ge=8, le=8192, description="Tokens per (query, item) input; longer inputs are cut."
+    )
+    class_weights: ClassWeights | None = Field(
+        default=None,
+        description="Weigh each label's rows in the loss (relevance and ctr): balanced, or a weight per label; "
+        "every row weighs 1 when unset. The evaluation loss stays unweighted, so runs remain comparable.",
     )
 
 
@@ -284,6 +322,23 @@ class EarlyStopping(ApiModel):
         return self.mode or ("min" if self.metric in LOWER_IS_BETTER else "max")
 
 
+class Calibration(ApiModel):
+    """How scores become decisions, tuned on the evaluation split after training."""
+
+    method: Literal["auto", "threshold", "prior"] = Field(
+        default="auto",
+        description="threshold: the probability above which a row is predicted positive (ctr, or relevance with "
+        "two labels), instead of 0.5; prior: an offset per class added to the log-probabilities before the "
+        "argmax (relevance), which corrects a training label prior that differs from the data's; auto: "
+        "threshold for two labels, prior for more.",
+    )
+    objective: Literal["macroF1", "f1", "accuracy"] = Field(
+        default="macroF1",
+        description="What the threshold or offsets maximise on the evaluation split: macroF1, f1 (of the "
+        "positive class with two labels, macro-averaged otherwise) or accuracy.",
+    )
+
+
 class Evaluation(ApiModel):
     """What is measured on the evaluation set, and when."""
 
@@ -314,6 +369,14 @@ class Evaluation(ApiModel):
         "left out of training and evaluation alike, and with data.eval its generated rows are skipped. Either "
         "way the split groups every generated row with its source row's query (sf_source_row), so no variant "
         "of an evaluated query is trained on.",
+    )
+    calibration: Calibration | None = Field(
+        default=None,
+        description="Tune the decision (a threshold, or per-class prior offsets) on the evaluation split, the one "
+        "early stopping watches (data.eval, or the rows data.evalFraction holds out), after training; "
+        "recorded in metrics.json and the model card, applied to predictions.parquet and by the published "
+        "model's predict(). The tuned decision metrics are measured on the rows they were tuned on, so keep "
+        "a test set the job never sees for the claim. Tasks relevance and ctr; argmax (0.5 for ctr) when unset.",
     )
 
 
@@ -380,6 +443,32 @@ class FineTuneRunSpec(CommonRunSpec):
             "model and checkpoints would be mixed with the evaluation data; choose an output.uri outside it",
             check=lambda s: s.data.eval is None or not s3_locations_overlap(s.data.eval, s.output.uri),
             field_path=".output.uri",
+        ),
+        Rule(
+            cel="!has(self.training) || !has(self.training.classWeights) || "
+            f"self.task in {list(CLASS_TASKS)!r}",
+            message="training.classWeights applies only when task is relevance or ctr; remove it or change task",
+            check=lambda s: s.training.class_weights is None or s.task in CLASS_TASKS,
+            field_path=".training.classWeights",
+            reason="FieldValueForbidden",
+        ),
+        Rule(
+            cel="!has(self.evaluation) || !has(self.evaluation.calibration) || "
+            f"self.task in {list(CLASS_TASKS)!r}",
+            message="evaluation.calibration applies only when task is relevance or ctr; remove it or change task",
+            check=lambda s: s.evaluation.calibration is None or s.task in CLASS_TASKS,
+            field_path=".evaluation.calibration",
+            reason="FieldValueForbidden",
+        ),
+        Rule(
+            cel="!has(self.evaluation) || !has(self.evaluation.calibration) || "
+            "!has(self.evaluation.calibration.method) || self.evaluation.calibration.method != 'prior' || "
+            "self.task == 'relevance'",
+            message="evaluation.calibration.method prior needs task relevance (class labels); use threshold or auto "
+            "for ctr",
+            check=lambda s: (s.evaluation.calibration is None or s.evaluation.calibration.method != "prior"
+                             or s.task == Task.RELEVANCE),
+            field_path=".evaluation.calibration.method",
         ),
         Rule(
             cel="!has(self.twoTower) || self.task == 'twoTower'",

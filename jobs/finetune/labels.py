@@ -20,10 +20,10 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from sampleforge.api.finetune import Task
+from sampleforge.api.finetune import ClassWeights, Task
 
 from .data import Examples, Rejected
-from .errors import DatasetError
+from .errors import DatasetError, SpecError
 
 #: ESCI label names (full and one-letter), lower-cased, and their KDD Cup 2022 gains.
 ESCI_GRADES: dict[str, float] = {
@@ -146,6 +146,46 @@ class LabelSpace:
         if number is None:
             return f"label {raw!r} is not a number (or an ESCI name)"
         return number, number
+
+    @property
+    def decision_classes(self) -> tuple[str, ...]:
+        """Names of the classes a decision picks from, by index: the label classes (relevance),
+        no click / click (ctr), none for the other tasks."""
+        if self.task == Task.CTR:
+            return ("0", "1")
+        return self.classes
+
+    def _class_index(self, label: str) -> int | None:
+        if self.task == Task.CTR:
+            text = label.strip().lower()
+            return 1 if text in _TRUE else 0 if text in _FALSE else None
+        return {name: i for i, name in enumerate(self.classes)}.get(_name(label))
+
+    def class_weights(self, config: ClassWeights | None, targets: NDArray[Any]) -> NDArray[np.float64] | None:
+        """Loss weight per class index from training.classWeights, given the training targets.
+
+        balanced is scikit-learn's ``compute_class_weight("balanced")``: rows / (classes x rows of the
+        class), so the weights average 1 over the training rows. A class without training rows
+        (only possible for ctr) keeps weight 1.
+        """
+        if config is None:
+            return None
+        classes = self.decision_classes
+        if not classes:
+            raise SpecError(f"training.classWeights applies only to tasks relevance and ctr, not {self.task}")
+        weights = np.ones(len(classes), dtype=np.float64)
+        if config.type == "balanced":
+            counts = np.bincount(np.asarray(targets).astype(np.int64), minlength=len(classes))
+            present = counts > 0
+            weights[present] = counts.sum() / (len(classes) * counts[present])
+            return weights
+        for label, weight in (config.weights or {}).items():
+            index = self._class_index(label)
+            if index is None:
+                raise SpecError(f"training.classWeights.weights: label {label!r} is not one of the training labels "
+                                f"{list(classes)}; key the weights by the labels of the label column")
+            weights[index] = weight
+        return weights
 
     def to_json(self) -> dict[str, Any]:
         return {"task": str(self.task), "classes": list(self.classes),

@@ -171,15 +171,28 @@ def info_nce_loss(queries: torch.Tensor, items: torch.Tensor, query_keys: torch.
     return F.cross_entropy(logits, torch.arange(len(queries), device=queries.device))
 
 
-def task_loss(task: Task, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """The cross-encoder loss of each task, computed in fp32 for stability under mixed precision."""
+def task_loss(task: Task, outputs: torch.Tensor, targets: torch.Tensor,
+              class_weights: torch.Tensor | None = None) -> torch.Tensor:
+    """The cross-encoder loss of each task, computed in fp32 for stability under mixed precision.
+
+    ``class_weights`` (training.classWeights; relevance and ctr) multiply each row's loss by its
+    class's weight, and the mean is over rows, as scikit-learn weighs samples. Not torch's
+    ``cross_entropy(weight=...)``, which divides by the batch's summed weights: a batch of one class
+    would then weigh as much as a balanced one, and the weighting would fade with small batches.
+    """
     logits = outputs.float()
     if task == Task.RELEVANCE:
-        return F.cross_entropy(logits, targets.long())
+        if class_weights is None:
+            return F.cross_entropy(logits, targets.long())
+        per_row = F.cross_entropy(logits, targets.long(), reduction="none")
+        return (per_row * class_weights.to(per_row)[targets.long()]).mean()
     if task == Task.RELEVANCE_REGRESSION:
         return F.mse_loss(logits.squeeze(-1), targets.float())
     if task == Task.CTR:
-        return F.binary_cross_entropy_with_logits(logits.squeeze(-1), targets.float())
+        if class_weights is None:
+            return F.binary_cross_entropy_with_logits(logits.squeeze(-1), targets.float())
+        per_row = F.binary_cross_entropy_with_logits(logits.squeeze(-1), targets.float(), reduction="none")
+        return (per_row * class_weights.to(per_row)[targets.long()]).mean()
     raise ValueError(f"task {task} has no cross-encoder loss")
 
 

@@ -44,9 +44,18 @@ HEAD_FILE = "head.safetensors"
 FORMAT_VERSION = 1
 
 
+def calibration_for_model(calibration: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The part of the recipe's calibration record that decides (the rest is measurement)."""
+    if calibration is None:
+        return None
+    return {k: calibration[k] for k in ("method", "threshold", "positiveLabel", "offsets", "objective", "tunedOn")
+            if k in calibration}
+
+
 def save_model(model: torch.nn.Module, tokenizer: Any, head: HeadConfig, labels: dict[str, Any],
-               spec: FineTuneRunSpec, directory: Path) -> dict[str, Any]:
-    """Write the (unwrapped) model into ``directory``; returns the model description."""
+               spec: FineTuneRunSpec, directory: Path, calibration: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Write the (unwrapped) model into ``directory``; returns the model description.
+    ``calibration`` (evaluation.calibration's tuned decision) is what ``predict()`` applies."""
     directory.mkdir(parents=True, exist_ok=True)
     parts = encoders(model)
     adapter = any(is_adapter(e) for e in parts.values())
@@ -76,6 +85,7 @@ def save_model(model: torch.nn.Module, tokenizer: Any, head: HeadConfig, labels:
         "adapter": adapter,
         "merged": merged,
         "labels": labels,
+        **({"calibration": calibration} if calibration is not None else {}),
     }
     (directory / MODEL_CONFIG).write_text(json.dumps(description, indent=2, sort_keys=True))
     return description
@@ -134,7 +144,9 @@ def model_card(spec: FineTuneRunSpec, run: dict[str, str], data: dict[str, Any],
              ("warmup", t.warmup_steps if t.warmup_steps is not None else f"ratio {t.warmup_ratio or 0}"),
              ("weight decay", t.weight_decay), ("gradient clipping", t.gradient_clipping or "off"),
              ("max length", t.max_length), ("mixed precision", d.mixed_precision),
-             ("gradient checkpointing", d.gradient_checkpointing), ("seed", t.seed)]
+             ("gradient checkpointing", d.gradient_checkpointing), ("seed", t.seed),
+             ("class weights", ", ".join(f"{k}: {v:.4g}" for k, v in results["classWeights"].items())
+              + f" ({t.class_weights.type})" if t.class_weights and "classWeights" in results else None)]
     final = results.get("final", {})
     best = results.get("best")
     lines = [
@@ -167,6 +179,20 @@ def model_card(spec: FineTuneRunSpec, run: dict[str, str], data: dict[str, Any],
     if published is not None and published != results.get("step"):
         lines += [(f"The published weights are step {published}'s, the best evaluation's (training ran to step "
                    f"{results.get('step')}); the results above are measured on them."), ""]
+    calibration = results.get("calibration")
+    if calibration:
+        decided = (f"a threshold of {calibration['threshold']:.4f} on the probability of label "
+                   f"`{calibration['positiveLabel']}`" if calibration["method"] == "threshold"
+                   else "per-label log-prior offsets " + ", ".join(f"`{k}` {v:+.3f}"
+                                                                  for k, v in calibration["offsets"].items()))
+        lines += ["## Decision calibration", "",
+                  (f"Predictions use {decided}, tuned to maximise {calibration['objective']} on the "
+                   f"{calibration['rows']} rows of the evaluation split (the one early stopping watches; "
+                   "evaluation.calibration). The decision metrics below are measured on those same rows, so "
+                   "they are optimistic; judge the model on a test set the run never saw. The results above "
+                   "are at the uncalibrated decision (argmax, or 0.5 for ctr)."), "",
+                  _table([(k, f"{calibration['uncalibrated'][k]:.4f} -> {v:.4f}")
+                          for k, v in calibration["calibrated"].items()]), ""]
     if description["labels"].get("classes"):
         lines += ["## Labels", "", _table([(str(i), c) for i, c in enumerate(description["labels"]["classes"])]), ""]
     lines += ["## How to use", "", "```python",

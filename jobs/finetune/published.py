@@ -21,6 +21,7 @@ from transformers import AutoModel, AutoTokenizer
 
 from sampleforge.api.finetune import Task
 
+from .calibration import Decision
 from .modeling import CrossEncoder, HeadConfig, TwoTower, freeze_unused_pooler, load_config_hidden
 from .publish import HEAD_FILE, MODEL_CONFIG
 
@@ -72,6 +73,24 @@ class PublishedModel:
         if task == Task.CTR:
             return np.asarray(1.0 / (1.0 + np.exp(-logits[:, 0])), dtype=np.float64)
         return np.asarray(logits[:, 0], dtype=np.float64)
+
+    def predict(self, queries: Sequence[str], items: Sequence[str],
+                dense: NDArray[np.float32] | None = None) -> list[str]:
+        """Predicted label per pair (relevance classes, "0"/"1" for ctr), with the decision the run
+        calibrated on its evaluation split (evaluation.calibration) when it did, so that serving
+        decides as predictions.parquet recorded."""
+        task = Task(self.description["task"])
+        logits = self.logits(queries, items, dense).astype(np.float64)
+        if task == Task.RELEVANCE:
+            classes = tuple(self.description["labels"]["classes"])
+            probabilities = torch.softmax(torch.from_numpy(logits), dim=-1).numpy()
+        elif task == Task.CTR:
+            classes = ("0", "1")
+            probabilities = 1.0 / (1.0 + np.exp(-logits[:, 0]))
+        else:
+            raise ValueError(f"predict() is for relevance and ctr models; this one is {task}: use score()")
+        decision = Decision.from_json(self.description.get("calibration"), classes)
+        return [classes[i] for i in decision.predict(probabilities)]
 
     @torch.no_grad()
     def _embed(self, texts: Sequence[str], items: bool, batch_size: int = 64) -> NDArray[np.float32]:

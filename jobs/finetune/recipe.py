@@ -34,6 +34,7 @@ from sampleforge.jobs.common.heartbeat import HeartbeatSender
 from sampleforge.jobs.common.storage import MANIFEST_NAME, ObjectStore, S3Uri
 
 from . import publish
+from .calibration import calibrate, decision_metrics, resolve_method
 from .checkpoint import STATE, Checkpoints, Committed, describe_config
 from .errors import Preempted, SpecError
 from .evaluate import CrossEvalSet, EvalResult, check_metrics, evaluate_cross, evaluate_towers
@@ -69,6 +70,8 @@ class FineTuneRecipe:
         self._last_eval_step = -1
         #: The step whose weights are published: the last one, or the best one's (restoreBest).
         self.published_step: int | None = None
+        #: evaluation.calibration's tuned decision and its effect, for metrics.json and the model.
+        self.calibration: dict[str, Any] | None = None
 
     # -- setup ------------------------------------------------------------------------------------
 
@@ -115,7 +118,13 @@ class FineTuneRecipe:
                       else LabelSpace.learn(spec.task, inputs.train.examples.labels if need_labels else None))
         self.metric_names = spec.effective_metrics()
         check_metrics(spec.task, self.space, self.metric_names)
+        if spec.evaluation.calibration is not None:  # a method that does not fit the labels fails now
+            resolve_method(spec.evaluation.calibration, self.space.decision_classes)
         self.split: Split = split_and_encode(spec, inputs, self.space)
+        # training.classWeights: from the training labels, so a resumed run computes the same ones.
+        weights = self.space.class_weights(t.class_weights, self.split.train_targets.targets)
+        self.class_weights = None if weights is None else torch.as_tensor(weights, dtype=torch.float32,
+                                                                          device=acc.device)
 
         # Tokenise once; batches of similar length, padded per batch.
         try:
@@ -187,7 +196,8 @@ class FineTuneRecipe:
         if self.spec.task == Task.TWO_TOWER:
             queries, items = self.model(batch["query"], batch["item"])
             return info_nce_loss(queries, items, batch["query_key"], batch["item_key"], self.head.temperature)
-        return task_loss(self.spec.task, self.model(batch["inputs"], batch.get("dense")), batch["target"])
+        return task_loss(self.spec.task, self.model(batch["inputs"], batch.get("dense")), batch["target"],
+                         self.class_weights)
 
     def _preempted(self) -> bool:
         """Whether any rank got SIGTERM: all ranks must agree on the step they checkpoint at."""
@@ -254,6 +264,30 @@ class FineTuneRecipe:
         self.published_step = state.step
         if self._keeps_best() and state.best is not None and state.best.step != state.step:
             self._restore_best(state.best.step)
+        self.calibrate()
+
+    def calibrate(self) -> None:
+        """evaluation.calibration: tune the decision on the final evaluation (of the published
+        weights) and apply it to the predictions that are published. Deterministic, so every rank
+        agrees without a collective."""
+        config = self.spec.evaluation.calibration
+        if config is None or self.last_eval is None or not isinstance(self.eval_set, CrossEvalSet):
+            return
+        predictions = self.last_eval.predictions
+        probabilities = predictions["probabilities" if self.spec.task == Task.RELEVANCE else "probability"]
+        targets = predictions["target"]
+        classes = self.space.decision_classes
+        decision = calibrate(config, classes, probabilities, targets)
+        predicted = decision.predict(probabilities)
+        before = decision_metrics(targets, predictions["predicted"], len(classes))
+        after = decision_metrics(targets, predicted, len(classes))
+        predictions["uncalibratedPredicted"] = predictions["predicted"]
+        predictions["predicted"] = predicted.tolist()
+        if "predictedLabel" in predictions:
+            predictions["predictedLabel"] = [classes[i] for i in predicted]
+        self.calibration = {**decision.to_json(classes), "objective": config.objective, "tunedOn": "evaluation",
+                            "rows": len(targets), "uncalibrated": before, "calibrated": after}
+        log.info("calibrated the decision on the evaluation split", extra={"calibration": self.calibration})
 
     def _measure(self) -> EvalResult:
         if isinstance(self.eval_set, CrossEvalSet):
@@ -340,7 +374,8 @@ class FineTuneRecipe:
         shutil.rmtree(staging, ignore_errors=True)
         model_dir = staging / publish.MODEL_DIR
         description = publish.save_model(acc.unwrap_model(self.model), self.tokenizer, self.head,
-                                         self.space.to_json(), spec, model_dir)
+                                         self.space.to_json(), spec, model_dir,
+                                         calibration=publish.calibration_for_model(self.calibration))
         assert self.last_eval is not None
         results = self.results()
         (staging / "metrics.json").write_text(json.dumps(results, indent=2, sort_keys=True))
@@ -375,6 +410,10 @@ class FineTuneRecipe:
             "rejectedRows": self.split.rejected.count, "rejected": dict(self.split.rejected.reasons),
             # rankingQueries / rankingQueriesSkipped: what the final ranking metrics are averaged over.
             **(self.last_eval.ranking.to_json() if self.last_eval.ranking is not None else {}),
+            **({"classWeights": dict(zip(self.space.decision_classes, self.class_weights.tolist(), strict=True))}
+               if self.class_weights is not None else {}),
+            # The decision tuned on the evaluation split; "final" keeps the uncalibrated decision metrics.
+            **({"calibration": self.calibration} if self.calibration is not None else {}),
         }
 
     def data_summary(self) -> dict[str, Any]:
