@@ -210,7 +210,8 @@ class LabelConsistencyFilter(ApiModel):
 
 
 class Filters(ApiModel):
-    """Which generated rows are kept. Source rows are never filtered, only generated ones."""
+    """Which rows are kept. The quality filters judge generated rows only; the leakage guard (evalSplit)
+    judges source rows and generated rows alike."""
 
     pii_redaction: bool = Field(
         default=True, description="Mask e-mail addresses, phone and ID numbers in generated text."
@@ -226,14 +227,28 @@ class Filters(ApiModel):
     )
     eval_split: S3Uri | None = Field(
         default=None,
-        description="s3:// URI of the evaluation set; generated rows that equal or near-duplicate what it "
-        "holds out (see evalSplitMatch) are dropped so nothing leaks into evaluation.",
+        description="s3:// URI of the evaluation set, read with source.columns (query and item) and cleaned "
+        "as the source is. Guaranteed: no output row, source or generated, has a query (or item, per "
+        "evalSplitMatch) that equals one the set holds out after Unicode (NFKC), case and whitespace "
+        "normalisation, or near-duplicates one (Jaccard similarity of character 3-grams at or above "
+        "filters.dedup.threshold with minhash, else 0.85, estimated with MinHash: pairs close to the "
+        "threshold may fall either side); and no row generated from a source row so dropped is kept, "
+        "whatever its own text became. Drops are counted per reason in the manifest "
+        "(evalSplit.sourceRowsDropped for source rows, filters.evalSplit for generated ones). Not "
+        "guaranteed: a paraphrase that shares few characters with an evaluation query, generated from a "
+        "source row that does not leak, is kept; the check is lexical.",
     )
     eval_split_match: Literal["query", "item", "queryOrItem"] = Field(
         default="query",
-        description="What the evaluation set holds out: query (split by query, the catalog is shared: a "
-        "generated row leaks when its query matches an evaluation query), item (split by item, e.g. "
-        "cold-start items), or queryOrItem (both).",
+        description="What the evaluation set holds out, and so which column of every row is compared: query "
+        "(a split by query over a shared catalog: a row leaks when its query matches an evaluation query; "
+        "its item may be an evaluated product), item (a split by item, e.g. cold-start items), or "
+        "queryOrItem (both). Each column is compared with the same column of the evaluation set. Product "
+        "matching, where the query column is itself a product (the left title of a pair): query drops "
+        "every row whose left product is an evaluated left product, source rows and their generated "
+        "variants alike; use queryOrItem to keep the right products of evaluation pairs out as well. A "
+        "product that is on the left in evaluation and on the right in training is not compared across "
+        "columns.",
     )
 
 

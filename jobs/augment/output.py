@@ -301,7 +301,10 @@ def assemble_manifest(markers: Sequence[Mapping[str, Any]], *, committed_at: dat
         "filterNotes": shared.get("filterNotes", {}),
         "redactions": _sorted(totals.get("redactions", {})),
         "labelDistribution": {"before": labels_before, "after": labels_after},
-        "evalSplit": ({**shared["evalSplit"], "sourceRowsInEvalSplit": totals.get("sourceRowsInEvalSplit", 0)}
+        # sourceRowsInEvalSplit: source rows that leak what the split holds out; sourceRowsDropped: those
+        # the guard dropped, per reason (a row undersampling removed first is not counted twice).
+        "evalSplit": ({**shared["evalSplit"], "sourceRowsInEvalSplit": totals.get("sourceRowsInEvalSplit", 0),
+                       "sourceRowsDropped": _sorted(totals.get("sourceRowsDropped", {}))}
                       if shared.get("evalSplit") else None),
         "source": shared["source"],
         "firstPass": shared["firstPass"],

@@ -45,7 +45,7 @@ from sampleforge.jobs.common.storage import ObjectStore, S3Uri, StorageError
 from .catalog import build_augmenters, check_supported, needs_of
 from .embedding import ModelCache
 from .errors import AugmentError, ConfigError, SourceError
-from .filters import Candidate, EvalSplit, Filter, build_filters, eval_split
+from .filters import Candidate, EvalSplit, Filter, LeakageGuard, build_filters, eval_split
 from .knowledge import DatasetKnowledge, learn
 from .output import (
     PartWriter,
@@ -142,6 +142,8 @@ class _Counts:
     dropped: dict[str, dict[str, Counter[str]]] = field(default_factory=lambda: defaultdict(lambda: defaultdict(Counter)))
     source_removed: Counter[str] = field(default_factory=Counter)
     in_eval: int = 0
+    #: Source rows the leakage guard dropped, per reason.
+    source_in_eval: Counter[str] = field(default_factory=Counter)
     examples: dict[str, list[dict[str, Any]]] = field(default_factory=lambda: defaultdict(list))
 
     def augmenters(self, names: list[str]) -> dict[str, Any]:
@@ -309,7 +311,7 @@ class ShardJob:
                 rejects.add(bad)
                 counts.rows_read += raw.size
                 if len(batch):
-                    self._batch(batch, augmenters, randomness, knowledge, filters, split, redactor, writer, counts)
+                    self._batch(batch, augmenters, randomness, knowledge, filters, redactor, writer, counts)
                 bar.update(raw.size)
                 self._beat(counts, rejects.rows, hi - lo, process_started)
         parts = writer.close()
@@ -326,6 +328,7 @@ class ShardJob:
                 "redactions": dict(redactor.counts),
                 "labelsBefore": dict(counts.labels_before), "labelsAfter": dict(counts.labels_after),
                 "sourceRowsInEvalSplit": counts.in_eval,
+                "sourceRowsDropped": dict(counts.source_in_eval),
             },
             "examples": [e for n in names for e in counts.examples.get(n, [])],
             "timings": {"firstPassSeconds": round(first_pass_seconds, 3),
@@ -372,7 +375,7 @@ class ShardJob:
 
     def _batch(self, batch: RowBatch, augmenters: list[tuple[Any, RowAugmenter]],
                randomness: dict[str, RowRandomness], knowledge: DatasetKnowledge, filters: list[Filter],
-               split: EvalSplit | None, redactor: PiiRedactor, writer: PartWriter, counts: _Counts) -> None:
+               redactor: PiiRedactor, writer: PartWriter, counts: _Counts) -> None:
         roles, labels = self.roles, knowledge.labels
         plans = {a.name: self._plan(batch, knowledge, randomness[a.name]) for _, a in augmenters}
         keep = np.ones(len(batch), dtype=bool)
@@ -382,11 +385,19 @@ class ShardJob:
                 counts.source_removed[aug.name] += int((keep & ~stays).sum())
                 keep &= stays
         source_rows = [batch.row(i) for i in range(len(batch))]
+        guard = next((f for f in filters if isinstance(f, LeakageGuard)), None)
+        # The leakage guard judges source rows as it judges generated ones: a source row that
+        # leaks the evaluation split is dropped (and, in the filter, every row generated from it).
+        leaks = guard.check_sources(source_rows, batch.row_ids.tolist()) if guard is not None \
+            else [None] * len(source_rows)
         out = []
         for i, row in enumerate(source_rows):
             counts.labels_before[labels.key(row[roles.label])] += 1
-            if split is not None and split.holds(row[roles.query], row[roles.item]):
+            if leaks[i] is not None:
                 counts.in_eval += 1
+                if keep[i]:
+                    keep[i] = False
+                    counts.source_in_eval[str(leaks[i])] += 1
             if keep[i]:
                 out.append({**row, "sf_origin": "source", "sf_augmenter": None,
                             "sf_source_row": int(batch.row_ids[i]), "sf_label_rule": None})

@@ -218,13 +218,23 @@ class TestLeakageGuard:
         eval_queries = {_norm(r["query"]) for r in evaluation}
         eval_items = {_norm(r["title"]) for r in evaluation}
         overlap = sum(1 for r in train if _norm(r["query"]) in eval_queries or _norm(r["title"]) in eval_items)
-        assert found["evalSplit"]["rows"] == len(evaluation)
-        assert found["evalSplit"]["sourceRowsInEvalSplit"] == overlap >= 20
+        split = found["evalSplit"]
+        assert split["rows"] == len(evaluation)
+        # Source rows are judged as generated rows are: the exact matches and the near-duplicates both go.
+        dropped = split["sourceRowsDropped"]
+        assert split["sourceRowsInEvalSplit"] == sum(dropped.values()) > overlap >= 20
+        assert dropped["query in eval split"] > 0 and dropped.get("query near-duplicates eval split", 0) > 0
         reasons = found["filters"]["evalSplit"]
         assert reasons["query in eval split"] > 0 and reasons.get("query near-duplicates eval split", 0) > 0
-        for row in generated(output_rows(s3, bucket)):
+        assert reasons.get("generated from a source row in eval split", 0) > 0
+        rows = output_rows(s3, bucket)
+        for row in rows:  # source and generated alike
             assert _norm(row["query"]) not in eval_queries and _norm(row["title"]) not in eval_items
             assert max(_jaccard(row["query"], q) for q in eval_queries) < 0.95
+        kept_sources = {r["sf_source_row"] for r in rows if r["sf_origin"] == "source"}
+        assert len(kept_sources) == found["rowsIn"] == len(train) - found["rejectedRows"] - split["sourceRowsInEvalSplit"]
+        # Nothing derived from a dropped source row is kept, whatever its own text became.
+        assert {r["sf_source_row"] for r in generated(rows)} <= kept_sources
 
 
 class TestLabelConsistency:

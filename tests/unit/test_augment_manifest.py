@@ -42,7 +42,7 @@ def _marker(shard: int, **counts: Any) -> dict[str, Any]:
             "filtered": {"dedup": {"duplicates a source row": 1}},
             "redactions": {"email": shard},
             "labelsBefore": {"10": 1, "2": 2, "0": 1}, "labelsAfter": {"10": 1, "2": 4, "0": 3},
-            "sourceRowsInEvalSplit": 1,
+            "sourceRowsInEvalSplit": 1, "sourceRowsDropped": {"query in eval split": 1},
         },
         "examples": [{"augmenter": "typo", "sourceRow": shard, "source": {"query": "nike", "item": "Air | Max",
                                                                          "label": 2},
@@ -71,7 +71,8 @@ def test_markers_are_summed_and_shared_facts_taken_once() -> None:
     # Numeric labels in numeric order (not "0", "10", "2").
     assert list(manifest["labelDistribution"]["before"]) == ["0", "2", "10"]
     assert manifest["labelDistribution"]["after"] == {"0": 6, "2": 8, "10": 2}
-    assert manifest["evalSplit"] == {"uri": "s3://d/eval.parquet", "rows": 50, "sourceRowsInEvalSplit": 2}
+    assert manifest["evalSplit"] == {"uri": "s3://d/eval.parquet", "rows": 50, "sourceRowsInEvalSplit": 2,
+                                     "sourceRowsDropped": {"query in eval split": 2}}
     assert manifest["timings"]["slowestShardSeconds"] == 4.0
     assert manifest["shards"] == 2 and manifest["seed"] == 3 and manifest["fingerprint"] == "fp"
     assert manifest["provenanceColumns"] == dict(PROVENANCE_COLUMNS)
@@ -92,6 +93,8 @@ def test_report_shows_distribution_augmenters_filters_and_examples() -> None:
     assert "| dedup | duplicates a source row | 1 |" in report
     assert "| typo | nike | Air \\| Max | nkie | Air \\| Max | 2 → 2 |" in report
     assert "labelConsistency: skipped" in report and "| invalid JSON | 1 |" in report
+    assert "1 source rows match what it holds out, 1 of them dropped" in report
+    assert "| query in eval split | 1 |" in report and "never filtered" not in report
 
 
 def test_output_schema_and_digest() -> None:
