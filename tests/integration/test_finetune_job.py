@@ -34,6 +34,7 @@ import pytest
 from minio import Minio
 from safetensors.numpy import load_file
 from sklearn import metrics as skm
+from sklearn.utils.class_weight import compute_class_weight
 
 from sampleforge.jobs.common.storage import ObjectStore, S3Uri
 from sampleforge.jobs.finetune.entrypoint import main
@@ -341,6 +342,100 @@ class TestCtr:
                             for q, i in zip(frame["query"], frame["item"], strict=True)], dtype=np.float32)
         model = load_published(tmp_path / "model", base_model=str(MINILM))
         assert model.score(frame["query"], frame["item"], dense) == pytest.approx(frame["score"], abs=1e-4)
+
+
+class TestFairTraining:
+    """training.classWeights reaches the loss; evaluation.calibration is tuned on the evaluation
+    split, recorded, applied to predictions.parquet and reproduced by the published model."""
+
+    def test_graded_relevance_with_balanced_weights_and_prior_calibration(
+            self, testbed: Testbed, s3: Minio, bucket: str, model_uri: str, cache_dir: Path, tmp_path: Path,
+            capsys: pytest.CaptureFixture[str]) -> None:
+        rows = qbqtc_rows(14)
+        queries = list(dict.fromkeys(r["query"] for r in rows))
+        held = set(queries[:5])
+        train = [r for r in rows if r["query"] not in held]
+        data = {"uri": put(s3, bucket, "fair/train.jsonl", "\n".join(json.dumps(r) for r in train).encode()),
+                "eval": put(s3, bucket, "fair/eval.jsonl",
+                            "\n".join(json.dumps(r) for r in rows if r["query"] in held).encode()),
+                "columns": {"query": "query", "item": "title", "label": "label"}}
+        metrics = {"metrics": ["ndcg@10", "accuracy", "macroF1"]}
+        plain = make_spec(model_uri, bucket, "relevance", data, out="plain", training={"maxSteps": 2},
+                          evaluation=metrics)
+        fair = make_spec(model_uri, bucket, "relevance", data, out="fair",
+                         training={"maxSteps": 2, "classWeights": {"type": "balanced"}},
+                         evaluation={**metrics, "calibration": {"method": "auto", "objective": "macroF1"}})
+        for spec, name in ((plain, "plain"), (fair, "fair")):
+            code, detail = run_job(testbed, cache_dir, spec, capsys, name=name)
+            assert code == ExitCode.SUCCESS, detail
+        fetch_output(s3, bucket, tmp_path / "plain", out="plain")
+        fetch_output(s3, bucket, tmp_path / "fair", out="fair")
+        plain_results = json.loads((tmp_path / "plain" / "metrics.json").read_text())
+        results = json.loads((tmp_path / "fair" / "metrics.json").read_text())
+
+        # Balanced weights from the training labels, as scikit-learn computes them; they reach the
+        # loss: same seed, same data, same first steps, a different training loss.
+        classes = ["0", "1", "2"]
+        y = np.asarray([classes.index(str(r["label"])) for r in train])
+        assert list(results["classWeights"]) == classes
+        assert list(results["classWeights"].values()) == pytest.approx(
+            compute_class_weight("balanced", classes=np.arange(3), y=y).tolist())
+        assert "classWeights" not in plain_results and "calibration" not in plain_results
+        assert results["loss"] != pytest.approx(plain_results["loss"], rel=1e-6)
+
+        # Calibration: prior offsets tuned on the evaluation split, applied to the published predictions.
+        calibration = results["calibration"]
+        frame = pq.read_table(tmp_path / "fair" / "predictions.parquet").to_pydict()
+        assert calibration["method"] == "prior" and calibration["tunedOn"] == "evaluation"
+        assert calibration["rows"] == len(frame["target"]) == sum(1 for r in rows if r["query"] in held)
+        probabilities = np.asarray(frame["probabilities"])
+        offsets = np.asarray([calibration["offsets"][c] for c in classes])
+        assert frame["predicted"] == np.argmax(np.log(np.clip(probabilities, 1e-12, None)) + offsets, axis=1).tolist()
+        assert frame["uncalibratedPredicted"] == probabilities.argmax(axis=1).tolist()
+        assert frame["predictedLabel"] == [classes[i] for i in frame["predicted"]]
+        macro = skm.f1_score(frame["target"], frame["predicted"], average="macro")
+        assert calibration["calibrated"]["macroF1"] == pytest.approx(macro)
+        assert calibration["calibrated"]["macroF1"] >= calibration["uncalibrated"]["macroF1"]
+        # "final" stays at the uncalibrated decision, as early stopping and the history saw it.
+        assert results["final"]["macroF1"] == pytest.approx(
+            skm.f1_score(frame["target"], frame["uncalibratedPredicted"], average="macro"))
+
+        # The published model carries the decision: serving predicts what predictions.parquet says.
+        model = load_published(tmp_path / "fair" / "model", base_model=str(MINILM))
+        assert model.description["calibration"]["offsets"] == calibration["offsets"]
+        assert model.predict(frame["query"], frame["item"]) == frame["predictedLabel"]
+        card = (tmp_path / "fair" / "model" / "README.md").read_text()
+        assert "## Decision calibration" in card and "class weights" in card
+
+    def test_click_model_threshold_and_explicit_weights(
+            self, testbed: Testbed, s3: Minio, bucket: str, model_uri: str, cache_dir: Path, tmp_path: Path,
+            capsys: pytest.CaptureFixture[str]) -> None:
+        rows = [r for r in walmart_amazon(positives=10, negatives=40) if r["left_price"] and r["right_price"]]
+        data = {"uri": put(s3, bucket, "clicks.parquet", parquet_bytes(rows)), "evalFraction": 0.4,
+                "columns": {"query": "left_title", "item": "right_title", "label": "match",
+                            "denseFeatures": ["left_price", "right_price"]}}
+        spec = make_spec(model_uri, bucket, "ctr", data, training={"maxSteps": 2, "classWeights": {
+            "type": "explicit", "weights": {"1": 4.0}}}, evaluation={"metrics": ["auc", "f1"], "calibration": {}})
+        code, detail = run_job(testbed, cache_dir, spec, capsys)
+        assert code == ExitCode.SUCCESS, detail
+        fetch_output(s3, bucket, tmp_path)
+        results = json.loads((tmp_path / "metrics.json").read_text())
+        assert results["classWeights"] == {"0": 1.0, "1": 4.0}
+        calibration = results["calibration"]
+        assert calibration["method"] == "threshold" and calibration["positiveLabel"] == "1"
+        frame = pq.read_table(tmp_path / "predictions.parquet").to_pydict()
+        probability = np.asarray(frame["probability"])
+        assert frame["predicted"] == (probability >= calibration["threshold"]).astype(int).tolist()
+        assert frame["uncalibratedPredicted"] == (probability >= 0.5).astype(int).tolist()
+        # The threshold is the best cut of these rows for macro-F1 (scikit-learn, every distinct cut).
+        best = max(skm.f1_score(frame["target"], (probability >= t).astype(int), average="macro")
+                   for t in [*np.unique(probability), 1.1])
+        assert skm.f1_score(frame["target"], frame["predicted"], average="macro") == pytest.approx(best)
+        dense = np.asarray([[r["left_price"], r["right_price"]] for r in rows], dtype=np.float32)
+        by_pair = {(r["left_title"], r["right_title"]): d for r, d in zip(rows, dense, strict=True)}
+        features = np.stack([by_pair[(q, i)] for q, i in zip(frame["query"], frame["item"], strict=True)])
+        model = load_published(tmp_path / "model", base_model=str(MINILM))
+        assert model.predict(frame["query"], frame["item"], features) == [str(v) for v in frame["predicted"]]
 
 
 class TestTwoTower:
