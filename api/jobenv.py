@@ -1,9 +1,11 @@
 """The environment contract between the operator, which renders a run's pods, and the jobs that
 run inside them. Each name is defined once here; the operator sets it, the jobs read it.
 
-The spec travels whole (``RUN_SPEC``, JSON in camelCase as the API server stores it) and the job
-validates it with the same models the CRD is generated from, so a pod can never run a
-configuration the API server would have rejected.
+The spec travels whole (JSON in camelCase as the API server stores it) and the job validates it
+with the same models the CRD is generated from, so a pod can never run a configuration the API
+server would have rejected. The operator delivers it as a file (``RUN_SPEC_FILE``, from a ConfigMap
+mounted read-only), never in the environment: Linux refuses to start a process with any one
+environment string above 128 KiB, and a spec within its fields' limits can be larger.
 """
 
 from __future__ import annotations
@@ -19,8 +21,11 @@ RUN_KIND: Final = _P + "RUN_KIND"
 RUN_NAME: Final = _P + "RUN_NAME"
 RUN_NAMESPACE: Final = _P + "RUN_NAMESPACE"
 RUN_UID: Final = _P + "RUN_UID"
-#: The run's spec as JSON (camelCase), validated by the job with the shared schema.
+#: The run's spec as JSON (camelCase), validated by the job with the shared schema. For runs by
+#: hand (a laptop, a benchmark); the operator sets RUN_SPEC_FILE instead, which wins when both are set.
 RUN_SPEC: Final = _P + "RUN_SPEC"
+#: Path of a file holding the run's spec as JSON (camelCase): how the operator delivers it.
+RUN_SPEC_FILE: Final = _P + "RUN_SPEC_FILE"
 #: For a FineTuneRun fed by an AugmentationRun: the upstream run's committed output prefix.
 INPUT_URI: Final = _P + "INPUT_URI"
 
@@ -53,6 +58,12 @@ GPUS_PER_NODE: Final = _P + "GPUS_PER_NODE"
 
 #: Where a job keeps downloads (models, shards) between restarts of the same pod.
 CACHE_DIR: Final = _P + "CACHE_DIR"
+#: The pods' root filesystem is read-only, so everything that writes outside the job's own cache
+#: is pointed at writable volumes: temporary files (torchrun, jieba, PyTorch's compile caches), the
+#: home directory (libraries that cache under ~), and Hugging Face's cache for hub models.
+TMPDIR: Final = "TMPDIR"
+HOME: Final = "HOME"
+HF_HOME: Final = "HF_HOME"
 #: Compute threads per process, from spec.resources.cpu (shared among a pod's training processes):
 #: read by PyTorch, OpenMP and BLAS, which would otherwise start one thread per core of the node.
 THREADS: Final = "OMP_NUM_THREADS"

@@ -9,8 +9,11 @@ pure functions like everything there. Rules this module keeps:
 * **The env-var names are** :mod:`sampleforge.api.jobenv`'s, the contract the job code reads; none
   are invented here. Operator-wide extras (``Settings.extra_job_env``) can never shadow them.
 * **Least privilege**: non-root, no privilege escalation, no capabilities, the runtime's seccomp
-  profile, no Kubernetes API token (pods authenticate heartbeats with an audience-bound projected
-  token that the API server cannot be called with).
+  profile, a read-only root filesystem (writes go to emptyDirs: the cache, ``/tmp``, which is also
+  ``HOME``, and ``/dev/shm``), no Kubernetes API token (pods authenticate heartbeats with an
+  audience-bound projected token that the API server cannot be called with).
+* **The spec as a file**: the run's spec reaches the job from a ConfigMap mounted read-only
+  (``RUN_SPEC_FILE``), never as an environment variable, which Linux limits to 128 KiB.
 """
 
 from __future__ import annotations
@@ -35,6 +38,13 @@ RENDEZVOUS_PORT_NAME: Final = "rendezvous"
 
 #: Scratch space for downloads (models, shards); survives container restarts, not pod replacement.
 CACHE_PATH: Final = "/var/cache/sampleforge"
+#: Temporary files, and the home directory: the only other writable place on a read-only root.
+TMP_PATH: Final = "/tmp"
+#: Hugging Face's cache (hub models and their modules): with the other downloads.
+HF_HOME_PATH: Final = f"{CACHE_PATH}/huggingface"
+#: Where the run's spec ConfigMap is mounted, and the file in it.
+SPEC_DIR: Final = "/etc/sampleforge/run"
+SPEC_FILENAME: Final = "spec.json"
 #: Where the heartbeat token is projected; the kubelet rotates it before it expires.
 HEARTBEAT_TOKEN_DIR: Final = "/var/run/secrets/sampleforge.io/heartbeat"
 HEARTBEAT_TOKEN_FILENAME: Final = "token"
@@ -65,9 +75,7 @@ def _secret_env(name: str, secret: str, key: str) -> dict[str, Any]:
     return {"name": name, "valueFrom": {"secretKeyRef": {"name": secret, "key": key}}}
 
 
-def _env(
-    run: RunObject, settings: Settings, job: str, topo: Topology, run_spec_json: str, input_uri: str | None
-) -> list[dict[str, Any]]:
+def _env(run: RunObject, settings: Settings, job: str, topo: Topology, input_uri: str | None) -> list[dict[str, Any]]:
     spec = run.spec
     storage = spec.storage
     env: list[dict[str, Any]] = [
@@ -75,7 +83,7 @@ def _env(
         {"name": jobenv.RUN_NAME, "value": run.name},
         {"name": jobenv.RUN_NAMESPACE, "value": run.namespace},
         {"name": jobenv.RUN_UID, "value": run.uid},
-        {"name": jobenv.RUN_SPEC, "value": run_spec_json},
+        {"name": jobenv.RUN_SPEC_FILE, "value": f"{SPEC_DIR}/{SPEC_FILENAME}"},
     ]
     if input_uri is not None:
         env.append({"name": jobenv.INPUT_URI, "value": input_uri})
@@ -97,6 +105,9 @@ def _env(
         {"name": jobenv.HEARTBEAT_INTERVAL_SECONDS, "value": str(settings.heartbeat_interval_seconds)},
         {"name": jobenv.HEARTBEAT_TOKEN_FILE, "value": f"{HEARTBEAT_TOKEN_DIR}/{HEARTBEAT_TOKEN_FILENAME}"},
         {"name": jobenv.CACHE_DIR, "value": CACHE_PATH},
+        {"name": jobenv.TMPDIR, "value": TMP_PATH},
+        {"name": jobenv.HOME, "value": TMP_PATH},
+        {"name": jobenv.HF_HOME, "value": HF_HOME_PATH},
     ]
     if run.kind is Kind.AUGMENTATION_RUN:
         env.append({"name": jobenv.SHARD_COUNT, "value": str(topo.pods)})
@@ -157,10 +168,13 @@ def _resources(spec: CommonRunSpec, gpus: int) -> dict[str, Any]:
     return {"requests": dict(amounts), "limits": dict(amounts)}
 
 
-def _volumes(spec: CommonRunSpec, gpus: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """(volumes, volumeMounts): the cache, the heartbeat token and, where needed, /dev/shm."""
+def _volumes(spec: CommonRunSpec, gpus: int, spec_config_map: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(volumes, volumeMounts): the run's spec, the writable cache and /tmp (the root filesystem is
+    read-only), the heartbeat token and, where needed, /dev/shm."""
     volumes: list[dict[str, Any]] = [
+        {"name": "run-spec", "configMap": {"name": spec_config_map, "defaultMode": 0o444}},
         {"name": "cache", "emptyDir": {}},
+        {"name": "tmp", "emptyDir": {}},
         {
             "name": "heartbeat-token",
             "projected": {
@@ -177,7 +191,9 @@ def _volumes(spec: CommonRunSpec, gpus: int) -> tuple[list[dict[str, Any]], list
         },
     ]
     mounts: list[dict[str, Any]] = [
+        {"name": "run-spec", "mountPath": SPEC_DIR, "readOnly": True},
         {"name": "cache", "mountPath": CACHE_PATH},
+        {"name": "tmp", "mountPath": TMP_PATH},
         {"name": "heartbeat-token", "mountPath": HEARTBEAT_TOKEN_DIR, "readOnly": True},
     ]
     shm = spec.resources.shared_memory
@@ -217,19 +233,20 @@ def pod_template(
     job: str,
     topo: Topology,
     labels: dict[str, str],
-    run_spec_json: str,
+    spec_config_map: str,
     input_uri: str | None,
 ) -> dict[str, Any]:
-    """The Job's ``spec.template``."""
+    """The Job's ``spec.template``; ``spec_config_map`` names the ConfigMap holding the run's spec."""
     spec = run.spec
-    volumes, mounts = _volumes(spec, topo.gpus_per_pod)
+    volumes, mounts = _volumes(spec, topo.gpus_per_pod, spec_config_map)
     container: dict[str, Any] = {
         "name": CONTAINER_NAME,
         "image": spec.image or settings.job_image,
         "command": [jobenv.ENTRYPOINT],
-        "env": _env(run, settings, job, topo, run_spec_json, input_uri),
+        "env": _env(run, settings, job, topo, input_uri),
         "volumeMounts": mounts,
-        "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}},
+        "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]},
+                            "readOnlyRootFilesystem": True},
         # The last log lines become the termination message of a crashed pod, which the operator
         # can quote in the run's Failed condition.
         "terminationMessagePolicy": "FallbackToLogsOnError",

@@ -138,6 +138,30 @@ class Kube:
             if err.status != 409:
                 raise _translate(err, f"creating Service {namespace}/{service['metadata']['name']}") from err
 
+    def ensure_config_map(self, config_map: dict[str, Any]) -> None:
+        """Create the ConfigMap, or accept the one already there: a run's spec ConfigMap is named
+        after its content and the run's uid, so one of that name holds the same data, unless it
+        carries another run's uid (someone else's object), which is refused like a foreign Job."""
+        meta = config_map["metadata"]
+        namespace, name = meta["namespace"], meta["name"]
+        try:
+            self.core.create_namespaced_config_map(namespace, config_map, _request_timeout=30)
+            return
+        except ApiException as err:
+            if err.status != 409:
+                raise _translate(err, f"creating ConfigMap {namespace}/{name}") from err
+        try:
+            existing = self.core.read_namespaced_config_map(name, namespace, _request_timeout=30)
+        except ApiException as err:
+            if err.status == 404:  # deleted between the conflict and the read: the next reconcile creates it
+                raise Transient(f"ConfigMap {namespace}/{name} vanished while being read back") from err
+            raise _translate(err, f"reading ConfigMap {namespace}/{name}") from err
+        want_uid = (meta.get("labels") or {}).get(LABEL_RUN_UID)
+        have_uid = (existing.metadata.labels or {}).get(LABEL_RUN_UID)
+        if want_uid and have_uid != want_uid:
+            raise Conflict(f"ConfigMap {namespace}/{name} exists but belongs to another run (uid {have_uid}); "
+                           "delete it or rename the run", 409)
+
     def get_secret_keys(self, namespace: str, name: str) -> set[str] | None:
         """The keys a Secret holds (never its values), or None when it does not exist."""
         try:

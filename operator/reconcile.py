@@ -21,7 +21,7 @@ from sampleforge.operator import status as run_status
 from sampleforge.operator.context import OperatorContext
 from sampleforge.operator.kube import Forbidden
 from sampleforge.operator.lifecycle import Observation, observe
-from sampleforge.operator.render import RunObject, render_headless_service, render_job
+from sampleforge.operator.render import RunObject, render_headless_service, render_job, render_spec_config_map
 
 log = logging.getLogger(__name__)
 
@@ -116,6 +116,7 @@ def reconcile(ctx: OperatorContext, kind: Kind, body: dict[str, Any]) -> None:
     service = render_headless_service(run, ctx.settings)
     if service is not None:
         ctx.kube.ensure_service(service)
+    ctx.kube.ensure_config_map(render_spec_config_map(run))  # the spec the Job's pods read, made first
     try:
         job, created = ctx.kube.ensure_job(render_job(run, ctx.settings, input_uri=input_uri))
     except Exception:

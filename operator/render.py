@@ -52,7 +52,7 @@ from sampleforge.api.constants import (
 )
 from sampleforge.api.jobenv import EXIT_NOT_RETRYABLE
 
-from ._render_pod import CONTAINER_NAME, RENDEZVOUS_PORT_NAME, Topology, pod_template
+from ._render_pod import CONTAINER_NAME, RENDEZVOUS_PORT_NAME, SPEC_FILENAME, Topology, pod_template
 from .settings import Settings
 
 __all__ = [
@@ -70,9 +70,11 @@ __all__ = [
     "propagated_labels",
     "render_headless_service",
     "render_job",
+    "render_spec_config_map",
     "run_label_value",
     "selector_labels",
     "service_name",
+    "spec_config_map_name",
     "topology",
 ]
 
@@ -91,8 +93,8 @@ class RunObject:
 
     ``spec`` is the validated model (defaults applied), used to decide what to render;
     ``raw_spec`` is the spec exactly as the API server stores it (camelCase, server defaults
-    applied), passed to the pods verbatim in ``RUN_SPEC`` so the job validates the very document
-    the API server accepted, with the same schema.
+    applied), passed to the pods verbatim (the spec ConfigMap, :func:`render_spec_config_map`) so
+    the job validates the very document the API server accepted, with the same schema.
     """
 
     kind: Kind
@@ -381,7 +383,7 @@ def render_job(run: RunObject, settings: Settings, input_uri: str | None = None)
         job=name,
         topo=topo,
         labels=labels,
-        run_spec_json=json.dumps(run.raw_spec, sort_keys=True, separators=(",", ":"), ensure_ascii=False),
+        spec_config_map=spec_config_map_name(run),
         input_uri=input_uri,
     )
     return {
@@ -395,6 +397,49 @@ def render_job(run: RunObject, settings: Settings, input_uri: str | None = None)
             "ownerReferences": [owner_reference(run)],
         },
         "spec": job_spec,
+    }
+
+
+#: The key of the spec ConfigMap that holds the spec (the file name in the pods).
+SPEC_KEY: Final = SPEC_FILENAME
+
+
+def spec_json(run: RunObject) -> str:
+    """The spec the pods read: as the API server stores it, compact, keys sorted (so its digest is
+    stable)."""
+    return json.dumps(run.raw_spec, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def spec_config_map_name(run: RunObject) -> str:
+    """``<job>-spec-<digest>``: 8 hex digits of SHA-256 over the run's uid and :func:`spec_json`.
+
+    Derived, never random, so a reconcile that runs twice renders the same name; and different for
+    another content, so a Job recreated after an edit of the spec reads the spec it was rendered
+    from, never a stale one, and a recreated run of the same name never shares its predecessor's.
+    """
+    return f"{job_name(run.kind, run.name)}-spec-{_digest(run.uid + chr(0) + spec_json(run))}"
+
+
+def render_spec_config_map(run: RunObject) -> dict[str, Any]:
+    """The ConfigMap that carries the run's spec to its pods, mounted read-only at the path in
+    ``RUN_SPEC_FILE``.
+
+    A file, not an environment variable: Linux refuses to start a process with any environment
+    string above 128 KiB (and the API server's admission bounds keep the spec well under the
+    ConfigMap's 1 MiB). Immutable, as the Job that mounts it: the kubelet need not watch it. Owned
+    by the run, so it goes with it; the operator creates it before the Job.
+    """
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {
+            "name": spec_config_map_name(run),
+            "namespace": run.namespace,
+            "labels": child_labels(run),
+            "ownerReferences": [owner_reference(run)],
+        },
+        "immutable": True,
+        "data": {SPEC_KEY: spec_json(run)},
     }
 
 

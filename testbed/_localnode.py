@@ -3,9 +3,9 @@ product's real Jobs end to end, with no container runtime.
 
 It registers a Node, keeps it Ready, and for each Pod the scheduler binds to it: resolves the
 container's environment (literal values, Secret keys, the downward API), stands in for the volumes
-the pods use (a projected ServiceAccount token minted with TokenRequest and bound to the Pod, the
-emptyDirs as temporary directories; environment values that point into a mount are rewritten to the
-local path), runs the container's command and arguments, and reports Running, then Succeeded or
+the pods use (a projected ServiceAccount token minted with TokenRequest and bound to the Pod, a
+ConfigMap's keys as files, the emptyDirs as temporary directories; environment values that point
+into a mount are rewritten to the local path), runs the container's command and arguments, and reports Running, then Succeeded or
 Failed with the exit code back to the API server. Deleting a Pod stops its process. The operator
 cannot tell the difference: this is development tooling, and never part of the operator.
 """
@@ -163,8 +163,33 @@ class LocalNode:
                     minted = self.core.create_namespaced_service_account_token(
                         pod.spec.service_account_name or "default", pod.metadata.namespace, request)
                     (path / token.path).write_text(minted.status.token)
+            if volume.config_map is not None:
+                self._config_map_files(pod.metadata.namespace, volume.config_map, path)
             local[volume.name] = path
         return local
+
+    def _config_map_files(self, namespace: str, source: client.V1ConfigMapVolumeSource, path: Path) -> None:
+        """A ConfigMap volume: each key (or each listed item) as a read-only file, as the kubelet
+        writes it. The kubelet waits for a ConfigMap that does not exist yet; so does this, briefly."""
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                config_map = self.core.read_namespaced_config_map(source.name, namespace)
+                break
+            except client.ApiException as err:
+                if err.status != 404 or source.optional or time.monotonic() > deadline:
+                    if err.status == 404 and source.optional:
+                        return
+                    raise
+                time.sleep(1)
+        data = config_map.data or {}
+        items = [(i.key, i.path) for i in source.items] if source.items else [(k, k) for k in sorted(data)]
+        for key, rel in items:
+            target = path / rel
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.unlink(missing_ok=True)
+            target.write_text(data[key], encoding="utf-8")
+            target.chmod(0o444)
 
     def _environment(self, pod: client.V1Pod, container: client.V1Container, mounts: dict[str, Path]) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR",

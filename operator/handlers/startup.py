@@ -10,6 +10,7 @@ import kopf
 
 from sampleforge.api import Kind
 from sampleforge.api.constants import ANNOTATION_PREFIX
+from sampleforge.operator.diffbase import DigestDiffBaseStorage
 from sampleforge.operator.handlers._common import ctx_of
 from sampleforge.operator.kube import KubeError
 from sampleforge.operator.watchcheck import WatchLagTracker
@@ -22,7 +23,9 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     # kopf's state goes into annotations under our prefix: the status schema is structural, so
     # anything kopf wrote under status.kopf would be pruned by the API server.
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=ANNOTATION_PREFIX)
-    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=ANNOTATION_PREFIX)
+    # Digests only, never a copy of the spec (see sampleforge.operator.diffbase): a large spec would
+    # otherwise push the annotations past 256 KiB and make every patch of the run fail.
+    settings.persistence.diffbase_storage = DigestDiffBaseStorage(prefix=ANNOTATION_PREFIX)
     settings.persistence.finalizer = f"{ANNOTATION_PREFIX}/kopf-finalizer"
     # Leadership is ours (a Lease), not kopf's peering: one replica runs handlers at all.
     settings.peering.standalone = True

@@ -71,6 +71,26 @@ class TestLocalNode:
                 assert claims["aud"] == ["sampleforge.io/test"]
                 assert claims["kubernetes.io"]["pod"]["name"] == pod_name
 
+    def test_a_config_map_volume_is_mounted_as_files(self, local_testbed: Testbed,
+                                                     tmp_path_factory: pytest.TempPathFactory) -> None:
+        # How the operator hands a run its spec: a ConfigMap mounted read-only, its path in a variable.
+        out = tmp_path_factory.mktemp("out")
+        spec = json.dumps({"big": "x" * 200_000})  # above Linux's 128 KiB limit for one environment string
+        with local_testbed.api_client() as api:
+            core, batch = client.CoreV1Api(api), client.BatchV1Api(api)
+            core.create_namespaced_config_map("default", {"metadata": {"name": "run-spec"}, "immutable": True,
+                                                          "data": {"spec.json": spec}})
+            body = job("mounted", f'cp "$SPEC_FILE" {out}/spec-$JOB_COMPLETION_INDEX.json')
+            pod = body["spec"]["template"]["spec"]
+            pod["containers"][0]["env"] = [{"name": "SPEC_FILE", "value": "/etc/sampleforge/run/spec.json"}]
+            pod["containers"][0]["volumeMounts"] = [{"name": "spec", "mountPath": "/etc/sampleforge/run",
+                                                     "readOnly": True}]
+            pod["volumes"] = [{"name": "spec", "configMap": {"name": "run-spec", "defaultMode": 0o444}}]
+            batch.create_namespaced_job("default", body)
+            wait_for(lambda: (batch.read_namespaced_job_status("mounted", "default").status.succeeded or 0) >= 2,
+                     timeout=90, what="the Job to complete")
+        assert (out / "spec-0.json").read_text() == spec and (out / "spec-1.json").read_text() == spec
+
     def test_a_failing_command_fails_the_job_with_its_exit_code(self, local_testbed: Testbed) -> None:
         with local_testbed.api_client() as api:
             core, batch = client.CoreV1Api(api), client.BatchV1Api(api)

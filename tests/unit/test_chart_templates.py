@@ -43,6 +43,7 @@ EXPECTED_NAMESPACED_RULES = {
     ("batch", "jobs"): {"get", "list", "watch", "create", "patch"},
     ("", "pods"): {"list", "watch"},
     ("", "services"): {"create"},
+    ("", "configmaps"): {"get", "create"},
     ("", "events"): {"create", "list"},
     ("", "secrets"): {"get"},
 }

@@ -38,6 +38,7 @@ from sampleforge.operator.render import (
     job_name,
     render_headless_service,
     render_job,
+    render_spec_config_map,
     run_label_value,
     selector_labels,
     service_name,
@@ -341,7 +342,25 @@ class TestSecurity:
         job = render(any_example)
         assert pod_spec(job)["securityContext"] == {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}}
         assert container(job)["securityContext"] == {"allowPrivilegeEscalation": False,
-                                                     "capabilities": {"drop": ["ALL"]}}
+                                                     "capabilities": {"drop": ["ALL"]},
+                                                     "readOnlyRootFilesystem": True}
+
+    def test_every_place_the_job_writes_is_a_writable_empty_dir(self, any_example: RunObject) -> None:
+        # The root filesystem is read-only: the job's cache, temporary files, the home directory
+        # (libraries that cache under ~) and Hugging Face's cache must each lie in an emptyDir.
+        job = render(any_example)
+        empty_dirs = {v["name"] for v in pod_spec(job)["volumes"] if "emptyDir" in v}
+        writable = {m["mountPath"] for m in container(job)["volumeMounts"]
+                    if m["name"] in empty_dirs and not m.get("readOnly")}
+        assert "/tmp" in writable
+        for name in (jobenv.CACHE_DIR, jobenv.TMPDIR, jobenv.HOME, jobenv.HF_HOME):
+            path = env_value(job, name)
+            assert any(path == w or path.startswith(w.rstrip("/") + "/") for w in writable), (name, path)
+        assert {"name": "tmp", "emptyDir": {}} in pod_spec(job)["volumes"]
+
+    def test_only_the_spec_and_the_token_are_mounted_read_only(self, any_example: RunObject) -> None:
+        mounts = container(render(any_example))["volumeMounts"]
+        assert sorted(m["name"] for m in mounts if m.get("readOnly")) == ["heartbeat-token", "run-spec"]
 
     def test_heartbeat_token_is_audience_bound_and_short_lived(self, any_example: RunObject) -> None:
         job = render(any_example)
@@ -392,9 +411,28 @@ def _example_file(run: RunObject) -> str:
     return next(p.name for p in EXAMPLES if yaml.safe_load(p.read_text())["metadata"]["name"] == run.name)
 
 
+def spec_file_text(run: RunObject) -> str:
+    """What the job reads at RUN_SPEC_FILE: the key of the spec ConfigMap the pod mounts there."""
+    job = render(run)
+    path = env_value(job, jobenv.RUN_SPEC_FILE)
+    mount = next(m for m in container(job)["volumeMounts"] if path.startswith(m["mountPath"].rstrip("/") + "/"))
+    volume = next(v for v in pod_spec(job)["volumes"] if v["name"] == mount["name"])
+    config_map = render_spec_config_map(run)
+    assert volume["configMap"]["name"] == config_map["metadata"]["name"]
+    return str(config_map["data"][path[len(mount["mountPath"].rstrip("/")) + 1:]])
+
+
+def _big_spec(run: RunObject, features: int) -> RunObject:
+    """The run with ``features`` long dense feature columns: a spec far above 128 KiB."""
+    raw = copy.deepcopy(dict(run.raw_spec))
+    raw["source"]["columns"]["denseFeatures"] = [f"feature_{i:05d}_" + "x" * 200 for i in range(features)]
+    return RunObject(kind=run.kind, name=run.name, namespace=run.namespace, uid=run.uid, generation=1,
+                     spec=run.spec, raw_spec=raw)
+
+
 class TestRunSpec:
     def test_run_spec_round_trips_to_an_equal_spec(self, any_example: RunObject) -> None:
-        raw = env_value(render(any_example), jobenv.RUN_SPEC)
+        raw = spec_file_text(any_example)
         assert json.loads(raw) == any_example.raw_spec
         assert type(any_example.spec).model_validate(json.loads(raw)) == any_example.spec
 
@@ -403,13 +441,51 @@ class TestRunSpec:
         stored = any_example.spec.to_kube()
         run = RunObject(kind=any_example.kind, name=any_example.name, namespace=NAMESPACE, uid=UID, generation=1,
                         spec=any_example.spec, raw_spec=stored)
-        raw = env_value(render(run), jobenv.RUN_SPEC)
+        raw = spec_file_text(run)
         assert type(run.spec).model_validate(json.loads(raw)) == any_example.spec
 
     def test_run_spec_is_compact_with_sorted_keys(self) -> None:
         run = example("augmentationrun.yaml")
-        raw = env_value(render(run), jobenv.RUN_SPEC)
+        raw = spec_file_text(run)
         assert raw == json.dumps(json.loads(raw), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+    def test_the_spec_is_a_read_only_file_never_an_environment_variable(self, any_example: RunObject) -> None:
+        job = render(any_example)
+        assert jobenv.RUN_SPEC not in env(job)
+        mount = next(m for m in container(job)["volumeMounts"] if m["name"] == "run-spec")
+        assert mount["readOnly"] is True
+        assert env_value(job, jobenv.RUN_SPEC_FILE) == mount["mountPath"] + "/spec.json"
+        volume = next(v for v in pod_spec(job)["volumes"] if v["name"] == "run-spec")
+        assert volume["configMap"]["defaultMode"] == 0o444
+
+    def test_a_spec_above_the_exec_limit_leaves_the_pod_small(self) -> None:
+        # Linux refuses exec when one environment string exceeds 128 KiB (MAX_ARG_STRLEN): the
+        # spec must never travel as one.
+        run = _big_spec(example("augmentationrun-complete.yaml"), 700)
+        assert len(spec_file_text(run).encode()) > 128 * 1024
+        job = render(run)
+        assert max(len(json.dumps(e).encode()) for e in container(job)["env"]) < 4096
+        assert len(json.dumps(job).encode()) < 16 * 1024
+
+    def test_the_spec_config_map_is_owned_by_the_run_and_immutable(self, any_example: RunObject) -> None:
+        config_map = render_spec_config_map(any_example)
+        meta = config_map["metadata"]
+        assert meta["ownerReferences"] == [render(any_example)["metadata"]["ownerReferences"][0]]
+        assert meta["namespace"] == NAMESPACE and meta["labels"] == child_labels(any_example)
+        assert config_map["immutable"] is True
+        assert _round_trip(config_map, "V1ConfigMap") == config_map
+
+    def test_the_spec_config_map_name_is_derived_from_the_run_and_its_spec(self) -> None:
+        run = example("augmentationrun.yaml")
+        name = render_spec_config_map(run)["metadata"]["name"]
+        assert name == render_spec_config_map(example("augmentationrun.yaml"))["metadata"]["name"]
+        assert name.startswith(job_name(run.kind, run.name) + "-spec-") and len(name) <= 253
+        assert re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?", name)
+        # Another spec (a Job recreated after an edit) or another run of the same name: another name.
+        edited = RunObject(kind=run.kind, name=run.name, namespace=NAMESPACE, uid=UID, generation=2, spec=run.spec,
+                           raw_spec={**run.raw_spec, "parallelism": 2})
+        assert render_spec_config_map(edited)["metadata"]["name"] != name
+        assert render_spec_config_map(example("augmentationrun.yaml", uid="another-uid"))["metadata"]["name"] != name
 
     def test_identity_and_storage_env(self) -> None:
         job = render(example("finetunerun-complete.yaml"))

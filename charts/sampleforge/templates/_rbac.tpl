@@ -30,6 +30,12 @@ of each watched namespace (namespaced mode), so the two modes can never grant di
 - apiGroups: [""]
   resources: ["services"]
   verbs: ["create"]
+# The run's spec, handed to its pods as a file (an environment variable is limited to 128 KiB):
+# one immutable ConfigMap per run (and spec), created before the Job, read back when it exists
+# already, deleted with the run by garbage collection.
+- apiGroups: [""]
+  resources: ["configmaps"]
+  verbs: ["get", "create"]
 # Events on the runs (JobCreated, phase changes, pod failures), posted by kopf as core/v1 Events;
 # listed (field selector: one Job's uid and reason FailedCreate) only for a Job that has had no pods
 # for a while, to say why the Job controller cannot create them (quota, LimitRange, admission).
