@@ -231,6 +231,14 @@ class Training(ApiModel):
             field_path=".warmupSteps",
             reason="FieldValueForbidden",
         ),
+        Rule(
+            cel="!has(self.classWeights) || !has(self.loss) || self.loss == 'pointwise'",
+            message="training.classWeights weigh rows of the pointwise loss; remove them or set training.loss "
+            "pointwise",
+            check=lambda t: t.class_weights is None or t.loss == "pointwise",
+            field_path=".classWeights",
+            reason="FieldValueForbidden",
+        ),
     )
 
     epochs: int = Field(default=3, ge=1, le=1000, description="Passes over the training data.")
@@ -259,6 +267,15 @@ class Training(ApiModel):
     )
     max_length: int = Field(
         default=128, ge=8, le=8192, description="Tokens per (query, item) input; longer inputs are cut."
+    )
+    loss: Literal["pointwise", "pairwise", "listwise"] = Field(
+        default="pointwise",
+        description="pointwise: each row on its own (cross-entropy, mean squared error or click log-loss); "
+        "pairwise: RankNet's logistic loss on the score difference of every pair of rows of one query with "
+        "different labels; listwise: ListNet's cross-entropy between the softmax of a query's labels and of its "
+        "scores. The grouped losses train the ranking score (the expected grade for relevance) and keep each "
+        "query's rows in one batch (a query with more rows than batchSize is cut into batches); they need "
+        "ordered labels and do not apply to twoTower.",
     )
     class_weights: ClassWeights | None = Field(
         default=None,
@@ -450,6 +467,15 @@ class FineTuneRunSpec(CommonRunSpec):
             message="training.classWeights applies only when task is relevance or ctr; remove it or change task",
             check=lambda s: s.training.class_weights is None or s.task in CLASS_TASKS,
             field_path=".training.classWeights",
+            reason="FieldValueForbidden",
+        ),
+        Rule(
+            cel="!has(self.training) || !has(self.training.loss) || self.training.loss == 'pointwise' || "
+            "self.task != 'twoTower'",
+            message="training.loss pairwise and listwise rank a query's rows with a cross-encoder; twoTower trains "
+            "with in-batch negatives: remove training.loss or change task",
+            check=lambda s: s.training.loss == "pointwise" or s.task != Task.TWO_TOWER,
+            field_path=".training.loss",
             reason="FieldValueForbidden",
         ),
         Rule(

@@ -64,12 +64,16 @@ class PairDataset(Dataset[dict[str, Any]]):
     """Cross-encoder rows: one (query, item) sequence, a target, optional dense features."""
 
     def __init__(self, tokens: Tokenized, targets: NDArray[Any], dense: NDArray[np.float32] | None,
-                 use_token_types: bool = True) -> None:
+                 use_token_types: bool = True, grades: NDArray[np.float64] | None = None,
+                 query_keys: NDArray[np.int64] | None = None) -> None:
         self.tokens = tokens
         self.targets = targets
         self.dense = dense
         self.use_token_types = use_token_types and tokens.token_type_ids is not None
         self.lengths = tokens.lengths
+        #: For the losses grouped by query (training.loss pairwise / listwise): each row's grade and query.
+        self.grades = grades
+        self.query_keys = query_keys
 
     def __len__(self) -> int:
         return len(self.targets)
@@ -82,6 +86,9 @@ class PairDataset(Dataset[dict[str, Any]]):
         item: dict[str, Any] = {"row": i, "target": self.targets[i], "inputs": inputs}
         if self.dense is not None:
             item["dense"] = self.dense[i]
+        if self.grades is not None and self.query_keys is not None:
+            item["grade"] = self.grades[i]
+            item["query_key"] = self.query_keys[i]
         return item
 
 
@@ -167,6 +174,63 @@ class BucketBatchSampler(Sampler[list[int]]):
         return iter(self.batches())
 
 
+class QueryBatchSampler(Sampler[list[int]]):
+    """Batches that keep each query's rows together, for the losses grouped by query
+    (training.loss pairwise / listwise): a pair or a list only exists inside one batch.
+
+    Queries are packed whole, in an order drawn from the seed, into batches of at most
+    ``batch_size`` rows (a query with more rows than that is cut into batch-sized pieces, longest
+    rows first, so its pieces still hold pairs). The packing is drawn once, so the number of batches
+    (and the step count the schedule is built from) is the same every epoch; each epoch shuffles
+    the batches' order from (seed, epoch). Batches differ in size, so ``batch_size`` reads None,
+    which tells accelerate's ``BatchSamplerShard`` to deal them out to the ranks as they are
+    instead of expecting equal ones.
+    """
+
+    drop_last = False
+    batch_size = None
+
+    def __init__(self, query_keys: NDArray[np.int64], lengths: NDArray[np.int64], batch_size: int,
+                 seed: int) -> None:
+        self.rows_per_batch = batch_size
+        self.seed = seed
+        self.epoch = 0
+        keys = np.asarray(query_keys)
+        lengths = np.asarray(lengths)
+        rng = np.random.default_rng([seed, 2**31])  # apart from the per-epoch streams
+        distinct, inverse = np.unique(keys, return_inverse=True)
+        groups: list[list[int]] = [[] for _ in range(len(distinct))]
+        for row, group in enumerate(inverse):
+            groups[group].append(row)
+        packed: list[list[int]] = []
+        current: list[int] = []
+        for g in rng.permutation(len(groups)):
+            rows = sorted(groups[g], key=lambda r: -int(lengths[r]))
+            pieces = [rows[i:i + batch_size] for i in range(0, len(rows), batch_size)]
+            for piece in pieces:
+                if current and len(current) + len(piece) > batch_size:
+                    packed.append(current)
+                    current = []
+                current = current + piece
+        if current:
+            packed.append(current)
+        self.packed = packed
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.packed)
+
+    def batches(self) -> list[list[int]]:
+        """This epoch's batches, as lists of row indices."""
+        rng = np.random.default_rng([self.seed, self.epoch])
+        return [list(self.packed[i]) for i in rng.permutation(len(self.packed))]
+
+    def __iter__(self) -> Iterator[list[int]]:
+        return iter(self.batches())
+
+
 class Collator:
     """Pad each batch to its own longest sequence (optionally to a multiple of 8 for tensor cores).
 
@@ -207,7 +271,7 @@ class Collator:
         return batch
 
 
-def make_loader(dataset: Dataset[dict[str, Any]], sampler: BucketBatchSampler, collator: Collator,
+def make_loader(dataset: Dataset[dict[str, Any]], sampler: BucketBatchSampler | QueryBatchSampler, collator: Collator,
                 num_workers: int = 0, pin_memory: bool = False) -> DataLoader[dict[str, Any]]:
     """A DataLoader over ``dataset`` whose batches come from ``sampler`` (to be passed through
     ``accelerator.prepare``, which shards the batches across ranks).

@@ -19,7 +19,16 @@ from numpy.typing import NDArray
 from sampleforge.api.finetune import FineTuneRunSpec, Task
 from sampleforge.jobs.common.storage import ObjectStore, S3Uri
 
-from .batches import BucketBatchSampler, Collator, PairDataset, TextDataset, TwoTowerDataset, make_loader, tokenize
+from .batches import (
+    BucketBatchSampler,
+    Collator,
+    PairDataset,
+    QueryBatchSampler,
+    TextDataset,
+    TwoTowerDataset,
+    make_loader,
+    tokenize,
+)
 from .data import Dataset, Examples, Rejected, read_committed, read_dataset, split_by_query
 from .errors import SpecError
 from .evaluate import CrossEvalSet, TowerEvalSet
@@ -130,7 +139,7 @@ class Loaders:
     """Data loaders before ``accelerator.prepare``, and the sampler whose epoch the loop sets."""
 
     train: torch.utils.data.DataLoader[dict[str, Any]]
-    sampler: BucketBatchSampler
+    sampler: BucketBatchSampler | QueryBatchSampler
     eval: CrossEvalSet | TowerEvalSet
 
 
@@ -161,14 +170,22 @@ def build_loaders(spec: FineTuneRunSpec, split: Split, tokenizer: Any, use_token
             loader(TextDataset(tokenize(tokenizer, corpus, None, t.max_length)), False, t.batch_size * 2),
             queries, corpus, relevance)
     else:
+        grouped = t.loss != "pointwise"  # pairwise / listwise: each row's grade and query travel with it
         train_ds = PairDataset(tokenize(tokenizer, split.train.queries, split.train.items, t.max_length),
-                               split.train_targets.targets, split.train.dense, use_token_types)
+                               split.train_targets.targets, split.train.dense, use_token_types,
+                               grades=split.train_targets.grades if grouped else None,
+                               query_keys=_keys(split.train.queries) if grouped else None)
         eval_ds = PairDataset(tokenize(tokenizer, split.eval.queries, split.eval.items, t.max_length),
                               split.eval_targets.targets, split.eval.dense, use_token_types)
         evaluation = CrossEvalSet(loader(eval_ds, False, t.batch_size * 2), split.eval.queries, split.eval.items,
                                   split.eval.labels or [None] * len(split.eval), split.eval_targets.targets,
                                   split.eval_targets.grades)
-    train_loader = loader(train_ds, True, t.batch_size)
+    if spec.task != Task.TWO_TOWER and t.loss != "pointwise":
+        assert train_ds.query_keys is not None
+        sampler = QueryBatchSampler(train_ds.query_keys, train_ds.lengths, t.batch_size, t.seed)
+        train_loader = make_loader(train_ds, sampler, collator, num_workers=workers, pin_memory=on_gpu)
+    else:
+        train_loader = loader(train_ds, True, t.batch_size)
     return Loaders(train_loader, train_loader.batch_sampler, evaluation)
 
 

@@ -196,6 +196,49 @@ def task_loss(task: Task, outputs: torch.Tensor, targets: torch.Tensor,
     raise ValueError(f"task {task} has no cross-encoder loss")
 
 
+def ranking_scores(task: Task, outputs: torch.Tensor, class_grades: torch.Tensor | None) -> torch.Tensor:
+    """The score the grouped losses rank by, the same one the ranking metrics use: the expected grade
+    under the class probabilities (relevance), the prediction (regression) or the click logit (ctr)."""
+    logits = outputs.float()
+    if task == Task.RELEVANCE:
+        assert class_grades is not None, "grouped losses need ordered labels (checked at setup)"
+        return torch.softmax(logits, dim=-1) @ class_grades.to(logits)
+    return logits[:, 0]
+
+
+def grouped_loss(kind: str, scores: torch.Tensor, grades: torch.Tensor, query_keys: torch.Tensor) -> torch.Tensor:
+    """training.loss pairwise or listwise over the queries of one batch.
+
+    * pairwise (RankNet): for every pair (i, j) of one query with grade_i > grade_j,
+      ``log(1 + exp(-(s_i - s_j)))``, averaged over the pairs.
+    * listwise (ListNet, top-one): for every query with at least two rows and unequal grades, the
+      cross-entropy between ``softmax(grades)`` and ``softmax(scores)`` over its rows, averaged over
+      those queries.
+
+    A batch with no such pair or query (only single-row or equal-grade queries) gives 0, still
+    attached to the graph so that every rank runs the same backward.
+    """
+    scores = scores.float()
+    grades = grades.to(scores)
+    same = query_keys[:, None] == query_keys[None, :]
+    if kind == "pairwise":
+        better = same & (grades[:, None] > grades[None, :])
+        if not bool(better.any()):
+            return scores.sum() * 0.0
+        differences = scores[:, None] - scores[None, :]
+        return F.softplus(-differences[better]).mean()
+    if kind == "listwise":
+        losses = []
+        for key in torch.unique(query_keys):
+            rows = query_keys == key
+            if int(rows.sum()) < 2 or bool((grades[rows] == grades[rows][0]).all()):
+                continue
+            target = torch.softmax(grades[rows], dim=0)
+            losses.append(-(target * torch.log_softmax(scores[rows], dim=0)).sum())
+        return torch.stack(losses).mean() if losses else scores.sum() * 0.0
+    raise ValueError(f"training.loss {kind!r} is not a grouped loss")
+
+
 def encoders(model: nn.Module) -> dict[str, nn.Module]:
     """The model's encoders by the name they are published under."""
     if isinstance(model, TwoTower):

@@ -41,7 +41,17 @@ from .evaluate import CrossEvalSet, EvalResult, check_metrics, evaluate_cross, e
 from .inputs import Inputs, Split, build_loaders, dense_stats, resolve_inputs, split_and_encode
 from .labels import LabelSpace
 from .model_source import load_failure
-from .modeling import CrossEncoder, HeadConfig, adalora_update, build_model, info_nce_loss, task_loss, uses_token_types
+from .modeling import (
+    CrossEncoder,
+    HeadConfig,
+    adalora_update,
+    build_model,
+    grouped_loss,
+    info_nce_loss,
+    ranking_scores,
+    task_loss,
+    uses_token_types,
+)
 from .progress import Progress
 from .training import EarlyStopper, PreemptionFlag, TrainingState, make_optimizer, make_scheduler
 
@@ -118,6 +128,11 @@ class FineTuneRecipe:
                       else LabelSpace.learn(spec.task, inputs.train.examples.labels if need_labels else None))
         self.metric_names = spec.effective_metrics()
         check_metrics(spec.task, self.space, self.metric_names)
+        if t.loss != "pointwise" and not self.space.ordered:
+            raise SpecError(f"training.loss {t.loss} ranks by grade, but the label classes {list(self.space.classes)} "
+                            "are names without an order; use numeric grades (or ESCI names) or training.loss pointwise")
+        self.class_grades = (torch.as_tensor(self.space.class_grades, dtype=torch.float32, device=acc.device)
+                             if self.space.class_grades is not None else None)
         if spec.evaluation.calibration is not None:  # a method that does not fit the labels fails now
             resolve_method(spec.evaluation.calibration, self.space.decision_classes)
         self.split: Split = split_and_encode(spec, inputs, self.space)
@@ -196,8 +211,11 @@ class FineTuneRecipe:
         if self.spec.task == Task.TWO_TOWER:
             queries, items = self.model(batch["query"], batch["item"])
             return info_nce_loss(queries, items, batch["query_key"], batch["item_key"], self.head.temperature)
-        return task_loss(self.spec.task, self.model(batch["inputs"], batch.get("dense")), batch["target"],
-                         self.class_weights)
+        outputs = self.model(batch["inputs"], batch.get("dense"))
+        if self.spec.training.loss != "pointwise":  # pairwise / listwise, over the batch's whole queries
+            return grouped_loss(self.spec.training.loss, ranking_scores(self.spec.task, outputs, self.class_grades),
+                                batch["grade"], batch["query_key"])
+        return task_loss(self.spec.task, outputs, batch["target"], self.class_weights)
 
     def _preempted(self) -> bool:
         """Whether any rank got SIGTERM: all ranks must agree on the step they checkpoint at."""

@@ -1,8 +1,9 @@
-"""Fair training options: class weights, decision calibration on the evaluation split, and their
-schema rules. Checked against scikit-learn and brute force, no servers."""
+"""Fair training options: class weights, decision calibration on the evaluation split, losses
+grouped by query and their batches, and their schema rules. Checked against scikit-learn and brute force, no servers."""
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -13,10 +14,11 @@ from sklearn import metrics as skm
 from sklearn.utils.class_weight import compute_class_weight
 
 from sampleforge.api.finetune import Calibration, ClassWeights, FineTuneRunSpec, Task
+from sampleforge.jobs.finetune.batches import Collator, PairDataset, QueryBatchSampler, Tokenized, make_loader
 from sampleforge.jobs.finetune.calibration import Decision, calibrate, resolve_method, tune_offsets, tune_threshold
 from sampleforge.jobs.finetune.errors import SpecError
 from sampleforge.jobs.finetune.labels import LabelSpace
-from sampleforge.jobs.finetune.modeling import task_loss
+from sampleforge.jobs.finetune.modeling import grouped_loss, ranking_scores, task_loss
 
 
 def spec(**parts: Any) -> FineTuneRunSpec:
@@ -175,3 +177,86 @@ class TestCalibration:
         with pytest.raises(ValidationError, match="evaluation.calibration.method prior needs task relevance"):
             spec(task="ctr", evaluation={"calibration": {"method": "prior"}})
         assert spec().evaluation.calibration is None
+
+
+class TestGroupedLosses:
+    def test_pairwise_is_ranknet_over_pairs_of_one_query(self) -> None:
+        scores = torch.tensor([2.0, 0.5, 1.0, 3.0, -1.0], requires_grad=True)
+        grades = torch.tensor([2.0, 0.0, 1.0, 1.0, 1.0])
+        keys = torch.tensor([7, 7, 7, 8, 8])  # query 8: equal grades, no pair
+        got = grouped_loss("pairwise", scores, grades, keys)
+        pairs = [(0, 1), (0, 2), (2, 1)]  # (better, worse) inside query 7
+        expected = np.mean([math.log1p(math.exp(-(scores[i].item() - scores[j].item()))) for i, j in pairs])
+        assert got.item() == pytest.approx(expected)
+        got.backward()
+        assert scores.grad is not None and scores.grad[3].item() == 0.0 and scores.grad[4].item() == 0.0
+        assert scores.grad[0].item() < 0 < scores.grad[1].item()  # push the better one up, the worse one down
+
+    def test_listwise_is_listnet_per_query(self) -> None:
+        scores = torch.tensor([0.2, 1.0, -0.3, 0.7, 0.1, 5.0])
+        grades = torch.tensor([2.0, 0.0, 1.0, 1.0, 0.0, 1.0])
+        keys = torch.tensor([1, 1, 1, 2, 2, 3])  # query 3: a single row, left out
+        got = grouped_loss("listwise", scores, grades, keys)
+
+        def listnet(s: list[float], g: list[float]) -> float:
+            target = np.exp(g) / np.exp(g).sum()
+            log_p = np.asarray(s) - np.log(np.exp(s).sum())
+            return float(-(target * log_p).sum())
+
+        expected = (listnet([0.2, 1.0, -0.3], [2.0, 0.0, 1.0]) + listnet([0.7, 0.1], [1.0, 0.0])) / 2
+        assert got.item() == pytest.approx(expected, rel=1e-5)
+
+    def test_a_batch_without_pairs_gives_zero_attached_to_the_graph(self) -> None:
+        scores = torch.tensor([1.0, 2.0], requires_grad=True)
+        for kind in ("pairwise", "listwise"):
+            loss = grouped_loss(kind, scores, torch.tensor([1.0, 0.0]), torch.tensor([1, 2]))
+            assert loss.item() == 0.0 and loss.requires_grad
+
+    def test_relevance_ranks_by_expected_grade(self) -> None:
+        logits = torch.tensor([[0.0, 0.0, 0.0], [5.0, 0.0, 0.0]])
+        got = ranking_scores(Task.RELEVANCE, logits, torch.tensor([0.0, 1.0, 2.0]))
+        assert got.tolist() == pytest.approx([1.0, float(torch.softmax(logits[1], 0) @ torch.tensor([0.0, 1.0, 2.0]))])
+        assert ranking_scores(Task.CTR, torch.tensor([[0.3]]), None).tolist() == pytest.approx([0.3])
+
+    def test_query_batches_keep_a_querys_rows_together(self) -> None:
+        rng = np.random.default_rng(1)
+        keys = rng.integers(0, 40, 300)
+        keys[:20] = 99  # one query larger than a batch
+        lengths = rng.integers(5, 60, 300)
+        sampler = QueryBatchSampler(keys, lengths, batch_size=16, seed=3)
+        first = sampler.batches()
+        sampler.set_epoch(1)
+        second = sampler.batches()
+        assert len(first) == len(second) == len(sampler)
+        assert first != second and sorted(map(tuple, first)) == sorted(map(tuple, second))  # reordered, same packing
+        assert sorted(r for b in first for r in b) == list(range(300))
+        assert all(1 <= len(b) <= 16 for b in first)
+        for key in set(keys.tolist()) - {99}:
+            holding = [i for i, b in enumerate(first) if any(keys[r] == key for r in b)]
+            assert len(holding) == 1, f"query {key} is split over batches {holding}"
+        big = [b for b in first if any(keys[r] == 99 for r in b)]
+        assert len(big) == 2 and sum(len([r for r in b if keys[r] == 99]) for b in big) == 20
+        assert QueryBatchSampler(keys, lengths, 16, seed=3).batches() == QueryBatchSampler(keys, lengths, 16, 3).batches()
+        assert QueryBatchSampler.batch_size is None  # accelerate deals variable batches out as they are
+
+    def test_grouped_batches_carry_grades_and_queries(self) -> None:
+        tokens = Tokenized([np.arange(3 + i % 4, dtype=np.int32) for i in range(10)], None)
+        keys = np.asarray([0, 0, 0, 1, 1, 2, 2, 2, 2, 3])
+        grades = np.asarray([2, 0, 1, 1, 0, 0, 0, 1, 2, 1], dtype=np.float64)
+        dataset = PairDataset(tokens, np.zeros(10, dtype=np.int64), None, grades=grades, query_keys=keys)
+        loader = make_loader(dataset, QueryBatchSampler(keys, dataset.lengths, 4, seed=0), Collator(0))
+        seen = []
+        for batch in loader:
+            rows = batch["row"].numpy()
+            assert batch["grade"].tolist() == grades[rows].tolist()
+            assert batch["query_key"].tolist() == keys[rows].tolist()
+            seen.extend(rows.tolist())
+        assert sorted(seen) == list(range(10))
+
+    def test_schema_rules(self) -> None:
+        assert spec().training.loss == "pointwise"
+        assert spec(task="relevanceRegression", training={"loss": "listwise"}).training.loss == "listwise"
+        with pytest.raises(ValidationError, match="training.loss pairwise and listwise rank a query's rows"):
+            spec(task="twoTower", training={"loss": "pairwise"})
+        with pytest.raises(ValidationError, match="training.classWeights weigh rows of the pointwise loss"):
+            spec(training={"loss": "pairwise", "classWeights": {"type": "balanced"}})
