@@ -416,6 +416,15 @@ class TwoTowerOptions(ApiModel):
         description="Temperature of the in-batch-negative (InfoNCE) loss over cosine similarities: 0.05 "
         "scales them by 20, as sentence-transformers does; lower sharpens the softmax over negatives.",
     )
+    hard_negatives: Literal["generated", "all", "none"] = Field(
+        default="generated",
+        description="Which judged-irrelevant rows (label grade <= 0) train as extra negatives beside the in-batch "
+        "ones: generated (rows an augmenter made with a non-positive label: hardNegative's mined items, "
+        "attributeSwap's demoted ones; sf_origin generated), all (the source's own non-positive rows too) or "
+        "none (in-batch negatives only). Each positive pair of a query with such rows is trained beside one of "
+        "them, in turn, so that every one is used each epoch (a query with more negatives than positives "
+        "repeats its positives); in the loss every query is also scored against the other rows' negatives.",
+    )
     shared_encoder: bool = Field(
         default=True,
         description="One encoder for queries and items (true), or two started from the same base model "

@@ -92,23 +92,51 @@ class PairDataset(Dataset[dict[str, Any]]):
         return item
 
 
+@dataclass(frozen=True)
+class HardNegatives:
+    """Judged-irrelevant items that train beside the in-batch negatives (twoTower.hardNegatives):
+    their tokens and item keys, and which one each dataset row carries (-1: none)."""
+
+    tokens: Tokenized
+    keys: NDArray[np.int64]
+    #: Per dataset row: the index into ``tokens`` of its negative, or -1.
+    per_row: NDArray[np.int64]
+
+
 class TwoTowerDataset(Dataset[dict[str, Any]]):
     """Two-tower rows: a query sequence and an item sequence, with ids of the distinct query and
-    item texts so the loss can tell a true in-batch negative from a duplicate positive."""
+    item texts so the loss can tell a true in-batch negative from a duplicate positive.
+
+    ``pairs`` maps each dataset row to a positive pair (rows repeat pairs when hard negatives
+    outnumber a query's positives); ``negatives`` gives some rows a hard negative, which the
+    collator gathers into ``negative`` / ``negative_key`` with ``negative_index`` naming the rows."""
 
     def __init__(self, queries: Tokenized, items: Tokenized, query_keys: NDArray[np.int64],
-                 item_keys: NDArray[np.int64]) -> None:
+                 item_keys: NDArray[np.int64], pairs: NDArray[np.int64] | None = None,
+                 negatives: HardNegatives | None = None) -> None:
         self.queries, self.items = queries, items
         self.query_keys, self.item_keys = query_keys, item_keys
-        self.lengths = queries.lengths + items.lengths
+        self.pairs = np.arange(len(query_keys)) if pairs is None else np.asarray(pairs)
+        self.negatives = negatives
+        lengths = queries.lengths + items.lengths
+        self.lengths = lengths[self.pairs]
+        if negatives is not None:
+            has = negatives.per_row >= 0
+            self.lengths = self.lengths + np.where(has, negatives.tokens.lengths[np.maximum(negatives.per_row, 0)], 0)
 
     def __len__(self) -> int:
-        return len(self.query_keys)
+        return len(self.pairs)
 
     def __getitem__(self, i: int) -> dict[str, Any]:
-        return {"row": i, "query": {"input_ids": self.queries.input_ids[i]},
-                "item": {"input_ids": self.items.input_ids[i]},
-                "query_key": self.query_keys[i], "item_key": self.item_keys[i]}
+        p = int(self.pairs[i])
+        row = {"row": i, "query": {"input_ids": self.queries.input_ids[p]},
+               "item": {"input_ids": self.items.input_ids[p]},
+               "query_key": self.query_keys[p], "item_key": self.item_keys[p]}
+        if self.negatives is not None and self.negatives.per_row[i] >= 0:
+            n = int(self.negatives.per_row[i])
+            row["negative"] = {"input_ids": self.negatives.tokens.input_ids[n]}
+            row["negative_key"] = self.negatives.keys[n]
+        return row
 
 
 class TextDataset(Dataset[dict[str, Any]]):
@@ -235,7 +263,9 @@ class Collator:
     """Pad each batch to its own longest sequence (optionally to a multiple of 8 for tensor cores).
 
     A dict value in a row is a tokenised sequence: it becomes ``input_ids`` / ``attention_mask``
-    (and ``token_type_ids``) tensors. Numbers and arrays are stacked.
+    (and ``token_type_ids``) tensors. Numbers and arrays are stacked. A key that only some rows
+    carry (a two-tower row's hard negative) is stacked over those rows, and for a sequence
+    ``<key>_index`` holds their positions in the batch.
     """
 
     def __init__(self, pad_token_id: int, pad_to_multiple_of: int | None = None) -> None:
@@ -262,10 +292,14 @@ class Collator:
 
     def __call__(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
         batch: dict[str, Any] = {}
-        for key, value in rows[0].items():
-            values = [r[key] for r in rows]
+        for key in dict.fromkeys(k for r in rows for k in r):
+            present = [i for i, r in enumerate(rows) if key in r]
+            values = [rows[i][key] for i in present]
+            value = values[0]
             if isinstance(value, dict):
                 batch[key] = self._pad(values)
+                if len(present) != len(rows):
+                    batch[f"{key}_index"] = torch.tensor(present, dtype=torch.int64)
             else:
                 batch[key] = torch.from_numpy(np.stack(values) if isinstance(value, np.ndarray) else np.asarray(values))
         return batch

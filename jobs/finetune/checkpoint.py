@@ -58,7 +58,9 @@ def describe_config(spec: FineTuneRunSpec, input_uri: str | None, world_size: in
         "mixedPrecision": spec.distribution.mixed_precision,
         "worldSize": world_size,
         # Only for two-tower runs, so that checkpoints of other tasks stay comparable across versions.
-        **({"twoTower": spec.two_tower_options().to_kube()} if spec.task == Task.TWO_TOWER else {}),
+        **({"twoTower": {k: v for k, v in spec.two_tower_options().to_kube().items() if k != "hardNegatives"},
+            # Which rows train as negatives is data, not model structure: a difference only warns.
+            "hardNegatives": spec.two_tower_options().hard_negatives} if spec.task == Task.TWO_TOWER else {}),
     }
 
 

@@ -22,6 +22,7 @@ from sampleforge.jobs.common.storage import ObjectStore, S3Uri
 from .batches import (
     BucketBatchSampler,
     Collator,
+    HardNegatives,
     PairDataset,
     QueryBatchSampler,
     TextDataset,
@@ -83,6 +84,8 @@ class Split:
     #: Generated rows neither trained nor evaluated on: variants of evaluated rows (see
     #: evaluation.includeSynthetic).
     held_out: int = 0
+    #: twoTower: judged-irrelevant training rows that train as hard negatives (twoTower.hardNegatives).
+    negatives: Examples | None = None
 
 
 def split_and_encode(spec: FineTuneRunSpec, inputs: Inputs, space: LabelSpace) -> Split:
@@ -112,8 +115,15 @@ def split_and_encode(spec: FineTuneRunSpec, inputs: Inputs, space: LabelSpace) -
         log.info("generated rows held out of evaluation", extra={"rows": held_out})
     train, train_targets = space.encode(train, rejected, inputs.train_field)
     evaluation, eval_targets = space.encode(evaluation, rejected, "data.eval" if inputs.eval else inputs.train_field)
+    negatives = None
     if spec.task == Task.TWO_TOWER:
-        # Two-tower trains on positive pairs only; the others still count as judged in evaluation.
+        # Two-tower trains on positive pairs; judged-irrelevant rows (mined by hardNegative, demoted by
+        # attributeSwap; with hardNegatives: all, the source's own too) train as hard negatives of their
+        # query beside the in-batch ones. In evaluation every judged row counts.
+        which = spec.two_tower_options().hard_negatives
+        candidates = (train.generated() if which == "generated"
+                      else np.full(len(train), which == "all", dtype=bool))
+        negatives = train.take(np.flatnonzero(candidates & (train_targets.grades <= 0)))
         positive = np.flatnonzero(train_targets.grades > 0)
         train = train.take(positive)
         train_targets = Targets(train_targets.targets[positive], train_targets.grades[positive])
@@ -125,7 +135,28 @@ def split_and_encode(spec: FineTuneRunSpec, inputs: Inputs, space: LabelSpace) -
                         "on source rows, or set evaluation.includeSynthetic: true to evaluate on generated ones")
     if len(evaluation) == 0:
         raise SpecError("the evaluation set is empty; set data.eval or a larger data.evalFraction")
-    return Split(train, train_targets, evaluation, eval_targets, rejected, held_out)
+    return Split(train, train_targets, evaluation, eval_targets, rejected, held_out, negatives)
+
+
+def pair_negatives(queries: list[str], negative_queries: list[str]) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
+    """Dataset rows for two-tower training with hard negatives: (positive pair, negative or -1) per
+    row. A query with P positives and N negatives gets max(P, N) rows, the j-th pairing positive
+    j mod P with negative j mod N, so every negative is used once an epoch; negatives of a query
+    without a training positive have no anchor and are left out."""
+    by_query: dict[str, list[int]] = {}
+    for i, q in enumerate(negative_queries):
+        by_query.setdefault(q, []).append(i)
+    positives: dict[str, list[int]] = {}
+    for i, q in enumerate(queries):
+        positives.setdefault(q, []).append(i)
+    pairs: list[int] = []
+    chosen: list[int] = []
+    for q, rows in positives.items():
+        negs = by_query.get(q, [])
+        for j in range(max(len(rows), len(negs))):
+            pairs.append(rows[j % len(rows)])
+            chosen.append(negs[j % len(negs)] if negs else -1)
+    return np.asarray(pairs, dtype=np.int64), np.asarray(chosen, dtype=np.int64)
 
 
 def _keys(texts: list[str]) -> NDArray[np.int64]:
@@ -155,9 +186,23 @@ def build_loaders(spec: FineTuneRunSpec, split: Split, tokenizer: Any, use_token
         return make_loader(dataset, sampler, collator, num_workers=workers if shuffle else 0, pin_memory=on_gpu)
 
     if spec.task == Task.TWO_TOWER:
+        negatives = split.negatives
+        hard = None
+        item_keys = _keys(split.train.items)
+        pairs = None
+        if negatives is not None and len(negatives):
+            # One key space for positive and negative items: the same text is the same item.
+            all_keys = _keys(split.train.items + negatives.items)
+            item_keys = all_keys[:len(split.train)]
+            pairs, per_row = pair_negatives(split.train.queries, negatives.queries)
+            hard = HardNegatives(tokenize(tokenizer, negatives.items, None, t.max_length),
+                                 all_keys[len(split.train):], per_row)
+            used = int(np.unique(per_row[per_row >= 0]).size)
+            log.info("two-tower hard negatives", extra={"negatives": len(negatives), "used": used,
+                                                         "without_a_training_positive": len(negatives) - used})
         train_ds: Any = TwoTowerDataset(tokenize(tokenizer, split.train.queries, None, t.max_length),
                                         tokenize(tokenizer, split.train.items, None, t.max_length),
-                                        _keys(split.train.queries), _keys(split.train.items))
+                                        _keys(split.train.queries), item_keys, pairs, hard)
         queries = list(dict.fromkeys(split.eval.queries))
         corpus = list(dict.fromkeys(split.eval.items))
         q_index = {q: i for i, q in enumerate(queries)}

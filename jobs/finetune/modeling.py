@@ -155,19 +155,37 @@ class TwoTower(nn.Module):
     def encode_items(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         return self._embed(self.item_encoder or self.query_encoder, inputs)
 
-    def forward(self, query: dict[str, torch.Tensor], item: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.encode_queries(query), self.encode_items(item)
+    def forward(self, query: dict[str, torch.Tensor], item: dict[str, torch.Tensor],
+                negative: dict[str, torch.Tensor] | None = None) -> tuple[torch.Tensor, ...]:
+        """Query and item embeddings, and those of the hard negatives when the batch has any (through
+        forward, so that DDP sees every encoder call of the step)."""
+        if negative is None:
+            return self.encode_queries(query), self.encode_items(item)
+        return self.encode_queries(query), self.encode_items(item), self.encode_items(negative)
 
 
 def info_nce_loss(queries: torch.Tensor, items: torch.Tensor, query_keys: torch.Tensor, item_keys: torch.Tensor,
-                  temperature: float) -> torch.Tensor:
+                  temperature: float, negatives: torch.Tensor | None = None,
+                  negative_keys: torch.Tensor | None = None) -> torch.Tensor:
     """In-batch negatives: row i's positive is item i, every other item in the batch a negative,
     except items that are not negatives at all: the same item text again, or an item paired with the
-    same query elsewhere in the batch (a second positive). Those are masked out."""
+    same query elsewhere in the batch (a second positive). Those are masked out.
+
+    ``negatives`` (twoTower.hardNegatives: judged-irrelevant items of the batch's queries) join the
+    softmax of every row, as sentence-transformers' MultipleNegativesRankingLoss does with hard
+    negatives, except where a negative is the same item as a positive of the row's query in the batch.
+    """
     logits = queries @ items.T / temperature
-    same = (item_keys[None, :] == item_keys[:, None]) | (query_keys[None, :] == query_keys[:, None])
+    same_query = query_keys[None, :] == query_keys[:, None]
+    same = (item_keys[None, :] == item_keys[:, None]) | same_query
     diagonal = torch.eye(len(queries), dtype=torch.bool, device=queries.device)
     logits = logits.masked_fill(same & ~diagonal, torch.finfo(logits.dtype).min)
+    if negatives is not None and len(negatives):
+        assert negative_keys is not None, "pass the negatives' item keys with them"
+        hard = queries @ negatives.T / temperature
+        is_positive = (item_keys[:, None] == negative_keys[None, :]).to(hard.dtype)  # (rows, negatives)
+        blocked = (same_query.to(hard.dtype) @ is_positive) > 0
+        logits = torch.cat([logits, hard.masked_fill(blocked, torch.finfo(hard.dtype).min)], dim=1)
     return F.cross_entropy(logits, torch.arange(len(queries), device=queries.device))
 
 

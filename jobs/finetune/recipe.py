@@ -209,8 +209,10 @@ class FineTuneRecipe:
 
     def _loss(self, batch: dict[str, Any]) -> torch.Tensor:
         if self.spec.task == Task.TWO_TOWER:
-            queries, items = self.model(batch["query"], batch["item"])
-            return info_nce_loss(queries, items, batch["query_key"], batch["item_key"], self.head.temperature)
+            negative = batch.get("negative")  # twoTower.hardNegatives: some rows carry a judged-irrelevant item
+            queries, items, *hard = self.model(batch["query"], batch["item"], negative)
+            return info_nce_loss(queries, items, batch["query_key"], batch["item_key"], self.head.temperature,
+                                 hard[0] if hard else None, batch.get("negative_key"))
         outputs = self.model(batch["inputs"], batch.get("dense"))
         if self.spec.training.loss != "pointwise":  # pairwise / listwise, over the batch's whole queries
             return grouped_loss(self.spec.training.loss, ranking_scores(self.spec.task, outputs, self.class_grades),

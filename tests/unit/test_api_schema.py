@@ -235,7 +235,8 @@ class TestExampleSet:
         not_showable = {
             "AugmentationRun": {"preprocess.clipOutliers.z"},
             "FineTuneRun": {"data.fromAugmentationRun", "data.eval", "training.warmupSteps", "data.columns.image",
-                            "twoTower", "twoTower.temperature", "twoTower.sharedEncoder"},  # task twoTower only
+                            "twoTower", "twoTower.temperature", "twoTower.sharedEncoder",
+                            "twoTower.hardNegatives"},  # task twoTower only
         }[kind]
         assert wanted - present - not_showable == set()
 
@@ -598,7 +599,8 @@ class TestStatus:
         start_time=NOW,
         completion_time=NOW,
         job_name="shoes-2026q4-augment",
-        progress=Progress(done=10, total=10, percent=100, rate=2.5, eta_seconds=0, eta="0s", last_heartbeat_time=NOW),
+        progress=Progress(done=10, total=10, percent=100, rate=2.5, eta_seconds=0, eta="0s", last_heartbeat_time=NOW,
+                          stage="first pass over the source"),
         outputs=RunOutputs(
             uri="s3://data/out/",
             manifest_uri="s3://data/out/manifest.json",
@@ -618,6 +620,7 @@ class TestStatus:
             latest_metrics={"ndcg@10": 0.61},
             best_metric=BestMetric(name="ndcg@10", value=0.612, step=400),
             checkpoint_uri="s3://models/out/checkpoints/500/",
+            rejected_rows=1,
         ),
     )
 

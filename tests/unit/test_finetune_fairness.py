@@ -1,5 +1,5 @@
 """Fair training options: class weights, decision calibration on the evaluation split, losses
-grouped by query and their batches, and their schema rules. Checked against scikit-learn and brute force, no servers."""
+grouped by query and their batches, two-tower hard negatives, and their schema rules. Checked against scikit-learn and brute force, no servers."""
 
 from __future__ import annotations
 
@@ -13,12 +13,24 @@ from pydantic import ValidationError
 from sklearn import metrics as skm
 from sklearn.utils.class_weight import compute_class_weight
 
+from sampleforge.api.augmentation import Columns
 from sampleforge.api.finetune import Calibration, ClassWeights, FineTuneRunSpec, Task
-from sampleforge.jobs.finetune.batches import Collator, PairDataset, QueryBatchSampler, Tokenized, make_loader
+from sampleforge.jobs.finetune.batches import (
+    Collator,
+    HardNegatives,
+    PairDataset,
+    QueryBatchSampler,
+    Tokenized,
+    TwoTowerDataset,
+    make_loader,
+)
 from sampleforge.jobs.finetune.calibration import Decision, calibrate, resolve_method, tune_offsets, tune_threshold
+from sampleforge.jobs.finetune.data import Dataset, Examples, Rejected
 from sampleforge.jobs.finetune.errors import SpecError
+from sampleforge.jobs.finetune.inputs import Inputs, pair_negatives, split_and_encode
 from sampleforge.jobs.finetune.labels import LabelSpace
-from sampleforge.jobs.finetune.modeling import grouped_loss, ranking_scores, task_loss
+from sampleforge.jobs.finetune.model_source import ModelSource
+from sampleforge.jobs.finetune.modeling import grouped_loss, info_nce_loss, ranking_scores, task_loss
 
 
 def spec(**parts: Any) -> FineTuneRunSpec:
@@ -260,3 +272,85 @@ class TestGroupedLosses:
             spec(task="twoTower", training={"loss": "pairwise"})
         with pytest.raises(ValidationError, match="training.classWeights weigh rows of the pointwise loss"):
             spec(training={"loss": "pairwise", "classWeights": {"type": "balanced"}})
+
+
+def _two_tower_inputs(hard_negatives: str) -> tuple[FineTuneRunSpec, Inputs]:
+    """Four training queries from an augmentation output: positives, one source row judged irrelevant,
+    and hardNegative's mined rows (generated, lowest label); an evaluation file of its own."""
+    rows = [  # query, item, label, origin, source row, label rule
+        ("red shoes", "red sneaker", 1, "source", 0, None),
+        ("red shoes", "blue sandal", 0, "source", 1, None),
+        ("red shoes", "red sock", 0, "generated", 0, "lowest"),
+        ("red shoes", "red hat", 0, "generated", 0, "lowest"),
+        ("tent", "2-person tent", 1, "source", 2, None),
+        ("tent", "camping stove", 0, "generated", 2, "lowest"),
+        ("lamp", "desk lamp", 1, "source", 3, None),
+        ("kettle", "tea pot", 0, "generated", 9, "lowest"),  # a query without a training positive
+    ]
+    examples = Examples([r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows],
+                        origins=[r[3] for r in rows], source_rows=[r[4] for r in rows],
+                        label_rules=[r[5] for r in rows])
+    evaluation = Examples(["mug"], ["coffee mug"], [1])
+    columns = Columns(query="query", item="item", label="label")
+    train = Dataset(examples, Rejected(), "s3://b/aug/", ["part-0.parquet"], columns)
+    inputs = Inputs(ModelSource("org/m", "org/m"), train, Dataset(evaluation, Rejected(), "s3://b/e.jsonl", [], columns),
+                    "data.fromAugmentationRun")
+    run = spec(task="twoTower", data={"uri": "s3://datasets/aug/", "eval": "s3://datasets/e.jsonl"},
+               twoTower={"hardNegatives": hard_negatives})
+    return run, inputs
+
+
+class TestTwoTowerHardNegatives:
+    def test_mined_negatives_reach_the_loss_with_gradients(self) -> None:
+        torch.manual_seed(0)
+        q = torch.nn.functional.normalize(torch.randn(3, 8), dim=-1)
+        items = torch.nn.functional.normalize(torch.randn(3, 8), dim=-1)
+        negatives = torch.nn.functional.normalize(torch.randn(2, 8), dim=-1).requires_grad_()
+        query_keys, item_keys = torch.tensor([0, 1, 2]), torch.tensor([10, 11, 12])
+        negative_keys = torch.tensor([13, 11])  # the second "negative" is row 1's positive item
+        plain = info_nce_loss(q, items, query_keys, item_keys, 0.05)
+        got = info_nce_loss(q, items, query_keys, item_keys, 0.05, negatives, negative_keys)
+        logits = torch.cat([q @ items.T, q @ negatives.T], dim=1) / 0.05
+        allowed = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 1, 0], [1, 1, 1, 1, 1]], dtype=torch.bool)
+        expected = torch.stack([-torch.log_softmax(logits[r][allowed[r]], 0)[r] for r in range(3)]).mean()
+        assert got.item() == pytest.approx(expected.item(), rel=1e-5)
+        assert got.item() > plain.item()  # more negatives in every softmax
+        got.backward()
+        assert negatives.grad is not None
+        assert negatives.grad[0].abs().sum().item() > 0  # the mined negative is trained against
+        assert negatives.grad[1].abs().sum().item() > 0  # rows 0 and 2 still see item 11 as a negative
+
+    def test_split_keeps_generated_non_positive_rows_as_negatives(self) -> None:
+        space = LabelSpace.learn(Task.TWO_TOWER, None)
+        run, inputs = _two_tower_inputs("generated")
+        split = split_and_encode(run, inputs, space)
+        assert split.train.items == ["red sneaker", "2-person tent", "desk lamp"]
+        assert split.negatives is not None
+        assert split.negatives.items == ["red sock", "red hat", "camping stove", "tea pot"]
+        run_all, inputs_all = _two_tower_inputs("all")
+        every = split_and_encode(run_all, inputs_all, space).negatives
+        assert every is not None and "blue sandal" in every.items and len(every) == 5
+        run_none, inputs_none = _two_tower_inputs("none")
+        none = split_and_encode(run_none, inputs_none, space).negatives
+        assert none is not None and len(none) == 0
+
+    def test_every_negative_with_an_anchor_is_paired_each_epoch(self) -> None:
+        pairs, chosen = pair_negatives(["red shoes", "tent", "lamp", "tent"],
+                                       ["red shoes", "red shoes", "tent", "kettle"])
+        rows = sorted(zip(pairs.tolist(), chosen.tolist()))
+        # red shoes: 1 positive, 2 negatives -> 2 rows; tent: 2 positives, 1 negative; lamp: none; kettle: no anchor
+        assert rows == [(0, 0), (0, 1), (1, 2), (2, -1), (3, 2)]
+
+    def test_the_collated_batch_carries_the_negatives(self) -> None:
+        def tok(n: int) -> Tokenized:
+            return Tokenized([np.arange(2 + i, dtype=np.int32) for i in range(n)], None)
+
+        hard = HardNegatives(tok(2), np.asarray([7, 8]), np.asarray([1, -1, 0]))
+        dataset = TwoTowerDataset(tok(2), tok(2), np.asarray([0, 1]), np.asarray([3, 4]), np.asarray([0, 1, 0]), hard)
+        batch = Collator(0)([dataset[i] for i in range(3)])
+        assert batch["negative_index"].tolist() == [0, 2]
+        assert batch["negative_key"].tolist() == [8, 7]
+        assert batch["negative"]["input_ids"].shape == (2, 3)
+        assert batch["query_key"].tolist() == [0, 1, 0]
+        without = Collator(0)([dataset[1]])
+        assert "negative" not in without and "negative_key" not in without
