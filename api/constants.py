@@ -109,6 +109,8 @@ class ConditionType(StrEnum):
     SUSPENDED = "Suspended"
     COMPLETE = "Complete"
     FAILED = "Failed"
+    #: True while the spec holds changes that the running or finished run does not apply.
+    SPEC_CHANGE_IGNORED = "SpecChangeIgnored"
 
 
 class ConditionStatus(StrEnum):
@@ -120,40 +122,77 @@ class ConditionStatus(StrEnum):
 
 
 class Reason(StrEnum):
-    """Machine-readable reasons for conditions (CamelCase, as metav1.Condition requires)."""
+    """Machine-readable reasons for conditions (CamelCase, as metav1.Condition requires).
+
+    The ``#:`` comment of each is its entry in docs/reference.md: what it means and what to do.
+    """
 
     # lifecycle
+    #: The operator created the run's Job (an Event only).
     JOB_CREATED = "JobCreated"
+    #: The Job exists and waits for its pods to be scheduled and started; nothing to do.
     JOB_PENDING = "JobPending"
+    #: The Job's pods run; progress and stage come from their heartbeats.
     JOB_RUNNING = "JobRunning"
+    #: The Job completed (an Event only; the run's own reason is Succeeded once results are read).
     JOB_SUCCEEDED = "JobSucceeded"
+    #: The Job failed for a reason the other reasons do not name; the message quotes the Job controller.
     JOB_FAILED = "JobFailed"
+    #: The run's Job was deleted while the run was not finished; the operator recreates it (the pods resume from what was committed) and the run keeps its original startTime.
     JOB_MISSING = "JobMissing"
+    #: spec.suspend is true: the Job is suspended and its pods deleted; set it to false to resume.
     SUSPENDED = "Suspended"
+    #: spec.suspend went back to false and the Job was resumed (an Event only).
     RESUMED = "Resumed"
+    #: The Job waits for its Kueue queue (spec.queueName) to admit it; Kueue resumes it when quota frees.
     QUEUED = "Queued"
+    #: The Job completed and the operator is reading the results it committed (manifest.json, metrics.json) from MinIO; if this lasts, MinIO or the run's credentials Secret is not reachable from the operator (the message says which).
+    COLLECTING_RESULTS = "CollectingResults"
+    #: The Job completed but its output has no manifest.json committed by this run: nothing under spec.output.uri can be trusted. Check the pod logs; rerun with a new name.
+    OUTPUT_NOT_COMMITTED = "OutputNotCommitted"
+    #: The spec changed after the Job was made, and the fields named in the message cannot change a running or finished run (only spec.suspend applies live). Create a new run to use them, or revert the change.
+    SPEC_CHANGE_IGNORED = "SpecChangeIgnored"
+    #: The spec matches what the Job was made from (the SpecChangeIgnored condition is False).
+    SPEC_APPLIED = "SpecApplied"
     # waiting on another run (FineTuneRun.spec.data.fromAugmentationRun)
+    #: The AugmentationRun named in spec.data.fromAugmentationRun has not succeeded yet; the run starts by itself when it does.
     WAITING_FOR_UPSTREAM = "WaitingForUpstream"
+    #: No AugmentationRun of the name in spec.data.fromAugmentationRun exists in the run's namespace (Stalled): fix the name or create that run; the operator keeps checking.
     UPSTREAM_NOT_FOUND = "UpstreamNotFound"
+    #: The AugmentationRun in spec.data.fromAugmentationRun failed: fix and rerun it, then create a new FineTuneRun.
     UPSTREAM_FAILED = "UpstreamFailed"
     # input that can only be checked at run time
+    #: The spec was refused at run time (a field the API server cannot check, or a Job the API server refused); the message names the field.
     INVALID_SPEC = "InvalidSpec"
+    #: The Secret in spec.storage.credentialsSecret (or spec.hubToken) or one of its keys is missing (Stalled); create it and the run starts by itself.
     SECRET_NOT_FOUND = "SecretNotFound"
+    #: A bucket named by the spec does not exist in MinIO; create it or fix the URI.
     BUCKET_NOT_FOUND = "BucketNotFound"
+    #: The source or training data could not be read or held no usable row; the message names the spec field and object.
     DATASET_UNREADABLE = "DatasetUnreadable"
+    #: The model (hub id or s3:// directory) could not be loaded; check the URI, spec.hubToken, and that the cluster can reach the hub.
     MODEL_UNAVAILABLE = "ModelUnavailable"
     # pod-level trouble, surfaced instead of a silent Pending
+    #: A pod cannot be scheduled (no node with the GPUs, memory, selector or tolerations asked for); check spec.resources, nodeSelector and tolerations.
     UNSCHEDULABLE = "Unschedulable"
+    #: A pod cannot pull the job image (Stalled); check the image name, registry access and imagePullSecrets.
     IMAGE_PULL_ERROR = "ImagePullError"
     #: The Job controller cannot create the Job's pods (ResourceQuota, LimitRange, admission
     #: webhook or PodSecurity denial, missing ServiceAccount): a FailedCreate Event on the Job.
     POD_CREATE_FAILED = "PodCreateFailed"
+    #: A pod ran out of memory; raise spec.resources.memory or lower the batch size.
     OOM_KILLED = "OOMKilled"
+    #: A pod exited with an error; the Job retries it up to spec.backoffLimit. The message quotes the pod's exit code and last words.
     POD_FAILED = "PodFailed"
     # failures detected while running
+    #: The pods sent no heartbeat (not even a keep-alive) for spec.heartbeatTimeoutSeconds; the Job was suspended to free its GPUs. Check the pods' logs and the network path to the operator.
     HEARTBEAT_TIMEOUT = "HeartbeatTimeout"
+    #: The Job ran longer than spec.activeDeadlineSeconds.
     DEADLINE_EXCEEDED = "DeadlineExceeded"
+    #: The pods failed more often than spec.backoffLimit allows; the message quotes the last failure.
     BACKOFF_LIMIT_EXCEEDED = "BackoffLimitExceeded"
     # terminal
+    #: The Job completed and the run's committed results are in status.results.
     SUCCEEDED = "Succeeded"
+    #: The run failed; the message says why.
     FAILED = "Failed"

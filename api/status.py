@@ -58,6 +58,10 @@ class Progress(ApiModel):
         default=None, max_length=32, description="The same estimate for people, e.g. 51m or 2h10m (printer column)."
     )
     last_heartbeat_time: datetime | None = Field(default=None, description="When the pods last reported progress.")
+    stage: str | None = Field(
+        default=None, max_length=1024,
+        description="What the pods say they are doing (e.g. loading the model, first pass, training).",
+    )
 
 
 class RunOutputs(ApiModel):
@@ -108,6 +112,9 @@ class FineTuneResults(ApiModel):
         default=None, description="Best value of the early-stopping (or first) metric."
     )
     checkpoint_uri: Uri | None = Field(default=None, description="Latest committed checkpoint.")
+    rejected_rows: Count | None = Field(
+        default=None, description="Training and evaluation rows set aside as unreadable or invalid (committed run)."
+    )
 
 
 class _RunStatus(ApiModel):

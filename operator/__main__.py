@@ -74,6 +74,10 @@ async def run(settings: Settings) -> int:
         async def relay() -> None:
             waiters = {asyncio.create_task(stop.wait()), asyncio.create_task(lost.wait())}
             await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+            if lost.is_set():
+                # Stop acting at once, before the Lease can expire and a standby take over: no
+                # status write, no heartbeat accepted, not ready; kopf's own shutdown follows.
+                ctx.serving = False
             if not stop_flag.done():
                 stop_flag.set_result(None)
 

@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 
 from sampleforge.operator.index import ChildIndex
 from sampleforge.operator.kube import Kube
+from sampleforge.operator.lifecycle import Observation
 from sampleforge.operator.metrics import OperatorMetrics
 from sampleforge.operator.progress import ProgressStore
 from sampleforge.operator.settings import Settings
@@ -24,6 +25,9 @@ class OperatorContext:
     children: ChildIndex = field(default_factory=ChildIndex)
     progress: ProgressStore = field(default_factory=ProgressStore)
     started_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+    #: run uid -> what reconcile found before the run could have a Job (waiting for its upstream, a
+    #: missing Secret, an invalid spec): the run's monitor, the one writer of status, reports it.
+    preflight: dict[str, Observation] = field(default_factory=dict)
     #: (kind, namespace, name) -> phase, for the runs-by-phase gauge and transition counting.
     phases: dict[tuple[str, str, str], str] = field(default_factory=dict)
     #: Set once kopf has started handling resources: this replica leads (readiness, heartbeats).

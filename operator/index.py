@@ -20,10 +20,19 @@ class RunChildren:
     job: dict[str, Any] | None = None
     pods: dict[str, dict[str, Any]] = field(default_factory=dict)
     wake: asyncio.Event | None = None
+    loop: asyncio.AbstractEventLoop | None = None
+
+
+def controller_uid(obj: dict[str, Any]) -> str | None:
+    """uid of the object's managing controller (the ownerReference with ``controller: true``)."""
+    for ref in (obj.get("metadata") or {}).get("ownerReferences") or []:
+        if ref.get("controller"):
+            return str(ref.get("uid"))
+    return None
 
 
 class ChildIndex:
-    """Latest Job and Pods per run uid. Used from the event loop only (kopf handlers are async)."""
+    """Latest Job and Pods per run uid. Written from the event loop only (the watch handlers are async)."""
 
     def __init__(self) -> None:
         self._runs: dict[str, RunChildren] = {}
@@ -63,20 +72,37 @@ class ChildIndex:
         return [entry.pods[name] for name in sorted(entry.pods)] if entry else []
 
     def pod_belongs_to(self, namespace: str, pod_name: str, uid: str) -> bool:
+        """Whether the Pod was created by the run's own Job: its controller is that Job, whose
+        controller is the run. Labels say nothing here: anyone who may create a Pod may copy
+        them, and a Pod so labelled would otherwise report (and forge) the run's results."""
         entry = self._runs.get(uid)
         pod = entry.pods.get(pod_name) if entry else None
-        return pod is not None and pod["metadata"].get("namespace") == namespace
+        if entry is None or pod is None or entry.job is None or pod["metadata"].get("namespace") != namespace:
+            return False
+        job_meta = entry.job["metadata"]
+        return (controller_uid(pod) == job_meta.get("uid") and controller_uid(entry.job) == uid
+                and job_meta.get("namespace") == namespace)
 
     def wake_event(self, uid: str) -> asyncio.Event:
         entry = self._entry(uid)
         if entry.wake is None:
             entry.wake = asyncio.Event()
+            entry.loop = asyncio.get_running_loop()
         return entry.wake
 
     def wake(self, uid: str) -> None:
+        """Wake the run's monitor; safe from kopf's handler threads too (reconcile runs in one)."""
         entry = self._runs.get(uid)
-        if entry is not None and entry.wake is not None:
+        if entry is None or entry.wake is None or entry.loop is None:
+            return
+        try:
+            on_loop = asyncio.get_running_loop() is entry.loop
+        except RuntimeError:
+            on_loop = False
+        if on_loop:
             entry.wake.set()
+        elif not entry.loop.is_closed():
+            entry.loop.call_soon_threadsafe(entry.wake.set)
 
     def forget(self, uid: str) -> None:
         self._runs.pop(uid, None)

@@ -7,10 +7,14 @@ comparing status codes, and every call site shares one idea of which errors are 
 
 from __future__ import annotations
 
-from typing import Any
+import base64
+import json
+from collections.abc import Callable, Iterable
+from typing import Any, TypeVar
 
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
+from urllib3.exceptions import HTTPError
 
 from sampleforge.api.constants import GROUP, LABEL_RUN_UID, PLURALS, VERSION, Kind
 
@@ -39,13 +43,44 @@ class Transient(KubeError):
     """Worth retrying: the server is busy, restarting, or could not be reached."""
 
 
+class Invalid(KubeError):
+    """The API server refused the object (422): ``detail`` is its message, which names the field."""
+
+    def __init__(self, message: str, status: int = 422, detail: str = "") -> None:
+        super().__init__(message, status)
+        self.detail = detail or message
+
+
+#: Seconds any one API call may take. Without a bound, a call to an API server whose etcd has
+#: stopped hangs for ever, and with it whatever waits on it (a status write, a leader's renewal).
+REQUEST_TIMEOUT = 30.0
+
+
+def _server_message(err: ApiException) -> str:
+    try:
+        return str(json.loads(err.body or "{}").get("message") or err.reason or "")
+    except (ValueError, AttributeError):
+        return str(err.reason or "")
+
+
 def _translate(err: ApiException, what: str) -> KubeError:
     status = int(err.status or 0)
     reason = err.reason or ""
-    cls: type[KubeError] = {404: NotFound, 409: Conflict, 403: Forbidden}.get(status, KubeError)
-    if status == 0 or status == 429 or status >= 500:
-        cls = Transient
-    error = cls(f"{what}: {status} {reason}", status)
+    if status == 422:
+        detail = _server_message(err)
+        error: KubeError = Invalid(f"{what}: 422 {detail}", status, detail)
+    else:
+        cls: type[KubeError] = {404: NotFound, 409: Conflict, 403: Forbidden}.get(status, KubeError)
+        if status == 0 or status == 429 or status >= 500:
+            cls = Transient
+        error = cls(f"{what}: {status} {reason}", status)
+    error.__cause__ = err
+    return error
+
+
+def _unreachable(err: Exception, what: str) -> Transient:
+    """No answer at all (refused, reset, timed out): always worth retrying."""
+    error = Transient(f"{what}: {type(err).__name__}: {err}", 0)
     error.__cause__ = err
     return error
 
@@ -59,40 +94,53 @@ def load_api_client() -> client.ApiClient:
     return client.ApiClient()
 
 
+T = TypeVar("T")
+
+
 class Kube:
-    def __init__(self, api: client.ApiClient) -> None:
+    def __init__(self, api: client.ApiClient, timeout: float = REQUEST_TIMEOUT) -> None:
         self.api = api
+        self.timeout = timeout
         self.core = client.CoreV1Api(api)
         self.batch = client.BatchV1Api(api)
         self.custom = client.CustomObjectsApi(api)
         self.auth = client.AuthenticationV1Api(api)
 
+    def _call(self, what: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """One API call, bounded in time, its failures translated (see the module docstring)."""
+        kwargs.setdefault("_request_timeout", self.timeout)
+        try:
+            return fn(*args, **kwargs)
+        except ApiException as err:
+            raise _translate(err, what) from err
+        except (HTTPError, OSError) as err:
+            raise _unreachable(err, what) from err
+
+    def _plain(self, obj: Any) -> dict[str, Any]:
+        return dict(self.api.sanitize_for_serialization(obj))
+
     # -- runs --------------------------------------------------------------------------------
 
     def get_run(self, kind: Kind, namespace: str, name: str) -> dict[str, Any] | None:
         try:
-            return dict(self.custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURALS[kind], name))
-        except ApiException as err:
-            if err.status == 404:
-                return None
-            raise _translate(err, f"reading {kind} {namespace}/{name}") from err
+            return dict(self._call(f"reading {kind} {namespace}/{name}", self.custom.get_namespaced_custom_object,
+                                   GROUP, VERSION, namespace, PLURALS[kind], name))
+        except NotFound:
+            return None
 
     def list_runs(self, kind: Kind, namespace: str | None = None) -> list[dict[str, Any]]:
-        try:
-            if namespace:
-                body = self.custom.list_namespaced_custom_object(GROUP, VERSION, namespace, PLURALS[kind])
-            else:
-                body = self.custom.list_cluster_custom_object(GROUP, VERSION, PLURALS[kind])
-        except ApiException as err:
-            raise _translate(err, f"listing {PLURALS[kind]}") from err
+        what = f"listing {PLURALS[kind]}"
+        if namespace:
+            body = self._call(what, self.custom.list_namespaced_custom_object, GROUP, VERSION, namespace,
+                              PLURALS[kind])
+        else:
+            body = self._call(what, self.custom.list_cluster_custom_object, GROUP, VERSION, PLURALS[kind])
         return list(body.get("items", []))
 
     def patch_run_status(self, kind: Kind, namespace: str, name: str, status: dict[str, Any]) -> None:
-        try:
-            self.custom.patch_namespaced_custom_object_status(GROUP, VERSION, namespace, PLURALS[kind], name,
-                                                              {"status": status})
-        except ApiException as err:
-            raise _translate(err, f"writing the status of {kind} {namespace}/{name}") from err
+        self._call(f"writing the status of {kind} {namespace}/{name}",
+                   self.custom.patch_namespaced_custom_object_status, GROUP, VERSION, namespace, PLURALS[kind], name,
+                   {"status": status})
 
     # -- children ----------------------------------------------------------------------------
 
@@ -101,11 +149,10 @@ class Kube:
         operator that restarted mid-way). Returns (job, created)."""
         namespace, name = job["metadata"]["namespace"], job["metadata"]["name"]
         try:
-            created = self.batch.create_namespaced_job(namespace, job)
-            return self.api.sanitize_for_serialization(created), True
-        except ApiException as err:
-            if err.status != 409:
-                raise _translate(err, f"creating Job {namespace}/{name}") from err
+            created = self._call(f"creating Job {namespace}/{name}", self.batch.create_namespaced_job, namespace, job)
+            return self._plain(created), True
+        except Conflict:
+            pass
         existing = self.get_job(namespace, name)
         if existing is None:  # deleted between the conflict and the read: the next reconcile creates it
             raise Transient(f"Job {namespace}/{name} vanished while being read back")
@@ -118,25 +165,22 @@ class Kube:
 
     def get_job(self, namespace: str, name: str) -> dict[str, Any] | None:
         try:
-            return dict(self.api.sanitize_for_serialization(self.batch.read_namespaced_job(name, namespace)))
-        except ApiException as err:
-            if err.status == 404:
-                return None
-            raise _translate(err, f"reading Job {namespace}/{name}") from err
+            return self._plain(self._call(f"reading Job {namespace}/{name}", self.batch.read_namespaced_job, name,
+                                          namespace))
+        except NotFound:
+            return None
 
     def set_job_suspend(self, namespace: str, name: str, suspend: bool) -> None:
-        try:
-            self.batch.patch_namespaced_job(name, namespace, {"spec": {"suspend": suspend}})
-        except ApiException as err:
-            raise _translate(err, f"{'suspending' if suspend else 'resuming'} Job {namespace}/{name}") from err
+        self._call(f"{'suspending' if suspend else 'resuming'} Job {namespace}/{name}",
+                   self.batch.patch_namespaced_job, name, namespace, {"spec": {"suspend": suspend}})
 
     def ensure_service(self, service: dict[str, Any]) -> None:
         namespace = service["metadata"]["namespace"]
         try:
-            self.core.create_namespaced_service(namespace, service)
-        except ApiException as err:
-            if err.status != 409:
-                raise _translate(err, f"creating Service {namespace}/{service['metadata']['name']}") from err
+            self._call(f"creating Service {namespace}/{service['metadata']['name']}",
+                       self.core.create_namespaced_service, namespace, service)
+        except Conflict:
+            pass
 
     def ensure_config_map(self, config_map: dict[str, Any]) -> None:
         """Create the ConfigMap, or accept the one already there: a run's spec ConfigMap is named
@@ -165,36 +209,42 @@ class Kube:
     def get_secret_keys(self, namespace: str, name: str) -> set[str] | None:
         """The keys a Secret holds (never its values), or None when it does not exist."""
         try:
-            secret = self.core.read_namespaced_secret(name, namespace)
-        except ApiException as err:
-            if err.status == 404:
-                return None
-            raise _translate(err, f"reading Secret {namespace}/{name}") from err
+            secret = self._call(f"reading Secret {namespace}/{name}", self.core.read_namespaced_secret, name,
+                                namespace)
+        except NotFound:
+            return None
         return set((secret.data or {}).keys()) | set((secret.string_data or {}).keys())
+
+    def read_secret_values(self, namespace: str, name: str, keys: Iterable[str]) -> dict[str, str] | None:
+        """The values of ``keys`` in a Secret (those present), or None when it does not exist.
+
+        Used only to read a finished run's committed results with the run's own storage
+        credentials; the caller drops them after that one read and never logs them."""
+        try:
+            secret = self._call(f"reading Secret {namespace}/{name}", self.core.read_namespaced_secret, name,
+                                namespace)
+        except NotFound:
+            return None
+        data = secret.data or {}
+        return {key: base64.b64decode(data[key]).decode() for key in keys if key in data}
 
     def list_job_events(self, namespace: str, job_uid: str, reason: str) -> list[dict[str, Any]]:
         """The Events with ``reason`` recorded on one Job, selected by the server (field selector
         on the Job's uid and the reason), so the answer is a handful of objects however busy the
         namespace is."""
-        try:
-            events = self.core.list_namespaced_event(
-                namespace, field_selector=f"involvedObject.uid={job_uid},reason={reason}", _request_timeout=15)
-        except ApiException as err:
-            raise _translate(err, f"listing the {reason} Events of Job uid {job_uid} in namespace {namespace}") \
-                from err
-        return [dict(e) for e in self.api.sanitize_for_serialization(events).get("items", [])]
+        events = self._call(f"listing the {reason} Events of Job uid {job_uid} in namespace {namespace}",
+                            self.core.list_namespaced_event, namespace,
+                            field_selector=f"involvedObject.uid={job_uid},reason={reason}", _request_timeout=15)
+        return [dict(e) for e in self._plain(events).get("items", [])]
 
     # -- the leader label on the operator's own Pod ---------------------------------------------
 
     def set_pod_label(self, namespace: str, name: str, key: str, value: str | None) -> None:
         """Set (or, with None, remove) one label of a Pod: a merge patch of that label alone."""
-        try:
-            self.core.patch_namespaced_pod(name, namespace, {"metadata": {"labels": {key: value}}},
-                                           _request_timeout=10)
-        except ApiException as err:
-            action = f"labelling Pod {namespace}/{name} {key}={value}" if value is not None \
-                else f"removing label {key} from Pod {namespace}/{name}"
-            raise _translate(err, action) from err
+        action = f"labelling Pod {namespace}/{name} {key}={value}" if value is not None \
+            else f"removing label {key} from Pod {namespace}/{name}"
+        self._call(action, self.core.patch_namespaced_pod, name, namespace,
+                   {"metadata": {"labels": {key: value}}}, _request_timeout=10)
 
     # -- authentication of heartbeats ----------------------------------------------------------
 
@@ -202,11 +252,8 @@ class Kube:
         """The authenticated user of a ServiceAccount token bound to ``audience``, or None."""
         review = {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview",
                   "spec": {"token": token, "audiences": [audience]}}
-        try:
-            result = self.auth.create_token_review(review)
-        except ApiException as err:
-            raise _translate(err, "reviewing a heartbeat token") from err
+        result = self._call("reviewing a heartbeat token", self.auth.create_token_review, review)
         status = result.status
         if not status or not status.authenticated or audience not in (status.audiences or []):
             return None
-        return dict(self.api.sanitize_for_serialization(status.user))
+        return self._plain(status.user)

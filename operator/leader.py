@@ -59,15 +59,23 @@ class LeaderElector:
                      "acquireTime": acquire_time, "renewTime": _fmt(_now()), "leaseTransitions": transitions},
         }
 
+    @property
+    def call_timeout(self) -> float:
+        """Seconds one Lease call may take: a third of the lease, so that a renewal that hangs
+        (etcd stopped behind a live API server) is given up while there is time to step down."""
+        return max(1.0, self.duration / 3)
+
     def try_acquire_or_renew(self) -> bool:
         """One attempt; True when this replica holds the Lease afterwards."""
+        timeout = self.call_timeout
         try:
-            lease = self.coordination.read_namespaced_lease(self.name, self.namespace)
+            lease = self.coordination.read_namespaced_lease(self.name, self.namespace, _request_timeout=timeout)
         except ApiException as err:
             if err.status != 404:
                 raise
             try:
-                self.coordination.create_namespaced_lease(self.namespace, self._lease_body(_fmt(_now()), 0, None))
+                self.coordination.create_namespaced_lease(self.namespace, self._lease_body(_fmt(_now()), 0, None),
+                                                          _request_timeout=timeout)
                 self._contact()
                 return True
             except ApiException as create_err:
@@ -87,7 +95,8 @@ class LeaderElector:
         transitions = (spec.lease_transitions or 0) + (0 if ours else 1)
         try:
             self.coordination.replace_namespaced_lease(
-                self.name, self.namespace, self._lease_body(acquire, transitions, lease.metadata.resource_version))
+                self.name, self.namespace, self._lease_body(acquire, transitions, lease.metadata.resource_version),
+                _request_timeout=timeout)
         except ApiException as err:
             if err.status == 409:  # someone else wrote it first
                 return False
@@ -132,18 +141,23 @@ class LeaderElector:
             await asyncio.sleep(retry)
 
     async def keep(self, lost: asyncio.Event) -> None:
-        """Renew until renewal fails for longer than the lease duration; then set ``lost``."""
+        """Renew until no renewal has succeeded for two thirds of the lease duration (client-go's
+        renew deadline); then set ``lost``. Each attempt is bounded by that deadline too, so a call
+        that hangs cannot keep a leader acting after its Lease has expired."""
+        loop = asyncio.get_running_loop()
         period = max(1.0, self.duration / 3)
-        last_ok = asyncio.get_running_loop().time()
+        renew_deadline = self.duration * 2 / 3
+        last_ok = loop.time()
         while not lost.is_set():
             await asyncio.sleep(period)
+            left = last_ok + renew_deadline - loop.time()
             try:
-                ok = await asyncio.to_thread(self.try_acquire_or_renew)
-            except LeaseError:
+                ok = await asyncio.wait_for(asyncio.to_thread(self.try_acquire_or_renew), timeout=max(0.1, left))
+            except (TimeoutError, *LeaseError):
                 ok = False
-            now = asyncio.get_running_loop().time()
+            now = loop.time()
             if ok:
                 last_ok = now
-            elif now - last_ok > self.duration * 2 / 3:
+            elif now - last_ok >= renew_deadline:
                 log.error("lost the leader Lease; stopping", extra={"identity": self.identity})
                 lost.set()

@@ -35,7 +35,8 @@ _JOB_FAILURE_REASONS = {
 
 
 #: Pending for a reason that only a person can remove: kstatus's Stalled, Argo CD's Degraded.
-_STALLED_REASONS = frozenset({Reason.IMAGE_PULL_ERROR, Reason.SECRET_NOT_FOUND, Reason.POD_CREATE_FAILED})
+_STALLED_REASONS = frozenset({Reason.IMAGE_PULL_ERROR, Reason.SECRET_NOT_FOUND, Reason.POD_CREATE_FAILED,
+                              Reason.UPSTREAM_NOT_FOUND})
 
 
 @dataclass(frozen=True)
@@ -192,9 +193,15 @@ def observe(job: dict[str, Any] | None, pods: list[dict[str, Any]], *, suspended
     job_status = job.get("status") or {}
     start, completion = job_status.get("startTime"), job_status.get("completionTime")
 
-    if _job_condition(job, "Complete") or _job_condition(job, "SuccessCriteriaMet"):
+    complete = _job_condition(job, "Complete")
+    if complete:
         return Observation(Phase.SUCCEEDED, Reason.SUCCEEDED, f"Job {job_name} completed", start,
-                           completion or job_status.get("startTime"))
+                           completion or complete.get("lastTransitionTime"))
+    if _job_condition(job, "SuccessCriteriaMet"):
+        # The Job controller sets this first, then ends the remaining pods and only then sets
+        # Complete and completionTime: the run is done when the Job is.
+        return Observation(Phase.RUNNING, Reason.JOB_RUNNING,
+                           f"Job {job_name} met its success criteria; waiting for it to complete", start)
 
     failed = _job_condition(job, "Failed") or _job_condition(job, "FailureTarget")
     if failed:
@@ -233,6 +240,12 @@ def observe(job: dict[str, Any] | None, pods: list[dict[str, Any]], *, suspended
         return Observation(Phase.RUNNING, Reason.JOB_RUNNING,
                            f"Job {job_name}: {active} pod(s) active, {len(running)} running", start, None, events)
 
+    if job_status.get("succeeded") and not job_status.get("failed") and not _pod_trouble(pods):
+        # Between a pod's exit and the Job's completion (or between the indexes of an Indexed
+        # Job), nothing runs, yet the run has not gone back to waiting for its pods.
+        return Observation(Phase.RUNNING, Reason.JOB_RUNNING,
+                           f"Job {job_name}: {job_status.get('succeeded')} pod(s) finished, waiting for the rest",
+                           start, None, events)
     trouble = _pod_trouble(pods) or _create_failure(job, pods, job_events)
     if trouble is not None:
         if trouble[0] is Reason.POD_CREATE_FAILED:

@@ -1,36 +1,52 @@
-"""One monitor per live run: follow its Job, Pods and heartbeats and keep its status current.
+"""One monitor per run: the one writer of its status.
 
-It sleeps until something about the run changes (a Job or Pod event, a heartbeat) or its resync
-interval passes, and writes status at most once per ``status_min_interval_seconds``: however
-chatty the pods are, a run costs a bounded number of status writes. A Job that stays without pods
-gets its FailedCreate Events listed on the schedule of :mod:`podcreate`, the only API read a
-monitor makes. It ends when the run reaches a terminal phase.
+It sleeps until something about the run changes (a Job or Pod event, a heartbeat, a note from
+reconcile) or its resync interval passes, then composes the status the run should have from what
+it sees: reconcile's note while there is no Job, the Job and its Pods, the heartbeats while the
+work goes on, and the run's committed output once the Job has completed. A Succeeded run's results
+are read from that output (:mod:`.committed`), never from the last heartbeat, so an operator that
+was down while a run finished still reports exactly what the run committed.
+
+Status is written at most once per ``status_min_interval_seconds`` for progress (phase changes go
+out at once), so a run costs a bounded number of writes however chatty its pods are. A write the
+API server could not take is retried within seconds. A Job that stays without pods gets its
+FailedCreate Events listed on the schedule of :mod:`podcreate`. The monitor ends when the run is
+finished and its status says so for the current generation.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 import kopf
+from pydantic import ValidationError
 from urllib3.exceptions import HTTPError
 
-from sampleforge.api import Kind, Reason
+from sampleforge.api import ConditionType, Kind, Phase, Reason
 from sampleforge.api.constants import TERMINAL_PHASES
+from sampleforge.operator import committed as committed_output
 from sampleforge.operator import status as run_status
+from sampleforge.operator.conditions import find, set_conditions
 from sampleforge.operator.context import OperatorContext
-from sampleforge.operator.kube import Forbidden, KubeError
-from sampleforge.operator.lifecycle import FAILED_CREATE, RunEvent, observe
+from sampleforge.operator.kube import Forbidden, KubeError, Transient
+from sampleforge.operator.lifecycle import FAILED_CREATE, Observation, RunEvent, observe
 from sampleforge.operator.podcreate import FailedCreateProbe, waiting_for_pods
 from sampleforge.operator.progress import run_key
 from sampleforge.operator.reconcile import outputs_for, reconcile
 from sampleforge.operator.render import RunObject
+from sampleforge.operator.specdrift import ignored_fields
 
 log = logging.getLogger(__name__)
 #: A run whose Job is missing this long (deleted by hand) gets it recreated.
 MISSING_JOB_GRACE_SECONDS = 15.0
+#: Retrying a status write the API server could not take: first wait, and the most.
+WRITE_RETRY_SECONDS = (1.0, 10.0)
+#: Retrying the read of a completed run's committed results: first wait, and the most.
+COLLECT_RETRY_SECONDS = (2.0, 60.0)
 
 
 def _parse(value: str | None) -> datetime | None:
@@ -48,7 +64,7 @@ def _last_heartbeat(ctx: OperatorContext, body: dict[str, Any], received: dateti
 
 
 async def _list_failed_creates(ctx: OperatorContext, probe: FailedCreateProbe, job: dict[str, Any],
-                                now: float) -> None:
+                               now: float) -> None:
     """One listing of the Job's FailedCreate Events; a refusal or an outage is logged, never fatal."""
     meta = job["metadata"]
     try:
@@ -64,87 +80,253 @@ async def _list_failed_creates(ctx: OperatorContext, probe: FailedCreateProbe, j
     probe.record(events, now)
 
 
-def _post_new(snapshot: dict[str, Any], events: tuple[RunEvent, ...], posted: set[tuple[str, str]]) -> None:
-    """Post each Event once per monitor: the same pod failure seen on every write is one Event."""
-    for event in events:
-        if (event.reason, event.message) not in posted:
-            posted.add((event.reason, event.message))
-            kopf.event(snapshot, type=event.type, reason=event.reason, message=event.message)
+def _backoff(previous: float, bounds: tuple[float, float]) -> float:
+    first, most = bounds
+    return first if previous <= 0 else min(most, previous * 2)
+
+
+@dataclass
+class _Monitor:
+    """What one run's monitor remembers between passes."""
+
+    ctx: OperatorContext
+    kind: Kind
+    body: kopf.Body
+    #: What this monitor wrote last: the watch may not have delivered it back into ``body`` yet, and
+    #: comparing against a stale status would write (and announce) the same change twice.
+    written: dict[str, Any] = field(default_factory=dict)
+    posted: set[tuple[str, str]] = field(default_factory=set)
+    last_write: float = 0.0
+    write_retry: float = 0.0
+    missing_since: float | None = None
+    collect_retry: float = 0.0
+    collect_due: float = 0.0
+    #: The committed results once read: a Succeeded run is written from them alone.
+    committed: committed_output.Committed | None = None
+
+    def __post_init__(self) -> None:
+        settings = self.ctx.settings
+        self.probe = FailedCreateProbe(after=settings.pod_create_check_seconds, every=settings.pod_create_check_seconds)
+        meta = self.body["metadata"]
+        self.uid, self.namespace, self.name = meta["uid"], meta["namespace"], meta["name"]
+        self.key = run_key(self.kind, self.namespace, self.name)
+
+    def snapshot(self) -> dict[str, Any]:
+        snapshot = dict(self.body)
+        snapshot["status"] = {**(snapshot.get("status") or {}), **self.written}
+        return snapshot
+
+    # -- what the status should be ----------------------------------------------------------------
+
+    async def desired(self, snapshot: dict[str, Any], now_loop: float) -> tuple[dict[str, Any], Observation] | None:
+        """The status to write now and the observation behind it, or None to write nothing yet."""
+        ctx, kind = self.ctx, self.kind
+        status = snapshot.get("status") or {}
+        phase = status.get("phase")
+        job = ctx.children.job(self.uid)
+        now = datetime.now(UTC)
+        if job is None:
+            note = ctx.preflight.get(self.uid)
+            if status.get("jobName"):
+                return await self._job_missing(snapshot, now_loop, now)
+            if note is None:
+                return None  # reconcile has not said anything yet: it will wake us
+            return run_status.compose(snapshot, note, now), note
+        self.missing_since = None
+        spec = snapshot.get("spec") or {}
+        entry = ctx.progress.get(self.key, self.uid)
+        pods = ctx.children.pods(self.uid)
+        self.probe.track(job["metadata"]["uid"], waiting_for_pods(job, pods), now_loop)
+        if self.probe.due_in(now_loop) == 0:
+            await _list_failed_creates(ctx, self.probe, job, now_loop)
+        obs = observe(job, pods, suspended=bool(spec.get("suspend")),
+                      last_heartbeat=_last_heartbeat(ctx, snapshot, entry.received_at if entry else None),
+                      heartbeat_timeout=float(spec.get("heartbeatTimeoutSeconds", 600)), now=now,
+                      job_events=self.probe.events)
+        if phase == Phase.RUNNING and obs.phase is Phase.PENDING and obs.reason is Reason.JOB_PENDING:
+            # A pod replaced after a failure, or a cache not yet filled after a restart: the run has
+            # not gone back to waiting for its first pod.
+            obs = Observation(Phase.RUNNING, Reason.JOB_RUNNING, obs.message, obs.start_time, None, obs.events)
+        results: dict[str, Any] | None = entry.results(kind) if entry else None
+        progress: dict[str, Any] | None = entry.progress(kind) if entry else None
+        committed = False
+        if obs.phase is Phase.SUCCEEDED:
+            obs, found = await self._collect(snapshot, obs, now_loop)
+            if found is not None:
+                results, committed = found.results, True
+                progress = {**(progress or {}), **({"done": found.rows, "total": found.rows} if found.rows else {})}
+        drift = [run_status.spec_change_condition(ignored_fields(job, spec), terminal=False)]
+        desired = run_status.compose(snapshot, obs, now, job_name=job["metadata"]["name"], progress=progress,
+                                     results=results, committed=committed,
+                                     outputs=self._outputs(snapshot),
+                                     extra_conditions=drift)
+        heartbeat_age = (now - entry.received_at).total_seconds() if entry and entry.received_at else None
+        ctx.metrics.observe_run(str(kind), self.namespace, self.name, desired, heartbeat_age)
+        if obs.reason is Reason.HEARTBEAT_TIMEOUT and not (job.get("spec") or {}).get("suspend"):
+            # Before the terminal status: a suspend still to come would be lost with the Job
+            # holding its GPUs once this monitor ends.
+            await asyncio.to_thread(ctx.kube.set_job_suspend, self.namespace, job["metadata"]["name"], True)
+        return desired, obs
+
+    def _run(self, snapshot: dict[str, Any]) -> RunObject | None:
+        """The run's typed view; None if its spec no longer validates (reconcile reports that)."""
+        try:
+            return RunObject.from_body({**snapshot, "kind": str(self.kind)})
+        except ValidationError:
+            return None
+
+    def _outputs(self, snapshot: dict[str, Any]) -> dict[str, str] | None:
+        run = self._run(snapshot)
+        return outputs_for(self.kind, run) if run is not None else None
+
+    async def _job_missing(self, snapshot: dict[str, Any], now_loop: float,
+                           now: datetime) -> tuple[dict[str, Any], Observation] | None:
+        """The run had a Job and it is gone (deleted by hand, or not yet in a fresh cache): after a
+        grace period, say so and recreate it; the pods resume from what was committed."""
+        status = snapshot.get("status") or {}
+        self.missing_since = self.missing_since or now_loop
+        if now_loop - self.missing_since <= MISSING_JOB_GRACE_SECONDS or not self.ctx.serving:
+            return None
+        job_name = status["jobName"]
+        log.warning("job missing; recreating", extra={"kind": str(self.kind), "namespace": self.namespace,
+                                                      "run": self.name, "job": job_name})
+        obs = Observation(Phase(status.get("phase") or Phase.PENDING), Reason.JOB_MISSING,
+                          f"Job {job_name} was deleted before the run finished; recreating it (its pods resume from "
+                          "what the run committed, and the run keeps its startTime)")
+        try:
+            await asyncio.to_thread(reconcile, self.ctx, self.kind, snapshot)
+        except (kopf.TemporaryError, kopf.PermanentError, KubeError) as err:
+            log.info("could not recreate the Job yet", extra={"run": self.name, "error": str(err)})
+        self.missing_since = now_loop
+        return run_status.compose(snapshot, obs, now, job_name=job_name), obs
+
+    async def _collect(self, snapshot: dict[str, Any], obs: Observation,
+                       now_loop: float) -> tuple[Observation, committed_output.Committed | None]:
+        """The Job completed: read what the run committed. Until that read succeeds the run is not
+        Succeeded; if the output was never committed, it Failed."""
+        if self.committed is not None:
+            return obs, self.committed
+        job_name = (snapshot.get("status") or {}).get("jobName") or "?"
+        waiting = Observation(Phase.RUNNING, Reason.COLLECTING_RESULTS,
+                              f"Job {job_name} completed; reading the results it committed", obs.start_time)
+        if now_loop < self.collect_due:
+            previous = find((snapshot.get("status") or {}).get("conditions") or [], ConditionType.READY)
+            message = previous["message"] if previous and previous.get("reason") == Reason.COLLECTING_RESULTS \
+                else waiting.message
+            return Observation(Phase.RUNNING, Reason.COLLECTING_RESULTS, message, obs.start_time), None
+        run = self._run(snapshot)
+        if run is None:
+            return Observation(Phase.RUNNING, Reason.COLLECTING_RESULTS,
+                               f"Job {job_name} completed, but the run's spec no longer validates, so its output "
+                               "cannot be located; revert the last edit", obs.start_time), None
+        output = str(run.spec.output.uri)
+        try:
+            found = await asyncio.to_thread(read_run_output, self.ctx, self.kind, run)
+        except committed_output.NotCommitted as err:
+            return Observation(Phase.FAILED, Reason.OUTPUT_NOT_COMMITTED,
+                               f"Job {job_name} completed but its output was not committed: {err}. Nothing under "
+                               f"{output} can be trusted; check the pods' logs and rerun under a new name",
+                               obs.start_time, obs.completion_time), None
+        except (committed_output.Unreachable, KubeError) as err:
+            self.collect_retry = _backoff(self.collect_retry, COLLECT_RETRY_SECONDS)
+            self.collect_due = now_loop + self.collect_retry
+            return Observation(Phase.RUNNING, Reason.COLLECTING_RESULTS,
+                               f"Job {job_name} completed; cannot read its committed results yet ({err}); retrying in "
+                               f"{self.collect_retry:.0f}s. Check that the operator can reach "
+                               f"{run.spec.storage.endpoint} with the run's credentials", obs.start_time), None
+        self.committed = found
+        return obs, found
+
+    # -- writing ------------------------------------------------------------------------------------
+
+    async def write(self, snapshot: dict[str, Any], desired: dict[str, Any], events: tuple[RunEvent, ...],
+                    now_loop: float) -> bool:
+        """Write what changed; False when the API server could not take it (retried soon)."""
+        if not self.ctx.serving:
+            return True  # a leader that lost its Lease stops writing at once; the next one takes over
+        for event in events:
+            if (event.reason, event.message) not in self.posted:
+                self.posted.add((event.reason, event.message))
+                run_status.post_event(snapshot, event.type, event.reason, event.message)
+        try:
+            await asyncio.to_thread(run_status.write, self.ctx, self.kind, snapshot, desired)
+        except (Transient, HTTPError, OSError) as err:
+            self.write_retry = _backoff(self.write_retry, WRITE_RETRY_SECONDS)
+            log.warning("status write failed; retrying", extra={"run": self.name, "namespace": self.namespace,
+                                                                "retry_in": self.write_retry, "error": str(err)})
+            return False
+        self.write_retry = 0.0
+        self.written.update(run_status.changed_fields(snapshot, desired))
+        self.last_write = now_loop
+        return True
+
+    async def finished_run_edited(self, snapshot: dict[str, Any]) -> None:
+        """A finished run whose spec was edited: record that this generation was seen and what was
+        not applied, so that GitOps tools stop waiting for a reconcile that will never come."""
+        status = snapshot.get("status") or {}
+        generation = int(snapshot["metadata"].get("generation") or 0)
+        applied = find(status.get("conditions") or [], ConditionType.SPEC_CHANGE_IGNORED)
+        job = self.ctx.children.job(self.uid)
+        ignored = ignored_fields(job, snapshot.get("spec") or {}) if job else []
+        update = run_status.spec_change_condition(ignored or ["spec"], terminal=True)
+        conditions = set_conditions(list(status.get("conditions") or []), [update], generation, datetime.now(UTC))
+        desired = {"observedGeneration": generation,
+                   "conditions": [{**c, "observedGeneration": generation} for c in conditions]}
+        if not applied or applied.get("status") != update.status or applied.get("message") != update.message:
+            run_status.post_event(snapshot, "Warning", Reason.SPEC_CHANGE_IGNORED, update.message)
+        await asyncio.to_thread(run_status.write, self.ctx, self.kind, snapshot, desired)
+
+
+def read_run_output(ctx: OperatorContext, kind: Kind, run: RunObject) -> committed_output.Committed:
+    """The run's committed results, read with the run's own storage credentials."""
+    storage = run.spec.storage
+    keys = (storage.access_key_key(), storage.secret_key_key())
+    values = ctx.kube.read_secret_values(run.namespace, storage.credentials_secret, keys)
+    if values is None or any(k not in values for k in keys):
+        raise committed_output.Unreachable(f"Secret {storage.credentials_secret} or its keys are missing")
+    s3 = committed_output.storage_client(storage, values[keys[0]], values[keys[1]])
+    del values
+    return committed_output.read_committed(kind, run.uid, str(run.spec.output.uri), s3)
 
 
 async def monitor_run(ctx: OperatorContext, kind: Kind, body: kopf.Body, stopped: kopf.DaemonStopped) -> None:
-    meta = body["metadata"]
-    uid, namespace, name = meta["uid"], meta["namespace"], meta["name"]
-    key = run_key(kind, namespace, name)
-    wake = ctx.children.wake_event(uid)
+    monitor = _Monitor(ctx, kind, body)
+    wake = ctx.children.wake_event(monitor.uid)
     settings = ctx.settings
     loop = asyncio.get_running_loop()
-    last_write = 0.0
-    missing_since: float | None = None
-    # What this monitor wrote last: the watch may not have delivered it back into `body` yet, and
-    # comparing against a stale status would write (and announce) the same change twice.
-    written: dict[str, Any] = {}
-    posted: set[tuple[str, str]] = set()
-    probe = FailedCreateProbe(after=settings.pod_create_check_seconds, every=settings.pod_create_check_seconds)
     while not stopped:
-        snapshot = dict(body)
-        snapshot["status"] = {**(snapshot.get("status") or {}), **written}
-        phase = (snapshot.get("status") or {}).get("phase")
-        if phase in TERMINAL_PHASES:
-            break
-        spec = snapshot.get("spec") or {}
-        job = ctx.children.job(uid)
-        if job is None:
-            # Reconcile creates the Job; if it stays gone (deleted by hand), create it again.
-            missing_since = missing_since or loop.time()
-            had_job = bool((snapshot.get("status") or {}).get("jobName"))
-            if had_job and loop.time() - missing_since > MISSING_JOB_GRACE_SECONDS and ctx.serving:
-                log.warning("job missing; recreating", extra={"kind": str(kind), "namespace": namespace, "run": name})
+        snapshot = monitor.snapshot()
+        status = snapshot.get("status") or {}
+        if status.get("phase") in TERMINAL_PHASES:
+            if status.get("observedGeneration") != snapshot["metadata"].get("generation"):
                 try:
-                    await asyncio.to_thread(reconcile, ctx, kind, snapshot)
-                except (kopf.TemporaryError, kopf.PermanentError):
-                    pass
-                missing_since = None
-        else:
-            missing_since = None
-            entry = ctx.progress.get(key, uid)
-            pods = ctx.children.pods(uid)
-            probe.track(job["metadata"]["uid"], waiting_for_pods(job, pods), loop.time())
-            if probe.due_in(loop.time()) == 0:
-                await _list_failed_creates(ctx, probe, job, loop.time())
-            now = datetime.now(UTC)
-            obs = observe(job, pods, suspended=bool(spec.get("suspend")),
-                          last_heartbeat=_last_heartbeat(ctx, snapshot, entry.received_at if entry else None),
-                          heartbeat_timeout=float(spec.get("heartbeatTimeoutSeconds", 600)), now=now,
-                          job_events=probe.events)
-            progress = entry.progress() if entry else None
-            results = entry.results(kind) if entry else None
-            desired = run_status.compose(snapshot, obs, now, job_name=job["metadata"]["name"], progress=progress,
-                                         results=results, outputs=outputs_for(kind, RunObject.from_body({**snapshot, "kind": str(kind)})))
+                    await monitor.finished_run_edited(snapshot)
+                except (Transient, HTTPError, OSError) as err:
+                    log.warning("status write failed; retrying", extra={"run": monitor.name, "error": str(err)})
+                    await _sleep(wake, stopped, WRITE_RETRY_SECONDS[0])
+                    continue
+            break
+        now_loop = loop.time()
+        found = await monitor.desired(snapshot, now_loop)
+        if found is not None:
+            desired, obs = found
             delta = run_status.changed_fields(snapshot, desired)
-            heartbeat_age = (now - entry.received_at).total_seconds() if entry and entry.received_at else None
-            # Recorded before the status write: a terminal phase ends this daemon (kopf stops it
-            # once the run no longer matches its filter), and what comes after the write may not run.
-            ctx.metrics.observe_run(str(kind), namespace, name, desired, heartbeat_age)
-            wait = settings.status_min_interval_seconds - (loop.time() - last_write)
+            wait = settings.status_min_interval_seconds - (now_loop - monitor.last_write)
             # Phase changes go out at once; progress-only changes respect the write budget.
             if delta and ("phase" in delta or wait <= 0):
-                if obs.reason is Reason.HEARTBEAT_TIMEOUT and not (job.get("spec") or {}).get("suspend"):
-                    # Before the terminal status, for the same reason: a suspend still to come
-                    # would be lost with the Job holding its GPUs.
-                    await asyncio.to_thread(ctx.kube.set_job_suspend, namespace, job["metadata"]["name"], True)
-                _post_new(snapshot, obs.events, posted)
-                await asyncio.to_thread(run_status.write, ctx, kind, snapshot, desired)
-                written.update(delta)
-                last_write = loop.time()
+                if not await monitor.write(snapshot, desired, obs.events, now_loop):
+                    await _sleep(wake, stopped, monitor.write_retry)
+                    continue
             elif delta:
                 await _sleep(wake, stopped, wait)
                 continue
             if obs.phase in TERMINAL_PHASES:
                 break
-        due = probe.due_in(loop.time())
-        await _sleep(wake, stopped, settings.resync_seconds if due is None else min(settings.resync_seconds, due))
-    ctx.progress.forget(key)
+        due = [d for d in (monitor.probe.due_in(loop.time()),
+                           (monitor.collect_due - loop.time()) if monitor.collect_due else None) if d is not None]
+        await _sleep(wake, stopped, min([settings.resync_seconds, *[max(0.0, d) for d in due]]))
+    ctx.progress.forget(monitor.key)
+    ctx.preflight.pop(monitor.uid, None)
 
 
 async def _sleep(wake: asyncio.Event, stopped: kopf.DaemonStopped, timeout: float) -> None:
@@ -162,3 +344,4 @@ async def _sleep(wake: asyncio.Event, stopped: kopf.DaemonStopped, timeout: floa
         for waiter in waiters:
             waiter.cancel()
     wake.clear()
+

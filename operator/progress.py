@@ -1,7 +1,9 @@
 """Heartbeats in, progress out: the latest report of each shard of each run, and their sum.
 
 Shards of an AugmentationRun report separately; the run's progress is their sum (rows done and
-total, rates) and its results are their summed counts. A FineTuneRun reports from rank 0 only.
+total, rates) and its results are their summed counts. Every node of a FineTuneRun reports (so each
+one's silence can be noticed), but they all count the same global optimizer steps: its progress is
+node 0's alone, never a sum.
 The store lives in memory: after an operator restart the pods' next heartbeats refill it, and
 ``status.progress.lastHeartbeatTime`` carries the last one across the gap.
 """
@@ -42,11 +44,13 @@ class RunProgress:
     shards: dict[int, Heartbeat] = field(default_factory=dict)
     received_at: datetime | None = None
 
-    def progress(self) -> dict[str, Any]:
-        beats = list(self.shards.values())
+    def progress(self, kind: str) -> dict[str, Any]:
+        beats = [self.shards[i] for i in sorted(self.shards)]
+        if kind == Kind.FINE_TUNE_RUN and beats:
+            beats = beats[:1]
         done = sum(b.done for b in beats)
         totals = [b.total for b in beats]
-        expected = max((b.shards for b in beats), default=1)
+        expected = 1 if kind == Kind.FINE_TUNE_RUN else max((b.shards for b in beats), default=1)
         out: dict[str, Any] = {"done": done}
         rates = [b.rate for b in beats if b.rate is not None]
         rate = sum(rates) if rates else None
@@ -64,6 +68,10 @@ class RunProgress:
                     out["eta"] = format_eta(eta)
         if self.received_at is not None:
             out["lastHeartbeatTime"] = self.received_at.strftime("%Y-%m-%dT%H:%M:%SZ")
+        stages = [b.message for b in beats if b.message]
+        if stages:
+            out["stage"] = stages[0] if len(stages) == 1 or len(set(stages)) == 1 \
+                else f"{stages[0]} (+{len(beats) - 1} more shard(s))"
         return out
 
     def results(self, kind: str) -> dict[str, Any] | None:

@@ -4,12 +4,15 @@ then make sure its Job (and, for multi-node training, its headless Service) exis
 Idempotent by construction: the Job's name comes from the run, creation treats "already exists" as
 success, and a second call changes nothing. So kopf may call this twice, and an operator restarted
 half-way never makes a second Job.
+
+It never writes status: what it finds before a Job can exist (waiting for an upstream run, a missing
+Secret, a spec the API server refused) goes to the run's monitor as a note, and the monitor, the
+one writer of status, reports it.
 """
 
 from __future__ import annotations
 
 import logging
-from datetime import UTC, datetime
 from typing import Any
 
 import kopf
@@ -17,10 +20,9 @@ from pydantic import ValidationError
 
 from sampleforge.api import Kind, Phase, Reason
 from sampleforge.api.constants import TERMINAL_PHASES
-from sampleforge.operator import status as run_status
 from sampleforge.operator.context import OperatorContext
-from sampleforge.operator.kube import Forbidden
-from sampleforge.operator.lifecycle import Observation, observe
+from sampleforge.operator.kube import Forbidden, Invalid
+from sampleforge.operator.lifecycle import Observation
 from sampleforge.operator.render import RunObject, render_headless_service, render_job, render_spec_config_map
 
 log = logging.getLogger(__name__)
@@ -29,8 +31,11 @@ UPSTREAM_RETRY_SECONDS = 10
 SECRET_RETRY_SECONDS = 30
 
 
-def _report(ctx: OperatorContext, kind: Kind, body: dict[str, Any], obs: Observation, **extra: Any) -> None:
-    run_status.write(ctx, kind, body, run_status.compose(body, obs, datetime.now(UTC), **extra))
+def _report(ctx: OperatorContext, body: dict[str, Any], obs: Observation) -> None:
+    """Leave ``obs`` for the run's monitor and wake it."""
+    uid = body["metadata"]["uid"]
+    ctx.preflight[uid] = obs
+    ctx.children.wake(uid)
 
 
 def outputs_for(kind: Kind, run: RunObject) -> dict[str, str]:
@@ -49,20 +54,20 @@ def upstream_input(ctx: OperatorContext, body: dict[str, Any], run: RunObject) -
         return None
     upstream = ctx.kube.get_run(Kind.AUGMENTATION_RUN, run.namespace, upstream_name)
     if upstream is None:
-        _report(ctx, Kind.FINE_TUNE_RUN, body, Observation(
+        _report(ctx, body, Observation(
             Phase.WAITING, Reason.UPSTREAM_NOT_FOUND,
             f"AugmentationRun {upstream_name} (spec.data.fromAugmentationRun) does not exist in namespace "
             f"{run.namespace}; create it or fix the name"))
         raise kopf.TemporaryError(f"upstream AugmentationRun {upstream_name} not found", delay=UPSTREAM_RETRY_SECONDS)
     phase = (upstream.get("status") or {}).get("phase")
     if phase == Phase.FAILED:
-        _report(ctx, Kind.FINE_TUNE_RUN, body, Observation(
+        _report(ctx, body, Observation(
             Phase.FAILED, Reason.UPSTREAM_FAILED,
             f"AugmentationRun {upstream_name} (spec.data.fromAugmentationRun) failed; fix and rerun it, then "
             "create a new FineTuneRun"))
         return None
     if phase != Phase.SUCCEEDED:
-        _report(ctx, Kind.FINE_TUNE_RUN, body, Observation(
+        _report(ctx, body, Observation(
             Phase.WAITING, Reason.WAITING_FOR_UPSTREAM,
             f"waiting for AugmentationRun {upstream_name} to succeed (it is {phase or 'Pending'})"))
         raise kopf.TemporaryError(f"upstream AugmentationRun {upstream_name} is {phase}",
@@ -83,7 +88,7 @@ def check_secrets(ctx: OperatorContext, kind: Kind, body: dict[str, Any], run: R
         try:
             have = ctx.kube.get_secret_keys(run.namespace, secret)
         except Forbidden as err:
-            _report(ctx, kind, body, Observation(
+            _report(ctx, body, Observation(
                 Phase.PENDING, Reason.SECRET_NOT_FOUND,
                 f"the operator may not read Secret {secret} in namespace {run.namespace}: grant it get on secrets "
                 "there (chart: rbac.clusterWideSecretAccess or watchNamespaces)"))
@@ -92,7 +97,7 @@ def check_secrets(ctx: OperatorContext, kind: Kind, body: dict[str, Any], run: R
         if have is None or missing:
             what = (f"Secret {secret} not found in namespace {run.namespace}" if have is None
                     else f"Secret {secret} has no key(s) {', '.join(missing)}")
-            _report(ctx, kind, body, Observation(
+            _report(ctx, body, Observation(
                 Phase.PENDING, Reason.SECRET_NOT_FOUND,
                 f"{what} (spec.storage.credentialsSecret / spec.hubToken); create it — the run starts by itself"))
             raise kopf.TemporaryError(what, delay=SECRET_RETRY_SECONDS)
@@ -102,10 +107,11 @@ def reconcile(ctx: OperatorContext, kind: Kind, body: dict[str, Any]) -> None:
     phase = (body.get("status") or {}).get("phase")
     if phase in TERMINAL_PHASES:
         return
+    uid = body["metadata"]["uid"]
     try:
         run = RunObject.from_body({**body, "kind": str(kind)})
     except ValidationError as err:
-        _report(ctx, kind, body, Observation(Phase.FAILED, Reason.INVALID_SPEC, f"invalid spec: {err}"))
+        _report(ctx, body, Observation(Phase.FAILED, Reason.INVALID_SPEC, f"invalid spec: {err}"))
         raise kopf.PermanentError(f"invalid spec: {err}") from err
 
     input_uri = upstream_input(ctx, body, run) if kind is Kind.FINE_TUNE_RUN else None
@@ -119,9 +125,19 @@ def reconcile(ctx: OperatorContext, kind: Kind, body: dict[str, Any]) -> None:
     ctx.kube.ensure_config_map(render_spec_config_map(run))  # the spec the Job's pods read, made first
     try:
         job, created = ctx.kube.ensure_job(render_job(run, ctx.settings, input_uri=input_uri))
+    except Invalid as err:
+        # A pass-through field (affinity, tolerations, nodeSelector, resources) that the schema let
+        # through but the Job's own validation refuses: retrying would be refused again.
+        ctx.metrics.job_create_errors.labels(kind=kind).inc()
+        _report(ctx, body, Observation(Phase.FAILED, Reason.INVALID_SPEC,
+                                       f"the API server refused the run's Job: {err.detail}; fix the spec field it "
+                                       "names (affinity, tolerations, nodeSelector, resources) and create the run "
+                                       "again"))
+        raise kopf.PermanentError(f"Job refused: {err.detail}") from err
     except Exception:
         ctx.metrics.job_create_errors.labels(kind=kind).inc()
         raise
+    ctx.preflight.pop(uid, None)
     job_name = job["metadata"]["name"]
     if created:
         ctx.metrics.jobs_created.labels(kind=kind).inc()
@@ -133,18 +149,6 @@ def reconcile(ctx: OperatorContext, kind: Kind, body: dict[str, Any]) -> None:
     # A queued run's Job is resumed by Kueue when it admits it, never by the operator.
     if job_is_suspended != suspend and (suspend or run.spec.queue_name is None):
         ctx.kube.set_job_suspend(run.namespace, job_name, suspend)
-        job.setdefault("spec", {})["suspend"] = suspend
         kopf.info(body, reason=Reason.SUSPENDED if suspend else Reason.RESUMED,
                   message=f"{'suspended' if suspend else 'resumed'} Job {job_name}")
-    obs = observe(job, ctx.children.pods(run.uid), suspended=suspend, last_heartbeat=None,
-                  heartbeat_timeout=float("inf"), now=datetime.now(UTC))
-    if phase == Phase.RUNNING and obs.phase is Phase.PENDING:
-        # After a restart the pod cache may still be empty: never step a running run back.
-        return
-    if phase == Phase.PENDING and obs.reason is Reason.JOB_PENDING and (body.get("status") or {}).get("jobName"):
-        # Nor replace a Pending run's explanation (a quota, an image pull) with "waiting for its
-        # pods" from an empty cache: the monitor, which sees the pods and Events, keeps it current.
-        ctx.children.wake(run.uid)
-        return
-    _report(ctx, kind, body, obs, job_name=job_name, outputs=outputs_for(kind, run))
-    ctx.children.wake(run.uid)
+    ctx.children.wake(uid)

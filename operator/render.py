@@ -54,6 +54,7 @@ from sampleforge.api.jobenv import EXIT_NOT_RETRYABLE
 
 from ._render_pod import CONTAINER_NAME, RENDEZVOUS_PORT_NAME, SPEC_FILENAME, Topology, pod_template
 from .settings import Settings
+from .specdrift import ANNOTATION_APPLIED_SPEC, applied_spec_annotation
 
 __all__ = [
     "ANNOTATION_RUN_GENERATION",
@@ -393,7 +394,8 @@ def render_job(run: RunObject, settings: Settings, input_uri: str | None = None)
             "name": name,
             "namespace": run.namespace,
             "labels": dict(sorted(job_labels.items())),
-            "annotations": {ANNOTATION_RUN_GENERATION: str(run.generation)},
+            "annotations": {ANNOTATION_RUN_GENERATION: str(run.generation),
+                            ANNOTATION_APPLIED_SPEC: applied_spec_annotation(run.raw_spec)},
             "ownerReferences": [owner_reference(run)],
         },
         "spec": job_spec,

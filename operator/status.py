@@ -1,8 +1,11 @@
-"""Writing a run's status: the one place that does it.
+"""Composing and writing a run's status: the one place that does it.
 
-Every writer (the reconcile handlers, the monitors) describes what it saw; this module turns that
-into a status patch, skips the write when nothing changed, and keeps the bookkeeping that must
-follow a phase change (transition counter, run-duration histogram, a Kubernetes Event).
+Only a run's monitor (:mod:`.monitor`) calls :func:`write`; reconcile hands it what it found before
+a Job exists (``OperatorContext.preflight``) and wakes it. This module turns an observation into
+the status the run should have, checks it against the typed status models of ``api/status.py`` (so
+a malformed value fails here, naming the field, rather than as a 422 from the API server), skips the
+write when nothing changed, and keeps the bookkeeping that must follow a phase change (transition
+counter, run-duration histogram, one Kubernetes Event).
 """
 
 from __future__ import annotations
@@ -13,48 +16,77 @@ from typing import Any
 
 import kopf
 
-from sampleforge.api import Kind, Phase
+from sampleforge.api import ConditionStatus, ConditionType, Kind, Phase, Reason
 from sampleforge.api.constants import TERMINAL_PHASES
-from sampleforge.operator.conditions import rfc3339, set_conditions
+from sampleforge.api.status import AugmentationRunStatus, FineTuneRunStatus
+from sampleforge.operator.conditions import ConditionUpdate, rfc3339, set_conditions
 from sampleforge.operator.context import OperatorContext
 from sampleforge.operator.lifecycle import Observation
 
 log = logging.getLogger(__name__)
+#: The API server refuses Events whose message is longer than this.
+EVENT_MESSAGE_LIMIT = 1024
+_STATUS_MODELS = {Kind.AUGMENTATION_RUN: AugmentationRunStatus, Kind.FINE_TUNE_RUN: FineTuneRunStatus}
 
 
 def _parse(value: str | None) -> datetime | None:
     return datetime.fromisoformat(value) if value else None
 
 
+def spec_change_condition(ignored: list[str], terminal: bool) -> ConditionUpdate:
+    """SpecChangeIgnored: True, naming the fields, while the spec differs from what the Job runs."""
+    if not ignored:
+        return ConditionUpdate(ConditionType.SPEC_CHANGE_IGNORED, ConditionStatus.FALSE, Reason.SPEC_APPLIED,
+                               "the Job runs the current spec")
+    when = "the run has finished" if terminal else "the Job is already running"
+    return ConditionUpdate(ConditionType.SPEC_CHANGE_IGNORED, ConditionStatus.TRUE, Reason.SPEC_CHANGE_IGNORED,
+                           f"{', '.join(ignored)} changed but {when}: only spec.suspend applies to a started run; "
+                           "create a new run to use the change, or revert it")
+
+
 def compose(body: dict[str, Any], obs: Observation, now: datetime, *, job_name: str | None = None,
             progress: dict[str, Any] | None = None, results: dict[str, Any] | None = None,
-            outputs: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The full status the run should have; only changed keys are ever sent."""
+            committed: bool = False, outputs: dict[str, Any] | None = None,
+            extra_conditions: list[ConditionUpdate] | None = None) -> dict[str, Any]:
+    """The full status the run should have; only changed keys are ever sent.
+
+    ``committed``: ``results`` were read from the run's committed output and replace whatever the
+    heartbeats said; otherwise they are merged over the current ones (progress so far).
+    """
     current = dict(body.get("status") or {})
     generation = int(body["metadata"].get("generation") or 0)
+    updates = [*obs.conditions(), *(extra_conditions or [])]
     status: dict[str, Any] = {
         "phase": str(obs.phase),
         "observedGeneration": generation,
-        "conditions": set_conditions(list(current.get("conditions") or []), obs.conditions(), generation, now),
+        "conditions": set_conditions(list(current.get("conditions") or []), updates, generation, now),
     }
     if job_name:
         status["jobName"] = job_name
-    if obs.start_time:
-        status["startTime"] = obs.start_time
+    # The run started once: a Job recreated after a deletion, or resumed after a suspend, has a
+    # later startTime of its own, but the run's does not move.
+    start = current.get("startTime") or obs.start_time
+    if start:
+        status["startTime"] = start
     if obs.phase in TERMINAL_PHASES:
-        status["completionTime"] = obs.completion_time or current.get("completionTime") or rfc3339(now)
-    if progress:
-        merged = {**(current.get("progress") or {}), **progress}
-        if obs.phase is Phase.SUCCEEDED and merged.get("total"):
-            merged.update(done=merged["total"], percent=100, etaSeconds=0, eta="0s")
+        status["completionTime"] = current.get("completionTime") or obs.completion_time or rfc3339(now)
+    merged = {**(current.get("progress") or {}), **(progress or {})}
+    if obs.phase is Phase.SUCCEEDED and merged.get("total"):
+        merged.update(done=merged["total"], percent=100, etaSeconds=0, eta="0s")
+    if obs.phase in TERMINAL_PHASES:
+        merged.pop("stage", None)
+    if merged:
         status["progress"] = merged
-    elif obs.phase is Phase.SUCCEEDED and current.get("progress", {}).get("total"):
-        status["progress"] = {**current["progress"], "done": current["progress"]["total"], "percent": 100,
-                              "etaSeconds": 0, "eta": "0s"}
-    if results:
-        status["results"] = {**(current.get("results") or {}), **results}
+    if results is not None:
+        status["results"] = results if committed else {**(current.get("results") or {}), **results}
     if outputs:
         status["outputs"] = {**(current.get("outputs") or {}), **outputs}
+    return status
+
+
+def checked(kind: Kind, status: dict[str, Any]) -> dict[str, Any]:
+    """``status`` validated by the kind's status model: what the CRD's schema will accept."""
+    _STATUS_MODELS[kind].model_validate(status)
     return status
 
 
@@ -70,7 +102,7 @@ def write(ctx: OperatorContext, kind: Kind, body: dict[str, Any], status: dict[s
         return False
     meta = body["metadata"]
     namespace, name = meta["namespace"], meta["name"]
-    ctx.kube.patch_run_status(kind, namespace, name, delta)
+    ctx.kube.patch_run_status(kind, namespace, name, checked(kind, delta))
     ctx.metrics.status_writes.labels(kind=kind).inc()
     old_phase = (body.get("status") or {}).get("phase")
     new_phase = status.get("phase")
@@ -90,9 +122,9 @@ def _on_transition(ctx: OperatorContext, kind: Kind, body: dict[str, Any], old: 
     message = f"{kind} {meta['name']}: {old or 'new'} → {new}" + (f" ({ready['message']})" if ready else "")
     if new == Phase.FAILED:
         ctx.metrics.job_failures.labels(kind=kind, reason=reason).inc()
-        kopf.warn(body, reason=reason, message=message)
+        post_event(body, "Warning", reason, message)
     else:
-        kopf.info(body, reason=reason, message=message)
+        post_event(body, "Normal", reason, message)
     if new in TERMINAL_PHASES:
         started = _parse(status.get("startTime"))
         ended = _parse(status.get("completionTime")) or datetime.now(UTC)
@@ -100,6 +132,17 @@ def _on_transition(ctx: OperatorContext, kind: Kind, body: dict[str, Any], old: 
             ctx.metrics.run_duration.labels(kind=kind, phase=new).observe(max(0.0, (ended - started).total_seconds()))
     log.info("phase changed", extra={"kind": str(kind), "namespace": meta["namespace"], "run": meta["name"],
                                      "from": old, "to": new, "reason": reason})
+
+
+def event_message(message: str) -> str:
+    """``message`` cut to what the API server accepts in an Event: a long termination message would
+    otherwise get the whole Event refused, and lost."""
+    return message if len(message) <= EVENT_MESSAGE_LIMIT else message[:EVENT_MESSAGE_LIMIT - 1] + "…"
+
+
+def post_event(body: dict[str, Any], type_: str, reason: str, message: str) -> None:
+    """A Kubernetes Event on the run."""
+    kopf.event(body, type=type_, reason=reason, message=event_message(message))
 
 
 def publish_phase_counts(ctx: OperatorContext) -> None:

@@ -251,8 +251,7 @@ class ShardJob:
 
     def _first_pass(self, reader: SourceReader) -> DatasetKnowledge:
         object_rows: list[int] = []
-        if self.heartbeat is not None:
-            self.heartbeat.update(done=0, message="first pass over the source")
+        self._stage("first pass over the source")
         with self._bar(None, "first pass") as bar:
             knowledge = learn(reader.read_all(object_rows), object_rows, self.roles, self.spec,
                               needs_of(self.spec), progress=bar.update)
@@ -286,12 +285,14 @@ class ShardJob:
         reader = SourceReader(self.store, objects, roles.all, roles.field_paths(), BATCH_ROWS)
         knowledge = self._first_pass(reader)
         first_pass_seconds = time.monotonic() - started
+        self._stage("loading models and building augmenters (the GAN trains here)")
         split = self._eval_split()
         models = ModelCache(self.store, self.cache_dir)
         augmenters = build_augmenters(spec, {"roles": roles, "labels": knowledge.labels, "knowledge": knowledge,
                                              "store": self.store, "models": models})
         filters, notes = build_filters(spec.filters, roles, knowledge.labels, knowledge.source_pairs, models, split)
         lo, hi = shard_range(knowledge.total_rows, shard, shards)
+        self._stage(f"augmenting rows {lo}-{hi} (shard {shard} of {shards})")
         log.info("shard pass", extra={"shard": shard, "shards": shards, "row_range": [lo, hi],
                                       "augmenters": [a.name for _, a in augmenters],
                                       "filters": [f.name for f in filters]})
@@ -493,6 +494,11 @@ class ShardJob:
             **({"attributes": {a: r[a] for a in roles.attributes}} if roles.attributes else {})}
         return {"augmenter": c.augmenter, "sourceRow": c.source_row, "source": pick(c.source),
                 "generated": pick(c.row)}
+
+    def _stage(self, message: str) -> None:
+        """What the shard does now; the sender repeats it as a keep-alive through long silent steps."""
+        if self.heartbeat is not None:
+            self.heartbeat.stage(message)
 
     def _beat(self, counts: _Counts, rejected: int, total: int, started: float) -> None:
         if self.heartbeat is None:

@@ -5,6 +5,11 @@ Each send reads the projected ServiceAccount token afresh (the kubelet rotates i
 :class:`~sampleforge.api.heartbeat.Heartbeat`. Sends are coalesced: ``update()`` only records the
 latest state, and a background thread sends it at most once per interval, so a training loop can
 call ``update()`` every step for free.
+
+The thread also sends when nothing new happened: a keep-alive repeating the last state with the
+current stage (``stage("loading model")``). Downloading a model, a first pass over a large source
+or training a GAN can take longer than the operator's heartbeat timeout without reporting a single
+row; only a pod that has gone silent (dead, hung in C, cut off from the network) may time out.
 """
 
 from __future__ import annotations
@@ -38,6 +43,9 @@ class HeartbeatSender:
         self.token_file = token_file
         self.interval = interval
         self._latest: dict[str, Any] | None = None
+        #: What was last sent (or tried): a keep-alive repeats it, so the operator never sees
+        #: progress go backwards because a pod had nothing new to say.
+        self._last: dict[str, Any] = {"done": 0}
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._stopped = threading.Event()
@@ -61,6 +69,13 @@ class HeartbeatSender:
         with self._lock:
             self._latest = fields
 
+    def stage(self, message: str) -> None:
+        """Say what the pod is doing now (shown in status.progress.stage), keeping the last
+        progress; sent with the next heartbeat, and repeated by every keep-alive after it."""
+        with self._lock:
+            base = self._latest if self._latest is not None else self._last
+            self._latest = {**base, "message": message}
+
     def flush(self) -> None:
         """Send the latest state now (at the end of a run, or before a checkpoint's long pause)."""
         self._send_latest()
@@ -76,11 +91,15 @@ class HeartbeatSender:
         while not self._stopped.is_set():
             self._wake.wait(self.interval)
             if not self._stopped.is_set():
-                self._send_latest()
+                self._send_latest(keepalive=True)
 
-    def _send_latest(self) -> None:
+    def _send_latest(self, keepalive: bool = False) -> None:
         with self._lock:
             fields, self._latest = self._latest, None
+            if fields is None and keepalive:
+                fields = self._last
+            if fields is not None:
+                self._last = fields
         if fields is None:
             return
         try:

@@ -8,6 +8,7 @@ from typing import Any
 import kopf
 
 from sampleforge.api import Kind
+from sampleforge.api.constants import TERMINAL_PHASES
 from sampleforge.operator.context import OperatorContext
 from sampleforge.operator.kube import Transient
 from sampleforge.operator.monitor import monitor_run
@@ -19,6 +20,12 @@ from sampleforge.operator.status import publish_phase_counts
 #: filter (it reached a terminal phase) before cancelling it: the monitor's last iteration, which
 #: wrote that phase, still records the run's final metrics.
 MONITOR_EXIT_SECONDS = 10.0
+
+
+def needs_monitor(status: kopf.Status, meta: kopf.Meta, **_: Any) -> bool:
+    """A run has a monitor (its status writer) while it is not finished, and once more when a
+    finished run's spec was edited, so that its status records that generation and what it ignored."""
+    return status.get("phase") not in TERMINAL_PHASES or status.get("observedGeneration") != meta.get("generation")
 
 
 def ctx_of(memo: kopf.Memo) -> OperatorContext:

@@ -22,7 +22,7 @@ def finetunerun_reconcile(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
 
 
 @kopf.daemon(GROUP, VERSION, PLURAL, cancellation_backoff=MONITOR_EXIT_SECONDS, cancellation_timeout=5.0,
-             when=lambda status, **_: status.get("phase") not in ("Succeeded", "Failed"))
+             when=_common.needs_monitor)
 async def finetunerun_monitor(body: kopf.Body, memo: kopf.Memo, stopped: kopf.DaemonStopped, **_: Any) -> None:
     await _common.monitor_handler(KIND, body, memo, stopped)
 

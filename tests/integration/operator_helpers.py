@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import copy
+import io
 import json
+import secrets
 import time
 import urllib.request
 from collections.abc import Callable
@@ -12,13 +14,17 @@ from typing import Any
 
 import yaml
 from kubernetes import client
+from minio import Minio
 
 from sampleforge.api import GROUP, VERSION, jobenv
 from sampleforge.api.constants import LABEL_RUN_UID, PLURALS, Kind
+from sampleforge.testbed._minio import MinioServer
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = REPO_ROOT / "examples"
 CREDENTIALS_SECRET = "minio-search-ml"
+#: Bucket of the testbed's MinIO that runs of the operator tests write their outputs to.
+RUNS_BUCKET = "runs"
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float = 60, what: str = "condition") -> Any:
@@ -39,11 +45,57 @@ def example(name: str, **spec_overrides: Any) -> dict[str, Any]:
     return doc
 
 
-def create_credentials(api: client.ApiClient, namespace: str) -> None:
+def create_credentials(api: client.ApiClient, namespace: str, minio: MinioServer | None = None) -> None:
+    """The runs' storage Secret: the testbed MinIO's keys when given (runs that must succeed read
+    their committed output with them), else keys that reach nothing."""
+    keys = {"accessKey": minio.access_key, "secretKey": minio.secret_key} if minio is not None \
+        else {"accessKey": "AKIAEXAMPLE", "secretKey": "do-not-leak-this-secret"}
     client.CoreV1Api(api).create_namespaced_secret(namespace, {
-        "metadata": {"name": CREDENTIALS_SECRET},
-        "stringData": {"accessKey": "AKIAEXAMPLE", "secretKey": "do-not-leak-this-secret"},
-    })
+        "metadata": {"name": CREDENTIALS_SECRET}, "stringData": keys})
+
+
+def stored_example(minio: MinioServer, name: str, **spec_overrides: Any) -> dict[str, Any]:
+    """An example run writing to the testbed's MinIO (bucket ``runs``, made on first use)."""
+    s3 = minio.client()
+    if not s3.bucket_exists(RUNS_BUCKET):
+        s3.make_bucket(RUNS_BUCKET)
+    return on_minio(example(name, **spec_overrides), minio, RUNS_BUCKET)
+
+
+def on_minio(doc: dict[str, Any], minio: MinioServer, bucket: str) -> dict[str, Any]:
+    """``doc`` storing its output in ``bucket`` of the testbed's MinIO, under a prefix of its own."""
+    doc = copy.deepcopy(doc)
+    doc["spec"]["storage"]["endpoint"] = minio.endpoint
+    doc["spec"]["output"]["uri"] = f"s3://{bucket}/out-{secrets.token_hex(4)}/"
+    return doc
+
+
+def commit_output(s3: Minio, run: dict[str, Any], *, rows: int = 100, generated: dict[str, int] | None = None,
+                  filtered: dict[str, int] | None = None, metrics: dict[str, float] | None = None,
+                  step: int = 30, loss: float = 0.3) -> dict[str, Any]:
+    """What the run's job commits, written as the job would: metrics.json (FineTuneRun), then
+    ``manifest.json`` last. The kwok pods run nothing, so a test plays the job's part."""
+    bucket, _, prefix = run["spec"]["output"]["uri"][len("s3://"):].partition("/")
+    meta = run["metadata"]
+
+    def put(key: str, document: dict[str, Any]) -> None:
+        data = json.dumps(document).encode()
+        s3.put_object(bucket, prefix + key, io.BytesIO(data), len(data), content_type="application/json")
+
+    if run["kind"] == Kind.AUGMENTATION_RUN:
+        generated = generated if generated is not None else {"typo": rows}
+        manifest = {"kind": "AugmentationOutput", "rowsRead": rows, "rowsIn": rows,
+                    "rowsOut": rows + sum(generated.values()), "rejectedRows": 0,
+                    "augmenters": {name: {"produced": kept, "kept": kept} for name, kept in generated.items()},
+                    "filters": filtered or {}}
+    else:
+        final = metrics if metrics is not None else {"ndcg@10": 0.6, "auc": 0.75}
+        put("metrics.json", {"final": final, "step": step, "totalSteps": step, "epochs": 1.0, "loss": loss,
+                             "best": None, "rejectedRows": 0})
+        manifest = {"kind": "model", "run": {"kind": run["kind"], "name": meta["name"], "namespace": meta["namespace"],
+                                             "uid": meta["uid"]}, "step": step, "metrics": final}
+    put("manifest.json", manifest)
+    return manifest
 
 
 def create_run(api: client.ApiClient, namespace: str, doc: dict[str, Any], name: str | None = None,

@@ -30,6 +30,7 @@ import pytest
 import yaml
 from kubernetes import client
 from operator_helpers import (
+    commit_output,
     condition,
     create_credentials,
     create_run,
@@ -40,6 +41,7 @@ from operator_helpers import (
     pods_of,
     post_heartbeat,
     running_pod,
+    stored_example,
     wait_for,
     wait_phase,
 )
@@ -217,7 +219,7 @@ def make_namespace(api: client.ApiClient, testbed: Testbed, credentials: bool = 
     _MADE.append(name)
     testbed.wait_for_default_service_account(name)
     if credentials:
-        create_credentials(api, name)
+        create_credentials(api, name, testbed.minio)
     return name
 
 
@@ -314,13 +316,15 @@ class TestClusterWide:
     def test_an_augmentation_run_succeeds_with_heartbeats_and_events(self, cluster_release: Release,
                                                                       api: client.ApiClient) -> None:
         namespace = make_namespace(api, cluster_release.testbed)
-        run = create_run(api, namespace, example("augmentationrun.yaml", parallelism=1), labels=HOLD)
+        minio = cluster_release.testbed.minio
+        run = create_run(api, namespace, stored_example(minio, "augmentationrun.yaml", parallelism=1), labels=HOLD)
         name, uid = run["metadata"]["name"], run["metadata"]["uid"]
         wait_phase(api, AR, namespace, name, "Running", timeout=60)
         # TokenReview (authentication.k8s.io) with the operator's own permissions.
         assert heartbeat(api, cluster_release.operator.url, run, 400) == 202
         wait_for(lambda: (get_run(api, AR, namespace, name).get("status") or {}).get("progress", {}).get("done") == 400,
                  what="the heartbeat's progress in status")
+        commit_output(minio.client(), run)
         release_pods(api, namespace, uid)
         done = wait_phase(api, AR, namespace, name, "Succeeded", timeout=90)
         assert condition(done, "Ready")["status"] == "True"
@@ -348,7 +352,9 @@ class TestClusterWide:
         no_secret = make_namespace(api, cluster_release.testbed, credentials=False)
         running = create_run(api, namespace, example("augmentationrun.yaml", parallelism=1), name="running",
                              labels=HOLD)
-        succeeded = create_run(api, namespace, example("augmentationrun.yaml", parallelism=1), name="succeeded")
+        done = stored_example(cluster_release.testbed.minio, "augmentationrun.yaml", parallelism=1)
+        commit_output(cluster_release.testbed.minio.client(), {**done, "metadata": {"name": "succeeded", "uid": ""}})
+        succeeded = create_run(api, namespace, done, name="succeeded")
         failing = create_run(api, namespace, example("augmentationrun.yaml", parallelism=1, backoffLimit=0),
                              name="failed", labels=HOLD)
         create_run(api, namespace, example("augmentationrun.yaml", suspend=True), name="suspended")
@@ -424,14 +430,16 @@ class TestNamespaced:
             self, namespaced_release: Release, api: client.ApiClient, namespaces: tuple[str, str]) -> None:
         served, other = namespaces
         ignored = create_run(api, other, example("augmentationrun.yaml", parallelism=1), name="not-mine")
-        run = create_run(api, served, example("augmentationrun.yaml", parallelism=1,
-                                              serviceAccountName="sampleforge-job"), labels=HOLD)
+        minio = namespaced_release.testbed.minio
+        run = create_run(api, served, stored_example(minio, "augmentationrun.yaml", parallelism=1,
+                                                     serviceAccountName="sampleforge-job"), labels=HOLD)
         name, uid = run["metadata"]["name"], run["metadata"]["uid"]
         pod = running_pod(api, served, uid)
         assert pod.spec.service_account_name == "sampleforge-job"
         assert pod.spec.automount_service_account_token is False
         wait_phase(api, AR, served, name, "Running")
         assert heartbeat(api, namespaced_release.operator.url, run, 100) == 202
+        commit_output(minio.client(), run)
         release_pods(api, served, uid)
         wait_phase(api, AR, served, name, "Succeeded", timeout=90)
         assert "status" not in get_run(api, AR, other, ignored["metadata"]["name"]), "a namespace it does not serve"

@@ -31,6 +31,7 @@ import pytest
 import yaml
 from kubernetes import client
 from operator_helpers import (
+    commit_output,
     create_credentials,
     create_run,
     example,
@@ -38,6 +39,7 @@ from operator_helpers import (
     pods_of,
     post_heartbeat,
     running_pod,
+    stored_example,
     wait_for,
     wait_phase,
 )
@@ -45,6 +47,7 @@ from operator_helpers import (
 from sampleforge.api.constants import GROUP, PLURALS, VERSION, Kind
 from sampleforge.testbed import EXIT_CODE_ANNOTATION, HOLD_KEY, Testbed, binary
 from sampleforge.testbed._health import http_ok
+from sampleforge.testbed._minio import MinioServer
 from sampleforge.testbed._operator import OPERATOR_NAMESPACE, OperatorProcess
 from sampleforge.testbed._ports import free_port
 from sampleforge.testbed._process import ManagedProcess
@@ -217,7 +220,7 @@ def scene(testbed: Testbed, tmp_path_factory: pytest.TempPathFactory) -> Iterato
         namespace = f"t-{secrets.token_hex(4)}"
         client.CoreV1Api(api).create_namespace({"metadata": {"name": namespace}})
         testbed.wait_for_default_service_account(namespace)
-        create_credentials(api, namespace)
+        create_credentials(api, namespace, testbed.minio)
         operator = OperatorProcess(testbed.kubeconfig, testbed.logs / "operator-monitoring.log", "monitoring-0", {
             "SAMPLEFORGE_OPERATOR_STATUS_MIN_INTERVAL_SECONDS": "1", "SAMPLEFORGE_OPERATOR_RESYNC_SECONDS": "2",
             "SAMPLEFORGE_OPERATOR_LEASE_NAME": "sampleforge-monitoring-test",
@@ -229,7 +232,7 @@ def scene(testbed: Testbed, tmp_path_factory: pytest.TempPathFactory) -> Iterato
         prometheus = start_prometheus(tmp_path_factory.mktemp("prometheus"), testbed.logs, operator.port)
         try:
             operator.start(timeout=90)
-            yield Scene(prometheus, namespace, drive_runs(api, namespace, operator.url))
+            yield Scene(prometheus, namespace, drive_runs(api, namespace, operator.url, testbed.minio))
         finally:
             # Runs go while the operator still runs (it lets go of its finalizers), so no later
             # test's operator inherits them from a namespace being deleted.
@@ -243,10 +246,13 @@ def scene(testbed: Testbed, tmp_path_factory: pytest.TempPathFactory) -> Iterato
             client.CoreV1Api(api).delete_namespace(namespace)
 
 
-def drive_runs(api: client.ApiClient, namespace: str, url: str) -> dict[str, str]:
-    """An augmentation and a fine-tuning run with progress, a failed run and a suspended one."""
-    shoes = create_run(api, namespace, example("augmentationrun.yaml", parallelism=1), name="shoes", labels=HOLD)
-    ranker = create_run(api, namespace, example("finetunerun-baseline.yaml"), name="ranker", labels=HOLD)
+def drive_runs(api: client.ApiClient, namespace: str, url: str, minio: MinioServer) -> dict[str, str]:
+    """An augmentation and a fine-tuning run with progress, a failed run and a suspended one; the
+    two that succeed commit what their last heartbeats said."""
+    shoes = create_run(api, namespace, stored_example(minio, "augmentationrun.yaml", parallelism=1), name="shoes",
+                       labels=HOLD)
+    ranker = create_run(api, namespace, stored_example(minio, "finetunerun-baseline.yaml"), name="ranker",
+                        labels=HOLD)
     broken = create_run(api, namespace, example("augmentationrun.yaml", parallelism=1, backoffLimit=0), name="broken",
                         labels=HOLD)
     create_run(api, namespace, example("augmentationrun.yaml", suspend=True), name="paused")
@@ -263,6 +269,9 @@ def drive_runs(api: client.ApiClient, namespace: str, url: str) -> dict[str, str
     pod = running_pod(api, namespace, broken["metadata"]["uid"])
     client.CoreV1Api(api).patch_namespaced_pod(pod.metadata.name, namespace,
                                                {"metadata": {"annotations": {EXIT_CODE_ANNOTATION: "1"}}})
+    s3 = minio.client()
+    commit_output(s3, shoes, rows=600, generated={"typo": 450, "synonym": 300}, filtered={"dedup": 60})
+    commit_output(s3, ranker, step=120, metrics={"ndcg@10": 0.65, "mrr": 0.55}, loss=1 / 3)
     release(api, namespace, shoes["metadata"]["uid"])
     release(api, namespace, ranker["metadata"]["uid"])
     wait_phase(api, AR, namespace, "shoes", "Succeeded", timeout=90)

@@ -5,19 +5,23 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
+from typing import Any
 
 import pytest
 from kubernetes import client
+from minio import Minio
 from operator_helpers import (
     CREDENTIALS_SECRET,
+    commit_output,
     condition,
     create_credentials,
     create_run,
     example,
     get_run,
     jobs_of,
+    on_minio,
     patch_run,
     pod_token,
     pods_of,
@@ -56,9 +60,15 @@ def operator_proc(testbed: Testbed, tmp_path_factory: pytest.TempPathFactory) ->
 
 
 @pytest.fixture
-def ns(operator_proc: OperatorProcess, kube_api: client.ApiClient, namespace: str) -> str:
-    create_credentials(kube_api, namespace)
+def ns(operator_proc: OperatorProcess, kube_api: client.ApiClient, namespace: str, testbed: Testbed) -> str:
+    create_credentials(kube_api, namespace, testbed.minio)
     return namespace
+
+
+@pytest.fixture
+def stored(testbed: Testbed, bucket: str) -> Callable[..., dict[str, Any]]:
+    """An example run whose output goes to a fresh prefix of the testbed's MinIO."""
+    return lambda name, **spec: on_minio(example(name, **spec), testbed.minio, bucket)
 
 
 def release(api: client.ApiClient, namespace: str, uid: str) -> None:
@@ -70,8 +80,9 @@ def release(api: client.ApiClient, namespace: str, uid: str) -> None:
 
 class TestJobCreation:
     def test_augmentation_run_becomes_a_gpu_job_with_secret_env_and_owner(self, kube_api: client.ApiClient,
-                                                                         ns: str) -> None:
-        run = create_run(kube_api, ns, example("augmentationrun.yaml"), labels={"team": "search", **HOLD})
+                                                                         ns: str, stored: Callable[..., Any],
+                                                                         s3: Minio, testbed: Testbed) -> None:
+        run = create_run(kube_api, ns, stored("augmentationrun.yaml"), labels={"team": "search", **HOLD})
         uid = run["metadata"]["uid"]
         jobs = wait_for(lambda: jobs_of(kube_api, ns, uid), what="the Job")
         assert len(jobs) == 1
@@ -84,14 +95,21 @@ class TestJobCreation:
         env = {e.name: e for e in container.env}
         assert env[jobenv.S3_SECRET_KEY].value_from.secret_key_ref.name == CREDENTIALS_SECRET
         assert env[jobenv.S3_SECRET_KEY].value is None
-        assert "do-not-leak-this-secret" not in json.dumps(client.ApiClient().sanitize_for_serialization(job))
-        assert json.loads(env[jobenv.RUN_SPEC].value)["source"]["uri"] == run["spec"]["source"]["uri"]
+        assert testbed.minio.secret_key not in json.dumps(client.ApiClient().sanitize_for_serialization(job))
+        # The spec reaches the pods as a file from the run's ConfigMap, never in the environment.
+        assert jobenv.RUN_SPEC not in env
+        spec_volume = next(v for v in job.spec.template.spec.volumes if v.name == "run-spec")
+        spec_map = client.CoreV1Api(kube_api).read_namespaced_config_map(spec_volume.config_map.name, ns)
+        assert spec_map.metadata.owner_references[0].uid == uid and spec_map.immutable
+        assert json.loads(spec_map.data["spec.json"])["source"]["uri"] == run["spec"]["source"]["uri"]
 
         status = wait_phase(kube_api, AR, ns, run["metadata"]["name"], "Running")["status"]
         assert status["jobName"] == job.metadata.name
         assert condition({"status": status}, "Reconciling")["status"] == "True"
+        commit_output(s3, run, rows=50, generated={"typo": 20})
         release(kube_api, ns, uid)
         done = wait_phase(kube_api, AR, ns, run["metadata"]["name"], "Succeeded", timeout=90)
+        assert done["status"]["results"]["samplesOut"] == 70
         assert condition(done, "Ready")["status"] == "True"
         assert condition(done, "Complete")["status"] == "True"
         assert condition(done, "Stalled")["status"] == "False"
@@ -135,14 +153,18 @@ class TestRuntimeChecks:
         wait_for(lambda: jobs_of(kube_api, namespace, run["metadata"]["uid"]), timeout=60,
                  what="the Job once the Secret exists")
 
-    def test_finetune_waits_for_its_augmentation_run(self, kube_api: client.ApiClient, ns: str) -> None:
+    def test_finetune_waits_for_its_augmentation_run(self, kube_api: client.ApiClient, ns: str,
+                                                     stored: Callable[..., Any], s3: Minio) -> None:
         ft = create_run(kube_api, ns, example("finetunerun.yaml"), name="ranker")
         waiting = wait_phase(kube_api, FT, ns, "ranker", "Waiting")
         assert condition(waiting, "Waiting")["reason"] == "UpstreamNotFound"
-        aug = create_run(kube_api, ns, example("augmentationrun.yaml"), labels=HOLD)
+        assert condition(waiting, "Stalled")["status"] == "True", "a misspelled upstream needs a person"
+        aug = create_run(kube_api, ns, stored("augmentationrun.yaml"), labels=HOLD)
         wait_for(lambda: condition(get_run(kube_api, FT, ns, "ranker"), "Waiting")["reason"] == "WaitingForUpstream",
                  what="WaitingForUpstream")
         assert not jobs_of(kube_api, ns, ft["metadata"]["uid"])
+        assert condition(get_run(kube_api, FT, ns, "ranker"), "Stalled")["status"] == "False"
+        commit_output(s3, aug)
         release(kube_api, ns, aug["metadata"]["uid"])
         wait_phase(kube_api, AR, ns, aug["metadata"]["name"], "Succeeded", timeout=90)
         jobs = wait_for(lambda: jobs_of(kube_api, ns, ft["metadata"]["uid"]), timeout=60, what="the fine-tune Job")
@@ -174,8 +196,11 @@ class TestSuspendDeleteTtl:
         wait_for(lambda: not jobs_of(kube_api, ns, uid) and not pods_of(kube_api, ns, uid), timeout=90,
                  what="garbage collection of the Job and its pods")
 
-    def test_ttl_removes_the_finished_job_but_keeps_the_status(self, kube_api: client.ApiClient, ns: str) -> None:
-        run = create_run(kube_api, ns, example("augmentationrun.yaml", ttlSecondsAfterFinished=1, parallelism=1))
+    def test_ttl_removes_the_finished_job_but_keeps_the_status(self, kube_api: client.ApiClient, ns: str,
+                                                               stored: Callable[..., Any], s3: Minio) -> None:
+        doc = stored("augmentationrun.yaml", ttlSecondsAfterFinished=1, parallelism=1)
+        commit_output(s3, {**doc, "metadata": {**doc["metadata"], "uid": ""}})
+        run = create_run(kube_api, ns, doc)
         name, uid = run["metadata"]["name"], run["metadata"]["uid"]
         wait_phase(kube_api, AR, ns, name, "Succeeded", timeout=90)
         wait_for(lambda: not jobs_of(kube_api, ns, uid), timeout=60, what="the TTL controller to delete the Job")
@@ -227,23 +252,42 @@ class TestHeartbeats:
 
 
 class TestRestartAndMetrics:
-    def test_operator_killed_mid_run_makes_no_second_job(self, testbed: Testbed, kube_api: client.ApiClient, ns: str,
-                                                        operator_proc: OperatorProcess) -> None:
-        run = create_run(kube_api, ns, example("augmentationrun.yaml", parallelism=1), labels=HOLD)
+    def test_a_run_that_finishes_while_the_operator_is_down_shows_what_it_committed(
+            self, testbed: Testbed, kube_api: client.ApiClient, ns: str, operator_proc: OperatorProcess,
+            stored: Callable[..., Any], s3: Minio) -> None:
+        run = create_run(kube_api, ns, stored("augmentationrun.yaml", parallelism=1), labels=HOLD)
         name, uid = run["metadata"]["name"], run["metadata"]["uid"]
+        pod = running_pod(kube_api, ns, uid)
         wait_phase(kube_api, AR, ns, name, "Running")
+        # The last heartbeat before the operator dies says a sixth of what the run will commit.
+        stale = {"kind": "AugmentationRun", "namespace": ns, "name": name, "uid": uid, "shard": 0, "shards": 1,
+                 "done": 100, "total": 600, "sentAt": datetime.now(UTC).isoformat(),
+                 "augmentation": {"samplesIn": 100, "samplesOut": 150, "perAugmenter": {"typo": 50}}}
+        assert post_heartbeat(operator_proc.url, pod_token(kube_api, pod), stale) == 202
+        wait_for(lambda: (get_run(kube_api, AR, ns, name)["status"].get("results") or {}).get("samplesOut") == 150,
+                 what="the heartbeat's counts in status")
         operator_proc.kill()
+        commit_output(s3, run, rows=600, generated={"typo": 300, "synonym": 10}, filtered={"dedup": 4})
         release(kube_api, ns, uid)  # the pod finishes while no operator runs
         wait_for(lambda: (jobs_of(kube_api, ns, uid)[0].status.succeeded or 0) >= 1, timeout=60,
                  what="the Job to finish")
         operator_proc.start(wait_ready=False)
         operator_proc.wait_ready(timeout=60)  # after the old Lease expires
-        wait_phase(kube_api, AR, ns, name, "Succeeded", timeout=90)
-        assert len(jobs_of(kube_api, ns, uid)) == 1
+        done = wait_phase(kube_api, AR, ns, name, "Succeeded", timeout=90)
+        assert done["status"]["results"] == {"samplesIn": 600, "samplesOut": 910, "rejectedRows": 0,
+                                             "perAugmenter": {"synonym": 10, "typo": 300}, "filtered": {"dedup": 4}}
+        assert (done["status"]["progress"]["done"], done["status"]["progress"]["percent"]) == (600, 100)
+        job = jobs_of(kube_api, ns, uid)
+        assert len(job) == 1
+        assert done["status"]["completionTime"] == job[0].status.completion_time.strftime("%Y-%m-%dT%H:%M:%SZ")
+        assert done["status"]["completionTime"] > done["status"]["startTime"]
 
     def test_metrics_expose_runs_by_phase_and_controller_series(self, kube_api: client.ApiClient, ns: str,
-                                                               operator_proc: OperatorProcess) -> None:
-        run = create_run(kube_api, ns, example("augmentationrun.yaml", parallelism=1))
+                                                               operator_proc: OperatorProcess,
+                                                               stored: Callable[..., Any], s3: Minio) -> None:
+        doc = stored("augmentationrun.yaml", parallelism=1)
+        commit_output(s3, {**doc, "metadata": {**doc["metadata"], "uid": ""}})
+        run = create_run(kube_api, ns, doc)
         wait_phase(kube_api, AR, ns, run["metadata"]["name"], "Succeeded", timeout=90)
         families = {f.name: f for f in text_string_to_metric_families(scrape(operator_proc.url))}
         succeeded = [s for s in families["sampleforge_runs"].samples
@@ -254,3 +298,110 @@ class TestRestartAndMetrics:
                      "sampleforge_status_writes"):
             assert name in families, f"{name} missing from /metrics"
         assert families["sampleforge_operator_leader"].samples[0].value == 1
+
+
+class TestWhatStatusMayClaim:
+    def test_a_pod_the_runs_job_did_not_create_cannot_report_for_it(self, kube_api: client.ApiClient, ns: str,
+                                                                    operator_proc: OperatorProcess) -> None:
+        run = create_run(kube_api, ns, example("augmentationrun.yaml", parallelism=1), labels=HOLD)
+        name, uid = run["metadata"]["name"], run["metadata"]["uid"]
+        own = running_pod(kube_api, ns, uid)
+        wait_phase(kube_api, AR, ns, name, "Running")
+        # Same labels as the Job's pods, same ServiceAccount, a token for the heartbeat audience.
+        forged = client.CoreV1Api(kube_api).create_namespaced_pod(ns, {
+            "metadata": {"name": "forger", "labels": dict(own.metadata.labels)},
+            "spec": {"containers": [{"name": "c", "image": "busybox"}],
+                     "serviceAccountName": own.spec.service_account_name or "default"}})
+        wait_for(lambda: client.CoreV1Api(kube_api).read_namespaced_pod("forger", ns).status.phase == "Running",
+                 what="the forged pod to run")
+        beat = {"kind": "AugmentationRun", "namespace": ns, "name": name, "uid": uid, "shard": 0, "shards": 1,
+                "done": 999, "total": 1000, "sentAt": datetime.now(UTC).isoformat(),
+                "augmentation": {"samplesIn": 1, "samplesOut": 999999}}
+        assert post_heartbeat(operator_proc.url, pod_token(kube_api, forged), beat) == 403
+        honest = {**beat, "done": 10, "augmentation": {"samplesIn": 10, "samplesOut": 12}}
+        assert post_heartbeat(operator_proc.url, pod_token(kube_api, own), honest) == 202
+        status = wait_for(lambda: (s := get_run(kube_api, AR, ns, name)["status"]).get("progress", {}).get("done") == 10
+                          and s, what="the own pod's progress")
+        assert status["results"]["samplesOut"] == 12
+        client.CoreV1Api(kube_api).delete_namespaced_pod("forger", ns, grace_period_seconds=0)
+
+    def test_a_job_that_completes_without_committing_fails_the_run(self, kube_api: client.ApiClient, ns: str,
+                                                                   stored: Callable[..., Any]) -> None:
+        run = create_run(kube_api, ns, stored("augmentationrun.yaml", parallelism=1))
+        failed = wait_phase(kube_api, AR, ns, run["metadata"]["name"], "Failed", timeout=90)
+        cond = condition(failed, "Failed")
+        assert cond["reason"] == "OutputNotCommitted" and "manifest.json" in cond["message"]
+        assert "results" not in failed["status"]
+
+    def test_results_wait_while_minio_cannot_be_read(self, kube_api: client.ApiClient, ns: str,
+                                                     stored: Callable[..., Any], s3: Minio) -> None:
+        doc = stored("augmentationrun.yaml", parallelism=1)
+        doc["spec"]["storage"]["endpoint"] = "127.0.0.1:9"  # nothing listens: MinIO "down"
+        run = create_run(kube_api, ns, doc)
+        name = run["metadata"]["name"]
+
+        def collecting() -> dict[str, Any] | None:
+            current = get_run(kube_api, AR, ns, name)
+            cond = condition(current, "Ready")
+            return current if cond and cond["reason"] == "CollectingResults" else None
+
+        current = wait_for(collecting, timeout=60, what="CollectingResults")
+        assert current["status"]["phase"] == "Running" and "127.0.0.1:9" in condition(current, "Ready")["message"]
+        # MinIO is back (the run is pointed at it): the committed results are read and the run succeeds.
+        commit_output(s3, run, rows=10)
+        patch_run(kube_api, AR, ns, name, {"spec": {"storage": {"endpoint": stored("augmentationrun.yaml")["spec"][
+            "storage"]["endpoint"]}}})
+        done = wait_phase(kube_api, AR, ns, name, "Succeeded", timeout=120)
+        assert done["status"]["results"]["samplesIn"] == 10
+
+    def test_spec_changes_that_are_not_applied_are_said(self, kube_api: client.ApiClient, ns: str,
+                                                       stored: Callable[..., Any], s3: Minio) -> None:
+        run = create_run(kube_api, ns, stored("augmentationrun.yaml", parallelism=1), labels=HOLD)
+        name, uid = run["metadata"]["name"], run["metadata"]["uid"]
+        wait_phase(kube_api, AR, ns, name, "Running")
+        patch_run(kube_api, AR, ns, name, {"spec": {"resources": {"gpus": 2}}})
+
+        def said(phase: str) -> dict[str, Any] | None:
+            current = get_run(kube_api, AR, ns, name)
+            cond = condition(current, "SpecChangeIgnored")
+            fresh = current["status"].get("observedGeneration") == current["metadata"]["generation"]
+            ok = fresh and cond and cond["status"] == "True" and current["status"]["phase"] == phase
+            return current if ok else None
+
+        running = wait_for(lambda: said("Running"), what="SpecChangeIgnored on the running run")
+        assert "spec.resources" in condition(running, "SpecChangeIgnored")["message"]
+        commit_output(s3, run)
+        release(kube_api, ns, uid)
+        wait_phase(kube_api, AR, ns, name, "Succeeded", timeout=90)
+        patch_run(kube_api, AR, ns, name, {"spec": {"parallelism": 3}})
+        finished = wait_for(lambda: said("Succeeded"), what="the finished run to record the new generation")
+        assert "spec.parallelism" in condition(finished, "SpecChangeIgnored")["message"]
+        wait_for(lambda: "SpecChangeIgnored" in {e.reason for e in client.CoreV1Api(kube_api).list_namespaced_event(
+            ns, field_selector=f"involvedObject.uid={uid}").items}, what="a SpecChangeIgnored Warning")
+
+    def test_a_deleted_job_is_reported_and_recreated_with_the_runs_start_time(
+            self, kube_api: client.ApiClient, ns: str) -> None:
+        run = create_run(kube_api, ns, example("augmentationrun.yaml", parallelism=1), labels=HOLD)
+        name, uid = run["metadata"]["name"], run["metadata"]["uid"]
+        started = wait_phase(kube_api, AR, ns, name, "Running")["status"]["startTime"]
+        job = jobs_of(kube_api, ns, uid)[0]
+        time.sleep(1.1)
+        client.BatchV1Api(kube_api).delete_namespaced_job(job.metadata.name, ns, propagation_policy="Background")
+        wait_for(lambda: condition(get_run(kube_api, AR, ns, name), "Ready")["reason"] == "JobMissing", timeout=60,
+                 what="JobMissing")
+        recreated = wait_for(lambda: [j for j in jobs_of(kube_api, ns, uid) if j.metadata.uid != job.metadata.uid],
+                             timeout=60, what="the Job to be recreated")
+        assert len(recreated) == 1
+        wait_for(lambda: condition(get_run(kube_api, AR, ns, name), "Ready")["reason"] == "JobRunning", timeout=60,
+                 what="the run running again")
+        assert get_run(kube_api, AR, ns, name)["status"]["startTime"] == started
+
+    def test_a_job_the_api_server_refuses_fails_the_run_naming_the_field(self, kube_api: client.ApiClient,
+                                                                         ns: str) -> None:
+        bad_affinity = {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
+            {"matchExpressions": [{"key": "gpu", "operator": "NotAnOperator", "values": ["a100"]}]}]}}}
+        run = create_run(kube_api, ns, example("augmentationrun.yaml", parallelism=1, affinity=bad_affinity))
+        failed = wait_phase(kube_api, AR, ns, run["metadata"]["name"], "Failed", timeout=60)
+        cond = condition(failed, "Failed")
+        assert cond["reason"] == "InvalidSpec" and "affinity" in cond["message"]
+        assert not jobs_of(kube_api, ns, run["metadata"]["uid"])

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -100,3 +101,21 @@ def test_the_background_thread_sends_and_stop_flushes(receiver: Receiver) -> Non
     sender.update(done=2)
     sender.stop()
     assert [b["done"] for b in receiver.bodies][-1] == 2
+
+
+def test_a_silent_pod_still_sends_keepalives_with_its_stage(receiver: Receiver, tmp_path: Path) -> None:
+    """A model download or a first pass reports no progress for minutes: the sender must keep the
+    run alive (and say what it does) rather than let the operator's heartbeat timeout fail it."""
+    token = tmp_path / "token"
+    token.write_text("t")
+    sender = HeartbeatSender(IDENTITY, receiver.url, token, interval=0.05).start()
+    try:
+        sender.update(done=7, total=100)
+        sender.stage("loading model")
+        deadline = time.monotonic() + 10
+        while len(receiver.bodies) < 4 and time.monotonic() < deadline:
+            time.sleep(0.02)
+    finally:
+        sender.stop()
+    assert len(receiver.bodies) >= 4, "nothing new to report must not mean nothing sent"
+    assert all(b["done"] == 7 and b["message"] == "loading model" for b in receiver.bodies[:4])

@@ -271,10 +271,10 @@ class TestProgress:
                      NOW)
         entry = store.get(run_key(Kind.AUGMENTATION_RUN, "ns", "r"), "u1")
         assert entry is not None
-        assert "total" not in entry.progress()  # one shard of two: no meaningful total yet
+        assert "total" not in entry.progress(Kind.AUGMENTATION_RUN)  # one shard of two: no meaningful total yet
         store.record(self.beat(1, 300, 400, 30.0, augmentation={"samplesOut": 450, "perAugmenter": {"typo": 150,
                                                                                                "synonym": 5}}), NOW)
-        progress = entry.progress()
+        progress = entry.progress(Kind.AUGMENTATION_RUN)
         assert (progress["done"], progress["total"], progress["percent"], progress["rate"]) == (400, 800, 50, 40.0)
         assert progress["etaSeconds"] == 10 and progress["eta"] == "10s"
         assert entry.results(Kind.AUGMENTATION_RUN) == {"samplesOut": 600, "perAugmenter": {"synonym": 5,
@@ -287,7 +287,7 @@ class TestProgress:
         store.record(fresh, NOW)
         key = run_key(Kind.AUGMENTATION_RUN, "ns", "r")
         assert store.get(key, "u1") is None
-        assert store.get(key, "u2").progress()["done"] == 5  # type: ignore[union-attr]
+        assert store.get(key, "u2").progress(Kind.AUGMENTATION_RUN)["done"] == 5  # type: ignore[union-attr]
 
     @pytest.mark.parametrize(("seconds", "text"), [(45, "45s"), (3060, "51m"), (7800, "2h10m")])
     def test_eta_format(self, seconds: int, text: str) -> None:

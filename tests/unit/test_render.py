@@ -44,6 +44,7 @@ from sampleforge.operator.render import (
     service_name,
 )
 from sampleforge.operator.settings import Settings
+from sampleforge.operator.specdrift import ANNOTATION_APPLIED_SPEC
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = sorted((REPO / "examples").glob("*.yaml"))
@@ -202,7 +203,9 @@ class TestOwnership:
 
     def test_the_generation_rendered_from_is_recorded(self) -> None:
         job = render(example("augmentationrun.yaml", generation=7))
-        assert job["metadata"]["annotations"] == {ANNOTATION_RUN_GENERATION: "7"}
+        annotations = job["metadata"]["annotations"]
+        assert annotations[ANNOTATION_RUN_GENERATION] == "7"
+        assert set(json.loads(annotations[ANNOTATION_APPLIED_SPEC])) >= {"augmenters", "filters", "resources"}
 
 
 class TestLabels:
