@@ -355,8 +355,8 @@ class TestFairTraining:
         queries = list(dict.fromkeys(r["query"] for r in rows))
         held = set(queries[:5])
         train = [r for r in rows if r["query"] not in held]
-        data = {"uri": put(s3, bucket, "fair/train.jsonl", "\n".join(json.dumps(r) for r in train).encode()),
-                "eval": put(s3, bucket, "fair/eval.jsonl",
+        data = {"uri": put(s3, bucket, "weighting/train.jsonl", "\n".join(json.dumps(r) for r in train).encode()),
+                "eval": put(s3, bucket, "weighting/eval.jsonl",
                             "\n".join(json.dumps(r) for r in rows if r["query"] in held).encode()),
                 "columns": {"query": "query", "item": "title", "label": "label"}}
         metrics = {"metrics": ["ndcg@10", "accuracy", "macroF1"]}
