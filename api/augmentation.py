@@ -259,6 +259,19 @@ class AugmentationOutput(ApiModel):
     format: Literal["parquet", "jsonl"] = Field(default="parquet", description="File format of the output.")
 
 
+#: Entries (names, labels) the augmenters' lists may hold together. Each list is bounded on its own,
+#: but 32 augmenters each at their lists' limits would make a spec of megabytes; this keeps the
+#: whole spec's worst case well under what reaches the pods (a ConfigMap holds at most 1 MiB).
+MAX_AUGMENTER_LIST_ENTRIES = 128
+#: Augmenters one run may list: every type once with room to spare (a real recipe has a handful).
+MAX_AUGMENTERS = 24
+
+
+def _list_entries(spec: AugmentationRunSpec) -> int:
+    return sum(len(getattr(a, name, None) or ()) for a in spec.augmenters
+               for name in ("features", "attributes", "target_distribution"))
+
+
 def _names(spec: AugmentationRunSpec) -> list[str]:
     return [a.display_name() for a in spec.augmenters]
 
@@ -332,6 +345,16 @@ class AugmentationRunSpec(CommonRunSpec):
             field_path=".output.uri",
         ),
         Rule(
+            cel="self.augmenters.map(a, (has(a.features) ? size(a.features) : 0) + "
+            "(has(a.attributes) ? size(a.attributes) : 0) + "
+            f"(has(a.targetDistribution) ? size(a.targetDistribution) : 0)).sum() <= {MAX_AUGMENTER_LIST_ENTRIES}",
+            message=f"augmenters name too many columns and labels in total: their features, attributes and "
+            f"targetDistribution entries may add up to at most {MAX_AUGMENTER_LIST_ENTRIES}; leave features empty to "
+            "use all of source.columns.denseFeatures",
+            check=lambda s: _list_entries(s) <= MAX_AUGMENTER_LIST_ENTRIES,
+            field_path=".augmenters",
+        ),
+        Rule(
             cel="!has(self.filters) || !has(self.filters.evalSplit) || "
             f"!{s3_overlap_cel('self.filters.evalSplit', 'self.output.uri')}",
             message="output.uri and filters.evalSplit overlap (one lies under the other, or they are the same): "
@@ -345,7 +368,7 @@ class AugmentationRunSpec(CommonRunSpec):
     source: Annotated[Source, _immutable("source")] = Field(description="The training set to augment.")
     preprocess: Preprocess = Field(default_factory=Preprocess, description="Cleaning applied to the source rows first.")
     augmenters: Annotated[list[Augmenter], _immutable("augmenters")] = Field(
-        min_length=1, max_length=32, description="Augmenters to run, in this order; each adds rows."
+        min_length=1, max_length=MAX_AUGMENTERS, description="Augmenters to run, in this order; each adds rows."
     )
     filters: Filters = Field(default_factory=Filters, description="Which generated rows are kept.")
     output: Annotated[AugmentationOutput, _immutable("output")] = Field(

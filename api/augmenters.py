@@ -40,7 +40,7 @@ PromptTemplate = Annotated[
     str,
     Field(
         min_length=1,
-        max_length=4096,
+        max_length=2048,
         description="Prompt sent to the model; {text} is replaced by the row's text, and for backTranslation "
         "{language} and {languageName} by the step's target language (tag and name: >>{language}<< {text} "
         "for a multilingual Marian model). The job's built-in prompt for the type when unset.",

@@ -4,7 +4,9 @@ output, and the exit codes for configurations that cannot work."""
 
 from __future__ import annotations
 
+import csv
 import hashlib
+import io
 import json
 import subprocess
 import sys
@@ -181,6 +183,32 @@ class TestCsvAndParquet:
         assert {"product_brand", "product_color", "sf_source_row"} <= set(rows[0])
         assert "product_description" not in rows[0]  # unmapped columns are not carried
 
+    def test_a_csv_record_in_another_encoding_is_set_aside_and_the_file_read(self, testbed: Testbed, s3: Minio,
+                                                                            bucket: str, tmp_path: Path) -> None:
+        """One Latin-1 record used to fail the whole file (pyarrow's UTF-8 check is per column chunk);
+        it is now set aside alone, reported once across two shards, never decoded with U+FFFD."""
+        records = list(csv.DictReader(io.StringIO(esci_csv().decode())))
+        records[120]["query"] = "caf\u00e9 table"
+        out = io.StringIO()
+        writer = csv.DictWriter(out, fieldnames=list(records[0]))
+        writer.writeheader()
+        writer.writerows(records)
+        data = out.getvalue().encode()
+        assert data.count("caf\u00e9 table".encode()) == 1
+        uri = put(s3, bucket, "esci/latin1-row.csv", data.replace("caf\u00e9".encode(), b"caf\xe9"))
+        columns = {"query": "query", "item": "product_title", "label": "esci_label", "id": "example_id"}
+        run_all_shards(testbed, spec(bucket, {"uri": uri, "columns": columns}, [{"type": "typo"}], parallelism=2),
+                       tmp_path, shards=2)
+        found = manifest(s3, bucket)
+        assert found["rowsRead"] == 199 and found["rowsIn"] == 199 and found["rejectedRows"] == 1
+        assert found["rejects"]["reasons"] == {"invalid UTF-8": 1}
+        [entry] = found["rejects"]["files"]
+        [reject] = [json.loads(line) for line in s3.get_object(bucket, "out/" + entry["path"]).read().split(b"\n")
+                    if line]
+        assert reject["reason"] == "invalid UTF-8 (row 121): column 'query'"
+        assert "caf\\xe9 table" in reject["record"] and "\ufffd" not in reject["record"]
+        assert all("\ufffd" not in r["query"] for r in output_rows(s3, bucket))
+
     def test_walmart_parquet_dense_features_are_cleaned_clipped_and_normalised(
             self, testbed: Testbed, s3: Minio, bucket: str, tmp_path: Path) -> None:
         rows = walmart_rows("train", 400)
@@ -227,13 +255,14 @@ class TestBadConfiguration:
         return subprocess.run([sys.executable, "-m", "sampleforge.jobs.augment"], env=job_env(testbed, run_spec,
                               tmp_path), capture_output=True, text=True, timeout=300, check=False)
 
-    def test_missing_column_exits_with_invalid_config_naming_the_field(self, testbed: Testbed, s3: Minio,
-                                                                      bucket: str, tmp_path: Path) -> None:
+    def test_missing_column_fails_as_dataset_unreadable_naming_the_field(self, testbed: Testbed, s3: Minio,
+                                                                         bucket: str, tmp_path: Path) -> None:
+        # As in the fine-tune job: data without the named column is DatasetUnreadable (exit 4).
         uri = put(s3, bucket, "qbqtc/train.jsonl", b"\n".join(qbqtc_lines(30)) + b"\n")
         columns = {**QBQTC_COLUMNS, "item": "product_title"}
         done = self._run_subprocess(testbed, spec(bucket, {"uri": uri, "columns": columns}, [{"type": "typo"}]),
                                     tmp_path)
-        assert done.returncode == jobenv.EXIT_INVALID_CONFIG
+        assert done.returncode == jobenv.EXIT_DATA_UNREADABLE
         assert "spec.source.columns.item ('product_title')" in done.stderr
         assert not list(s3.list_objects(bucket, prefix="out/", recursive=True))
 

@@ -650,3 +650,99 @@ class TestRestoreBest:
                        for o in s3.list_objects(bucket, "best/checkpoints/", recursive=True)
                        if o.object_name.endswith("/manifest.json"))
         assert best["step"] in steps and len(steps) <= 2
+
+
+# --- lineage-aware evaluation and the shared reader ----------------------------------------------
+
+
+def augmented_qbqtc(queries: int = 14) -> list[dict[str, Any]]:
+    """QBQTC source rows as an AugmentationRun commits them (provenance columns included), and per
+    source row a typo of its query (two characters swapped: a new string, which a split by raw
+    query puts in a group of its own) and a hard negative (the same query, another row's title)."""
+    rows = [{"query": r["query"], "title": r["title"], "label": int(r["label"]), "sf_origin": "source",
+             "sf_augmenter": None, "sf_source_row": i, "sf_label_rule": None} for i, r in enumerate(qbqtc_rows(queries))]
+    titles = [r["title"] for r in rows]
+    for r in list(rows):
+        q, n = r["query"], r["sf_source_row"]
+        typo = q[1] + q[0] + q[2:] if q[0] != q[1] else q[0] + q[2] + q[1] + q[3:]
+        rows.append({**r, "query": typo, "sf_origin": "generated", "sf_augmenter": "typo", "sf_label_rule": "keep"})
+        rows.append({**r, "title": titles[(n + 7) % len(titles)], "label": 0, "sf_origin": "generated",
+                     "sf_augmenter": "hardNegative", "sf_label_rule": "assign"})
+    return rows
+
+
+class TestLineageAwareEvaluation:
+    @pytest.mark.parametrize("synthetic", [False, True], ids=["source-only", "include-synthetic"])
+    def test_no_variant_of_an_evaluated_query_is_trained_on(self, testbed: Testbed, s3: Minio, bucket: str,
+                                                            model_uri: str, cache_dir: Path, tmp_path: Path,
+                                                            capsys: pytest.CaptureFixture[str], synthetic: bool) -> None:
+        rows = augmented_qbqtc()
+        part = parquet_bytes(rows)
+        put(s3, bucket, "aug/data/part-00000-00000.parquet", part)
+        manifest = {"apiVersion": "sampleforge.io/v1alpha1", "kind": "AugmentationOutput", "run": {"name": "qbqtc-aug"},
+                    "format": "parquet", "columns": {"query": "query", "item": "title", "label": "label"},
+                    "files": [{"path": "data/part-00000-00000.parquet", "size": len(part),
+                               "sha256": hashlib.sha256(part).hexdigest(), "rows": len(rows)}]}
+        put(s3, bucket, "aug/manifest.json", json.dumps(manifest).encode())
+        spec = make_spec(model_uri, bucket, "relevance", {"fromAugmentationRun": "qbqtc-aug", "evalFraction": 0.3},
+                         training={"maxSteps": 2},
+                         evaluation={"metrics": ["ndcg@10", "accuracy"], "includeSynthetic": synthetic})
+        code, detail = run_job(testbed, cache_dir, spec, capsys, input_uri=f"s3://{bucket}/aug/")
+        assert code == ExitCode.SUCCESS, detail
+        published = fetch_output(s3, bucket, tmp_path)
+        frame = pq.read_table(tmp_path / "predictions.parquet").to_pydict()
+        evaluated = sorted(zip(frame["query"], frame["item"], strict=True))
+
+        # The evaluated source rows, and everything derived from them (their lineage).
+        sources = [r for r in rows if r["sf_origin"] == "source"]
+        eval_queries = set(frame["query"])
+        eval_ids = {r["sf_source_row"] for r in sources if r["query"] in eval_queries}
+        assert eval_ids and len(eval_ids) < len(sources)
+        lineage = [r for r in rows if r["sf_source_row"] in eval_ids]
+        variants = [r for r in lineage if r["sf_origin"] == "generated"]
+        data = published["data"]
+        if synthetic:
+            assert evaluated == sorted((r["query"], r["title"]) for r in lineage)
+            assert data["eval"]["heldOutGeneratedRows"] == 0
+        else:
+            # Evaluation holds source rows only; their variants are neither evaluated nor trained on.
+            assert evaluated == sorted((r["query"], r["title"]) for r in lineage if r["sf_origin"] == "source")
+            assert data["eval"]["heldOutGeneratedRows"] == len(variants) > 0
+        # Training holds exactly the rest: no typo of an evaluated query, no hard negative of one.
+        assert data["train"]["rows"] == len(rows) - len(lineage)
+        assert data["eval"]["rows"] == len(evaluated) and data["eval"]["includeSynthetic"] is synthetic
+        results = json.loads((tmp_path / "metrics.json").read_text())
+        assert results["rejectedRows"] == 0 and results["rejected"] == {}
+
+
+class TestSharedReader:
+    def test_bad_lines_are_counted_per_reason_and_a_u2028_row_stays_one_row(
+            self, testbed: Testbed, s3: Minio, bucket: str, model_uri: str, cache_dir: Path, tmp_path: Path,
+            capsys: pytest.CaptureFixture[str]) -> None:
+        rows = qbqtc_rows(10)
+        rows[0] = {**rows[0], "title": rows[0]["title"] + "\u2028新款\u2029包邮"}
+        lines = [json.dumps(r, ensure_ascii=False).encode() for r in rows]
+        bad = [b'{"query": "caf\xe9 cr\xe8me", "title": "latin-1 bytes", "label": "1"}',  # not UTF-8
+               b'{"query": "unterminated", "title": ',  # not JSON
+               json.dumps({"query": " ", "title": "no query", "label": "0"}).encode()]
+        data = b"\n".join(lines[:3] + bad[:1] + lines[3:6] + bad[1:] + lines[6:]) + b"\n"
+        spec = make_spec(model_uri, bucket, "relevance",
+                         {"uri": put(s3, bucket, "qbqtc/MIXED.JSONL", data), "columns": {"item": "title"},
+                          "evalFraction": 0.3},
+                         training={"maxSteps": 1}, evaluation={"metrics": ["accuracy"]})
+        code, detail = run_job(testbed, cache_dir, spec, capsys)
+        assert code == ExitCode.SUCCESS, detail
+        published = fetch_output(s3, bucket, tmp_path)
+
+        results = json.loads((tmp_path / "metrics.json").read_text())
+        assert results["rejectedRows"] == 3
+        assert results["rejected"] == {"invalid UTF-8": 1, "invalid JSON": 1, "empty query (query)": 1}
+        rejected = [json.loads(line) for line in (tmp_path / "rejected_rows.jsonl").read_text().splitlines()]
+        reasons = sorted(r["reason"] for r in rejected)
+        assert reasons[0] == "empty query (query)" and reasons[1].startswith("invalid JSON (line 8): ")
+        assert reasons[2].startswith("invalid UTF-8 (line 4)")
+        latin = next(r for r in rejected if r["reason"].startswith("invalid UTF-8"))
+        assert "caf\\xe9" in latin["row"] and "\ufffd" not in latin["row"], "shown as bytes, never replaced"
+        # Every good row, the one holding U+2028 and U+2029 included, was read as one row.
+        assert published["data"]["train"]["rows"] + published["data"]["eval"]["rows"] == len(rows)
+        assert published["data"]["rejectedRows"] == 3
