@@ -61,6 +61,7 @@ __all__ = [
     "MAX_JOB_NAME_LENGTH",
     "NOT_PROPAGATED_KEYS",
     "NOT_PROPAGATED_PREFIXES",
+    "POD_ONLY_FIELDS",
     "RunObject",
     "Topology",
     "child_labels",
@@ -406,10 +407,17 @@ def render_job(run: RunObject, settings: Settings, input_uri: str | None = None)
 SPEC_KEY: Final = SPEC_FILENAME
 
 
+#: Spec fields that only the operator uses, on the pod itself, and that the pods' copy leaves out:
+#: ``affinity`` is a core/v1 Affinity passed through unchanged, the one field whose size the schema
+#: cannot bound; left out, the copy's size is bounded by the schema (well under a ConfigMap's 1 MiB).
+POD_ONLY_FIELDS: Final = ("affinity",)
+
+
 def spec_json(run: RunObject) -> str:
-    """The spec the pods read: as the API server stores it, compact, keys sorted (so its digest is
-    stable)."""
-    return json.dumps(run.raw_spec, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    """The spec the pods read: as the API server stores it but for :data:`POD_ONLY_FIELDS`, compact,
+    keys sorted (so its digest is stable)."""
+    spec = {k: v for k, v in run.raw_spec.items() if k not in POD_ONLY_FIELDS}
+    return json.dumps(spec, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
 def spec_config_map_name(run: RunObject) -> str:
