@@ -107,14 +107,14 @@ def render_report(manifest: Mapping[str, Any]) -> str:
         lines += ["", f"PII redacted (source and generated text): {redacted}"]
     if manifest.get("evalSplit"):
         split = manifest["evalSplit"]
-        dropped = split.get("sourceRowsDropped") or {}
+        guarded: Mapping[str, int] = split.get("sourceRowsDropped") or {}
         lines += ["", (f"Leakage guard: evaluation split `{split['uri']}` ({split['rows']} rows); "
                        f"{split.get('sourceRowsInEvalSplit', 0)} source rows match what it holds out, "
-                       f"{sum(dropped.values())} of them dropped (the others were already removed); rows "
+                       f"{sum(guarded.values())} of them dropped (the others were already removed); rows "
                        "generated from them are dropped with them (filter evalSplit above).")]
-        if dropped:
+        if guarded:
             lines += ["", "| source rows dropped because | rows |", "| --- | ---: |"]
-            lines += [f"| {_cell(r)} | {n} |" for r, n in dropped.items()]
+            lines += [f"| {_cell(r)} | {n} |" for r, n in guarded.items()]
     if manifest["rejects"]["reasons"]:
         lines += ["", "## Rows set aside", "", "| reason | rows |", "| --- | ---: |"]
         lines += [f"| {_cell(r)} | {n} |" for r, n in manifest["rejects"]["reasons"].items()]

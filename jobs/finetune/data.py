@@ -145,7 +145,7 @@ def _read_columns(data: bytes, fmt: str, source: str, rejected: Rejected) -> dic
         return {name: table.column(name).to_pylist() for name in table.column_names}
     if fmt == "csv":
         # Every column as text: types are decided per role below, the same way for every format.
-        header, blocks = csv_blocks(io.BufferedReader(io.BytesIO(data)))  # type: ignore[arg-type]
+        header, blocks = csv_blocks(io.BufferedReader(io.BytesIO(data)))
         columns: dict[str, list[Any]] = {name: [] for name in header}
         for block in blocks:
             for bad in block.bad:
@@ -443,7 +443,8 @@ class QuerySplit:
 
 
 def split_by_query(queries: Sequence[str], fraction: float, seed: int, *,
-                   source_rows: Sequence[int | None] | None = None, generated: Sequence[bool] | None = None,
+                   source_rows: Sequence[int | None] | None = None,
+                   generated: Sequence[bool] | NDArray[np.bool_] | None = None,
                    include_synthetic: bool = False) -> QuerySplit:
     """Rows for training and for evaluation, such that no query group (:func:`query_groups`) has
     rows on both sides.
