@@ -63,8 +63,9 @@ class Decision:
             return (p[:, 1] >= self.threshold).astype(np.int64)
         if self.method == "prior":
             assert self.offsets is not None
-            return np.argmax(np.log(np.clip(p, _LOG_FLOOR, None)) + np.asarray(self.offsets), axis=1).astype(np.int64)
-        return np.argmax(p, axis=1).astype(np.int64)
+            adjusted = np.log(np.clip(p, _LOG_FLOOR, None)) + np.asarray(self.offsets)
+            return np.asarray(np.argmax(adjusted, axis=1), dtype=np.int64)
+        return np.asarray(np.argmax(p, axis=1), dtype=np.int64)
 
     def to_json(self, classes: tuple[str, ...]) -> dict[str, Any]:
         out: dict[str, Any] = {"method": self.method}
@@ -108,7 +109,7 @@ def resolve_method(config: Calibration, classes: tuple[str, ...]) -> str:
     if config.method == "threshold" and len(classes) != 2:
         raise SpecError(f"evaluation.calibration.method threshold needs two labels, but the training labels are "
                         f"{list(classes)}; use prior (or auto) for graded labels")
-    return config.method
+    return str(config.method)
 
 
 def _threshold_in(low: float, high: float) -> float:

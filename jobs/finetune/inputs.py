@@ -172,6 +172,9 @@ class Loaders:
     train: torch.utils.data.DataLoader[dict[str, Any]]
     sampler: BucketBatchSampler | QueryBatchSampler
     eval: CrossEvalSet | TowerEvalSet
+    #: twoTower: judged-irrelevant training rows, and how many train as negatives (those of a query
+    #: with a training positive); None for other tasks.
+    hard_negatives: dict[str, int] | None = None
 
 
 def build_loaders(spec: FineTuneRunSpec, split: Split, tokenizer: Any, use_token_types: bool,
@@ -180,6 +183,7 @@ def build_loaders(spec: FineTuneRunSpec, split: Split, tokenizer: Any, use_token
     t = spec.training
     collator = Collator(tokenizer.pad_token_id or 0, pad_to_multiple_of=8 if on_gpu else None)
     workers = 2 if on_gpu else 0
+    counts: dict[str, int] | None = None
 
     def loader(dataset: Any, shuffle: bool, batch_size: int) -> Any:
         sampler = BucketBatchSampler(dataset.lengths, batch_size, t.seed, shuffle=shuffle)
@@ -188,6 +192,7 @@ def build_loaders(spec: FineTuneRunSpec, split: Split, tokenizer: Any, use_token
     if spec.task == Task.TWO_TOWER:
         negatives = split.negatives
         hard = None
+        counts = {"rows": 0, "trained": 0}
         item_keys = _keys(split.train.items)
         pairs = None
         if negatives is not None and len(negatives):
@@ -197,9 +202,8 @@ def build_loaders(spec: FineTuneRunSpec, split: Split, tokenizer: Any, use_token
             pairs, per_row = pair_negatives(split.train.queries, negatives.queries)
             hard = HardNegatives(tokenize(tokenizer, negatives.items, None, t.max_length),
                                  all_keys[len(split.train):], per_row)
-            used = int(np.unique(per_row[per_row >= 0]).size)
-            log.info("two-tower hard negatives", extra={"negatives": len(negatives), "used": used,
-                                                         "without_a_training_positive": len(negatives) - used})
+            counts = {"rows": len(negatives), "trained": int(np.unique(per_row[per_row >= 0]).size)}
+            log.info("two-tower hard negatives", extra=counts)
         train_ds: Any = TwoTowerDataset(tokenize(tokenizer, split.train.queries, None, t.max_length),
                                         tokenize(tokenizer, split.train.items, None, t.max_length),
                                         _keys(split.train.queries), item_keys, pairs, hard)
@@ -231,7 +235,7 @@ def build_loaders(spec: FineTuneRunSpec, split: Split, tokenizer: Any, use_token
         train_loader = make_loader(train_ds, sampler, collator, num_workers=workers, pin_memory=on_gpu)
     else:
         train_loader = loader(train_ds, True, t.batch_size)
-    return Loaders(train_loader, train_loader.batch_sampler, evaluation)
+    return Loaders(train_loader, train_loader.batch_sampler, evaluation, counts)
 
 
 def dense_stats(examples: Examples) -> tuple[torch.Tensor, torch.Tensor] | None:

@@ -148,6 +148,7 @@ class FineTuneRecipe:
             raise load_failure(inputs.model, err) from err
         loaders = build_loaders(spec, self.split, self.tokenizer, uses_token_types(spec.method), on_gpu)
         self.sampler = loaders.sampler
+        self.hard_negatives = loaders.hard_negatives
         # The training loader first: its length per rank (after sharding) sets the step count,
         # which AdaLoRA's schedule needs before the model is built.
         self.train_loader = acc.prepare(loaders.train)
@@ -434,6 +435,8 @@ class FineTuneRecipe:
                if self.class_weights is not None else {}),
             # The decision tuned on the evaluation split; "final" keeps the uncalibrated decision metrics.
             **({"calibration": self.calibration} if self.calibration is not None else {}),
+            # twoTower: judged-irrelevant rows read, and how many trained as negatives (twoTower.hardNegatives).
+            **({"hardNegatives": self.hard_negatives} if self.hard_negatives is not None else {}),
         }
 
     def data_summary(self) -> dict[str, Any]:

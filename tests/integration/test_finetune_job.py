@@ -15,6 +15,7 @@ import hashlib
 import io
 import json
 import logging
+import math
 import os
 import re
 import secrets
@@ -436,6 +437,74 @@ class TestFairTraining:
         features = np.stack([by_pair[(q, i)] for q, i in zip(frame["query"], frame["item"], strict=True)])
         model = load_published(tmp_path / "model", base_model=str(MINILM))
         assert model.predict(frame["query"], frame["item"], features) == [str(v) for v in frame["predicted"]]
+
+    @pytest.mark.parametrize("loss", ["pairwise", "listwise"])
+    def test_losses_grouped_by_query(self, testbed: Testbed, s3: Minio, bucket: str, model_uri: str,
+                                     cache_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                     loss: str) -> None:
+        rows = qbqtc_rows(12)
+        data = {"uri": put(s3, bucket, "grouped/train.jsonl", "\n".join(json.dumps(r) for r in rows).encode()),
+                "columns": {"item": "title"}, "evalFraction": 0.3}
+        spec = make_spec(model_uri, bucket, "relevance", data, training={"maxSteps": 2, "loss": loss},
+                         evaluation={"metrics": ["ndcg@10", "mrr"]})
+        code, detail = run_job(testbed, cache_dir, spec, capsys)
+        assert code == ExitCode.SUCCESS, detail
+        fetch_output(s3, bucket, tmp_path)
+        results = json.loads((tmp_path / "metrics.json").read_text())
+        frame = pq.read_table(tmp_path / "predictions.parquet").to_pydict()
+        assert results["final"]["ndcg@10"] == pytest.approx(ndcg_by_query(frame, 10))
+        if loss == "pairwise":
+            # RankNet on two barely trained scores: close to log 2, not the 3-class cross-entropy's log 3.
+            assert abs(results["loss"] - math.log(2)) < 0.15
+        else:
+            assert results["loss"] > 0
+        description = json.loads((tmp_path / "model" / "sampleforge_model.json").read_text())
+        assert description["labels"]["classGrades"] == [0.0, 1.0, 2.0]
+
+    def test_two_tower_trains_on_mined_hard_negatives(self, testbed: Testbed, s3: Minio, bucket: str,
+                                                      model_uri: str, cache_dir: Path, tmp_path: Path,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+        source = qbqtc_rows(16)
+        queries = list(dict.fromkeys(r["query"] for r in source))
+        train_queries, eval_queries = set(queries[:10]), set(queries[10:])
+        rows = [{"query": r["query"], "title": r["title"], "label": int(r["label"]), "sf_origin": "source",
+                 "sf_augmenter": None, "sf_source_row": i, "sf_label_rule": None}
+                for i, r in enumerate(r for r in source if r["query"] in train_queries)]
+        titles = [r["title"] for r in rows]
+        mined = []
+        for r in rows[::2]:  # hardNegative: other queries' titles, the lowest label
+            for k in (3, 5):
+                mined.append({**r, "title": titles[(r["sf_source_row"] + k) % len(titles)], "label": 0,
+                              "sf_origin": "generated", "sf_augmenter": "hardNegative", "sf_label_rule": "lowest"})
+        part = parquet_bytes(rows + mined)
+        put(s3, bucket, "mined/data/part-00000-00000.parquet", part)
+        manifest = {"apiVersion": "sampleforge.io/v1alpha1", "kind": "AugmentationOutput", "run": {"name": "mined"},
+                    "format": "parquet", "columns": {"query": "query", "item": "title", "label": "label"},
+                    "files": [{"path": "data/part-00000-00000.parquet", "size": len(part),
+                               "sha256": hashlib.sha256(part).hexdigest(), "rows": len(rows) + len(mined)}]}
+        put(s3, bucket, "mined/manifest.json", json.dumps(manifest).encode())
+        evaluation = put(s3, bucket, "mined-eval.jsonl",
+                         "\n".join(json.dumps(r) for r in source if r["query"] in eval_queries).encode())
+        results = {}
+        for which in ("generated", "none"):
+            spec = make_spec(model_uri, bucket, "twoTower", {"fromAugmentationRun": "mined", "eval": evaluation},
+                             out=f"tower-{which}", training={"maxSteps": 2, "batchSize": 8},
+                             evaluation={"metrics": ["mrr", "recall@5"]}, twoTower={"hardNegatives": which})
+            code, detail = run_job(testbed, cache_dir, spec, capsys, input_uri=f"s3://{bucket}/mined/", name=which)
+            assert code == ExitCode.SUCCESS, detail
+            fetch_output(s3, bucket, tmp_path / which, out=f"tower-{which}")
+            results[which] = json.loads((tmp_path / which / "metrics.json").read_text())
+        with_queries = {r["query"] for r in rows if r["label"] > 0}
+        trained = [m for m in mined if m["query"] in with_queries]
+        # Every mined row of a query with a positive trains as a negative; the source's own
+        # irrelevant rows do not (hardNegatives: generated); none: in-batch negatives only.
+        assert results["generated"]["hardNegatives"] == {"rows": len(mined), "trained": len(trained)}
+        assert len(trained) > 0
+        assert results["none"]["hardNegatives"] == {"rows": 0, "trained": 0}
+        # Same seed, same positives: the mined negatives change what the loss sees.
+        assert results["generated"]["loss"] != pytest.approx(results["none"]["loss"], rel=1e-6)
+        assert results["generated"]["samplesSeen"] >= results["none"]["samplesSeen"]
+
 
 
 class TestTwoTower:
