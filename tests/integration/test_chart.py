@@ -391,6 +391,7 @@ class TestClusterWide:
 
     def test_the_token_is_refused_what_the_operator_does_not_need(self, cluster_release: Release) -> None:
         allowed = [("get", "secrets", "default"), ("create", "jobs", "default"), ("patch", "jobs", "default"),
+                   ("create", "configmaps", "default"), ("get", "configmaps", "default"),
                    ("list", "events", "default"), ("patch", "pods", OPERATOR_NAMESPACE),
                    ("patch", "augmentationruns.sampleforge.io#status", "default"),
                    ("update", "finetuneruns.sampleforge.io#finalizers", "default"),
@@ -398,7 +399,8 @@ class TestClusterWide:
                    ("update", f"leases.coordination.k8s.io/{cluster_release.fullname}", OPERATOR_NAMESPACE)]
         refused = [("list", "secrets", None), ("watch", "secrets", "default"), ("list", "secrets", "default"),
                    ("delete", "jobs", "default"), ("create", "pods", "default"), ("patch", "pods", "default"),
-                   ("get", "configmaps", "default"), ("delete", "augmentationruns.sampleforge.io", "default"),
+                   ("list", "configmaps", "default"), ("update", "configmaps", "default"),
+                   ("delete", "configmaps", "default"), ("delete", "augmentationruns.sampleforge.io", "default"),
                    ("update", "augmentationruns.sampleforge.io", "default"),
                    ("update", "augmentationruns.sampleforge.io#status", "default"),
                    ("patch", "jobs#status", "default"),
