@@ -8,7 +8,7 @@ files, and so the recipe reads as a sequence of steps rather than of URI handlin
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -31,10 +31,11 @@ from .batches import (
     tokenize,
 )
 from .data import Dataset, Examples, Rejected, read_committed, read_dataset, split_by_query
-from .errors import SpecError
+from .errors import DatasetError, SpecError
 from .evaluate import CrossEvalSet, TowerEvalSet
 from .labels import LabelSpace, Targets
 from .model_source import ModelSource, resolve_model
+from .modeling import DenseTransform
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +50,9 @@ class Inputs:
     eval: Dataset | None
     #: Which spec field the training rows came from (for messages and the model card).
     train_field: str
+    #: The AugmentationRun's dense-feature preprocessing (its preprocess.json), which the model
+    #: applies instead of standardising with this run's own rows; None for raw data.
+    preprocess: DenseTransform | None = None
 
 
 def resolve_inputs(spec: FineTuneRunSpec, input_uri: str | None, store: ObjectStore, cache_dir: Path,
@@ -65,11 +69,32 @@ def resolve_inputs(spec: FineTuneRunSpec, input_uri: str | None, store: ObjectSt
                             "SAMPLEFORGE_INPUT_URI is not set: the operator sets it to that run's committed output "
                             "once it has succeeded; set it by hand when running the job yourself")
         train = read_committed(store, S3Uri.parse(input_uri), field, need_label)
+    train, preprocess = with_raw_dense(train, field)
     evaluation = None
     if spec.data.eval is not None:
         evaluation = read_dataset(store, spec.data.eval, None, train.columns, "data.eval", need_label)
     model = resolve_model(spec.model, store, cache_dir, show_progress)
-    return Inputs(model, train, evaluation, field)
+    return Inputs(model, train, evaluation, field, preprocess)
+
+
+def with_raw_dense(train: Dataset, field: str) -> tuple[Dataset, DenseTransform | None]:
+    """A committed AugmentationRun output holds dense features already clipped and normalised with
+    the statistics of its preprocess.json (the manifest's ``preprocess``). Map them back to raw
+    values and return that transform, which the model then applies itself: training rows, a raw
+    data.eval file and serving requests all go through the same one, and the features are not
+    standardised a second time with this run's own statistics."""
+    document = (train.manifest or {}).get("preprocess")
+    if not document or train.examples.dense is None:
+        return train, None
+    try:
+        transform = DenseTransform.from_preprocess(document, train.columns.dense_features)
+    except (KeyError, TypeError, ValueError) as err:
+        raise DatasetError(f"{field}: the committed manifest's dense-feature preprocessing (preprocess.json) is "
+                           f"unusable: {err}; re-run the AugmentationRun") from err
+    if transform is None:
+        return train, None
+    raw = transform.invert(train.examples.dense).astype(np.float32)
+    return replace(train, examples=replace(train.examples, dense=raw)), transform
 
 
 @dataclass(frozen=True)

@@ -18,11 +18,14 @@ peft wraps the encoder(s) only; the head is always fully trained.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, TypeAlias
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+from numpy.typing import NDArray
 from peft import AdaLoraConfig, AdaLoraModel, LoraConfig, PeftModel, PrefixTuningConfig, TaskType, get_peft_model
 from torch import nn
 from transformers import AutoModel, PreTrainedModel
@@ -94,6 +97,53 @@ class HeadConfig:
     dropout: float = 0.1
     shared_towers: bool = TWO_TOWER_SHARED
     temperature: float = TWO_TOWER_TEMPERATURE
+    #: Dense features are clipped before they are standardised: the augmentation stage's
+    #: preprocessing (preprocess.json) travels inside the model.
+    dense_clip: bool = False
+
+
+@dataclass(frozen=True)
+class DenseTransform:
+    """An AugmentationRun's dense-feature preprocessing (its committed preprocess.json):
+    ``x' = (clip(x, low, high) - center) / scale`` per feature, in ``names`` order.
+
+    Its output rows hold x'; the fine-tune job maps them back (:meth:`invert`, exact up to the
+    clipping, which the forward transform repeats) and puts the transform itself in the model, so
+    that training, evaluation on a raw data.eval file and serving all start from raw features."""
+
+    names: tuple[str, ...]
+    low: NDArray[np.float64]
+    high: NDArray[np.float64]
+    center: NDArray[np.float64]
+    scale: NDArray[np.float64]
+    #: preprocess.json as committed, shipped beside the published model.
+    document: dict[str, Any]
+
+    @classmethod
+    def from_preprocess(cls, document: dict[str, Any], names: Sequence[str]) -> DenseTransform | None:
+        """The transform of ``names`` (the training data's dense features); None when the
+        preprocessing is the identity (raw values were written)."""
+        if document.get("clipOutliers") is None and document.get("denseNormalization", "none") == "none":
+            return None
+        by_name = {f["name"]: f for f in document.get("features", [])}
+        missing = [n for n in names if n not in by_name]
+        if missing:
+            raise ValueError(f"preprocess.json has no statistics for dense features {missing}")
+
+        def column(key: str) -> NDArray[np.float64]:
+            return np.asarray([float(by_name[n][key]) for n in names], dtype=np.float64)
+
+        return cls(tuple(names), column("clipLow"), column("clipHigh"), column("center"), column("scale"),
+                   document)
+
+    def apply(self, raw: NDArray[Any]) -> NDArray[np.float64]:
+        out: NDArray[np.float64] = (np.clip(np.asarray(raw, dtype=np.float64), self.low, self.high)
+                                    - self.center) / self.scale
+        return out
+
+    def invert(self, transformed: NDArray[Any]) -> NDArray[np.float64]:
+        out: NDArray[np.float64] = np.asarray(transformed, dtype=np.float64) * self.scale + self.center
+        return out
 
 
 class CrossEncoder(nn.Module):
@@ -113,16 +163,28 @@ class CrossEncoder(nn.Module):
         if config.num_dense:
             self.register_buffer("dense_mean", torch.zeros(config.num_dense))
             self.register_buffer("dense_std", torch.ones(config.num_dense))
+        if config.num_dense and config.dense_clip:
+            self.register_buffer("dense_low", torch.full((config.num_dense,), -torch.inf))
+            self.register_buffer("dense_high", torch.full((config.num_dense,), torch.inf))
 
     def set_dense_stats(self, mean: torch.Tensor, std: torch.Tensor) -> None:
         self.dense_mean.copy_(mean)
         self.dense_std.copy_(torch.clamp(std, min=1e-6))
+
+    def set_dense_transform(self, transform: DenseTransform) -> None:
+        """The augmentation stage's preprocessing instead of statistics of this run's own rows."""
+        assert self.config.dense_clip, "build the head with dense_clip=True to carry a preprocessing transform"
+        self.set_dense_stats(torch.from_numpy(transform.center).float(), torch.from_numpy(transform.scale).float())
+        self.dense_low.copy_(torch.from_numpy(transform.low).float())
+        self.dense_high.copy_(torch.from_numpy(transform.high).float())
 
     def forward(self, inputs: dict[str, torch.Tensor], dense: torch.Tensor | None = None) -> torch.Tensor:
         hidden = self.encoder(**inputs).last_hidden_state
         pooled = hidden[:, 0]
         if self.config.num_dense:
             assert dense is not None, "this model was built with dense features; pass them"
+            if self.config.dense_clip:  # in fp32: the bounds may be infinite
+                dense = torch.minimum(torch.maximum(dense.float(), self.dense_low), self.dense_high)
             scaled = (dense.to(pooled.dtype) - self.dense_mean.to(pooled.dtype)) / self.dense_std.to(pooled.dtype)
             pooled = torch.cat([pooled, scaled], dim=-1)
         logits: torch.Tensor = self.head(self.dropout(pooled))

@@ -8,6 +8,8 @@ Layout under spec.output.uri::
                                    adapter_model.safetensors (lora, adalora, prefixTuning)
     model/encoder-merged/          lora/adalora with output.mergeAdapter: adapter merged in
     model/head.safetensors         cross-encoders: the head and the dense-feature standardisation
+    model/preprocess.json          trained on an AugmentationRun's output with dense features: its
+                                   preprocessing, which the head applies (serving passes raw values)
     model/tokenizer.json ...       the tokenizer
     model/README.md                the model card
     metrics.json                   final and best metrics, evaluation history, throughput
@@ -34,13 +36,14 @@ from safetensors.torch import save_file
 from sampleforge.api.finetune import FineTuneRunSpec
 from sampleforge.jobs.common.storage import ObjectStore, S3Uri
 
-from .modeling import CrossEncoder, HeadConfig, encoders, is_adapter
+from .modeling import CrossEncoder, DenseTransform, HeadConfig, encoders, is_adapter
 
 log = logging.getLogger(__name__)
 
 MODEL_DIR = "model"
 MODEL_CONFIG = "sampleforge_model.json"
 HEAD_FILE = "head.safetensors"
+PREPROCESS_FILE = "preprocess.json"
 FORMAT_VERSION = 1
 
 
@@ -53,9 +56,12 @@ def calibration_for_model(calibration: dict[str, Any] | None) -> dict[str, Any] 
 
 
 def save_model(model: torch.nn.Module, tokenizer: Any, head: HeadConfig, labels: dict[str, Any],
-               spec: FineTuneRunSpec, directory: Path, calibration: dict[str, Any] | None = None) -> dict[str, Any]:
+               spec: FineTuneRunSpec, directory: Path, calibration: dict[str, Any] | None = None,
+               preprocess: DenseTransform | None = None) -> dict[str, Any]:
     """Write the (unwrapped) model into ``directory``; returns the model description.
-    ``calibration`` (evaluation.calibration's tuned decision) is what ``predict()`` applies."""
+    ``calibration`` (evaluation.calibration's tuned decision) is what ``predict()`` applies;
+    ``preprocess`` (the AugmentationRun's preprocess.json) is shipped as ``preprocess.json``: the
+    head applies it (its dense_low/high, dense_mean/std buffers), so serving passes raw features."""
     directory.mkdir(parents=True, exist_ok=True)
     parts = encoders(model)
     adapter = any(is_adapter(e) for e in parts.values())
@@ -86,7 +92,13 @@ def save_model(model: torch.nn.Module, tokenizer: Any, head: HeadConfig, labels:
         "merged": merged,
         "labels": labels,
         **({"calibration": calibration} if calibration is not None else {}),
+        **({"densePreprocess": {"file": PREPROCESS_FILE, "features": list(preprocess.names),
+                                "transform": "x' = (clip(x, clipLow, clipHigh) - center) / scale, inside the head; "
+                                             "pass raw features"}} if preprocess is not None else {}),
     }
+    if preprocess is not None:
+        (directory / PREPROCESS_FILE).write_text(json.dumps(
+            {k: v for k, v in preprocess.document.items() if k != "statsFile"}, indent=2, sort_keys=True))
     (directory / MODEL_CONFIG).write_text(json.dumps(description, indent=2, sort_keys=True))
     return description
 
@@ -193,6 +205,12 @@ def model_card(spec: FineTuneRunSpec, run: dict[str, str], data: dict[str, Any],
                    "are at the uncalibrated decision (argmax, or 0.5 for ctr)."), "",
                   _table([(k, f"{calibration['uncalibrated'][k]:.4f} -> {v:.4f}")
                           for k, v in calibration["calibrated"].items()]), ""]
+    if description.get("densePreprocess"):
+        lines += ["## Dense features", "",
+                  ("The training data's dense features were clipped and normalised by the AugmentationRun "
+                   "(`preprocess.json`, shipped here); the model applies that transform itself, so pass raw "
+                   "values, in this order: " + ", ".join(f"`{n}`" for n in description["densePreprocess"]["features"])
+                   + "."), ""]
     if description["labels"].get("classes"):
         lines += ["## Labels", "", _table([(str(i), c) for i, c in enumerate(description["labels"]["classes"])]), ""]
     lines += ["## How to use", "", "```python",

@@ -160,12 +160,19 @@ class FineTuneRecipe:
         set_seed(t.seed)
         dense = dense_stats(self.split.train)
         towers = spec.two_tower_options()
+        # Dense features of an AugmentationRun's output: its preprocess.json transform, not our own statistics.
+        preprocess = inputs.preprocess if dense is not None else None
         self.head = HeadConfig(task=spec.task, num_outputs=self.space.num_outputs,
                                num_dense=0 if dense is None else len(dense[0]),
-                               shared_towers=towers.shared_encoder, temperature=towers.temperature)
+                               shared_towers=towers.shared_encoder, temperature=towers.temperature,
+                               dense_clip=preprocess is not None)
         model = build_model(inputs.model, self.head, spec.method, self.total_steps, d.gradient_checkpointing)
         if isinstance(model, CrossEncoder) and dense is not None:
-            model.set_dense_stats(*dense)  # before prepare: DDP broadcasts buffers from rank 0
+            # before prepare: DDP broadcasts buffers from rank 0
+            if preprocess is not None:
+                model.set_dense_transform(preprocess)
+            else:
+                model.set_dense_stats(*dense)
         optimizer = make_optimizer(model, t)
         scheduler = make_scheduler(optimizer, t, self.total_steps)
 
@@ -396,7 +403,8 @@ class FineTuneRecipe:
         model_dir = staging / publish.MODEL_DIR
         description = publish.save_model(acc.unwrap_model(self.model), self.tokenizer, self.head,
                                          self.space.to_json(), spec, model_dir,
-                                         calibration=publish.calibration_for_model(self.calibration))
+                                         calibration=publish.calibration_for_model(self.calibration),
+                                         preprocess=self.inputs.preprocess if self.head.dense_clip else None)
         assert self.last_eval is not None
         results = self.results()
         (staging / "metrics.json").write_text(json.dumps(results, indent=2, sort_keys=True))

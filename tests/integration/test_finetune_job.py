@@ -37,6 +37,8 @@ from safetensors.numpy import load_file
 from sklearn import metrics as skm
 from sklearn.utils.class_weight import compute_class_weight
 
+from sampleforge.api.augmentation import Preprocess
+from sampleforge.jobs.augment.preprocess import fit_dense_stats
 from sampleforge.jobs.common.storage import ObjectStore, S3Uri
 from sampleforge.jobs.finetune.entrypoint import main
 from sampleforge.jobs.finetune.errors import ExitCode
@@ -504,6 +506,71 @@ class TestFairTraining:
         # Same seed, same positives: the mined negatives change what the loss sees.
         assert results["generated"]["loss"] != pytest.approx(results["none"]["loss"], rel=1e-6)
         assert results["generated"]["samplesSeen"] >= results["none"]["samplesSeen"]
+
+
+    def test_preprocessing_of_the_augmentation_run_is_applied_and_shipped(
+            self, testbed: Testbed, s3: Minio, bucket: str, model_uri: str, cache_dir: Path, tmp_path: Path,
+            capsys: pytest.CaptureFixture[str]) -> None:
+        rows = [r for r in walmart_amazon(positives=16, negatives=24) if r["left_price"] and r["right_price"]]
+        cut = int(len(rows) * 0.7)
+        train, held = rows[:cut], rows[cut:]
+        names = ["left_price", "right_price"]
+        raw = np.asarray([[r[n] for n in names] for r in train], dtype=np.float64)
+        # What the AugmentationRun fits and writes: the augmentation job's own code.
+        options = Preprocess(clip_outliers={"method": "quantile", "lower": 0.05, "upper": 0.95},
+                             dense_normalization="standard")
+        stats = fit_dense_stats(names, options, len(raw), raw.sum(axis=0), (raw * raw).sum(axis=0),
+                                raw.min(axis=0), raw.max(axis=0), raw)
+        written = stats.transform(raw)
+        committed = [{"left_title": r["left_title"], "right_title": r["right_title"], "match": r["match"],
+                      "left_price": float(w[0]), "right_price": float(w[1]), "sf_origin": "source",
+                      "sf_augmenter": None, "sf_source_row": i, "sf_label_rule": None}
+                     for i, (r, w) in enumerate(zip(train, written, strict=True))]
+        part = parquet_bytes(committed)
+        put(s3, bucket, "prices/data/part-00000-00000.parquet", part)
+        manifest = {"apiVersion": "sampleforge.io/v1alpha1", "kind": "AugmentationOutput", "run": {"name": "prices"},
+                    "format": "parquet", "columns": {"query": "left_title", "item": "right_title", "label": "match",
+                                                     "denseFeatures": names},
+                    "preprocess": {"statsFile": "preprocess.json", **stats.to_json()},
+                    "files": [{"path": "data/part-00000-00000.parquet", "size": len(part),
+                               "sha256": hashlib.sha256(part).hexdigest(), "rows": len(committed)}]}
+        put(s3, bucket, "prices/manifest.json", json.dumps(manifest).encode())
+        # The evaluation file holds raw prices, as a serving request would.
+        evaluation = put(s3, bucket, "prices-eval.parquet", parquet_bytes(held))
+        spec = make_spec(model_uri, bucket, "ctr", {"fromAugmentationRun": "prices", "eval": evaluation},
+                         training={"maxSteps": 2}, evaluation={"metrics": ["auc"]})
+        code, detail = run_job(testbed, cache_dir, spec, capsys, input_uri=f"s3://{bucket}/prices/")
+        assert code == ExitCode.SUCCESS, detail
+        fetch_output(s3, bucket, tmp_path)
+
+        # The head carries the augmentation stage's transform, not statistics of the (already
+        # normalised) training rows, and the model directory ships preprocess.json.
+        head = load_file(str(tmp_path / "model" / "head.safetensors"))
+        features = stats.to_json()["features"]
+        assert head["dense_mean"] == pytest.approx([f["center"] for f in features], rel=1e-5)
+        assert head["dense_std"] == pytest.approx([f["scale"] for f in features], rel=1e-5)
+        assert head["dense_low"] == pytest.approx([f["clipLow"] for f in features], rel=1e-5)
+        assert head["dense_high"] == pytest.approx([f["clipHigh"] for f in features], rel=1e-5)
+        shipped = json.loads((tmp_path / "model" / "preprocess.json").read_text())
+        assert shipped == json.loads(json.dumps(stats.to_json()))
+        description = json.loads((tmp_path / "model" / "sampleforge_model.json").read_text())
+        assert description["densePreprocess"]["features"] == names
+
+        # Serving passes raw features and gets the scores the job recorded on the raw evaluation rows.
+        frame = pq.read_table(tmp_path / "predictions.parquet").to_pydict()
+        by_pair = {(r["left_title"], r["right_title"]): [r[n] for n in names] for r in held}
+        dense = np.asarray([by_pair[(q, i)] for q, i in zip(frame["query"], frame["item"], strict=True)],
+                           dtype=np.float32)
+        model = load_published(tmp_path / "model", base_model=str(MINILM))
+        assert model.score(frame["query"], frame["item"], dense) == pytest.approx(frame["score"], abs=1e-4)
+        # ... and a training row's raw prices score as the normalised values it was trained on.
+        first = train[0]
+        raw_score = model.score([first["left_title"]], [first["right_title"]],
+                                np.asarray([[first[n] for n in names]], dtype=np.float32))
+        assert raw_score[0] == pytest.approx(model.score(
+            [first["left_title"]], [first["right_title"]],
+            np.asarray([[float(v) * f["scale"] + f["center"] for v, f in zip(written[0], features, strict=True)]],
+                       dtype=np.float32))[0], abs=1e-4)
 
 
 

@@ -1,5 +1,6 @@
 """Fair training options: class weights, decision calibration on the evaluation split, losses
-grouped by query and their batches, two-tower hard negatives, and their schema rules. Checked against scikit-learn and brute force, no servers."""
+grouped by query and their batches, two-tower hard negatives, the augmentation stage's preprocessing carried into the model, and
+their schema rules. Checked against scikit-learn and brute force, no servers."""
 
 from __future__ import annotations
 
@@ -13,8 +14,9 @@ from pydantic import ValidationError
 from sklearn import metrics as skm
 from sklearn.utils.class_weight import compute_class_weight
 
-from sampleforge.api.augmentation import Columns
+from sampleforge.api.augmentation import Columns, Preprocess
 from sampleforge.api.finetune import Calibration, ClassWeights, FineTuneRunSpec, Task
+from sampleforge.jobs.augment.preprocess import fit_dense_stats
 from sampleforge.jobs.finetune.batches import (
     Collator,
     HardNegatives,
@@ -27,10 +29,18 @@ from sampleforge.jobs.finetune.batches import (
 from sampleforge.jobs.finetune.calibration import Decision, calibrate, resolve_method, tune_offsets, tune_threshold
 from sampleforge.jobs.finetune.data import Dataset, Examples, Rejected
 from sampleforge.jobs.finetune.errors import SpecError
-from sampleforge.jobs.finetune.inputs import Inputs, pair_negatives, split_and_encode
+from sampleforge.jobs.finetune.inputs import Inputs, pair_negatives, split_and_encode, with_raw_dense
 from sampleforge.jobs.finetune.labels import LabelSpace
 from sampleforge.jobs.finetune.model_source import ModelSource
-from sampleforge.jobs.finetune.modeling import grouped_loss, info_nce_loss, ranking_scores, task_loss
+from sampleforge.jobs.finetune.modeling import (
+    CrossEncoder,
+    DenseTransform,
+    HeadConfig,
+    grouped_loss,
+    info_nce_loss,
+    ranking_scores,
+    task_loss,
+)
 
 
 def spec(**parts: Any) -> FineTuneRunSpec:
@@ -354,3 +364,76 @@ class TestTwoTowerHardNegatives:
         assert batch["query_key"].tolist() == [0, 1, 0]
         without = Collator(0)([dataset[1]])
         assert "negative" not in without and "negative_key" not in without
+
+
+def _preprocess_document(raw: np.ndarray) -> dict[str, Any]:
+    """What an AugmentationRun commits for these dense values: quantile clipping, standard scaling,
+    fitted by the augmentation job's own code."""
+    options = Preprocess(clip_outliers={"method": "quantile", "lower": 0.1, "upper": 0.9},
+                         dense_normalization="standard")
+    stats = fit_dense_stats(["price", "rating"], options, len(raw), raw.sum(axis=0), (raw * raw).sum(axis=0),
+                            raw.min(axis=0), raw.max(axis=0), raw)
+    return {"statsFile": "preprocess.json", **stats.to_json()}
+
+
+class TestPreprocessCarryOver:
+    def test_the_transform_is_the_augmentation_stages(self) -> None:
+        rng = np.random.default_rng(4)
+        raw = np.column_stack([rng.lognormal(4, 1, 200), rng.normal(4, 0.5, 200)])
+        document = _preprocess_document(raw)
+        transform = DenseTransform.from_preprocess(document, ["price", "rating"])
+        assert transform is not None
+        options = Preprocess(clip_outliers={"method": "quantile", "lower": 0.1, "upper": 0.9},
+                             dense_normalization="standard")
+        stats = fit_dense_stats(["price", "rating"], options, len(raw), raw.sum(axis=0), (raw * raw).sum(axis=0),
+                                raw.min(axis=0), raw.max(axis=0), raw)
+        written = stats.transform(raw)  # what the augmentation output holds
+        assert transform.apply(raw) == pytest.approx(written)
+        # Mapped back, then through the transform again: the written values, clipping included.
+        assert transform.apply(transform.invert(written)) == pytest.approx(written)
+        # Feature order follows the training columns, not the file.
+        swapped = DenseTransform.from_preprocess(document, ["rating", "price"])
+        assert swapped is not None and swapped.center.tolist() == transform.center[::-1].tolist()
+        identity = {"clipOutliers": None, "denseNormalization": "none", "features": document["features"]}
+        assert DenseTransform.from_preprocess(identity, ["price"]) is None
+        with pytest.raises(ValueError, match="no statistics for dense features"):
+            DenseTransform.from_preprocess(document, ["price", "weight"])
+
+    def test_committed_rows_are_mapped_back_to_raw_values(self) -> None:
+        rng = np.random.default_rng(8)
+        raw = np.column_stack([rng.lognormal(4, 1, 50), rng.normal(4, 0.5, 50)])
+        document = _preprocess_document(raw)
+        transform = DenseTransform.from_preprocess(document, ["price", "rating"])
+        assert transform is not None
+        written = transform.apply(raw).astype(np.float32)
+        examples = Examples(["q"] * 50, ["i"] * 50, [1] * 50, dense=written)
+        columns = Columns(query="query", item="item", label="label", dense_features=["price", "rating"])
+        dataset = Dataset(examples, Rejected(), "s3://b/aug/", [], columns, manifest={"preprocess": document})
+        mapped, got = with_raw_dense(dataset, "data.fromAugmentationRun")
+        assert got is not None and mapped.examples.dense is not None
+        clipped = np.clip(raw, transform.low, transform.high)
+        assert mapped.examples.dense == pytest.approx(clipped, rel=1e-5)
+        plain = Dataset(examples, Rejected(), "s3://b/raw.parquet", [], columns)
+        assert with_raw_dense(plain, "data.uri") == (plain, None)  # raw data: today's own standardisation
+
+    def test_the_head_applies_it_to_raw_features(self) -> None:
+        from transformers import BertConfig, BertModel
+
+        torch.manual_seed(0)
+        config = BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                            intermediate_size=32)
+        rng = np.random.default_rng(2)
+        raw = np.column_stack([rng.lognormal(4, 1, 40), rng.normal(4, 0.5, 40)])
+        transform = DenseTransform.from_preprocess(_preprocess_document(raw), ["price", "rating"])
+        assert transform is not None
+        carrying = CrossEncoder(BertModel(config), HeadConfig(Task.CTR, 1, num_dense=2, dense_clip=True), 16).eval()
+        carrying.set_dense_transform(transform)
+        plain = CrossEncoder(BertModel(config), HeadConfig(Task.CTR, 1, num_dense=2), 16).eval()
+        plain.load_state_dict({k: v for k, v in carrying.state_dict().items()
+                               if k not in ("dense_low", "dense_high", "dense_mean", "dense_std")}, strict=False)
+        inputs = {"input_ids": torch.randint(0, 50, (40, 6)), "attention_mask": torch.ones(40, 6, dtype=torch.long)}
+        with torch.no_grad():
+            got = carrying(inputs, torch.from_numpy(raw).float())
+            expected = plain(inputs, torch.from_numpy(transform.apply(raw)).float())  # plain standardises with 0/1
+        assert got.numpy() == pytest.approx(expected.numpy(), abs=1e-4)
+        assert carrying.state_dict()["dense_mean"].tolist() == pytest.approx(transform.center.tolist())
