@@ -82,10 +82,14 @@ class TestLocalNode:
                                                           "data": {"spec.json": spec}})
             body = job("mounted", f'cp "$SPEC_FILE" {out}/spec-$JOB_COMPLETION_INDEX.json')
             pod = body["spec"]["template"]["spec"]
-            pod["containers"][0]["env"] = [{"name": "SPEC_FILE", "value": "/etc/sampleforge/run/spec.json"}]
+            # With an emptyDir at /tmp too, as the operator renders (the local stand-ins live under /tmp:
+            # a path rewritten into one must not be rewritten again).
+            pod["containers"][0]["env"] = [{"name": "SPEC_FILE", "value": "/etc/sampleforge/run/spec.json"},
+                                           {"name": "TMPDIR", "value": "/tmp"}]
             pod["containers"][0]["volumeMounts"] = [{"name": "spec", "mountPath": "/etc/sampleforge/run",
-                                                     "readOnly": True}]
-            pod["volumes"] = [{"name": "spec", "configMap": {"name": "run-spec", "defaultMode": 0o444}}]
+                                                     "readOnly": True}, {"name": "tmp", "mountPath": "/tmp"}]
+            pod["volumes"] = [{"name": "spec", "configMap": {"name": "run-spec", "defaultMode": 0o444}},
+                              {"name": "tmp", "emptyDir": {}}]
             batch.create_namespaced_job("default", body)
             wait_for(lambda: (batch.read_namespaced_job_status("mounted", "default").status.succeeded or 0) >= 2,
                      timeout=90, what="the Job to complete")

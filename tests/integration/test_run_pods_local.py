@@ -1,0 +1,101 @@
+"""AugmentationRuns through the whole production path: the operator's rendered Job on the
+local-process node (pods really run the job, which reads its spec from the mounted ConfigMap file and
+writes only to its emptyDirs), MinIO, and the run's status.
+
+* a run on good data succeeds;
+* a run on an empty source file fails with reason DatasetUnreadable naming spec.source.uri, at once
+  (the Job's podFailurePolicy), where it used to succeed with 0 rows.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from kubernetes import client
+from operator_helpers import CREDENTIALS_SECRET, condition, create_run, jobs_of, pods_of, wait_phase
+
+from sampleforge.api import jobenv
+from sampleforge.api.constants import Kind
+from sampleforge.testbed import Testbed, TestbedOptions
+from sampleforge.testbed._localnode import LOCAL_NODE_NAME
+from sampleforge.testbed._operator import OPERATOR_NAMESPACE, OperatorProcess
+
+pytestmark = pytest.mark.integration
+AR = Kind.AUGMENTATION_RUN
+NAMESPACE = "search-ml"
+BUCKET = "datasets"
+
+
+@pytest.fixture(scope="module")
+def local() -> Iterator[Testbed]:
+    tb = Testbed(TestbedOptions(controllers=True, gpu_nodes=0, local_node=True, minio=True)).start()
+    failed = True
+    try:
+        tb.kubectl("apply", "--server-side", "-f", "crds")
+        tb.kubectl("wait", "--for=condition=Established", "--timeout=60s", "-f", "crds")
+        with tb.api_client() as api:
+            core = client.CoreV1Api(api)
+            for ns in (NAMESPACE, OPERATOR_NAMESPACE):
+                core.create_namespace({"metadata": {"name": ns}})
+            tb.wait_for_default_service_account(NAMESPACE)
+            core.create_namespaced_secret(NAMESPACE, {"metadata": {"name": CREDENTIALS_SECRET}, "stringData": {
+                "accessKey": tb.minio.access_key, "secretKey": tb.minio.secret_key}})
+        tb.minio.client().make_bucket(BUCKET)
+        operator = OperatorProcess(tb.kubeconfig, tb.logs / "operator.log").start()
+        try:
+            yield tb
+            failed = False
+        finally:
+            operator.stop()
+    finally:
+        tb.stop(keep_workdir=failed)
+
+
+def put(tb: Testbed, key: str, data: bytes) -> str:
+    tb.minio.client().put_object(BUCKET, key, io.BytesIO(data), len(data))
+    return f"s3://{BUCKET}/{key}"
+
+
+def run_doc(tb: Testbed, name: str, source: str) -> dict[str, Any]:
+    return {"apiVersion": "sampleforge.io/v1alpha1", "kind": "AugmentationRun", "metadata": {"name": name},
+            "spec": {"storage": {"endpoint": tb.minio.endpoint, "credentialsSecret": CREDENTIALS_SECRET},
+                     "source": {"uri": source}, "augmenters": [{"type": "typo", "fraction": 0.5}],
+                     "output": {"uri": f"s3://{BUCKET}/out/{name}/"}, "backoffLimit": 2}}
+
+
+ROWS = [{"query": f"running shoes size {i}", "item": f"Trail runner model {i} breathable mesh", "label": i % 2}
+        for i in range(40)]
+
+
+def test_a_run_succeeds_with_its_pods_reading_the_spec_file(local: Testbed) -> None:
+    source = put(local, "shoes/train.jsonl", "\n".join(json.dumps(r) for r in ROWS).encode() + b"\n")
+    with local.api_client() as api:
+        run = create_run(api, NAMESPACE, run_doc(local, "shoes", source))
+        done = wait_phase(api, AR, NAMESPACE, "shoes", "Succeeded", timeout=300)
+        assert done["status"]["results"]["samplesOut"] > len(ROWS)
+        pod = pods_of(api, NAMESPACE, run["metadata"]["uid"])[0]
+        assert pod.spec.node_name == LOCAL_NODE_NAME
+        container = pod.spec.containers[0]
+        assert container.security_context.read_only_root_filesystem is True
+        assert {e.name for e in container.env} >= {jobenv.RUN_SPEC_FILE, jobenv.TMPDIR, jobenv.HOME}
+        assert jobenv.RUN_SPEC not in {e.name for e in container.env}
+    manifest = json.loads(local.minio.client().get_object(BUCKET, "out/shoes/manifest.json").read())
+    assert manifest["rowsRead"] == len(ROWS)
+
+
+def test_an_empty_source_fails_the_run_as_dataset_unreadable_at_once(local: Testbed) -> None:
+    source = put(local, "empty/train.jsonl", b"")
+    with local.api_client() as api:
+        run = create_run(api, NAMESPACE, run_doc(local, "empty-source", source))
+        failed = wait_phase(api, AR, NAMESPACE, "empty-source", "Failed", timeout=300)
+        ready = condition(failed, "Ready")
+        assert ready is not None and ready["reason"] == "DatasetUnreadable", failed["status"]
+        assert f"spec.source.uri {source} holds no rows" in ready["message"]
+        # exit 4 is a do-not-retry code: one pod, no retries through backoffLimit
+        job = jobs_of(api, NAMESPACE, run["metadata"]["uid"])[0]
+        assert (job.status.failed or 0) == 1
+    assert not list(local.minio.client().list_objects(BUCKET, prefix="out/empty-source/manifest.json"))
