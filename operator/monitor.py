@@ -26,11 +26,10 @@ import kopf
 from pydantic import ValidationError
 from urllib3.exceptions import HTTPError
 
-from sampleforge.api import ConditionType, Kind, Phase, Reason
+from sampleforge.api import Kind, Phase, Reason
 from sampleforge.api.constants import TERMINAL_PHASES
 from sampleforge.operator import committed as committed_output
 from sampleforge.operator import status as run_status
-from sampleforge.operator.conditions import find, set_conditions
 from sampleforge.operator.context import OperatorContext
 from sampleforge.operator.kube import Forbidden, KubeError, Transient
 from sampleforge.operator.lifecycle import FAILED_CREATE, Observation, RunEvent, observe
@@ -103,6 +102,8 @@ class _Monitor:
     collect_due: float = 0.0
     #: The committed results once read: a Succeeded run is written from them alone.
     committed: committed_output.Committed | None = None
+    #: Why the last read of the committed results failed, repeated until the next attempt.
+    collect_error: str | None = None
 
     def __post_init__(self) -> None:
         settings = self.ctx.settings
@@ -210,10 +211,8 @@ class _Monitor:
         waiting = Observation(Phase.RUNNING, Reason.COLLECTING_RESULTS,
                               f"Job {job_name} completed; reading the results it committed", obs.start_time)
         if now_loop < self.collect_due:
-            previous = find((snapshot.get("status") or {}).get("conditions") or [], ConditionType.READY)
-            message = previous["message"] if previous and previous.get("reason") == Reason.COLLECTING_RESULTS \
-                else waiting.message
-            return Observation(Phase.RUNNING, Reason.COLLECTING_RESULTS, message, obs.start_time), None
+            return Observation(Phase.RUNNING, Reason.COLLECTING_RESULTS, self.collect_error or waiting.message,
+                               obs.start_time), None
         run = self._run(snapshot)
         if run is None:
             return Observation(Phase.RUNNING, Reason.COLLECTING_RESULTS,
@@ -230,10 +229,10 @@ class _Monitor:
         except (committed_output.Unreachable, KubeError) as err:
             self.collect_retry = _backoff(self.collect_retry, COLLECT_RETRY_SECONDS)
             self.collect_due = now_loop + self.collect_retry
-            return Observation(Phase.RUNNING, Reason.COLLECTING_RESULTS,
-                               f"Job {job_name} completed; cannot read its committed results yet ({err}); retrying in "
-                               f"{self.collect_retry:.0f}s. Check that the operator can reach "
-                               f"{run.spec.storage.endpoint} with the run's credentials", obs.start_time), None
+            self.collect_error = (f"Job {job_name} completed; cannot read its committed results yet ({err}); "
+                                  f"retrying. Check that the operator can reach {run.spec.storage.endpoint} with the "
+                                  "run's credentials")
+            return Observation(Phase.RUNNING, Reason.COLLECTING_RESULTS, self.collect_error, obs.start_time), None
         self.committed = found
         return obs, found
 
@@ -260,22 +259,6 @@ class _Monitor:
         self.last_write = now_loop
         return True
 
-    async def finished_run_edited(self, snapshot: dict[str, Any]) -> None:
-        """A finished run whose spec was edited: record that this generation was seen and what was
-        not applied, so that GitOps tools stop waiting for a reconcile that will never come."""
-        status = snapshot.get("status") or {}
-        generation = int(snapshot["metadata"].get("generation") or 0)
-        applied = find(status.get("conditions") or [], ConditionType.SPEC_CHANGE_IGNORED)
-        job = self.ctx.children.job(self.uid)
-        ignored = ignored_fields(job, snapshot.get("spec") or {}) if job else []
-        update = run_status.spec_change_condition(ignored or ["spec"], terminal=True)
-        conditions = set_conditions(list(status.get("conditions") or []), [update], generation, datetime.now(UTC))
-        desired = {"observedGeneration": generation,
-                   "conditions": [{**c, "observedGeneration": generation} for c in conditions]}
-        if not applied or applied.get("status") != update.status or applied.get("message") != update.message:
-            run_status.post_event(snapshot, "Warning", Reason.SPEC_CHANGE_IGNORED, update.message)
-        await asyncio.to_thread(run_status.write, self.ctx, self.kind, snapshot, desired)
-
 
 def read_run_output(ctx: OperatorContext, kind: Kind, run: RunObject) -> committed_output.Committed:
     """The run's committed results, read with the run's own storage credentials."""
@@ -298,13 +281,6 @@ async def monitor_run(ctx: OperatorContext, kind: Kind, body: kopf.Body, stopped
         snapshot = monitor.snapshot()
         status = snapshot.get("status") or {}
         if status.get("phase") in TERMINAL_PHASES:
-            if status.get("observedGeneration") != snapshot["metadata"].get("generation"):
-                try:
-                    await monitor.finished_run_edited(snapshot)
-                except (Transient, HTTPError, OSError) as err:
-                    log.warning("status write failed; retrying", extra={"run": monitor.name, "error": str(err)})
-                    await _sleep(wake, stopped, WRITE_RETRY_SECONDS[0])
-                    continue
             break
         now_loop = loop.time()
         found = await monitor.desired(snapshot, now_loop)

@@ -5,9 +5,10 @@ Idempotent by construction: the Job's name comes from the run, creation treats "
 success, and a second call changes nothing. So kopf may call this twice, and an operator restarted
 half-way never makes a second Job.
 
-It never writes status: what it finds before a Job can exist (waiting for an upstream run, a missing
-Secret, a spec the API server refused) goes to the run's monitor as a note, and the monitor, the
-one writer of status, reports it.
+It does not write a live run's status: what it finds before a Job can exist (waiting for an
+upstream run, a missing Secret, a spec the API server refused) goes to the run's monitor as a note,
+and the monitor, the one writer of a live run's status, reports it. Only an edit of a finished run,
+whose monitor has ended, is recorded here.
 """
 
 from __future__ import annotations
@@ -20,10 +21,12 @@ from pydantic import ValidationError
 
 from sampleforge.api import Kind, Phase, Reason
 from sampleforge.api.constants import TERMINAL_PHASES
+from sampleforge.operator import status as run_status
 from sampleforge.operator.context import OperatorContext
 from sampleforge.operator.kube import Forbidden, Invalid
 from sampleforge.operator.lifecycle import Observation
 from sampleforge.operator.render import RunObject, render_headless_service, render_job, render_spec_config_map
+from sampleforge.operator.specdrift import ignored_fields
 
 log = logging.getLogger(__name__)
 
@@ -104,10 +107,14 @@ def check_secrets(ctx: OperatorContext, kind: Kind, body: dict[str, Any], run: R
 
 
 def reconcile(ctx: OperatorContext, kind: Kind, body: dict[str, Any]) -> None:
-    phase = (body.get("status") or {}).get("phase")
-    if phase in TERMINAL_PHASES:
-        return
+    status = body.get("status") or {}
     uid = body["metadata"]["uid"]
+    if status.get("phase") in TERMINAL_PHASES:
+        if status.get("observedGeneration") != body["metadata"].get("generation"):
+            job = ctx.children.job(uid)
+            ignored = ignored_fields(job, body.get("spec") or {}) if job else []
+            run_status.record_finished_edit(ctx, kind, body, ignored)
+        return
     try:
         run = RunObject.from_body({**body, "kind": str(kind)})
     except ValidationError as err:

@@ -1,7 +1,8 @@
 """Composing and writing a run's status: the one place that does it.
 
-Only a run's monitor (:mod:`.monitor`) calls :func:`write`; reconcile hands it what it found before
-a Job exists (``OperatorContext.preflight``) and wakes it. This module turns an observation into
+While a run is live only its monitor (:mod:`.monitor`) calls :func:`write`; reconcile hands it what
+it found before a Job exists (``OperatorContext.preflight``) and wakes it. Once the run has
+finished and its monitor has ended, an edit of its spec is recorded by :func:`record_finished_edit`. This module turns an observation into
 the status the run should have, checks it against the typed status models of ``api/status.py`` (so
 a malformed value fails here, naming the field, rather than as a 422 from the API server), skips the
 write when nothing changed, and keeps the bookkeeping that must follow a phase change (transition
@@ -19,7 +20,7 @@ import kopf
 from sampleforge.api import ConditionStatus, ConditionType, Kind, Phase, Reason
 from sampleforge.api.constants import TERMINAL_PHASES
 from sampleforge.api.status import AugmentationRunStatus, FineTuneRunStatus
-from sampleforge.operator.conditions import ConditionUpdate, rfc3339, set_conditions
+from sampleforge.operator.conditions import ConditionUpdate, find, rfc3339, set_conditions
 from sampleforge.operator.context import OperatorContext
 from sampleforge.operator.lifecycle import Observation
 
@@ -82,6 +83,23 @@ def compose(body: dict[str, Any], obs: Observation, now: datetime, *, job_name: 
     if outputs:
         status["outputs"] = {**(current.get("outputs") or {}), **outputs}
     return status
+
+
+def record_finished_edit(ctx: OperatorContext, kind: Kind, body: dict[str, Any], ignored: list[str]) -> None:
+    """A finished run whose spec was edited: record that this generation was seen and what was not
+    applied, so that GitOps tools stop waiting for a reconcile that will never come.
+
+    The run's monitor has ended with the run, so this is written from the update handler; the two
+    never write the same run at the same time."""
+    status = body.get("status") or {}
+    generation = int(body["metadata"].get("generation") or 0)
+    update = spec_change_condition(ignored or ["spec"], terminal=True)
+    previous = find(status.get("conditions") or [], ConditionType.SPEC_CHANGE_IGNORED)
+    conditions = set_conditions(list(status.get("conditions") or []), [update], generation, datetime.now(UTC))
+    write(ctx, kind, body, {"observedGeneration": generation,
+                            "conditions": [{**c, "observedGeneration": generation} for c in conditions]})
+    if not previous or previous.get("message") != update.message:
+        post_event(body, "Warning", Reason.SPEC_CHANGE_IGNORED, update.message)
 
 
 def checked(kind: Kind, status: dict[str, Any]) -> dict[str, Any]:

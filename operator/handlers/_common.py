@@ -22,10 +22,9 @@ from sampleforge.operator.status import publish_phase_counts
 MONITOR_EXIT_SECONDS = 10.0
 
 
-def needs_monitor(status: kopf.Status, meta: kopf.Meta, **_: Any) -> bool:
-    """A run has a monitor (its status writer) while it is not finished, and once more when a
-    finished run's spec was edited, so that its status records that generation and what it ignored."""
-    return status.get("phase") not in TERMINAL_PHASES or status.get("observedGeneration") != meta.get("generation")
+def needs_monitor(status: kopf.Status, **_: Any) -> bool:
+    """A run has a monitor, the writer of its status, until it has finished."""
+    return status.get("phase") not in TERMINAL_PHASES
 
 
 def ctx_of(memo: kopf.Memo) -> OperatorContext:

@@ -307,13 +307,16 @@ class TestWhatStatusMayClaim:
         name, uid = run["metadata"]["name"], run["metadata"]["uid"]
         own = running_pod(kube_api, ns, uid)
         wait_phase(kube_api, AR, ns, name, "Running")
-        # Same labels as the Job's pods, same ServiceAccount, a token for the heartbeat audience.
+        # The operator's labels of the Job's pods, same ServiceAccount, a token for the heartbeat
+        # audience. (Not the Job controller's selector labels: the Job would adopt such a pod as its
+        # own, and delete it as one too many.)
+        labels = {k: v for k, v in own.metadata.labels.items() if k.startswith("sampleforge.io/")
+                  or k == "app.kubernetes.io/managed-by"}
         forged = client.CoreV1Api(kube_api).create_namespaced_pod(ns, {
-            "metadata": {"name": "forger", "labels": dict(own.metadata.labels)},
-            "spec": {"containers": [{"name": "c", "image": "busybox"}],
+            "metadata": {"name": "forger", "labels": labels},
+            "spec": {"containers": [{"name": "c", "image": "busybox"}], "nodeName": own.spec.node_name,
+                     "tolerations": [{"operator": "Exists"}],
                      "serviceAccountName": own.spec.service_account_name or "default"}})
-        wait_for(lambda: client.CoreV1Api(kube_api).read_namespaced_pod("forger", ns).status.phase == "Running",
-                 what="the forged pod to run")
         beat = {"kind": "AugmentationRun", "namespace": ns, "name": name, "uid": uid, "shard": 0, "shards": 1,
                 "done": 999, "total": 1000, "sentAt": datetime.now(UTC).isoformat(),
                 "augmentation": {"samplesIn": 1, "samplesOut": 999999}}

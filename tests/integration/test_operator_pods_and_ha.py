@@ -14,6 +14,7 @@ import yaml
 from kubernetes import client
 from operator_helpers import (
     EXAMPLES,
+    commit_output,
     condition,
     create_credentials,
     create_run,
@@ -21,6 +22,7 @@ from operator_helpers import (
     get_run,
     jobs_of,
     pods_of,
+    stored_example,
     wait_for,
     wait_phase,
 )
@@ -185,8 +187,14 @@ class TestExamples:
         for doc in docs:
             upstream = (doc["spec"].get("data") or {}).get("fromAugmentationRun")
             if upstream:
-                aug = example("augmentationrun.yaml", parallelism=1)
+                # It succeeds once the operator reads its committed output from the testbed's MinIO,
+                # with credentials of its own (the example's Secret holds placeholders).
+                aug = stored_example(testbed.minio, "augmentationrun.yaml", parallelism=1)
                 aug["metadata"]["name"] = upstream
+                aug["spec"]["storage"]["credentialsSecret"] = "upstream-minio"
+                client.CoreV1Api(kube_api).create_namespaced_secret(ns, {"metadata": {"name": "upstream-minio"},
+                    "stringData": {"accessKey": testbed.minio.access_key, "secretKey": testbed.minio.secret_key}})
+                commit_output(testbed.minio.client(), {**aug, "metadata": {**aug["metadata"], "uid": ""}})
                 create_run(kube_api, ns, aug)
         testbed.kubectl("apply", "-n", ns, "-f", str(path))
         for doc in docs:
