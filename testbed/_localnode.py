@@ -165,32 +165,8 @@ class LocalNode:
                     (path / token.path).write_text(minted.status.token)
             if volume.config_map is not None:
                 self._config_map_files(pod.metadata.namespace, volume.config_map, path)
-            if volume.config_map is not None:
-                self._config_map_files(pod.metadata.namespace, volume.config_map, path)
             local[volume.name] = path
         return local
-
-    def _config_map_files(self, namespace: str, source: client.V1ConfigMapVolumeSource, path: Path) -> None:
-        """A ConfigMap volume: each key (or each listed item) as a read-only file, as the kubelet
-        writes it. The kubelet waits for a ConfigMap that does not exist yet; so does this, briefly."""
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                config_map = self.core.read_namespaced_config_map(source.name, namespace)
-                break
-            except client.ApiException as err:
-                if err.status != 404 or source.optional or time.monotonic() > deadline:
-                    if err.status == 404 and source.optional:
-                        return
-                    raise
-                time.sleep(1)
-        data = config_map.data or {}
-        items = [(i.key, i.path) for i in source.items] if source.items else [(k, k) for k in sorted(data)]
-        for key, rel in items:
-            target = path / rel
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_text(data[key], encoding="utf-8")
-            target.chmod(0o444)
 
     def _config_map_files(self, namespace: str, source: client.V1ConfigMapVolumeSource, path: Path) -> None:
         """A ConfigMap volume: each key (or each listed item) as a read-only file, as the kubelet
