@@ -354,6 +354,13 @@ class Calibration(ApiModel):
         description="What the threshold or offsets maximise on the evaluation split: macroF1, f1 (of the "
         "positive class with two labels, macro-averaged otherwise) or accuracy.",
     )
+    estimate: Literal["inSample", "crossFit"] = Field(
+        default="inSample",
+        description="How metrics.json measures the calibrated decision: inSample, on the evaluation rows it was "
+        "tuned on (optimistic); crossFit, on each half of the evaluation queries with a decision tuned on the "
+        "other half, so no row is measured by a decision tuned on it. Either way the published decision is "
+        "the one tuned on every evaluation row.",
+    )
 
 
 class Evaluation(ApiModel):
@@ -392,8 +399,9 @@ class Evaluation(ApiModel):
         description="Tune the decision (a threshold, or per-class prior offsets) on the evaluation split, the one "
         "early stopping watches (data.eval, or the rows data.evalFraction holds out), after training; "
         "recorded in metrics.json and the model card, applied to predictions.parquet and by the published "
-        "model's predict(). The tuned decision metrics are measured on the rows they were tuned on, so keep "
-        "a test set the job never sees for the claim. Tasks relevance and ctr; argmax (0.5 for ctr) when unset.",
+        "model's predict(). calibration.estimate says whether its metrics are measured in-sample or cross-fitted; "
+        "either way keep a test set the job never sees for a claim. Tasks relevance and ctr; argmax (0.5 for "
+        "ctr) when unset.",
     )
 
 

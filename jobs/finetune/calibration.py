@@ -23,6 +23,8 @@ outside it. The decision travels with the published model (``sampleforge_model.j
 from __future__ import annotations
 
 import math
+import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -191,6 +193,28 @@ def tune_offsets(probabilities: ArrayLike, targets: ArrayLike, objective: str) -
         if not improved:
             break
     return tuple(float(v) for v in offsets)
+
+
+def query_folds(queries: Sequence[str]) -> NDArray[np.int64]:
+    """Fold 0 or 1 per row, by query (a stable hash of its text), so no query is in both halves."""
+    return np.asarray([zlib.crc32(q.encode("utf-8")) % 2 for q in queries], dtype=np.int64)
+
+
+def cross_fit(config: Calibration, classes: tuple[str, ...], probabilities: ArrayLike, targets: ArrayLike,
+              queries: Sequence[str]) -> NDArray[np.int64] | None:
+    """Each row's class under a decision tuned on the other half of the queries (evaluation.calibration
+    estimate crossFit); None when all queries fall in one half."""
+    p = np.asarray(probabilities, dtype=np.float64)
+    y = np.asarray(targets).astype(np.int64)
+    folds = query_folds(queries)
+    if len(np.unique(folds)) < 2:
+        return None
+    predicted = np.zeros(len(y), dtype=np.int64)
+    for fold in (0, 1):
+        rows = folds == fold
+        decision = calibrate(config, classes, p[~rows], y[~rows])
+        predicted[rows] = decision.predict(p[rows])
+    return predicted
 
 
 def calibrate(config: Calibration, classes: tuple[str, ...], probabilities: ArrayLike,

@@ -34,7 +34,7 @@ from sampleforge.jobs.common.heartbeat import HeartbeatSender
 from sampleforge.jobs.common.storage import MANIFEST_NAME, ObjectStore, S3Uri
 
 from . import publish
-from .calibration import calibrate, decision_metrics, resolve_method
+from .calibration import calibrate, cross_fit, decision_metrics, resolve_method
 from .checkpoint import STATE, Checkpoints, Committed, describe_config
 from .errors import Preempted, SpecError
 from .evaluate import CrossEvalSet, EvalResult, check_metrics, evaluate_cross, evaluate_towers
@@ -308,13 +308,23 @@ class FineTuneRecipe:
         decision = calibrate(config, classes, probabilities, targets)
         predicted = decision.predict(probabilities)
         before = decision_metrics(targets, predictions["predicted"], len(classes))
+        measured = "the evaluation rows it was tuned on"
         after = decision_metrics(targets, predicted, len(classes))
+        if config.estimate == "crossFit":
+            held_out = cross_fit(config, classes, probabilities, targets, predictions["query"])
+            if held_out is None:
+                log.warning("evaluation.calibration.estimate crossFit needs evaluation queries in both halves; "
+                            "the calibrated metrics are in-sample", extra={"queries": len(set(predictions["query"]))})
+            else:
+                measured = "each half of the evaluation queries, with a decision tuned on the other half"
+                after = decision_metrics(targets, held_out, len(classes))
         predictions["uncalibratedPredicted"] = predictions["predicted"]
         predictions["predicted"] = predicted.tolist()
         if "predictedLabel" in predictions:
             predictions["predictedLabel"] = [classes[i] for i in predicted]
         self.calibration = {**decision.to_json(classes), "objective": config.objective, "tunedOn": "evaluation",
-                            "rows": len(targets), "uncalibrated": before, "calibrated": after}
+                            "rows": len(targets), "uncalibrated": before, "calibrated": after,
+                            "calibratedMeasuredOn": measured}
         log.info("calibrated the decision on the evaluation split", extra={"calibration": self.calibration})
 
     def _measure(self) -> EvalResult:

@@ -38,8 +38,10 @@ from sklearn import metrics as skm
 from sklearn.utils.class_weight import compute_class_weight
 
 from sampleforge.api.augmentation import Preprocess
+from sampleforge.api.finetune import Calibration
 from sampleforge.jobs.augment.preprocess import fit_dense_stats
 from sampleforge.jobs.common.storage import ObjectStore, S3Uri
+from sampleforge.jobs.finetune.calibration import cross_fit
 from sampleforge.jobs.finetune.entrypoint import main
 from sampleforge.jobs.finetune.errors import ExitCode
 from sampleforge.jobs.finetune.localrun import job_environment
@@ -418,7 +420,8 @@ class TestFairTraining:
                 "columns": {"query": "left_title", "item": "right_title", "label": "match",
                             "denseFeatures": ["left_price", "right_price"]}}
         spec = make_spec(model_uri, bucket, "ctr", data, training={"maxSteps": 2, "classWeights": {
-            "type": "explicit", "weights": {"1": 4.0}}}, evaluation={"metrics": ["auc", "f1"], "calibration": {}})
+            "type": "explicit", "weights": {"1": 4.0}}},
+            evaluation={"metrics": ["auc", "f1"], "calibration": {"estimate": "crossFit"}})
         code, detail = run_job(testbed, cache_dir, spec, capsys)
         assert code == ExitCode.SUCCESS, detail
         fetch_output(s3, bucket, tmp_path)
@@ -434,6 +437,14 @@ class TestFairTraining:
         best = max(skm.f1_score(frame["target"], (probability >= t).astype(int), average="macro")
                    for t in [*np.unique(probability), 1.1])
         assert skm.f1_score(frame["target"], frame["predicted"], average="macro") == pytest.approx(best)
+        # estimate crossFit: the reported calibrated metrics come from decisions tuned on the other half
+        # of the evaluation queries, not from the published decision on the rows it was tuned on.
+        assert calibration["calibratedMeasuredOn"].startswith("each half of the evaluation queries")
+        held_out = cross_fit(Calibration(estimate="crossFit"), ("0", "1"), probability, frame["target"],
+                             frame["query"])
+        assert held_out is not None
+        assert calibration["calibrated"]["macroF1"] == pytest.approx(
+            skm.f1_score(frame["target"], held_out, average="macro"))
         dense = np.asarray([[r["left_price"], r["right_price"]] for r in rows], dtype=np.float32)
         by_pair = {(r["left_title"], r["right_title"]): d for r, d in zip(rows, dense, strict=True)}
         features = np.stack([by_pair[(q, i)] for q, i in zip(frame["query"], frame["item"], strict=True)])

@@ -26,7 +26,15 @@ from sampleforge.jobs.finetune.batches import (
     TwoTowerDataset,
     make_loader,
 )
-from sampleforge.jobs.finetune.calibration import Decision, calibrate, resolve_method, tune_offsets, tune_threshold
+from sampleforge.jobs.finetune.calibration import (
+    Decision,
+    calibrate,
+    cross_fit,
+    query_folds,
+    resolve_method,
+    tune_offsets,
+    tune_threshold,
+)
 from sampleforge.jobs.finetune.data import Dataset, Examples, Rejected
 from sampleforge.jobs.finetune.errors import SpecError
 from sampleforge.jobs.finetune.inputs import Inputs, pair_negatives, split_and_encode, with_raw_dense
@@ -437,3 +445,24 @@ class TestPreprocessCarryOver:
             expected = plain(inputs, torch.from_numpy(transform.apply(raw)).float())  # plain standardises with 0/1
         assert got.numpy() == pytest.approx(expected.numpy(), abs=1e-4)
         assert carrying.state_dict()["dense_mean"].tolist() == pytest.approx(transform.center.tolist())
+
+
+class TestCrossFittedCalibration:
+    def test_each_half_is_measured_with_the_other_halfs_decision(self) -> None:
+        rng = np.random.default_rng(21)
+        queries = [f"query {i // 3}" for i in range(300)]
+        y = (rng.random(300) < 0.2).astype(int)
+        p = np.clip(0.15 + 0.3 * y + rng.normal(0, 0.1, 300), 0, 1)
+        folds = query_folds(queries)
+        assert set(folds.tolist()) == {0, 1}
+        assert all(len({folds[i] for i in range(300) if queries[i] == q}) == 1 for q in set(queries))
+        got = cross_fit(Calibration(estimate="crossFit"), ("0", "1"), p, y, queries)
+        assert got is not None
+        for fold in (0, 1):
+            rows = folds == fold
+            threshold = tune_threshold(p[~rows], y[~rows], "macroF1")
+            assert got[rows].tolist() == (p[rows] >= threshold).astype(int).tolist()
+        # measured out of sample it can only do as well as in sample, where the cut was chosen
+        in_sample = (p >= tune_threshold(p, y, "macroF1")).astype(int)
+        assert _sklearn_macro_f1(y, got) <= _sklearn_macro_f1(y, in_sample) + 1e-12
+        assert cross_fit(Calibration(), ("0", "1"), p[:3], y[:3], queries[:3]) is None  # one query: one half
