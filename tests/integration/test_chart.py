@@ -378,8 +378,9 @@ class TestClusterWide:
             "waiting": wait_phase(api, FT, namespace, "waiting", "Waiting"),
             "no-secret": wait_for(stalled, what="the run without its Secret to stall"),
         }
+        # A run waiting for an upstream run that does not exist needs a person: Stalled, so Degraded.
         expected = {"running": "Progressing", "succeeded": "Healthy", "failed": "Degraded", "suspended": "Suspended",
-                    "waiting": "Progressing", "no-secret": "Degraded"}
+                    "waiting": "Degraded", "no-secret": "Degraded"}
         got = {name: lua_health(obj) for name, obj in observed.items()}
         assert {name: status for name, (status, _) in got.items()} == expected, json.dumps(got, indent=1)
         assert "exited with code 3" in got["failed"][1]
