@@ -157,6 +157,9 @@ def model_card(spec: FineTuneRunSpec, run: dict[str, str], data: dict[str, Any],
              ("weight decay", t.weight_decay), ("gradient clipping", t.gradient_clipping or "off"),
              ("max length", t.max_length), ("mixed precision", d.mixed_precision),
              ("gradient checkpointing", d.gradient_checkpointing), ("seed", t.seed),
+             ("loss", t.loss if spec.task != "twoTower" else None),
+             ("hard negatives", f"{results['hardNegatives']['trained']} judged-irrelevant rows "
+              f"({spec.two_tower_options().hard_negatives})" if results.get("hardNegatives") else None),
              ("class weights", ", ".join(f"{k}: {v:.4g}" for k, v in results["classWeights"].items())
               + f" ({t.class_weights.type})" if t.class_weights and "classWeights" in results else None)]
     final = results.get("final", {})
