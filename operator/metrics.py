@@ -3,12 +3,18 @@
 The Grafana dashboard and the alert rules in the Helm chart query these names, and a test checks
 that every metric they use is defined in this module. Per-run series carry only (kind, namespace,
 name) (+ augmenter or metric name, both bounded by the spec's list sizes), and are removed when
-the run is deleted, so the series count follows the number of live runs.
+the run is deleted, so the series count follows the number of live runs. The one per-run series of
+a finished run, ``sampleforge_run_failed_timestamp_seconds``, lives only for
+``FAILED_RUN_WINDOW_SECONDS`` after the failure: the SampleforgeRunFailed alert needs the run's own
+namespace and name, and a cluster that keeps thousands of old failed runs must not keep a series
+for each of them.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import contextlib
+import time
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -16,6 +22,10 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 NAMESPACE = "sampleforge"
 
 _RUN_LABELS = ("kind", "namespace", "name")
+
+#: How long a failed run keeps its failure series (and so its SampleforgeRunFailed alert, whose
+#: expression in charts/sampleforge/alerts/sampleforge-rules.yaml uses the same number).
+FAILED_RUN_WINDOW_SECONDS = 6 * 3600
 
 
 class OperatorMetrics:
@@ -40,6 +50,10 @@ class OperatorMetrics:
                                     registry=r)
         self.job_failures = Counter(f"{NAMESPACE}_job_failures_total",
                                     "Runs whose Job failed, by reason.", ("kind", "reason"), registry=r)
+        self.run_failed = Gauge(f"{NAMESPACE}_run_failed_timestamp_seconds",
+                                "Unix time at which a run reached phase Failed, by the Ready condition's reason; "
+                                f"kept for {FAILED_RUN_WINDOW_SECONDS} s after the failure or until the run is "
+                                "deleted.", (*_RUN_LABELS, "reason"), registry=r)
         self.run_duration = Histogram(f"{NAMESPACE}_run_duration_seconds",
                                       "Wall time from Job start to the run's end, by outcome.", ("kind", "phase"),
                                       buckets=(30, 60, 300, 600, 1800, 3600, 7200, 21600, 86400), registry=r)
@@ -73,7 +87,7 @@ class OperatorMetrics:
                                    "1 while the operator's watches keep up with the API server.", registry=r)
         self._per_run = (self.heartbeat_age, self.progress_ratio, self.eta_seconds, self.rate, self.samples_out,
                          self.train_loss, self.train_step)
-        self._per_run_keyed = (self.augmenter_samples, self.filtered_samples, self.eval_metric)
+        self._per_run_keyed = (self.augmenter_samples, self.filtered_samples, self.eval_metric, self.run_failed)
 
     def names(self) -> set[str]:
         """Every sample name this registry can expose (used by the dashboard/alert sync test)."""
@@ -90,6 +104,25 @@ class OperatorMetrics:
         for kind in kinds:
             for phase in phases:
                 self.runs.labels(kind=kind, phase=phase).set(counts.get((kind, phase), 0))
+        # Called on every run event: often enough to let go of old failures without a timer of its own.
+        self.prune_failed_runs()
+
+    def record_failure(self, kind: str, namespace: str, name: str, reason: str, at: float | None = None) -> None:
+        """The run reached phase Failed at ``at`` (now by default), for ``reason``.
+
+        One series per run, so that the alert names one reason: an earlier one under the same name
+        (a run deleted while another replica led, so ``forget_run`` never ran here) is replaced.
+        """
+        self._remove_run(self.run_failed, str(kind), namespace, name)
+        self.run_failed.labels(kind=kind, namespace=namespace, name=name, reason=reason).set(
+            time.time() if at is None else at)
+
+    def prune_failed_runs(self, now: float | None = None) -> None:
+        """Drop the failure series of runs that failed more than ``FAILED_RUN_WINDOW_SECONDS`` ago."""
+        oldest = (time.time() if now is None else now) - FAILED_RUN_WINDOW_SECONDS
+        for values, child in self._children(self.run_failed):
+            if child._value.get() < oldest:
+                self._remove(self.run_failed, values)
 
     def observe_run(self, kind: str, namespace: str, name: str, status: dict[str, Any],
                     heartbeat_age: float | None) -> None:
@@ -125,7 +158,22 @@ class OperatorMetrics:
             except KeyError:
                 pass
         for gauge in self._per_run_keyed:
-            # Labelled children are keyed by label-value tuples; remove all of this run's.
-            for values in list(gauge._metrics):
-                if values[:3] == (kind, namespace, name):
-                    gauge.remove(*values)
+            self._remove_run(gauge, kind, namespace, name)
+
+    @staticmethod
+    def _children(gauge: Gauge) -> list[tuple[Sequence[str], Any]]:
+        # Handlers run in several threads: copy the children under the family's own lock.
+        with gauge._lock:
+            return list(gauge._metrics.items())
+
+    @staticmethod
+    def _remove(gauge: Gauge, values: Sequence[str]) -> None:
+        with contextlib.suppress(KeyError):  # another thread removed it first
+            gauge.remove(*values)
+
+    @classmethod
+    def _remove_run(cls, gauge: Gauge, kind: str, namespace: str, name: str) -> None:
+        # Labelled children are keyed by label-value tuples; remove all of this run's.
+        for values, _ in cls._children(gauge):
+            if tuple(values[:3]) == (kind, namespace, name):
+                cls._remove(gauge, values)

@@ -140,6 +140,7 @@ def _on_transition(ctx: OperatorContext, kind: Kind, body: dict[str, Any], old: 
     message = f"{kind} {meta['name']}: {old or 'new'} → {new}" + (f" ({ready['message']})" if ready else "")
     if new == Phase.FAILED:
         ctx.metrics.job_failures.labels(kind=kind, reason=reason).inc()
+        ctx.metrics.record_failure(kind, meta["namespace"], meta["name"], reason)
         post_event(body, "Warning", reason, message)
     else:
         post_event(body, "Normal", reason, message)
