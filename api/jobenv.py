@@ -116,5 +116,6 @@ class ExitCode(IntEnum):
     def for_reason(cls, reason: str) -> ExitCode:
         """The do-not-retry code for a failure of condition ``reason``: a model or data problem gets
         its own code (so the run's condition says which), anything else the configuration one."""
-        return {Reason.MODEL_UNAVAILABLE: cls.MODEL_UNAVAILABLE,
-                Reason.DATASET_UNREADABLE: cls.DATASET_UNREADABLE}.get(reason, cls.CONFIGURATION)
+        codes: dict[str, ExitCode] = {Reason.MODEL_UNAVAILABLE.value: cls.MODEL_UNAVAILABLE,
+                                      Reason.DATASET_UNREADABLE.value: cls.DATASET_UNREADABLE}
+        return codes.get(str(reason), cls.CONFIGURATION)

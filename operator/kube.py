@@ -10,7 +10,7 @@ from __future__ import annotations
 import base64
 import json
 from collections.abc import Callable, Iterable
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
@@ -189,7 +189,7 @@ class Kube:
         meta = config_map["metadata"]
         namespace, name = meta["namespace"], meta["name"]
         try:
-            self.core.create_namespaced_config_map(namespace, config_map, _request_timeout=30)
+            self.core.create_namespaced_config_map(namespace, cast(Any, config_map), _request_timeout=30)
             return
         except ApiException as err:
             if err.status != 409:
@@ -201,7 +201,7 @@ class Kube:
                 raise Transient(f"ConfigMap {namespace}/{name} vanished while being read back") from err
             raise _translate(err, f"reading ConfigMap {namespace}/{name}") from err
         want_uid = (meta.get("labels") or {}).get(LABEL_RUN_UID)
-        have_uid = (existing.metadata.labels or {}).get(LABEL_RUN_UID)
+        have_uid = ((existing.metadata.labels if existing.metadata else None) or {}).get(LABEL_RUN_UID)
         if want_uid and have_uid != want_uid:
             raise Conflict(f"ConfigMap {namespace}/{name} exists but belongs to another run (uid {have_uid}); "
                            "delete it or rename the run", 409)
