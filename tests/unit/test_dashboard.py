@@ -74,7 +74,7 @@ def alert_rules() -> list[dict[str, Any]]:
 def test_exposed_names_include_the_sample_names_of_counters_and_histograms() -> None:
     names = exposed_names()
     assert {"sampleforge_job_failures_total", "sampleforge_reconcile_duration_seconds_bucket",
-            "sampleforge_runs", "sampleforge_operator_leader"} <= names
+            "sampleforge_runs", "sampleforge_operator_leader", "sampleforge_run_failed_timestamp_seconds"} <= names
     assert "sampleforge_job_failures_bucket" not in names
 
 
@@ -145,6 +145,18 @@ def test_every_alert_is_actionable() -> None:
         assert rule["labels"]["severity"] in ("warning", "critical"), rule["alert"]
         assert rule["annotations"]["summary"] and len(rule["annotations"]["description"]) > 40, rule["alert"]
         assert 'job="sampleforge-operator"' in rule["expr"], f"{rule['alert']} must match the chart's scrape job"
+        assert rule["annotations"]["runbook_url"].startswith("https://"), rule["alert"]
+
+
+def test_per_run_alerts_name_the_run() -> None:
+    """An alert about one run carries the run's own namespace and name (honor_labels keeps them on
+    per-run series), not the operator's namespace."""
+    for rule in alert_rules():
+        if rule["alert"] in ("SampleforgeRunFailed", "SampleforgeRunStalled"):
+            assert "sampleforge_job_failures_total" not in rule["expr"], rule["alert"]
+            assert "{{ $labels.namespace }}/{{ $labels.name }}" in rule["annotations"]["summary"], rule["alert"]
+            grouped = re.findall(r"by \(([^)]*)\)", rule["expr"])
+            assert all({"namespace", "name"} <= {label.strip() for label in g.split(",")} for g in grouped), rule["alert"]
 
 
 def test_every_alert_has_promtool_unit_tests_that_fire_and_stay_quiet() -> None:
