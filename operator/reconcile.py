@@ -21,6 +21,7 @@ from pydantic import ValidationError
 
 from sampleforge.api import Kind, Phase, Reason
 from sampleforge.api.constants import TERMINAL_PHASES
+from sampleforge.operator import allowlist
 from sampleforge.operator import status as run_status
 from sampleforge.operator.context import OperatorContext
 from sampleforge.operator.kube import Forbidden, Invalid
@@ -106,6 +107,19 @@ def check_secrets(ctx: OperatorContext, kind: Kind, body: dict[str, Any], run: R
             raise kopf.TemporaryError(what, delay=SECRET_RETRY_SECONDS)
 
 
+def check_storage_prefixes(ctx: OperatorContext, body: dict[str, Any], run: RunObject, input_uri: str | None) -> None:
+    """Every s3:// URI the run would hand its pods must be inside its namespace's allow-list."""
+    allow = ctx.settings.storage_allow_list
+    uris = list(allowlist.uris_in(body.get("spec") or {}))
+    if input_uri:
+        uris.append(("spec.data.fromAugmentationRun (its output)", input_uri))
+    bad = allowlist.refused(allow, run.namespace, uris)
+    if bad:
+        message = allowlist.describe(allow, run.namespace, bad)
+        _report(ctx, body, Observation(Phase.FAILED, Reason.INVALID_SPEC, message))
+        raise kopf.PermanentError(message)
+
+
 def reconcile(ctx: OperatorContext, kind: Kind, body: dict[str, Any]) -> None:
     status = body.get("status") or {}
     uid = body["metadata"]["uid"]
@@ -124,6 +138,7 @@ def reconcile(ctx: OperatorContext, kind: Kind, body: dict[str, Any]) -> None:
     input_uri = upstream_input(ctx, body, run) if kind is Kind.FINE_TUNE_RUN else None
     if kind is Kind.FINE_TUNE_RUN and run.spec.data.from_augmentation_run and input_uri is None:  # type: ignore[attr-defined]
         return  # upstream failed: reported above
+    check_storage_prefixes(ctx, body, run, input_uri)
     check_secrets(ctx, kind, body, run)
 
     service = render_headless_service(run, ctx.settings)

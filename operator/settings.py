@@ -11,6 +11,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from . import allowlist
+
 _PREFIX = "SAMPLEFORGE_OPERATOR_"
 #: Leader-election identity of an operator that runs outside a Pod (no POD_NAME).
 LOCAL_IDENTITY = "sampleforge-operator-local"
@@ -56,6 +58,8 @@ class Settings:
     pod_create_check_seconds: float = 10.0
     log_format: str = "json"
     extra_job_env: Mapping[str, str] = field(default_factory=dict)
+    #: namespace (or "*") -> the s3:// prefixes its runs may use; empty: no restriction (see allowlist).
+    storage_allow_list: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
     @property
     def identity(self) -> str:
@@ -81,6 +85,8 @@ class Settings:
                 values[f.name] = float(raw)
             elif isinstance(default, tuple):
                 values[f.name] = tuple(s.strip() for s in raw.split(",") if s.strip())
+            elif f.name == "storage_allow_list":
+                values[f.name] = allowlist.parse(raw)
             elif f.name == "extra_job_env":
                 values[f.name] = dict(kv.split("=", 1) for kv in raw.split(",") if "=" in kv)
             else:

@@ -21,13 +21,13 @@ from operator_helpers import (
     example,
     get_run,
     jobs_of,
-    on_minio,
     patch_run,
     pod_token,
     pods_of,
     post_heartbeat,
     running_pod,
     scrape,
+    stored_example,
     wait_for,
     wait_phase,
 )
@@ -42,7 +42,9 @@ pytestmark = pytest.mark.integration
 AR, FT = Kind.AUGMENTATION_RUN, Kind.FINE_TUNE_RUN
 HOLD = {HOLD_KEY: "true"}
 FAST = {"SAMPLEFORGE_OPERATOR_STATUS_MIN_INTERVAL_SECONDS": "1", "SAMPLEFORGE_OPERATOR_RESYNC_SECONDS": "2",
-        "SAMPLEFORGE_OPERATOR_LEADER_ELECTION": "true", "SAMPLEFORGE_OPERATOR_LEASE_DURATION_SECONDS": "6"}
+        "SAMPLEFORGE_OPERATOR_LEADER_ELECTION": "true", "SAMPLEFORGE_OPERATOR_LEASE_DURATION_SECONDS": "6",
+        # The examples' buckets and the tests' own (runs); anything else is refused.
+        "SAMPLEFORGE_OPERATOR_STORAGE_ALLOW_LIST": json.dumps({"*": ["s3://datasets/", "s3://models/", "s3://runs/"]})}
 
 
 @pytest.fixture(scope="module")
@@ -66,9 +68,9 @@ def ns(operator_proc: OperatorProcess, kube_api: client.ApiClient, namespace: st
 
 
 @pytest.fixture
-def stored(testbed: Testbed, bucket: str) -> Callable[..., dict[str, Any]]:
+def stored(testbed: Testbed) -> Callable[..., dict[str, Any]]:
     """An example run whose output goes to a fresh prefix of the testbed's MinIO."""
-    return lambda name, **spec: on_minio(example(name, **spec), testbed.minio, bucket)
+    return lambda name, **spec: stored_example(testbed.minio, name, **spec)
 
 
 def release(api: client.ApiClient, namespace: str, uid: str) -> None:
@@ -407,4 +409,14 @@ class TestWhatStatusMayClaim:
         failed = wait_phase(kube_api, AR, ns, run["metadata"]["name"], "Failed", timeout=60)
         cond = condition(failed, "Failed")
         assert cond["reason"] == "InvalidSpec" and "affinity" in cond["message"]
+        assert not jobs_of(kube_api, ns, run["metadata"]["uid"])
+
+    def test_a_uri_outside_the_namespaces_storage_prefixes_fails_the_run(self, kube_api: client.ApiClient,
+                                                                         ns: str) -> None:
+        run = create_run(kube_api, ns, example("augmentationrun.yaml", parallelism=1,
+                                               output={"uri": "s3://other-team/stolen/"}))
+        failed = wait_phase(kube_api, AR, ns, run["metadata"]["name"], "Failed", timeout=60)
+        cond = condition(failed, "Failed")
+        assert cond["reason"] == "InvalidSpec"
+        assert "spec.output.uri s3://other-team/stolen/" in cond["message"] and "s3://datasets/" in cond["message"]
         assert not jobs_of(kube_api, ns, run["metadata"]["uid"])

@@ -22,6 +22,7 @@ import pytest
 import yaml
 
 from sampleforge.api.constants import LABEL_LEADER, LEADER_VALUE
+from sampleforge.operator.settings import Settings
 from sampleforge.testbed import binary
 
 REPO = Path(__file__).resolve().parents[2]
@@ -318,6 +319,8 @@ def test_the_charts_leader_label_is_the_operators() -> None:
 def test_namespaced_settings_follow_watch_namespaces_and_job_env_is_encoded() -> None:
     env = {e["name"]: e.get("value") for e in container(render(CHART / "ci" / "namespaced-values.yaml"))["env"]}
     assert env["SAMPLEFORGE_OPERATOR_NAMESPACES"] == "search-ml,recsys-ml"
+    allow = Settings.from_env(env).storage_allow_list  # what the operator makes of the value it is given
+    assert allow == {"search-ml": ("s3://datasets/search/", "s3://models/search/"), "recsys-ml": ("s3://datasets/recsys/",)}
     env = {e["name"]: e.get("value") for e in container(render(CHART / "ci" / "networkpolicy-values.yaml"))["env"]}
     assert env["SAMPLEFORGE_OPERATOR_EXTRA_JOB_ENV"] == "HTTPS_PROXY=http://proxy.internal:3128,NO_PROXY=.svc.cluster.local"
     assert env["SAMPLEFORGE_OPERATOR_LEADER_ELECTION"] == "false"
