@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -48,6 +49,10 @@ class LeaderElector:
         self.on_contact = on_contact
         #: Who held the Lease before this replica took it over (None: nobody, or this replica).
         self.previous_holder: str | None = None
+        #: Lease calls get threads of their own: in the loop's default executor they would queue
+        #: behind every run monitor's status write, and a busy leader (100 runs at once) would miss
+        #: its renew deadline and step down for nothing. Two, so one hung call cannot block the next.
+        self._executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="leader-lease")
 
     def _lease_body(self, acquire_time: str, transitions: int, resource_version: str | None) -> dict[str, Any]:
         metadata: dict[str, Any] = {"name": self.name, "namespace": self.namespace}
@@ -131,7 +136,7 @@ class LeaderElector:
         retry = max(1.0, self.duration / 3)
         while True:
             try:
-                if await asyncio.to_thread(self.try_acquire_or_renew):
+                if await asyncio.get_running_loop().run_in_executor(self._executor, self.try_acquire_or_renew):
                     log.info("became leader", extra={"lease": f"{self.namespace}/{self.name}",
                                                      "identity": self.identity})
                     return
@@ -152,7 +157,8 @@ class LeaderElector:
             await asyncio.sleep(period)
             left = last_ok + renew_deadline - loop.time()
             try:
-                ok = await asyncio.wait_for(asyncio.to_thread(self.try_acquire_or_renew), timeout=max(0.1, left))
+                ok = await asyncio.wait_for(loop.run_in_executor(self._executor, self.try_acquire_or_renew),
+                                            timeout=max(0.1, left))
             except (TimeoutError, *LeaseError):
                 ok = False
             now = loop.time()

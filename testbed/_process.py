@@ -92,6 +92,17 @@ class ManagedProcess:
         _signal_group(proc.pid, signal.SIGKILL)
 
 
+    def pause(self) -> None:
+        """SIGSTOP the process group: a server that hangs (alive, answering nothing) until resumed."""
+        if self._proc is None or self._proc.poll() is not None:
+            raise TestbedError(f"{self.name} is not running, so it cannot be paused")
+        _signal_group(self._proc.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """SIGCONT the process group after :meth:`pause`."""
+        if self._proc is not None and self._proc.poll() is None:
+            _signal_group(self._proc.pid, signal.SIGCONT)
+
     def kill(self) -> None:
         """SIGKILL the process group at once: a crash, an OOM kill, a lost node."""
         proc = self._proc

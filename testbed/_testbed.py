@@ -29,6 +29,7 @@ from sampleforge.testbed._controlplane import (
     start_scheduler,
 )
 from sampleforge.testbed._errors import TestbedError
+from sampleforge.testbed._health import http_ok
 from sampleforge.testbed._kwok import create_gpu_nodes, start_kwok
 from sampleforge.testbed._localnode import start_local_node
 from sampleforge.testbed._minio import MinioServer, start_minio
@@ -143,6 +144,23 @@ class Testbed:
 
     def minio_client(self) -> Minio:
         return self.minio.client()
+
+    def process(self, name: str) -> ManagedProcess:
+        """One of the testbed's servers by name ("etcd", "kube-apiserver", "minio", ...), for tests
+        that stop, pause or restart it (a restart reuses its port, data and flags)."""
+        for proc in self.processes:
+            if proc.name == name:
+                return proc
+        raise TestbedError(f"this testbed runs no {name!r} (it runs {', '.join(p.name for p in self.processes)})")
+
+    def restart_minio(self, timeout: float = 60.0) -> None:
+        """Start the MinIO server again after its process was stopped or killed: same port, same
+        data directory, same keys, so clients made before the outage work again."""
+        proc = self.minio.process
+        proc.stop()
+        proc.start()
+        url = f"http://{self.minio.endpoint}/minio/health/ready"
+        proc.wait_ready(lambda: http_ok(url), timeout, "ready again")
 
     def api_client(self) -> client.ApiClient:
         """A fresh client for the admin identity; close it (or use ``with``) when done."""

@@ -67,6 +67,9 @@ def seen_handler(kind: Kind, event: dict[str, Any], memo: kopf.Memo) -> None:
     if event.get("type") == "DELETED":
         ctx.watch_seen.pop(uid, None)
         ctx.phases.pop(key, None)
+        # Gone for good: a finished run has no finalizer (its monitor has ended), so the delete
+        # handler never runs for it; its per-run series and in-memory state go here.
+        _forget(ctx, kind, meta)
     else:
         ctx.watch_seen[uid] = meta.get("resourceVersion", "")
         phase = (obj.get("status") or {}).get("phase")
@@ -77,8 +80,10 @@ def seen_handler(kind: Kind, event: dict[str, Any], memo: kopf.Memo) -> None:
 
 def delete_handler(kind: Kind, body: kopf.Body, memo: kopf.Memo) -> None:
     """The Job and its Pods go with the run by owner reference; here only in-memory state goes."""
-    ctx = ctx_of(memo)
-    meta = body["metadata"]
+    _forget(ctx_of(memo), kind, body["metadata"])
+
+
+def _forget(ctx: OperatorContext, kind: Kind, meta: Any) -> None:
     ctx.metrics.forget_run(str(kind), meta["namespace"], meta["name"])
     ctx.progress.forget(run_key(kind, meta["namespace"], meta["name"]))
     ctx.children.forget(meta["uid"])
