@@ -8,8 +8,9 @@
   runs through Running, Succeeded, Failed and Suspended on the testbed, with progress heartbeats
   from the runs' pods. Then every dashboard query and every alert expression is evaluated through
   Prometheus' HTTP API: each must succeed, the dashboard's must return series (two named
-  exceptions below), the alert rules load and evaluate without error, RunFailed fires, and the
-  alerts about an unhealthy operator stay quiet.
+  exceptions below), the alert rules load and evaluate without error, RunFailed fires for the
+  failed run with that run's namespace and name (not the operator's), and the alerts about an
+  unhealthy operator stay quiet. A failed run that is deleted takes its alert along.
 """
 
 from __future__ import annotations
@@ -74,6 +75,8 @@ MAY_BE_EMPTY = {
 ALERT_INPUTS_MAY_BE_ABSENT = {"sampleforge_reconcile_errors_total", "sampleforge_heartbeats_total"}
 #: Alerts that must fire after the run below (a run failed), and the ones that must stay quiet.
 MUST_FIRE = {"SampleforgeRunFailed"}
+#: Where every alert's runbook_url points (a section of docs/runbooks.md).
+RUNBOOKS = "https://github.com/sampleforge/sampleforge/blob/main/docs/runbooks.md#"
 
 
 def promtool(*args: str) -> subprocess.CompletedProcess[str]:
@@ -357,12 +360,15 @@ def selectors(expr: str) -> list[str]:
 
 
 @pytest.mark.parametrize("rule", alert_rules(), ids=lambda r: r["alert"])
-def test_every_alert_expression_evaluates_and_only_run_failed_fires(prometheus: Prometheus,
+def test_every_alert_expression_evaluates_and_only_run_failed_fires(prometheus: Prometheus, scene: Scene,
                                                                    rule: dict[str, Any]) -> None:
     series = prometheus.query(rule["expr"])
     if rule["alert"] in MUST_FIRE:
         assert series, f"{rule['alert']} should see the failed run"
-        assert {s["metric"]["reason"] for s in series} == {"BackoffLimitExceeded"}
+        # One series per failed run, with the run's own namespace (honor_labels), not the operator's.
+        assert [{k: s["metric"].get(k) for k in ("kind", "namespace", "name", "reason")} for s in series] == [
+            {"kind": str(AR), "namespace": scene.namespace, "name": scene.runs["failed"],
+             "reason": "BackoffLimitExceeded"}]
     elif "for" not in rule:
         assert series == [], f"{rule['alert']} fires on a healthy operator: {series}"
     # A rule with a `for:` duration may see a run in transit (Pending for a second) at any instant;
@@ -384,3 +390,40 @@ def test_prometheus_loads_the_rules_and_raises_the_run_failed_alert(prometheus: 
         return {a["labels"]["alertname"] for a in prometheus.api("alerts")["alerts"] if a["state"] == "firing"}
 
     assert wait_for(lambda: firing() == MUST_FIRE, timeout=30, what="SampleforgeRunFailed to fire alone")
+
+
+def test_run_failed_alert_names_the_run_and_its_runbook(prometheus: Prometheus, scene: Scene) -> None:
+    """The alert an on-call person receives: which run, where, why, and what to do."""
+    alerts = wait_for(lambda: [a for a in prometheus.api("alerts")["alerts"]
+                               if a["labels"]["alertname"] == "SampleforgeRunFailed" and a["state"] == "firing"],
+                      timeout=30, what="SampleforgeRunFailed to fire")
+    assert len(alerts) == 1, alerts
+    labels, annotations = alerts[0]["labels"], alerts[0]["annotations"]
+    assert {k: labels.get(k) for k in ("kind", "namespace", "name", "reason", "severity")} == {
+        "kind": str(AR), "namespace": scene.namespace, "name": scene.runs["failed"],
+        "reason": "BackoffLimitExceeded", "severity": "warning"}
+    assert labels["namespace"] != OPERATOR_NAMESPACE
+    assert annotations["summary"] == f"AugmentationRun {scene.namespace}/broken failed (BackoffLimitExceeded)"
+    assert annotations["runbook_url"] == RUNBOOKS + "sampleforgerunfailed"
+    assert annotations["description"].endswith(RUNBOOKS + "backofflimitexceeded")
+
+
+def test_a_deleted_failed_run_takes_its_alert_along(testbed: Testbed, prometheus: Prometheus, scene: Scene) -> None:
+    """Per-run failure series stay bounded: the operator drops a run's series when it is deleted."""
+    ns, selector = scene.namespace, 'sampleforge_run_failed_timestamp_seconds{name="doomed"}'
+    with testbed.api_client() as api:
+        doomed = create_run(api, ns, example("augmentationrun.yaml", parallelism=1, backoffLimit=0), name="doomed",
+                            labels=HOLD)
+        pod = running_pod(api, ns, doomed["metadata"]["uid"], timeout=90)
+        client.CoreV1Api(api).patch_namespaced_pod(pod.metadata.name, ns,
+                                                   {"metadata": {"annotations": {EXIT_CODE_ANNOTATION: "1"}}})
+        wait_phase(api, AR, ns, "doomed", "Failed", timeout=90)
+        found = wait_for(lambda: prometheus.query(selector), timeout=30, what=f"{selector} in Prometheus")
+        assert found[0]["metric"]["namespace"] == ns
+        assert float(found[0]["value"][1]) == pytest.approx(time.time(), abs=120)
+        client.CustomObjectsApi(api).delete_namespaced_custom_object(GROUP, VERSION, ns, PLURALS[AR], "doomed")
+    wait_for(lambda: not prometheus.query(selector), timeout=60, what=f"{selector} to go with the run")
+    wait_for(lambda: not [a for a in prometheus.api("alerts")["alerts"] if a["labels"].get("name") == "doomed"],
+             timeout=30, what="the deleted run's alert to end")
+    # The run that is still there keeps its alert.
+    assert prometheus.query('sampleforge_run_failed_timestamp_seconds{name="broken"}')
