@@ -17,6 +17,7 @@ from pydantic import AfterValidator, BeforeValidator, Field
 
 from ._base import ApiModel, Rule
 from ._unions import FlatUnion
+from .common import SecretKeySelector
 from .fields import ColumnNames, DataLabel, DenseFeatureNames, ModelRef, S3Uri, TextFields
 
 # --- shared parameters ------------------------------------------------------------------------
@@ -210,12 +211,86 @@ class AttributeSwapAugmenter(_Budget):
 
 # --- generation with a language model -------------------------------------------------------------
 
+#: Where a generation augmenter's text comes from. Why a choice: transformers inside the pod suits
+#: small runs and custom models; production teams serve models behind an OpenAI-compatible endpoint
+#: (vLLM, SGLang, TGI, llama.cpp, KServe, a gateway), which batches far better than generate().
+GenerationEngine = Annotated[
+    Literal["transformers", "openai"],
+    Field(
+        description="Where the text is generated: transformers loads model inside the pod (as a hub id or s3:// directory); openai sends "
+        "chat completion requests to the OpenAI-compatible endpoint in openai (model is then the name "
+        "the endpoint serves)."
+    ),
+]
+ENDPOINT_URL_PATTERN = "^https?://[^\\s/?#]+(/[^\\s?#]*)?$"
+
+
+class OpenAIEndpoint(ApiModel):
+    """An OpenAI-compatible chat completions endpoint, and how hard the run may drive it."""
+
+    endpoint: str = Field(
+        min_length=1,
+        max_length=2048,
+        pattern=ENDPOINT_URL_PATTERN,
+        description="Base URL of the API, up to and including its version path, such as "
+        "http://llm-gateway.ml:8000/v1; the job posts to <endpoint>/chat/completions.",
+    )
+    api_key_secret: SecretKeySelector | None = Field(
+        default=None,
+        description="Secret key holding the API key, sent as a bearer token; never written in the spec. "
+        "Unset: no Authorization header (an in-cluster server without authentication).",
+    )
+    concurrency: int = Field(default=4, ge=1, le=256, description="Requests in flight at once, per pod.")
+    max_retries: int = Field(
+        default=5,
+        ge=0,
+        le=20,
+        description="Retries of a request that got 429, a 5xx, a timeout or a connection error, with "
+        "exponential backoff (Retry-After is honoured).",
+    )
+    timeout_seconds: int = Field(default=60, ge=1, le=3600, description="Time limit of one request.")
+    max_requests: int | None = Field(
+        default=None,
+        ge=1,
+        le=1_000_000_000,
+        description="Most requests (retries included) the run may send, split evenly across its shards; "
+        "rows past it are counted as not generated. Unlimited when unset.",
+    )
+
+
+OpenAISettings = Annotated[
+    OpenAIEndpoint | None,
+    Field(description="The endpoint and its limits; required when engine is openai, forbidden otherwise."),
+]
+
+#: The engine rules every generation type carries (the union's rules apply per variant).
+_ENGINE_RULES = (
+    Rule(
+        cel="!has(self.engine) || self.engine != 'openai' || has(self.openai)",
+        message="openai is required when engine is openai; set openai.endpoint",
+        check=lambda a: a.engine != "openai" or a.openai is not None,
+        field_path=".openai",
+        reason="FieldValueRequired",
+    ),
+    Rule(
+        cel="!has(self.openai) || (has(self.engine) && self.engine == 'openai')",
+        message="openai applies only when engine is openai; remove openai or set engine: openai",
+        check=lambda a: a.openai is None or a.engine == "openai",
+        field_path=".openai",
+        reason="FieldValueForbidden",
+    ),
+)
+
 
 class ParaphraseAugmenter(_Budget):
     """paraphrase: rewrite the text with a language model, keeping its meaning."""
 
+    kube_rules = _ENGINE_RULES
+
     type: Literal["paraphrase"] = Field(description="Augmenter type.")
     model: Model
+    engine: GenerationEngine = "transformers"
+    openai: OpenAISettings = None
     prompt_template: PromptTemplate | None = None
     batch_size: BatchSize = 16
     max_new_tokens: MaxNewTokens = 64
@@ -227,8 +302,12 @@ class ParaphraseAugmenter(_Budget):
 class Doc2QueryAugmenter(_Budget):
     """doc2query: generate search queries an item should be found by."""
 
+    kube_rules = _ENGINE_RULES
+
     type: Literal["doc2query"] = Field(description="Augmenter type.")
     model: Model
+    engine: GenerationEngine = "transformers"
+    openai: OpenAISettings = None
     prompt_template: PromptTemplate | None = None
     batch_size: BatchSize = 16
     max_new_tokens: MaxNewTokens = 32
@@ -240,8 +319,12 @@ class Doc2QueryAugmenter(_Budget):
 class BackTranslationAugmenter(_Budget):
     """backTranslation: translate to a pivot language and back."""
 
+    kube_rules = _ENGINE_RULES
+
     type: Literal["backTranslation"] = Field(description="Augmenter type.")
     model: Model
+    engine: GenerationEngine = "transformers"
+    openai: OpenAISettings = None
     reverse_model: ModelRef | None = Field(
         default=None, description="Model for the way back from the pivot language; the same model when unset."
     )

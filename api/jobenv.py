@@ -37,6 +37,16 @@ S3_ACCESS_KEY: Final = _P + "S3_ACCESS_KEY"
 S3_SECRET_KEY: Final = _P + "S3_SECRET_KEY"
 #: Model hub token (spec.hubToken), read by transformers under this standard name.
 HUB_TOKEN: Final = "HF_TOKEN"
+#: API key of a generation augmenter's openai engine (spec.augmenters[i].openai.apiKeySecret), from
+#: its Secret like the storage keys. One variable per augmenter, named by its position: each may call
+#: a different endpoint with a different key.
+LLM_API_KEY_PREFIX: Final = _P + "LLM_API_KEY_"
+
+
+def llm_api_key_env(index: int) -> str:
+    """The variable holding the API key of ``spec.augmenters[index]``."""
+    return f"{LLM_API_KEY_PREFIX}{index}"
+
 
 #: Where the pods send progress heartbeats, and the audience-bound token they authenticate with.
 HEARTBEAT_URL: Final = _P + "HEARTBEAT_URL"

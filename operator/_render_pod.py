@@ -99,6 +99,10 @@ def _env(run: RunObject, settings: Settings, job: str, topo: Topology, input_uri
     ]
     if spec.hub_token is not None:
         env.append(_secret_env(jobenv.HUB_TOKEN, spec.hub_token.name, spec.hub_token.key))
+    for i, augmenter in enumerate(getattr(spec, "augmenters", ())):  # openai engines' API keys
+        key_ref = getattr(getattr(augmenter, "openai", None), "api_key_secret", None)
+        if key_ref is not None:
+            env.append(_secret_env(jobenv.llm_api_key_env(i), key_ref.name, key_ref.key))
     if settings.heartbeat_url:
         env.append({"name": jobenv.HEARTBEAT_URL, "value": settings.heartbeat_url})
     env += [

@@ -88,6 +88,10 @@ def check_secrets(ctx: OperatorContext, kind: Kind, body: dict[str, Any], run: R
     hub = run.spec.hub_token
     if hub is not None:
         wanted.setdefault(hub.name, set()).add(hub.key)
+    for augmenter in getattr(run.spec, "augmenters", ()):  # openai engines' API keys
+        key_ref = getattr(getattr(augmenter, "openai", None), "api_key_secret", None)
+        if key_ref is not None:
+            wanted.setdefault(key_ref.name, set()).add(key_ref.key)
     for secret, keys in wanted.items():
         try:
             have = ctx.kube.get_secret_keys(run.namespace, secret)
@@ -103,7 +107,7 @@ def check_secrets(ctx: OperatorContext, kind: Kind, body: dict[str, Any], run: R
                     else f"Secret {secret} has no key(s) {', '.join(missing)}")
             _report(ctx, body, Observation(
                 Phase.PENDING, Reason.SECRET_NOT_FOUND,
-                f"{what} (spec.storage.credentialsSecret / spec.hubToken); create it — the run starts by itself"))
+                f"{what} (spec.storage.credentialsSecret / spec.hubToken / spec.augmenters[].openai.apiKeySecret); create it — the run starts by itself"))
             raise kopf.TemporaryError(what, delay=SECRET_RETRY_SECONDS)
 
 
