@@ -87,9 +87,10 @@ def status(ctx: typer.Context, run: RunArg, namespace: Namespace = None, context
            output: Annotated[OutputFormat, typer.Option("--output", "-o", help="text, or json: the raw status.")]
            = OutputFormat.TEXT) -> None:
     """Phase, conditions with reasons, progress and ETA, outputs and results of a run."""
+    ref = _ref(run)
     try:
         cluster = _cluster(ctx, namespace, context, kubeconfig)
-        kind, obj = get_run(cluster, _ref(run))
+        kind, obj = get_run(cluster, ref)
     except UserError as error:
         raise _fail(str(error)) from None
     if output == OutputFormat.JSON:
@@ -106,9 +107,10 @@ def logs(ctx: typer.Context, run: RunArg, follow: Annotated[bool, typer.Option("
     """The logs of every pod of a run, each line prefixed with its shard (or rank) and pod."""
     from .podlogs import follow_logs, print_logs
 
+    ref = _ref(run)
     try:
         cluster = _cluster(ctx, namespace, context, kubeconfig)
-        kind, obj = get_run(cluster, _ref(run))
+        kind, obj = get_run(cluster, ref)
         if follow:
             pods, read = follow_logs(cluster, kind, obj, tail)
         else:
@@ -136,9 +138,10 @@ def report(ctx: typer.Context, run: RunArg,
            namespace: Namespace = None, context: Context = None, kubeconfig: Kubeconfig = None) -> None:
     """The run's report from MinIO, rendered here: an AugmentationRun's report.md, a FineTuneRun's model
     card and metrics."""
+    ref = _ref(run)
     try:
         cluster = _cluster(ctx, namespace, context, kubeconfig)
-        kind, obj = get_run(cluster, _ref(run))
+        kind, obj = get_run(cluster, ref)
         found = fetch_report(cluster, kind, obj, want_html=html is not None, endpoint=s3_endpoint)
     except UserError as error:
         raise _fail(str(error)) from None
@@ -163,13 +166,14 @@ def compare(ctx: typer.Context, runs: Annotated[list[str], typer.Argument(metava
     """FineTuneRuns' latest evaluation metrics side by side, with each one's lift (in points) over the first."""
     if len(runs) < 2:
         raise _fail("compare needs at least two FineTuneRuns: a baseline and one to compare with it", EXIT_USAGE)
+    refs = [_ref(text) for text in runs]
+    for ref in refs:
+        if ref.kind == Kind.AUGMENTATION_RUN:
+            raise _fail(f"{ref} is an AugmentationRun; compare takes FineTuneRuns (their metrics)", EXIT_USAGE)
     columns: list[Compared] = []
     try:
         cluster = _cluster(ctx, namespace, context, kubeconfig)
-        for text in runs:
-            ref = _ref(text)
-            if ref.kind == Kind.AUGMENTATION_RUN:
-                raise UserError(f"{text} is an AugmentationRun; compare takes FineTuneRuns (their metrics)")
+        for ref in refs:
             _, obj = get_run(cluster, RunRef(ref.name, Kind.FINE_TUNE_RUN))
             results = (obj.get("status") or {}).get("results") or {}
             columns.append(Compared(ref.name, phase_of(obj) or "Pending", dict(results.get("latestMetrics") or {})))
@@ -194,9 +198,10 @@ def wait(ctx: typer.Context, run: RunArg,
          = 3600.0, namespace: Namespace = None, context: Context = None, kubeconfig: Kubeconfig = None) -> None:
     """Wait for a run to finish: exit 0 when it Succeeded, 1 when it Failed (with the reason), 3 on timeout."""
     started = time.monotonic()
+    ref = _ref(run)
     try:
         cluster = _cluster(ctx, namespace, context, kubeconfig)
-        kind, obj = get_run(cluster, _ref(run))
+        kind, obj = get_run(cluster, ref)
         name = obj["metadata"]["name"]
         current: dict[str, Any] | None = obj
         if phase_of(obj) not in TERMINAL_PHASES:
