@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import time
+from datetime import datetime
 from typing import Any
 
 import kopf
 
-from sampleforge.api import Kind
+from sampleforge.api import ConditionType, Kind, Phase, Reason
 from sampleforge.api.constants import TERMINAL_PHASES
+from sampleforge.operator.conditions import find
 from sampleforge.operator.context import OperatorContext
 from sampleforge.operator.kube import Transient
+from sampleforge.operator.metrics import FAILED_RUN_WINDOW_SECONDS
 from sampleforge.operator.monitor import monitor_run
 from sampleforge.operator.progress import run_key
 from sampleforge.operator.reconcile import reconcile
@@ -72,10 +75,27 @@ def seen_handler(kind: Kind, event: dict[str, Any], memo: kopf.Memo) -> None:
         _forget(ctx, kind, meta)
     else:
         ctx.watch_seen[uid] = meta.get("resourceVersion", "")
-        phase = (obj.get("status") or {}).get("phase")
+        status = obj.get("status") or {}
+        phase = status.get("phase")
         if phase:
             ctx.phases[key] = phase
+        if phase == Phase.FAILED:
+            _remember_failure(ctx, kind, meta, status)
     publish_phase_counts(ctx)
+
+
+def _remember_failure(ctx: OperatorContext, kind: Kind, meta: Any, status: dict[str, Any]) -> None:
+    """A failed run seen by this replica (after a restart or a change of leader) keeps its per-run
+    failure series, so its alert does not resolve just because another process is leading now."""
+    ended = status.get("completionTime")
+    if not ended:
+        return
+    at = datetime.fromisoformat(str(ended)).timestamp()
+    if time.time() - at > FAILED_RUN_WINDOW_SECONDS:
+        return
+    ready = find(status.get("conditions") or [], ConditionType.READY)
+    reason = str(ready.get("reason")) if ready else str(Reason.FAILED)
+    ctx.metrics.record_failure(str(kind), meta.get("namespace", ""), meta.get("name", ""), reason, at=at)
 
 
 def delete_handler(kind: Kind, body: kopf.Body, memo: kopf.Memo) -> None:

@@ -118,9 +118,12 @@ class TestJobCreation:
         assert done["status"]["outputs"]["manifestUri"].endswith("manifest.json")
         assert done["status"]["completionTime"]
         # kopf posts Events in the background: they follow the status by a moment.
-        wait_for(lambda: {"JobCreated", "JobRunning", "Succeeded"} <= {
-            e.reason for e in client.CoreV1Api(kube_api).list_namespaced_event(
-                ns, field_selector=f"involvedObject.uid={uid}").items}, what="JobCreated/JobRunning/Succeeded Events")
+        events = wait_for(lambda: (found := client.CoreV1Api(kube_api).list_namespaced_event(
+            ns, field_selector=f"involvedObject.uid={uid}").items) and {"JobCreated", "JobRunning", "Succeeded"} <= {
+            e.reason for e in found} and found, what="JobCreated/JobRunning/Succeeded Events")
+        transitions = [e.message for e in events if "→" in (e.message or "")]
+        assert len(transitions) == len(set(transitions)), f"a phase change announced twice: {transitions}"
+        assert all((e.count or 1) == 1 for e in events if "→" in (e.message or "")), transitions
 
     def test_failed_pod_fails_the_run_with_a_reason(self, kube_api: client.ApiClient, ns: str) -> None:
         run = create_run(kube_api, ns, example("augmentationrun.yaml", backoffLimit=0, parallelism=1),

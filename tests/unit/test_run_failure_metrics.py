@@ -12,6 +12,7 @@ import asyncio
 import contextvars
 import re
 import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ from kopf._core.engines import posting
 
 from sampleforge.api import Kind, Phase
 from sampleforge.operator.context import OperatorContext
+from sampleforge.operator.handlers._common import seen_handler
 from sampleforge.operator.metrics import FAILED_RUN_WINDOW_SECONDS, OperatorMetrics
 from sampleforge.operator.settings import Settings
 from sampleforge.operator.status import _on_transition
@@ -116,3 +118,23 @@ def test_the_alert_ends_with_the_window_the_operator_keeps_failures_for() -> Non
     assert SERIES in rule["expr"]
     assert re.search(r"by \(kind, namespace, name, reason\)", rule["expr"]), rule["expr"]
     assert re.search(r"<\s*(\d+)\s*$", rule["expr"].strip()).group(1) == str(FAILED_RUN_WINDOW_SECONDS)  # type: ignore[union-attr]
+
+
+def test_a_replica_that_starts_after_a_failure_keeps_the_runs_alert() -> None:
+    """After a restart or a change of leader the failure is known only from the run's status: the
+    watch's first event of a recently failed run restores its series (a long-past one does not)."""
+    ctx = OperatorContext(settings=Settings(leader_election=False), kube=None, metrics=OperatorMetrics())
+
+    def failed_run(name: str, ended: datetime) -> dict[str, Any]:
+        return {"type": "ADDED", "object": {
+            "metadata": {"name": name, "namespace": "search-ml", "uid": name, "resourceVersion": "1"},
+            "status": {"phase": "Failed", "completionTime": ended.strftime("%Y-%m-%dT%H:%M:%SZ"),
+                       "conditions": [{"type": "Ready", "status": "False", "reason": "OOMKilled"}]}}}
+
+    recent = datetime.now(UTC) - timedelta(minutes=10)
+    seen_handler(Kind.AUGMENTATION_RUN, failed_run("recent", recent), kopf.Memo(ctx=ctx))
+    seen_handler(Kind.AUGMENTATION_RUN, failed_run("old", recent - timedelta(seconds=FAILED_RUN_WINDOW_SECONDS)),
+                 kopf.Memo(ctx=ctx))
+    found = failures(ctx.metrics)
+    assert list(found) == [(AR, "search-ml", "recent", "OOMKilled")]
+    assert abs(found[(AR, "search-ml", "recent", "OOMKilled")] - recent.replace(microsecond=0).timestamp()) < 1
