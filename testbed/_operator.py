@@ -51,7 +51,13 @@ class OperatorProcess:
 
     def wait_leading(self, timeout: float = 60.0) -> None:
         """Leading: holding the Lease and handling runs (what /readyz says on the leader)."""
-        self.process.wait_ready(lambda: "leader" in self.readiness()[1], timeout, "the leader (/readyz)")
+        self.process.wait_ready(self.leading, timeout, "the leader (/readyz)")
+
+    def leading(self) -> bool:
+        """/readyz says this replica leads ("ok: leader, ..."; a standby's "ok: standby, following
+        the leader Lease" does not count)."""
+        ready, why = self.readiness()
+        return ready and why.startswith("ok: leader")
 
     def readiness(self) -> tuple[bool, str]:
         """What /readyz answers: (ready, why); (False, the error) when nothing answers."""
