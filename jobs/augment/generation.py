@@ -35,6 +35,14 @@ Decisions, and why:
   where ``{language}`` is the step's target tag: ``>>{language}<< {text}`` for multilingual Marian);
   an instruct model is asked to translate.
 
+* **Engines** (``engine``): ``transformers`` (the default) runs the model in the pod, as described
+  above; ``openai`` sends the same prompts as chat requests to an OpenAI-compatible endpoint
+  (:mod:`.engines`). Either way the augmenters build requests, clean and judge answers the same; a
+  request the endpoint could not answer is dropped and counted like any other unusable answer. Each
+  engine records its load time apart from its generation time and rate (log line ``model loaded``,
+  manifest ``augmenters.<name>.summary``, shard 0's figures): a 26 s de-quantisation must not read as
+  slow generation.
+
 torch and transformers are imported when a generator is built: a run without these types never pays.
 """
 
@@ -43,13 +51,17 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import os
 import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from sampleforge.api import jobenv
+
 from .embedding import ModelLocation
+from .engines import EngineStats, Failed, OpenAIGenerator, build_openai_generator
 from .errors import ConfigError, ModelError
 from .prompts import DEFAULT_TEMPLATES, Templates, clean_output, judge, normalized, render, script_language
 from .protocol import (
@@ -154,6 +166,8 @@ class TextGenerator:
     """A loaded text generation model: formats prompts and generates for many of them at a time."""
 
     def __init__(self, location: ModelLocation, field_path: str) -> None:
+        started = time.monotonic()
+        self.stats = EngineStats("transformers", location.ref or location.path)
         self.device, dtype = _device_and_dtype()
         self.tokenizer, self.model = _load(location, field_path, dtype)
         self.model.to(self.device).eval()
@@ -166,6 +180,9 @@ class TextGenerator:
                              "an end-of-sequence token, so batches cannot be padded; use a model whose tokenizer has one")
         self.pad_id = int(pad if pad is not None else self.stop_ids[0])
         self.max_positions = self._max_positions()
+        self.stats.load_seconds = time.monotonic() - started
+        log.info("model loaded", extra={"engine": "transformers", "model": self.stats.model, "kind": self.kind,
+                                        "device": str(self.device), "load_seconds": round(self.stats.load_seconds, 3)})
 
     @property
     def kind(self) -> str:
@@ -222,9 +239,10 @@ class TextGenerator:
         room = max(1, self.max_positions - max_new_tokens)
         return ids[-room:]  # keep the end: that is where the answer starts
 
-    def generate(self, inputs: Sequence[str], seeds: Sequence[int], settings: GenerationSettings) -> list[str]:
+    def generate(self, inputs: Sequence[Any], seeds: Sequence[int], settings: GenerationSettings) -> list[str]:
         """The decoded new text for each input (already formatted), sampled with its seed when
         ``settings.temperature > 0``. Identical requests are generated once."""
+        started = time.monotonic()
         unique: dict[tuple[str, int], int] = {}
         for text, seed in zip(inputs, seeds, strict=True):
             unique.setdefault((text, seed if settings.sampling else 0), len(unique))
@@ -237,6 +255,8 @@ class TextGenerator:
             texts = self._run([encoded[r] for r in chunk], [requests[r][1] for r in chunk], settings)
             for r, text in zip(chunk, texts, strict=True):
                 answers[r] = text
+        self.stats.add(requests=len(requests), generated=len(requests))
+        self.stats.generation_seconds += time.monotonic() - started
         return [answers[unique[(text, seed if settings.sampling else 0)]] for text, seed in zip(inputs, seeds,
                                                                                                    strict=True)]
 
@@ -281,6 +301,12 @@ class TextGenerator:
         return GenerationConfig(**options)
 
 
+#: What an engine generates from: a formatted prompt (transformers) or chat messages (openai).
+ModelInput = str | tuple[tuple[str, str], ...]
+#: Either engine: both have ``kind``, ``prompt``, ``format``, ``generate`` and ``stats``.
+Generator = TextGenerator | OpenAIGenerator
+
+
 @dataclass(frozen=True)
 class Prompt:
     """A template and the example conversation turns (source text, answer) shown before it."""
@@ -288,7 +314,7 @@ class Prompt:
     template: str
     examples: tuple[tuple[str, str], ...] = ()
 
-    def model_input(self, generator: TextGenerator, text: str, language: str | None = None) -> str:
+    def model_input(self, generator: Generator, text: str, language: str | None = None) -> ModelInput:
         shots = [(render(self.template, source, language), answer) for source, answer in self.examples]
         return generator.format(render(self.template, text, language), shots)
 
@@ -345,7 +371,7 @@ class _Request:
     field: str  # "query" or "item": the column the answer replaces
     variant: int
     source: str  # the text the answer must differ from
-    model_input: str
+    model_input: ModelInput
     instruction: str  # the prompt without the source text, to recognise an echo of it
     seed: int
     #: Texts the model was shown besides the instruction; an answer equal to one is an echo.
@@ -375,7 +401,7 @@ class GeneratingAugmenter:
 
     label_rule = "keep"
 
-    def __init__(self, name: str, generator: TextGenerator, settings: GenerationSettings, per_row: int) -> None:
+    def __init__(self, name: str, generator: Generator, settings: GenerationSettings, per_row: int) -> None:
         self.name = name
         self.generator = generator
         self.settings = settings
@@ -398,7 +424,17 @@ class GeneratingAugmenter:
                 if text:
                     yield i, key, field, text
 
-    def _answer(self, requests: Sequence[_Request], batch: RowBatch, generator: TextGenerator | None = None,
+    def summary(self) -> dict[str, Any]:
+        """The engine's load time, generation time and rate, and (openai) HTTP attempts, retries and
+        failures by reason: this pod's figures, shard 0's in the manifest. Failed requests are also
+        counted per reason, over every shard, under the filter ``notGenerated``."""
+        out = self.generator.stats.summary()
+        back = getattr(self, "back", None)
+        if back is not None and back.stats is not self.generator.stats:
+            out["reverse"] = back.stats.summary()
+        return out
+
+    def _answer(self, requests: Sequence[_Request], batch: RowBatch, generator: Generator | None = None,
                 stage: str = "") -> list[str | Dropped]:
         """The cleaned answer to each request, or why it was dropped. ``stage`` names an
         intermediate step (the pivot translation), whose answers are not final rows: its drops are
@@ -406,10 +442,14 @@ class GeneratingAugmenter:
         rightly render a brand in another script)."""
         model = generator or self.generator
         outputs = model.generate([r.model_input for r in requests], [r.seed for r in requests], self.settings)
-        answers: list[str | None] = []
+        answers: list[str | Dropped] = []
         for request, output in zip(requests, outputs, strict=True):
-            text = clean_output(output, request.source, request.instruction)
-            reason = judge(text, request.source, request.echoes)
+            reason: str | None
+            if isinstance(output, Failed):
+                text, reason = "", f"request failed: {output.reason}"
+            else:
+                text = clean_output(output, request.source, request.instruction)
+                reason = judge(text, request.source, request.echoes)
             if reason is None and not stage and any(f" {normalized(v)} " not in f" {normalized(text)} "
                                                     for v in _protected_values(batch, request.position,
                                                                                request.source)):
@@ -456,7 +496,7 @@ class GeneratingAugmenter:
 class Paraphrase(GeneratingAugmenter):
     """Rewrites the query and/or item of each selected row (label kept)."""
 
-    def __init__(self, name: str, generator: TextGenerator, settings: GenerationSettings, per_row: int,
+    def __init__(self, name: str, generator: Generator, settings: GenerationSettings, per_row: int,
                  fields: Sequence[str], template: str | None) -> None:
         super().__init__(name, generator, settings, per_row)
         self.fields = tuple(fields)
@@ -486,7 +526,7 @@ def item_text(batch: RowBatch, i: int) -> str:
 class Doc2Query(GeneratingAugmenter):
     """Generates queries for each selected row's item; the label is kept or set from the spec."""
 
-    def __init__(self, name: str, generator: TextGenerator, settings: GenerationSettings, per_row: int,
+    def __init__(self, name: str, generator: Generator, settings: GenerationSettings, per_row: int,
                  template: str | None, label: Any, label_rule: str) -> None:
         super().__init__(name, generator, settings, per_row)
         self.prompt = generator.prompt(template, DEFAULT_TEMPLATES["doc2query"])
@@ -515,7 +555,7 @@ class Doc2Query(GeneratingAugmenter):
 class BackTranslation(GeneratingAugmenter):
     """Translates the query and/or item into the pivot language and back (label kept)."""
 
-    def __init__(self, name: str, forward: TextGenerator, back: TextGenerator, settings: GenerationSettings,
+    def __init__(self, name: str, forward: Generator, back: Generator, settings: GenerationSettings,
                  per_row: int, fields: Sequence[str], pivot: str, template: str | None) -> None:
         super().__init__(name, forward, settings, per_row)
         self.back = back
@@ -556,9 +596,17 @@ def _settings(entry: Any) -> GenerationSettings:
     return GenerationSettings(int(entry.batch_size), int(entry.max_new_tokens), float(entry.temperature))
 
 
+def _generator(entry: Any, build: BuildContext, ref: str, field: str) -> Generator:
+    """The engine the entry names, for model ``ref`` (spec field ``field``)."""
+    if getattr(entry, "engine", "transformers") == "openai":
+        shards = int(os.environ.get(jobenv.SHARD_COUNT) or 1)
+        return build_openai_generator(entry, build.index, build.field_path, ref, shards, TOP_P)
+    return build.models.generator(ref, f"{build.field_path}.{field}")
+
+
 @register_row_augmenter("paraphrase")
 def _build_paraphrase(entry: Any, build: BuildContext) -> Paraphrase:
-    generator = build.models.generator(entry.model, f"{build.field_path}.model")
+    generator = _generator(entry, build, entry.model, "model")
     return Paraphrase(entry.display_name(), generator, _settings(entry), entry.per_row, entry.fields,
                       entry.prompt_template)
 
@@ -569,16 +617,20 @@ def _build_doc2query(entry: Any, build: BuildContext) -> Doc2Query:
         label = build.labels.coerce(entry.label, f"{build.field_path}.label") if entry.label is not None else None
     except LabelError as err:
         raise ConfigError(str(err)) from err
-    generator = build.models.generator(entry.model, f"{build.field_path}.model")
+    generator = _generator(entry, build, entry.model, "model")
     return Doc2Query(entry.display_name(), generator, _settings(entry), entry.per_row, entry.prompt_template, label,
                      "keep" if label is None else "assign")
 
 
 @register_row_augmenter("backTranslation")
 def _build_back_translation(entry: Any, build: BuildContext) -> BackTranslation:
-    forward = build.models.generator(entry.model, f"{build.field_path}.model")
+    forward = _generator(entry, build, entry.model, "model")
     back = forward
     if entry.reverse_model is not None and entry.reverse_model != entry.model:
-        back = build.models.generator(entry.reverse_model, f"{build.field_path}.reverseModel")
+        if isinstance(forward, OpenAIGenerator):  # the same endpoint, budget and counts
+            back = build_openai_generator(entry, build.index, build.field_path, entry.reverse_model, 1, TOP_P,
+                                          client=forward.client)
+        else:
+            back = _generator(entry, build, entry.reverse_model, "reverseModel")
     return BackTranslation(entry.display_name(), forward, back, _settings(entry), entry.per_row, entry.fields,
                            entry.pivot_language, entry.prompt_template)
