@@ -1,0 +1,222 @@
+"""``kubectl sampleforge`` against the real testbed: the plugin runs as its own process (and through
+the real kubectl binary's plugin lookup) on the testbed's kubeconfig, with the operator running as
+its own process and kwok GPU nodes running the runs' Jobs.
+``logs`` is tested in test_cli_logs.py, where no operator runs.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kubernetes import client
+from minio import Minio
+from operator_helpers import (
+    CREDENTIALS_SECRET,
+    commit_output,
+    create_credentials,
+    create_run,
+    example,
+    pods_of,
+    running_pod,
+    stored_example,
+    wait_phase,
+)
+
+from sampleforge.api.constants import Kind
+from sampleforge.testbed import EXIT_CODE_ANNOTATION, HOLD_KEY, Testbed
+from sampleforge.testbed._operator import OPERATOR_NAMESPACE, OperatorProcess
+from sampleforge.testbed._paths import binary
+
+pytestmark = pytest.mark.integration
+AR, FT = Kind.AUGMENTATION_RUN, Kind.FINE_TUNE_RUN
+HOLD = {HOLD_KEY: "true"}
+FAST = {"SAMPLEFORGE_OPERATOR_STATUS_MIN_INTERVAL_SECONDS": "1", "SAMPLEFORGE_OPERATOR_RESYNC_SECONDS": "2",
+        "SAMPLEFORGE_OPERATOR_STORAGE_ALLOW_LIST": json.dumps({"*": ["s3://datasets/", "s3://models/", "s3://runs/"]})}
+BIN = Path(sys.executable).parent
+PLUGIN = shutil.which("kubectl-sampleforge", path=str(BIN))
+
+
+def plugin(testbed: Testbed, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """The installed ``kubectl-sampleforge`` with only KUBECONFIG to find the cluster."""
+    assert PLUGIN is not None, "kubectl-sampleforge is not installed: reinstall the project (make setup)"
+    env = dict(testbed.env(), COLUMNS="160", NO_COLOR="1", TERM="dumb")
+    return subprocess.run([PLUGIN, *args], env=env, capture_output=True, text=True, timeout=timeout, check=False)
+
+
+def release(api: client.ApiClient, namespace: str, uid: str) -> None:
+    for pod in pods_of(api, namespace, uid):
+        client.CoreV1Api(api).patch_namespaced_pod(pod.metadata.name, namespace,
+                                                   {"metadata": {"labels": {HOLD_KEY: None}}})
+
+
+def put(s3: Minio, uri: str, data: bytes, content_type: str = "text/markdown") -> None:
+    bucket, _, key = uri.removeprefix("s3://").partition("/")
+    s3.put_object(bucket, key, io.BytesIO(data), len(data), content_type=content_type)
+
+
+@pytest.fixture(scope="module")
+def operator_proc(testbed: Testbed) -> Iterator[OperatorProcess]:
+    with testbed.api_client() as api:
+        try:
+            client.CoreV1Api(api).create_namespace({"metadata": {"name": OPERATOR_NAMESPACE}})
+        except client.ApiException as err:
+            if err.status != 409:
+                raise
+    proc = OperatorProcess(testbed.kubeconfig, testbed.logs / "operator-cli.log", settings=FAST).start()
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture
+def ns(operator_proc: OperatorProcess, kube_api: client.ApiClient, namespace: str, testbed: Testbed) -> str:
+    create_credentials(kube_api, namespace, testbed.minio)
+    return namespace
+
+
+@pytest.fixture
+def stored(testbed: Testbed) -> Callable[..., dict[str, Any]]:
+    return lambda name, **spec: stored_example(testbed.minio, name, **spec)
+
+
+class TestAugmentationRun:
+    def test_status_wait_report_through_the_plugin_and_kubectl(self, testbed: Testbed, kube_api: client.ApiClient,
+                                                              ns: str, stored: Callable[..., Any], s3: Minio,
+                                                              tmp_path: Path) -> None:
+        run = create_run(kube_api, ns, stored("augmentationrun.yaml", parallelism=2), labels=HOLD)
+        name, uid = run["metadata"]["name"], run["metadata"]["uid"]
+        wait_phase(kube_api, AR, ns, name, "Running")
+
+        shown = plugin(testbed, "status", name, "-n", ns)
+        assert shown.returncode == 0, shown.stderr
+        assert f"AugmentationRun/{name} in namespace {ns}" in shown.stdout
+        assert "Running" in shown.stdout and "JobRunning" in shown.stdout
+
+        # Not finished yet: wait gives up with its own exit code, naming the phase.
+        early = plugin(testbed, "wait", f"ar/{name}", "-n", ns, "--timeout", "2")
+        assert early.returncode == 3, early.stderr
+        assert "timed out after 2s" in early.stderr and "phase Running" in early.stderr
+
+        # No manifest yet: the report is refused rather than shown half-written.
+        uncommitted = plugin(testbed, "report", name, "-n", ns)
+        assert uncommitted.returncode == 4 and "has not committed its output yet" in uncommitted.stderr
+
+        # Play the job's part: the report, then the commit; then let the pods finish.
+        out = run["spec"]["output"]["uri"]
+        put(s3, out + "report.md", b"# Augmentation report\n\n| augmenter | kept |\n| --- | --- |\n| typo | 20 |\n\n"
+                                   b"Rows in: **50**, rows out: **70**.\n")
+        commit_output(s3, run, rows=50, generated={"typo": 20})
+        waiter = subprocess.Popen([str(PLUGIN), "wait", name, "-n", ns, "--timeout", "90"],
+                                  env=dict(testbed.env(), NO_COLOR="1"), stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True)
+        time.sleep(1)
+        release(kube_api, ns, uid)
+        stdout, stderr = waiter.communicate(timeout=120)
+        assert waiter.returncode == 0, stderr
+        assert f"AugmentationRun/{name} Succeeded" in stdout
+
+        raw = plugin(testbed, "status", name, "-n", ns, "-o", "json")
+        status = json.loads(raw.stdout)
+        assert status["phase"] == "Succeeded" and status["results"]["samplesOut"] == 70
+        text = plugin(testbed, "status", name, "-n", ns).stdout
+        assert "Succeeded" in text and "augmenter typo (kept)" in text and "manifest.json" in text
+
+        report = plugin(testbed, "report", name, "-n", ns)
+        assert report.returncode == 0, report.stderr
+        assert "Augmentation report" in report.stdout and "typo" in report.stdout
+        assert out + "report.md" in report.stdout
+
+        html = tmp_path / "report.html"
+        missing = plugin(testbed, "report", name, "-n", ns, "--html", str(html))
+        assert missing.returncode == 4 and "no HTML report published yet" in missing.stderr
+        assert out + "report.html" in missing.stderr and not html.exists()
+        put(s3, out + "report.html", b"<html><body><h1>report</h1></body></html>", "text/html")
+        written = plugin(testbed, "report", name, "-n", ns, "--html", str(html))
+        assert written.returncode == 0, written.stderr
+        assert html.read_bytes() == b"<html><body><h1>report</h1></body></html>"
+
+        # The real kubectl finds the plugin on PATH and hands it the arguments (and KUBECONFIG).
+        env = dict(testbed.env(), PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", NO_COLOR="1",
+                   COLUMNS="160")
+        listed = subprocess.run([str(binary("kubectl")), "plugin", "list"], env=env, capture_output=True, text=True,
+                                check=False)
+        assert "kubectl-sampleforge" in listed.stdout
+        via = subprocess.run([str(binary("kubectl")), "sampleforge", "status", f"augmentationrun/{name}", "-n", ns],
+                             env=env, capture_output=True, text=True, timeout=60, check=False)
+        assert via.returncode == 0, via.stderr
+        assert "Succeeded" in via.stdout and f"AugmentationRun/{name}" in via.stdout
+        via_wait = subprocess.run([str(binary("kubectl")), "sampleforge", "wait", name, "-n", ns, "--timeout", "5"],
+                                  env=env, capture_output=True, text=True, timeout=60, check=False)
+        assert via_wait.returncode == 0, via_wait.stderr
+
+        # Without the credentials Secret the report says which Secret, where, and what to do.
+        client.CoreV1Api(kube_api).delete_namespaced_secret(CREDENTIALS_SECRET, ns)
+        no_secret = plugin(testbed, "report", name, "-n", ns)
+        assert no_secret.returncode == 4
+        assert f"credentials Secret '{CREDENTIALS_SECRET}'" in no_secret.stderr and ns in no_secret.stderr
+
+    def test_wait_on_a_failing_run_exits_non_zero_with_the_reason(self, testbed: Testbed,
+                                                                  kube_api: client.ApiClient, ns: str) -> None:
+        run = create_run(kube_api, ns, example("augmentationrun.yaml", backoffLimit=0, parallelism=1), labels=HOLD)
+        name = run["metadata"]["name"]
+        pod = running_pod(kube_api, ns, run["metadata"]["uid"])
+        waiter = subprocess.Popen([str(PLUGIN), "wait", name, "-n", ns, "--timeout", "90"],
+                                  env=dict(testbed.env(), NO_COLOR="1", COLUMNS="300"), stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True)
+        time.sleep(1)
+        client.CoreV1Api(kube_api).patch_namespaced_pod(pod.metadata.name, ns,
+                                                        {"metadata": {"annotations": {EXIT_CODE_ANNOTATION: "7"}}})
+        _, stderr = waiter.communicate(timeout=120)
+        assert waiter.returncode == 1, stderr
+        assert f"AugmentationRun/{name} Failed: BackoffLimitExceeded" in stderr and "exited with code 7" in stderr
+
+    def test_an_unknown_run_names_the_namespace(self, testbed: Testbed, namespace: str) -> None:
+        missing = plugin(testbed, "status", "no-such-run", "-n", namespace)
+        assert missing.returncode == 4
+        assert f"no AugmentationRun or FineTuneRun named 'no-such-run' in namespace '{namespace}'" in missing.stderr
+        wrong_kind = plugin(testbed, "wait", "ftr/no-such-run", "-n", namespace)
+        assert wrong_kind.returncode == 4 and "no FineTuneRun named 'no-such-run'" in wrong_kind.stderr
+
+
+class TestFineTuneRuns:
+    def test_compare_and_report(self, testbed: Testbed, kube_api: client.ApiClient, ns: str,
+                                stored: Callable[..., Any], s3: Minio) -> None:
+        runs = {}
+        for name, metrics in (("baseline", {"ndcg@10": 0.58, "mrr": 0.5, "auc": 0.75}),
+                              ("augmented", {"ndcg@10": 0.612, "mrr": 0.52, "auc": 0.74})):
+            run = create_run(kube_api, ns, stored("finetunerun-baseline.yaml"), name=name, labels=HOLD)
+            wait_phase(kube_api, FT, ns, name, "Running")
+            if name == "augmented":
+                put(s3, run["spec"]["output"]["uri"] + "model/README.md",
+                    b"# shoes ranker\n\nA LoRA relevance ranker trained on the augmented set.\n")
+            commit_output(s3, run, metrics=metrics)
+            release(kube_api, ns, run["metadata"]["uid"])
+            runs[name] = run
+        for name in runs:
+            assert plugin(testbed, "wait", f"finetunerun/{name}", "-n", ns, "--timeout", "90").returncode == 0
+
+        table = plugin(testbed, "compare", "baseline", "augmented", "-n", ns)
+        assert table.returncode == 0, table.stderr
+        text = table.stdout.replace("│", " ")
+        assert "lift in points over baseline" in text
+        assert "+3.20" in text and "+2.00" in text and "-1.00" in text
+        lifts = json.loads(plugin(testbed, "compare", "ftr/baseline", "ftr/augmented", "-n", ns, "-o", "json").stdout)
+        assert lifts[1]["liftPoints"] == pytest.approx({"ndcg@10": 3.2, "mrr": 2.0, "auc": -1.0})
+        assert lifts[0]["metrics"]["ndcg@10"] == 0.58
+
+        card = plugin(testbed, "report", "augmented", "-n", ns)
+        assert card.returncode == 0, card.stderr
+        assert "shoes ranker" in card.stdout and "metrics.json" in card.stdout
+        assert "ndcg@10" in card.stdout and "0.612" in card.stdout
+
+        not_ft = plugin(testbed, "compare", "ar/baseline", "augmented", "-n", ns)
+        assert not_ft.returncode == 2 and "compare takes FineTuneRuns" in not_ft.stderr
