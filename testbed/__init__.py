@@ -1,5 +1,7 @@
 """The local testbed: real etcd, kube-apiserver, controllers, kwok GPU nodes and MinIO.
 
+llama.cpp's OpenAI-compatible server too, for the openai generation engine.
+
 Development and test tooling only: the operator never imports it. Used by the pytest fixtures, the
 demo and the benchmarks alike.
 """
@@ -12,10 +14,12 @@ from sampleforge.testbed._kwok import (
     HOLD_KEY,
     IMAGE_PULL_ERROR_LABEL,
 )
+from sampleforge.testbed._llamacpp import LlamaCppServer, llamacpp_missing, start_llamacpp
 from sampleforge.testbed._paths import ALL_BINARIES, binary, kubernetes_version, missing_binaries
 from sampleforge.testbed._testbed import Testbed, TestbedOptions
 
 __all__ = [
     "ALL_BINARIES", "EXIT_CODE_ANNOTATION", "GPU_RESOURCE", "GPU_TAINT", "HOLD_KEY", "IMAGE_PULL_ERROR_LABEL",
-    "Testbed", "TestbedError", "TestbedOptions", "binary", "kubernetes_version", "missing_binaries",
+    "LlamaCppServer", "Testbed", "TestbedError", "TestbedOptions", "binary", "kubernetes_version",
+    "llamacpp_missing", "missing_binaries", "start_llamacpp",
 ]

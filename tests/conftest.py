@@ -18,7 +18,14 @@ import pytest
 from kubernetes import client
 from minio import Minio
 
-from sampleforge.testbed import Testbed, TestbedOptions, missing_binaries
+from sampleforge.testbed import (
+    LlamaCppServer,
+    Testbed,
+    TestbedOptions,
+    llamacpp_missing,
+    missing_binaries,
+    start_llamacpp,
+)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CRD_DIR = REPO_ROOT / "crds"
@@ -65,6 +72,25 @@ def testbed(request: pytest.FixtureRequest) -> Iterator[Testbed]:
         yield tb
     finally:
         tb.stop(keep_workdir=request.session.stash.get(_FAILED, False))
+
+
+@pytest.fixture(scope="session")
+def llm_server(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Iterator[LlamaCppServer]:
+    """llama.cpp's OpenAI-compatible server serving SmolLM2-135M-Instruct, demanding an API key, started
+    once per session. Skipped when it is not built, except where the testbed is required."""
+    missing = llamacpp_missing()
+    if missing:
+        if _testbed_required():
+            pytest.fail(f"{missing}; CI never skips integration tests")
+        pytest.skip(missing)
+    logs = tmp_path_factory.mktemp("llama-cpp-server")
+    server = start_llamacpp(logs, api_key="testbed-" + secrets.token_hex(12))
+    try:
+        yield server
+    finally:
+        server.stop()
+        if request.session.stash.get(_FAILED, False):
+            print(f"llama.cpp server log kept in {logs}")
 
 
 @pytest.fixture
