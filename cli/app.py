@@ -219,7 +219,7 @@ def wait(ctx: typer.Context, run: RunArg,
         out.print(f"{kind.value}/{name} Succeeded", highlight=False)
         return
     if phase == Phase.FAILED:
-        failed = next((c for c in (current.get("status") or {}).get("conditions", []) if c.get("type") == "Failed"),
+        failed: dict[str, Any] = next((c for c in (current.get("status") or {}).get("conditions", []) if c.get("type") == "Failed"),
                       {})
         raise _fail(f"{kind.value}/{name} Failed: {failed.get('reason', 'Failed')}: {failed.get('message', '')}",
                     EXIT_FAILED)

@@ -8,7 +8,9 @@ namespace or the Secret and says what to do, never a traceback from the client l
 
 from __future__ import annotations
 
+import base64
 import os
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,19 +56,16 @@ def connect(namespace: str | None, context: str | None, kubeconfig: str | None) 
     configuration = client.Configuration()
     path = kubeconfig or os.environ.get("KUBECONFIG") or None
     try:
-        config.load_kube_config(config_file=path, context=context, client_configuration=configuration)
-        try:
-            _, active = config.list_kube_config_contexts(config_file=path)
-            contexts = {c["name"]: c for c in config.list_kube_config_contexts(config_file=path)[0]}
-            chosen = contexts.get(context) if context else active
-            default_ns = (chosen or {}).get("context", {}).get("namespace") or "default"
-        except ConfigException:
-            default_ns = "default"
+        config.load_kube_config(config_file=path, context=context,  # type: ignore[no-untyped-call]
+                                client_configuration=configuration)
+        contexts, active = config.list_kube_config_contexts(config_file=path)  # type: ignore[no-untyped-call]
+        chosen = next((c for c in contexts if c["name"] == context), None) if context else active
+        default_ns = str((chosen or {}).get("context", {}).get("namespace") or "default")
     except (ConfigException, FileNotFoundError, OSError) as kube_err:
         if context:
             raise UserError(f"cannot use context {context!r}: {kube_err}") from None
         try:
-            config.load_incluster_config(client_configuration=configuration)
+            config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
         except ConfigException:
             raise UserError(f"no cluster to talk to: {kube_err}; set KUBECONFIG or --kubeconfig, or run inside a "
                             "pod") from None
@@ -93,8 +92,9 @@ def get_run(cluster: Cluster, ref: RunRef) -> tuple[Kind, dict[str, Any]]:
     found: list[tuple[Kind, dict[str, Any]]] = []
     for kind in kinds:
         try:
-            found.append((kind, dict(cluster.custom.get_namespaced_custom_object(
-                GROUP, VERSION, cluster.namespace, PLURALS[kind], ref.name))))
+            obj: dict[str, Any] = cluster.custom.get_namespaced_custom_object(  # type: ignore[assignment]
+                GROUP, VERSION, cluster.namespace, PLURALS[kind], ref.name)
+            found.append((kind, obj))
         except client.ApiException as err:
             if err.status == 404 and not _not_served(err):
                 continue
@@ -124,17 +124,15 @@ def is_terminal(run: dict[str, Any]) -> bool:
 def watch_run(cluster: Cluster, kind: Kind, name: str, timeout: float) -> Iterator[dict[str, Any] | None]:
     """The run each time it changes, until ``timeout`` seconds pass (a watch, so a phase change is
     seen at once); ``None`` when the run is deleted. Restarts the watch when the server ends it."""
-    import time
-
     deadline = time.monotonic() + timeout
     version: str | None = None
     while (left := deadline - time.monotonic()) > 0:
-        w = watch.Watch()
+        w = watch.Watch()  # type: ignore[no-untyped-call]
         try:
-            for event in w.stream(cluster.custom.list_namespaced_custom_object, GROUP, VERSION, cluster.namespace,
-                                  PLURALS[kind], field_selector=f"metadata.name={name}",
-                                  resource_version=version, timeout_seconds=max(1, int(left)),
-                                  allow_watch_bookmarks=False):
+            events = w.stream(  # type: ignore[no-untyped-call]
+                cluster.custom.list_namespaced_custom_object, GROUP, VERSION, cluster.namespace, PLURALS[kind],
+                field_selector=f"metadata.name={name}", resource_version=version, timeout_seconds=max(1, int(left)))
+            for event in events:
                 obj = event["object"]
                 if event["type"] == "ERROR":
                     version = None
@@ -149,7 +147,7 @@ def watch_run(cluster: Cluster, kind: Kind, name: str, timeout: float) -> Iterat
                 continue
             raise _api_error(err, f"watch {kind.value} {name}") from None
         finally:
-            w.stop()
+            w.stop()  # type: ignore[no-untyped-call]
 
 
 # --- pods -----------------------------------------------------------------------------------------
@@ -162,12 +160,30 @@ def run_pods(cluster: Cluster, run: dict[str, Any]) -> list[client.V1Pod]:
         pods = cluster.core.list_namespaced_pod(cluster.namespace, label_selector=f"{LABEL_RUN_UID}={uid}").items
     except client.ApiException as err:
         raise _api_error(err, f"list the pods of {run['metadata']['name']} in namespace {cluster.namespace}") from None
-    return sorted(pods, key=lambda p: (_index_key(p), p.metadata.creation_timestamp, p.metadata.name))
+    return sorted(pods, key=lambda p: (_index_key(p), pod_meta(p).creation_timestamp, pod_name(p)))
+
+
+def pod_meta(pod: client.V1Pod) -> client.V1ObjectMeta:
+    assert pod.metadata is not None, "the API server always returns a pod's metadata"
+    return pod.metadata
+
+
+def pod_name(pod: client.V1Pod) -> str:
+    return str(pod_meta(pod).name)
+
+
+def pod_phase(pod: client.V1Pod) -> str:
+    return str(pod.status.phase or "") if pod.status else ""
+
+
+def pod_node(pod: client.V1Pod) -> str | None:
+    return pod.spec.node_name if pod.spec else None
 
 
 def completion_index(pod: client.V1Pod) -> str | None:
-    meta = pod.metadata
-    return (meta.annotations or {}).get(COMPLETION_INDEX) or (meta.labels or {}).get(COMPLETION_INDEX)
+    meta = pod_meta(pod)
+    index = (meta.annotations or {}).get(COMPLETION_INDEX) or (meta.labels or {}).get(COMPLETION_INDEX)
+    return str(index) if index is not None else None
 
 
 def _index_key(pod: client.V1Pod) -> int:
@@ -179,7 +195,7 @@ def pod_prefix(kind: Kind, pod: client.V1Pod) -> str:
     """``shard 2/x7k2p`` for an AugmentationRun's pod, ``rank 0/q9z1m`` for a FineTuneRun's: the
     index says which part of the work, the pod's own suffix tells retries of that index apart."""
     index = completion_index(pod)
-    name = pod.metadata.name
+    name = pod_name(pod)
     if index is None:
         return name
     role = "shard" if kind == Kind.AUGMENTATION_RUN else "rank"
@@ -206,8 +222,6 @@ def storage_client(cluster: Cluster, kind: Kind, run: dict[str, Any], endpoint: 
                             f"spec.storage.credentialsSecret is missing from namespace {cluster.namespace!r}; "
                             "create it with keys accessKey and secretKey") from None
         raise _api_error(err, f"read Secret {secret_name} (spec.storage.credentialsSecret of {name})") from None
-    import base64
-
     data = secret.data or {}
     keys = []
     for key in (storage.access_key_key(), storage.secret_key_key()):

@@ -18,7 +18,7 @@ from kubernetes import client, watch
 from sampleforge.api import Kind
 from sampleforge.api.constants import LABEL_RUN_UID
 
-from .kube import Cluster, get_run, is_terminal, pod_prefix, run_pods
+from .kube import Cluster, get_run, is_terminal, pod_name, pod_node, pod_phase, pod_prefix, run_pods
 from .refs import RunRef
 
 #: Pod phases in which a container has started, so the kubelet has a log to give.
@@ -44,8 +44,8 @@ class _Printer:
 
 
 def _container(pod: client.V1Pod) -> str | None:
-    containers = pod.spec.containers or []
-    return containers[0].name if containers else None
+    containers = (pod.spec.containers if pod.spec else None) or []
+    return str(containers[0].name) if containers else None
 
 
 def _log_error(err: client.ApiException) -> str:
@@ -63,15 +63,15 @@ def print_logs(cluster: Cluster, kind: Kind, run: dict[str, Any], tail: int | No
     read = 0
     for pod in pods:
         prefix = pod_prefix(kind, pod)
-        if (pod.status.phase or "") not in _STARTED:
-            printer.note(f"[{prefix}] pod {pod.metadata.name} is {pod.status.phase}: no log yet")
+        if pod_phase(pod) not in _STARTED:
+            printer.note(f"[{prefix}] pod {pod_name(pod)} is {pod_phase(pod)}: no log yet")
             continue
         try:
-            text = cluster.core.read_namespaced_pod_log(pod.metadata.name, cluster.namespace,
+            text = cluster.core.read_namespaced_pod_log(pod_name(pod), cluster.namespace,
                                                         container=_container(pod), tail_lines=tail)
         except client.ApiException as api_err:
-            printer.note(f"[{prefix}] cannot read the log of pod {pod.metadata.name} "
-                         f"(node {pod.spec.node_name}): {_log_error(api_err)}")
+            printer.note(f"[{prefix}] cannot read the log of pod {pod_name(pod)} "
+                         f"(node {pod_node(pod)}): {_log_error(api_err)}")
             continue
         read += 1
         for line in str(text).splitlines():
@@ -90,12 +90,12 @@ def follow_logs(cluster: Cluster, kind: Kind, run: dict[str, Any], tail: int | N
 
     def stream(pod: client.V1Pod, prefix: str) -> None:
         try:
-            response = cluster.core.read_namespaced_pod_log(pod.metadata.name, cluster.namespace,
+            response: Any = cluster.core.read_namespaced_pod_log(pod_name(pod), cluster.namespace,
                                                             container=_container(pod), follow=True,
                                                             tail_lines=tail, _preload_content=False)
         except client.ApiException as api_err:
-            printer.note(f"[{prefix}] cannot read the log of pod {pod.metadata.name} "
-                         f"(node {pod.spec.node_name}): {_log_error(api_err)}")
+            printer.note(f"[{prefix}] cannot read the log of pod {pod_name(pod)} "
+                         f"(node {pod_node(pod)}): {_log_error(api_err)}")
             return
         counts["read"] += 1
         pending = b""
@@ -111,8 +111,8 @@ def follow_logs(cluster: Cluster, kind: Kind, run: dict[str, Any], tail: int | N
             response.release_conn()
 
     def consider(pod: client.V1Pod) -> None:
-        name = pod.metadata.name
-        if name in streaming or (pod.status.phase or "") not in _STARTED:
+        name = pod_name(pod)
+        if name in streaming or pod_phase(pod) not in _STARTED:
             return
         counts["pods"] += 1
         prefix = pod_prefix(kind, pod)
@@ -125,9 +125,10 @@ def follow_logs(cluster: Cluster, kind: Kind, run: dict[str, Any], tail: int | N
         consider(pod)
     selector = f"{LABEL_RUN_UID}={run['metadata']['uid']}"
     while not stop():
-        w = watch.Watch()
-        for event in w.stream(cluster.core.list_namespaced_pod, cluster.namespace, label_selector=selector,
-                              timeout_seconds=5):
+        w = watch.Watch()  # type: ignore[no-untyped-call]
+        events = w.stream(cluster.core.list_namespaced_pod, cluster.namespace,  # type: ignore[no-untyped-call]
+                          label_selector=selector, timeout_seconds=5)
+        for event in events:
             if event["type"] in ("ADDED", "MODIFIED"):
                 consider(event["object"])
         current = get_run(cluster, RunRef(run["metadata"]["name"], kind))[1]
