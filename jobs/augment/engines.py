@@ -34,6 +34,7 @@ import email.utils
 import http.client
 import json
 import logging
+import math
 import os
 import random
 import threading
@@ -161,6 +162,10 @@ class EngineStats:
     attempts: int = 0
     retries: int = 0
     failed: Counter[str] = field(default_factory=Counter)
+    #: Seconds each answered request took, retries included (openai), for p50 / p99.
+    latencies: list[float] = field(default_factory=list)
+    #: Completion tokens the endpoint reported (``usage``), where it reports them.
+    completion_tokens: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     def add(self, **counts: int) -> None:
@@ -172,6 +177,18 @@ class EngineStats:
         with self._lock:
             self.failed[reason] += 1
 
+    def answered(self, seconds: float, tokens: int) -> None:
+        with self._lock:
+            self.latencies.append(seconds)
+            self.completion_tokens += tokens
+
+    def percentile(self, q: float) -> float | None:
+        """The ``q`` quantile (0..1) of request latency, nearest rank; None before any answer."""
+        if not self.latencies:
+            return None
+        ordered = sorted(self.latencies)
+        return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered) - 1e-9) - 1))]
+
     def summary(self) -> dict[str, Any]:
         rate = self.generated / self.generation_seconds if self.generation_seconds > 0 else None
         out: dict[str, Any] = {
@@ -180,7 +197,11 @@ class EngineStats:
             "generated": self.generated, "generatedPerSecond": round(rate, 3) if rate is not None else None,
         }
         if self.engine == "openai":
-            out.update({"httpAttempts": self.attempts, "retries": self.retries, "failed": dict(sorted(self.failed.items()))})
+            p50, p99 = self.percentile(0.5), self.percentile(0.99)
+            out.update({"httpAttempts": self.attempts, "retries": self.retries,
+                        "failed": dict(sorted(self.failed.items())), "completionTokens": self.completion_tokens,
+                        "latencySeconds": {"p50": round(p50, 3) if p50 is not None else None,
+                                           "p99": round(p99, 3) if p99 is not None else None}})
         return out
 
 
@@ -376,12 +397,16 @@ class OpenAIGenerator:
         def one(request: tuple[Any, int]) -> str | Failed:
             messages, seed = request
             body = chat_body(self.model, messages, settings.max_new_tokens, settings.temperature, self.top_p, seed)
+            sent = time.monotonic()
             document, reason = self.client.request("/chat/completions", body)
             text = answer_text(document) if reason is None else None
             if text is None:
                 reason = reason or "malformed response (no choices[0].message.content)"
                 self.stats.fail(reason)
                 return Failed(reason)
+            usage = document.get("usage") if isinstance(document, dict) else None
+            tokens = usage.get("completion_tokens") if isinstance(usage, dict) else None
+            self.stats.answered(time.monotonic() - sent, tokens if isinstance(tokens, int) else 0)
             return text
 
         if not requests:

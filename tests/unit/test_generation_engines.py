@@ -248,3 +248,12 @@ def test_stats_are_thread_safe() -> None:
     for t in threads:
         t.join()
     assert stats.attempts == 4000 and stats.failed["HTTP 503"] == 4000
+
+
+def test_latency_percentiles_by_nearest_rank() -> None:
+    stats = EngineStats("openai", "m")
+    assert stats.percentile(0.5) is None and stats.summary()["latencySeconds"] == {"p50": None, "p99": None}
+    for i in range(1, 101):
+        stats.answered(i / 100, 3)
+    assert stats.percentile(0.5) == 0.5 and stats.percentile(0.99) == 0.99 and stats.percentile(1.0) == 1.0
+    assert stats.completion_tokens == 300 and stats.summary()["latencySeconds"] == {"p50": 0.5, "p99": 0.99}
