@@ -17,7 +17,7 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from sampleforge.api import AugmentationRunStatus, ConditionStatus, FineTuneRunStatus, Kind, Phase
+from sampleforge.api import AugmentationRunStatus, Condition, ConditionStatus, FineTuneRunStatus, Kind, Phase
 from sampleforge.api.fields import LOWER_IS_BETTER
 
 PHASE_STYLES: dict[str, str] = {
@@ -93,15 +93,7 @@ def status_view(kind: Kind, run: Mapping[str, Any], now: datetime | None = None)
     parts: list[RenderableType] = [head]
 
     if status.conditions:
-        table = Table(title="Conditions", title_justify="left", expand=False)
-        for column in ("Type", "Status", "Reason", "Age", "Message"):
-            table.add_column(column, overflow="fold")
-        for c in status.conditions:
-            bad = (c.status == ConditionStatus.TRUE) == (c.type in _BAD_WHEN_TRUE)
-            style = "red" if bad and c.status != ConditionStatus.UNKNOWN else "green"
-            table.add_row(c.type, Text(c.status.value, style=style), c.reason, age(c.last_transition_time, now),
-                          c.message)
-        parts.append(table)
+        parts.append(conditions_view(status.conditions, now))
 
     if status.progress:
         parts.append(_progress_view(status.progress, now))
@@ -119,6 +111,33 @@ def status_view(kind: Kind, run: Mapping[str, Any], now: datetime | None = None)
     return Group(*parts)
 
 
+def condition_style(type_: str, value: str) -> str:
+    """Red for bad news (Stalled, Failed, SpecChangeIgnored True), green for Ready, yellow for
+    not ready yet, dim for conditions that are simply not the case."""
+    if type_ in _BAD_WHEN_TRUE:
+        return "bold red" if value == ConditionStatus.TRUE else "dim"
+    if type_ == "Ready":
+        return "green" if value == ConditionStatus.TRUE else "yellow"
+    return "cyan" if value == ConditionStatus.TRUE else "dim"
+
+
+def conditions_view(conditions: Sequence[Condition], now: datetime | None = None) -> RenderableType:
+    """Ready, then every condition that holds (True or Unknown), each with reason, age and message;
+    the ones that are False are only named: their message repeats Ready's and would bury the news."""
+    ordered = sorted(conditions, key=lambda c: (c.type != "Ready", c.status == ConditionStatus.FALSE, c.type))
+    shown = [c for c in ordered if c.type == "Ready" or c.status != ConditionStatus.FALSE]
+    table = Table(title="Conditions", title_justify="left", expand=False)
+    for column in ("Type", "Status", "Reason", "Age", "Message"):
+        table.add_column(column, overflow="fold")
+    for c in shown:
+        table.add_row(c.type, Text(c.status.value, style=condition_style(c.type, c.status)), c.reason,
+                      age(c.last_transition_time, now), c.message)
+    hidden = [c.type for c in ordered if c not in shown]
+    if not hidden:
+        return table
+    return Group(table, Text(f"False: {', '.join(hidden)}", style="dim"))
+
+
 def _progress_view(progress: Any, now: datetime | None) -> RenderableType:
     grid = _kv_table()
     if progress.done is not None or progress.total is not None:
@@ -131,7 +150,7 @@ def _progress_view(progress: Any, now: datetime | None) -> RenderableType:
         grid.add_row("Done", f"{done} / {total}" + (f"  {bar} {percent}%" if percent is not None else ""))
     if progress.rate is not None:
         grid.add_row("Rate", f"{format_number(progress.rate)}/s")
-    if progress.eta or progress.eta_seconds is not None:
+    if (progress.eta or progress.eta_seconds is not None) and progress.percent != 100:
         grid.add_row("ETA", progress.eta or human_duration(progress.eta_seconds or 0))
     if progress.stage:
         grid.add_row("Stage", progress.stage)
@@ -237,7 +256,7 @@ def compare_table(runs: Sequence[Compared]) -> Table:
     table.add_column(f"{base.name}\n{base.phase}", justify="right")
     for run in runs[1:]:
         table.add_column(f"{run.name}\n{run.phase}", justify="right")
-        table.add_column("lift", justify="right")
+        table.add_column("lift\n(points)", justify="right")
     for metric in metric_names(runs):
         cells: list[str | Text] = [metric, format_number(base.metrics.get(metric))]
         for run in runs[1:]:

@@ -93,6 +93,7 @@ class TestStatusView:
         assert "Running" in text and "2 (operator has seen 1)" in text
         assert "18m ago" in text  # startTime
         assert re.search(r"Ready\s+False\s+JobRunning\s+10m\s+2 of 2 pods running", text)
+        assert "False: Stalled" in text and not re.search(r"Stalled\s+False", text)
         assert "370 / 1,000" in text and "37%" in text and "51m" in text and "training" in text
         assert "1.25/s" in text and "30s ago" in text
         assert "s3://models/ranker/" in text
@@ -111,6 +112,18 @@ class TestStatusView:
         assert "×2.50" in text
         assert re.search(r"augmenter typo \(kept\)\s+900", text) and re.search(r"filter dedup \(dropped\)\s+42", text)
         assert re.search(r"Rejected rows\s+3", text)
+
+    def test_a_failed_run_leads_with_ready_then_what_holds(self) -> None:
+        at = "2026-12-03T07:59:00Z"
+        run = finetune_run(phase="Failed", conditions=[
+            {"type": t, "status": v, "reason": r, "message": m, "lastTransitionTime": at} for t, v, r, m in (
+                ("Complete", "False", "BackoffLimitExceeded", "x"), ("Failed", "True", "BackoffLimitExceeded",
+                                                                     "pod ranker-0 exited with code 7"),
+                ("Stalled", "True", "BackoffLimitExceeded", "y"), ("Ready", "False", "BackoffLimitExceeded", "z"))])
+        lines = [line for line in render(status_view(Kind.FINE_TUNE_RUN, run, NOW)).splitlines()
+                 if "BackoffLimitExceeded" in line]
+        assert [line.split()[1] for line in lines] == ["Ready", "Failed", "Stalled"]
+        assert "exited with code 7" in lines[1]
 
     def test_a_run_the_operator_has_not_seen(self) -> None:
         text = render(status_view(Kind.AUGMENTATION_RUN, {"metadata": {"name": "new", "namespace": "ml"}}, NOW))
