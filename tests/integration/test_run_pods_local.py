@@ -3,6 +3,8 @@ local-process node (pods really run the job, which reads its spec from the mount
 writes only to its emptyDirs), MinIO, and the run's status.
 
 * a run on good data succeeds;
+* an AugmentationRun and a FineTuneRun chained on it both succeed, and each one's status equals what
+  it committed (manifest.json; the FineTuneRun's metrics.json), value for value;
 * a run on an empty source file fails with reason DatasetUnreadable naming spec.source.uri, at once
   (the Job's podFailurePolicy), where it used to succeed with 0 rows.
 """
@@ -11,10 +13,12 @@ from __future__ import annotations
 
 import io
 import json
+import math
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from finetune_support import MINILM
 from kubernetes import client
 from operator_helpers import CREDENTIALS_SECRET, condition, create_run, jobs_of, pods_of, wait_phase
 
@@ -25,7 +29,7 @@ from sampleforge.testbed._localnode import LOCAL_NODE_NAME
 from sampleforge.testbed._operator import OPERATOR_NAMESPACE, OperatorProcess
 
 pytestmark = pytest.mark.integration
-AR = Kind.AUGMENTATION_RUN
+AR, FT = Kind.AUGMENTATION_RUN, Kind.FINE_TUNE_RUN
 NAMESPACE = "search-ml"
 BUCKET = "datasets"
 
@@ -99,3 +103,43 @@ def test_an_empty_source_fails_the_run_as_dataset_unreadable_at_once(local: Test
         job = jobs_of(api, NAMESPACE, run["metadata"]["uid"])[0]
         assert (job.status.failed or 0) == 1
     assert not list(local.minio.client().list_objects(BUCKET, prefix="out/empty-source/manifest.json"))
+
+
+def _read(tb: Testbed, uri: str) -> dict[str, Any]:
+    bucket, _, key = uri[len("s3://"):].partition("/")
+    return dict(json.loads(tb.minio.client().get_object(bucket, key).read()))
+
+
+def test_a_chained_finetune_run_shows_exactly_what_both_runs_committed(local: Testbed) -> None:
+    rows = [{"query": f"trail shoe {i % 8}", "item": f"Trail runner model {i} {'waterproof' if i % 2 else 'mesh'}",
+             "label": i % 2} for i in range(48)]
+    source = put(local, "chain/train.jsonl", "\n".join(json.dumps(r) for r in rows).encode() + b"\n")
+    for path in sorted(p for p in MINILM.rglob("*") if p.is_file()):
+        local.minio.client().fput_object(BUCKET, f"models/minilm/{path.relative_to(MINILM).as_posix()}", str(path))
+    held_out = [{"query": f"road shoe {q}", "item": f"Road racer {q}-{i} {'carbon plate' if i % 2 else 'foam'}",
+                 "label": i % 2} for q in range(3) for i in range(4)]
+    eval_uri = put(local, "chain/eval.jsonl", "\n".join(json.dumps(r) for r in held_out).encode() + b"\n")
+    aug = run_doc(local, "chain-aug", source)
+    finetune = {"apiVersion": "sampleforge.io/v1alpha1", "kind": "FineTuneRun", "metadata": {"name": "chain-ranker"},
+                "spec": {"storage": aug["spec"]["storage"],
+                         "data": {"fromAugmentationRun": "chain-aug", "eval": eval_uri},
+                         "model": f"s3://{BUCKET}/models/minilm/", "task": "relevance", "method": {"type": "full"},
+                         "training": {"epochs": 1, "maxSteps": 6, "batchSize": 8, "maxLength": 32, "seed": 3},
+                         "evaluation": {"metrics": ["ndcg@5", "mrr", "auc"]}, "resources": {"gpus": 0, "cpu": "1"},
+                         "output": {"uri": f"s3://{BUCKET}/out/chain-ranker/"}}}
+    with local.api_client() as api:
+        create_run(api, NAMESPACE, finetune)  # waits for its upstream, which is created after it
+        create_run(api, NAMESPACE, aug)
+        aug_done = wait_phase(api, AR, NAMESPACE, "chain-aug", "Succeeded", timeout=300)
+        ft_done = wait_phase(api, FT, NAMESPACE, "chain-ranker", "Succeeded", timeout=600)
+    manifest = _read(local, aug_done["status"]["outputs"]["manifestUri"])
+    results = aug_done["status"]["results"]
+    assert (results["samplesIn"], results["samplesOut"]) == (manifest["rowsIn"], manifest["rowsOut"])
+    assert results["perAugmenter"] == {name: a["kept"] for name, a in manifest["augmenters"].items()}
+    metrics = _read(local, ft_done["status"]["outputs"]["uri"] + "metrics.json")
+    ft_results = ft_done["status"]["results"]
+    finite = {k: v for k, v in metrics["final"].items() if isinstance(v, float) and math.isfinite(v)}
+    assert finite and ft_results["latestMetrics"] == pytest.approx(finite)
+    assert ft_results["step"] == metrics["step"] and ft_results["loss"] == pytest.approx(metrics["loss"])
+    assert ft_done["status"]["progress"]["done"] == ft_done["status"]["progress"]["total"]
+    assert ft_done["status"]["completionTime"] > ft_done["status"]["startTime"]
