@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import yaml
 from kubernetes import client, config, watch
 from kubernetes.config.config_exception import ConfigException
 
@@ -58,9 +59,7 @@ def connect(namespace: str | None, context: str | None, kubeconfig: str | None) 
     try:
         config.load_kube_config(config_file=path, context=context,  # type: ignore[no-untyped-call]
                                 client_configuration=configuration)
-        contexts, active = config.list_kube_config_contexts(config_file=path)  # type: ignore[no-untyped-call]
-        chosen = next((c for c in contexts if c["name"] == context), None) if context else active
-        default_ns = str((chosen or {}).get("context", {}).get("namespace") or "default")
+        default_ns = context_namespace(path, context) or "default"
     except (ConfigException, FileNotFoundError, OSError) as kube_err:
         if context:
             raise UserError(f"cannot use context {context!r}: {kube_err}") from None
@@ -71,6 +70,25 @@ def connect(namespace: str | None, context: str | None, kubeconfig: str | None) 
                             "pod") from None
         default_ns = _IN_CLUSTER_NAMESPACE.read_text().strip() if _IN_CLUSTER_NAMESPACE.exists() else "default"
     return Cluster(client.ApiClient(configuration), namespace or default_ns)
+
+
+def context_namespace(path: str | None, context: str | None) -> str | None:
+    """The namespace of ``context`` (else of the current context) in a kubeconfig, merged over the
+    files of a KUBECONFIG list as kubectl merges them: the first file that sets a name wins. Read
+    here rather than through the client, whose listing refuses a file with any broken context."""
+    files = [Path(p).expanduser() for p in (path or "~/.kube/config").split(os.pathsep) if p]
+    documents = []
+    for file in files:
+        try:
+            documents.append(yaml.safe_load(file.read_text()) or {})
+        except (OSError, yaml.YAMLError):
+            continue
+    name = context or next((d.get("current-context") for d in documents if d.get("current-context")), None)
+    for document in documents:
+        for entry in document.get("contexts") or []:
+            if entry.get("name") == name:
+                return (entry.get("context") or {}).get("namespace") or None
+    return None
 
 
 def _api_error(err: client.ApiException, what: str) -> UserError:

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from kubernetes import client
 from minio import Minio
 from operator_helpers import (
@@ -179,12 +180,37 @@ class TestAugmentationRun:
         assert waiter.returncode == 1, stderr
         assert f"AugmentationRun/{name} Failed: BackoffLimitExceeded" in stderr and "exited with code 7" in stderr
 
-    def test_an_unknown_run_names_the_namespace(self, testbed: Testbed, namespace: str) -> None:
-        missing = plugin(testbed, "status", "no-such-run", "-n", namespace)
-        assert missing.returncode == 4
-        assert f"no AugmentationRun or FineTuneRun named 'no-such-run' in namespace '{namespace}'" in missing.stderr
-        wrong_kind = plugin(testbed, "wait", "ftr/no-such-run", "-n", namespace)
-        assert wrong_kind.returncode == 4 and "no FineTuneRun named 'no-such-run'" in wrong_kind.stderr
+    def test_context_namespace_and_unknown_runs(self, testbed: Testbed, kube_api: client.ApiClient, ns: str,
+                                                 tmp_path: Path) -> None:
+        name = create_run(kube_api, ns, example("augmentationrun.yaml", suspend=True))["metadata"]["name"]
+        # A kubeconfig whose current context is broken and whose context "team" defaults to the run's namespace:
+        # --context picks the cluster, the context's namespace is the default, -n overrides it.
+        kubeconfig = yaml.safe_load(testbed.kubeconfig.read_text())
+        good = kubeconfig["contexts"][0]
+        kubeconfig["contexts"] = [{"name": "team", "context": {**good["context"], "namespace": ns}},
+                                  {"name": "broken", "context": {**good["context"], "cluster": "nowhere"}}]
+        kubeconfig["current-context"] = "broken"
+        path = tmp_path / "kubeconfig"
+        path.write_text(yaml.safe_dump(kubeconfig))
+        env = dict(testbed.env(), KUBECONFIG=str(path), NO_COLOR="1", COLUMNS="160")
+
+        def run(*args: str) -> subprocess.CompletedProcess[str]:
+            return subprocess.run([str(PLUGIN), *args], env=env, capture_output=True, text=True, timeout=60,
+                                  check=False)
+
+        by_context = run("status", name, "--context", "team")
+        assert by_context.returncode == 0, by_context.stderr
+        assert f"AugmentationRun/{name} in namespace {ns}" in by_context.stdout
+        assert run("--context", "team", "-n", ns, "status", f"ar/{name}").returncode == 0  # options first, too
+        broken = run("status", name)
+        assert broken.returncode == 4 and "nowhere" in broken.stderr
+        elsewhere = run("status", name, "--context", "team", "-n", "default")
+        assert elsewhere.returncode == 4
+        assert f"no AugmentationRun or FineTuneRun named '{name}' in namespace 'default'" in elsewhere.stderr
+        wrong_kind = run("wait", f"ftr/{name}", "--context", "team")
+        assert wrong_kind.returncode == 4 and f"no FineTuneRun named '{name}' in namespace '{ns}'" in wrong_kind.stderr
+        no_context = run("status", name, "--context", "absent")
+        assert no_context.returncode == 4 and "cannot use context 'absent'" in no_context.stderr
 
 
 class TestFineTuneRuns:

@@ -15,6 +15,7 @@ import yaml
 from rich.console import Console
 
 from sampleforge.api import Kind
+from sampleforge.cli.kube import context_namespace
 from sampleforge.cli.lint import lint_document, lint_text
 from sampleforge.cli.refs import RefError, RunRef, parse_ref
 from sampleforge.cli.views import (
@@ -206,6 +207,20 @@ class TestLint:
         assert "not valid YAML" in lint_text("a: [", "x.yaml")[1][0].message
         bad = lint_document({"apiVersion": "sampleforge.io/v1alpha1", "kind": "Run"}, "x")
         assert "not a sampleforge run" in bad[0].message
+
+
+class TestKubeconfigNamespace:
+    def test_context_namespace_merges_a_kubeconfig_list_like_kubectl(self, tmp_path: Path) -> None:
+        first, second = tmp_path / "a", tmp_path / "b"
+        first.write_text(yaml.safe_dump({"current-context": "dev", "contexts": [
+            {"name": "dev", "context": {"cluster": "c", "namespace": "search-ml"}}]}))
+        second.write_text(yaml.safe_dump({"current-context": "prod", "contexts": [
+            {"name": "dev", "context": {"cluster": "c", "namespace": "ignored"}},
+            {"name": "prod", "context": {"cluster": "c"}}]}))
+        both = f"{first}:{second}"
+        assert context_namespace(both, None) == "search-ml"  # the first file's current-context and entry win
+        assert context_namespace(both, "prod") is None  # no namespace set: the caller's default applies
+        assert context_namespace(str(tmp_path / "missing"), "dev") is None
 
 
 class TestCommandLine:
