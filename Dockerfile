@@ -31,6 +31,7 @@ COPY api ./api
 COPY operator ./operator
 COPY jobs ./jobs
 COPY testbed ./testbed
+COPY cli ./cli
 RUN uv pip install --python /opt/venv/bin/python -c constraints.txt --no-deps .
 
 FROM ${PYTHON_IMAGE} AS operator
@@ -63,6 +64,7 @@ COPY api ./api
 COPY operator ./operator
 COPY jobs ./jobs
 COPY testbed ./testbed
+COPY cli ./cli
 RUN uv pip install --python /opt/venv/bin/python -c constraints.txt --no-deps .
 
 FROM ${CUDA_IMAGE} AS job
