@@ -42,6 +42,8 @@ Decisions, and why:
   engine records its load time apart from its generation time and rate (log line ``model loaded``,
   manifest ``augmenters.<name>.summary``, shard 0's figures): a 26 s de-quantisation must not read as
   slow generation.
+* **Generation cache**: answers are stored by what was asked (:mod:`.gencache`) under the run's
+  output, so a retried pod or an edited, not yet committed run does not generate them again.
 
 torch and transformers are imported when a generator is built: a run without these types never pays.
 """
@@ -59,10 +61,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from sampleforge.api import jobenv
+from sampleforge.jobs.common.storage import S3Uri
 
 from .embedding import ModelLocation
 from .engines import EngineStats, Failed, OpenAIGenerator, build_openai_generator
 from .errors import ConfigError, ModelError
+from .gencache import CachedGenerator
 from .prompts import DEFAULT_TEMPLATES, Templates, clean_output, judge, normalized, render, script_language
 from .protocol import (
     BatchPlan,
@@ -303,8 +307,9 @@ class TextGenerator:
 
 #: What an engine generates from: a formatted prompt (transformers) or chat messages (openai).
 ModelInput = str | tuple[tuple[str, str], ...]
-#: Either engine: both have ``kind``, ``prompt``, ``format``, ``generate`` and ``stats``.
-Generator = TextGenerator | OpenAIGenerator
+#: Either engine, or either behind the cache: all have ``kind``, ``prompt``, ``format``, ``generate``
+#: and ``stats``.
+Generator = TextGenerator | OpenAIGenerator | CachedGenerator
 
 
 @dataclass(frozen=True)
@@ -432,6 +437,11 @@ class GeneratingAugmenter:
         back = getattr(self, "back", None)
         if back is not None and back.stats is not self.generator.stats:
             out["reverse"] = back.stats.summary()
+        caches = [g for g in (self.generator, back) if isinstance(g, CachedGenerator)]
+        if caches:
+            out["cache"] = {"hits": sum(c.hits for c in {id(c): c for c in caches}.values()),
+                            "misses": sum(c.misses for c in {id(c): c for c in caches}.values()),
+                            "prefix": caches[0].summary()["prefix"]}
         return out
 
     def _answer(self, requests: Sequence[_Request], batch: RowBatch, generator: Generator | None = None,
@@ -596,12 +606,23 @@ def _settings(entry: Any) -> GenerationSettings:
     return GenerationSettings(int(entry.batch_size), int(entry.max_new_tokens), float(entry.temperature))
 
 
-def _generator(entry: Any, build: BuildContext, ref: str, field: str) -> Generator:
+def _engine(entry: Any, build: BuildContext, ref: str, field: str) -> TextGenerator | OpenAIGenerator:
     """The engine the entry names, for model ``ref`` (spec field ``field``)."""
     if getattr(entry, "engine", "transformers") == "openai":
         shards = int(os.environ.get(jobenv.SHARD_COUNT) or 1)
         return build_openai_generator(entry, build.index, build.field_path, ref, shards, TOP_P)
     return build.models.generator(ref, f"{build.field_path}.{field}")
+
+
+def _cached(engine: TextGenerator | OpenAIGenerator, build: BuildContext) -> Generator:
+    """The engine behind the run's generation cache (where the run has a store: always, in a pod)."""
+    if build.store is None:
+        return engine
+    return CachedGenerator(engine, build.store, S3Uri.parse(str(build.spec.output.uri)), TOP_P)
+
+
+def _generator(entry: Any, build: BuildContext, ref: str, field: str) -> Generator:
+    return _cached(_engine(entry, build, ref, field), build)
 
 
 @register_row_augmenter("paraphrase")
@@ -627,9 +648,10 @@ def _build_back_translation(entry: Any, build: BuildContext) -> BackTranslation:
     forward = _generator(entry, build, entry.model, "model")
     back = forward
     if entry.reverse_model is not None and entry.reverse_model != entry.model:
-        if isinstance(forward, OpenAIGenerator):  # the same endpoint, budget and counts
-            back = build_openai_generator(entry, build.index, build.field_path, entry.reverse_model, 1, TOP_P,
-                                          client=forward.client)
+        inner = forward.inner if isinstance(forward, CachedGenerator) else forward
+        if isinstance(inner, OpenAIGenerator):  # the same endpoint, budget and counts
+            back = _cached(build_openai_generator(entry, build.index, build.field_path, entry.reverse_model, 1,
+                                                  TOP_P, client=inner.client), build)
         else:
             back = _generator(entry, build, entry.reverse_model, "reverseModel")
     return BackTranslation(entry.display_name(), forward, back, _settings(entry), entry.per_row, entry.fields,

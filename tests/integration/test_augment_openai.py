@@ -120,6 +120,31 @@ class TestOpenAIEngine:
         assert summary["failed"] == {"request budget exhausted (openai.maxRequests)": summary["requests"] - 2}
 
 
+    def test_a_rerun_is_answered_from_the_generation_cache(
+            self, testbed: Testbed, llm_server: LlamaCppServer, s3: Minio, bucket: str, tmp_path: Path) -> None:
+        uri = put(s3, bucket, "esci/esci.csv", esci_csv())
+        augmenters = [{"type": "paraphrase", "model": llm_server.model, "engine": "openai", "temperature": 0.7,
+                       "maxRows": 3, "maxNewTokens": 12, "openai": openai_settings(llm_server)}]
+        key = {jobenv.llm_api_key_env(0): str(llm_server.api_key)}
+        first = spec(bucket, {"uri": uri, "columns": ESCI_COLUMNS}, augmenters)
+        assert run_job(job_env(testbed, first, tmp_path / "1", **key)) == 0
+        before = manifest(s3, bucket)["augmenters"]["paraphrase"]["summary"]
+        assert before["cache"]["hits"] == 0 and before["cache"]["misses"] == before["requests"] > 0, before
+        made = sorted(r["query"] for r in generated(output_rows(s3, bucket)))
+        cached = [o.object_name for o in s3.list_objects(bucket, "out/_cache/generation/", recursive=True)]
+        assert len(cached) == before["generated"]
+
+        # The spec changes (output format) before the run is committed again: the shard is redone, and
+        # every question it asks was asked before.
+        s3.remove_object(bucket, "out/manifest.json")
+        second = {**first, "output": {**first["output"], "format": "jsonl"}}
+        assert run_job(job_env(testbed, second, tmp_path / "2", **key)) == 0
+        after = manifest(s3, bucket)["augmenters"]["paraphrase"]["summary"]
+        assert after["cache"] == {**before["cache"], "hits": before["requests"], "misses": 0}, after
+        assert after["httpAttempts"] == 1 and after["requests"] == 0  # only the /models probe
+        assert sorted(r["query"] for r in generated(output_rows(s3, bucket))) == made
+
+
 class TestOpenAIEngineFailures:
     @pytest.mark.parametrize(("case", "field", "advice"), [
         ("down", "spec.augmenters[0].openai.endpoint", "does not answer (connection error after 1 retries)"),

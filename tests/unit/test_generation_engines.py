@@ -257,3 +257,21 @@ def test_latency_percentiles_by_nearest_rank() -> None:
         stats.answered(i / 100, 3)
     assert stats.percentile(0.5) == 0.5 and stats.percentile(0.99) == 0.99 and stats.percentile(1.0) == 1.0
     assert stats.completion_tokens == 300 and stats.summary()["latencySeconds"] == {"p50": 0.5, "p99": 0.99}
+
+
+class TestCacheKey:
+    def test_every_input_of_the_answer_changes_the_key_and_nothing_else_does(self) -> None:
+        from sampleforge.jobs.augment.gencache import _jsonable, cache_key
+
+        messages = (("user", "rewrite: red shoes"),)
+        base: dict[str, Any] = {"engine": "openai", "model": "m", "model_input": _jsonable(messages),
+                                "max_new_tokens": 16, "temperature": 0.7, "top_p": 0.95, "seed": 42}
+        key = cache_key(**base)
+        assert len(key) == 64 and key == cache_key(**base)
+        assert _jsonable(messages) == [["user", "rewrite: red shoes"]]
+        for change in ({"engine": "transformers"}, {"model": "n"}, {"model_input": [["user", "rewrite: shoes"]]},
+                       {"max_new_tokens": 17}, {"temperature": 0.8}, {"top_p": 0.9}, {"seed": 43}):
+            assert cache_key(**{**base, **change}) != key, change
+        # Greedy decoding: the nucleus does not matter, so it does not split the cache.
+        greedy = {**base, "temperature": 0.0, "seed": 0}
+        assert cache_key(**greedy) == cache_key(**{**greedy, "top_p": 0.5})
