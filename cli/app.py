@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+import yaml
+from pydantic import ValidationError
 from rich.console import Console
 from rich.markdown import Markdown
 from rich.rule import Rule
@@ -96,7 +98,15 @@ def status(ctx: typer.Context, run: RunArg, namespace: Namespace = None, context
     if output == OutputFormat.JSON:
         sys.stdout.write(json.dumps(obj.get("status") or {}, indent=2, sort_keys=True) + "\n")
         return
-    out.print(status_view(kind, obj))
+    try:
+        view = status_view(kind, obj)
+    except ValidationError as error:
+        # An operator newer than this plugin may write fields it does not know: show them rather than fail.
+        err.print(f"the status of {kind.value} {obj['metadata']['name']} does not match this plugin's schema "
+                  f"({error.error_count()} difference(s); upgrade the plugin); shown as stored:", highlight=False)
+        sys.stdout.write(yaml.safe_dump(obj.get("status") or {}, sort_keys=False))
+        return
+    out.print(view)
 
 
 @app.command()

@@ -230,6 +230,15 @@ class TestCommandLine:
         return subprocess.run([sys.executable, "-m", "sampleforge.cli", *args], capture_output=True, text=True,
                               check=False, env={"COLUMNS": "200", "PATH": "/usr/bin:/bin", "KUBECONFIG": "/nonexistent"})
 
+    def test_the_plugin_needs_neither_the_operator_nor_the_jobs(self) -> None:
+        # The cli extra installs kubernetes, typer and rich over the core set: nothing heavier may load.
+        code = ("import sys, sampleforge.cli.app, sampleforge.cli.podlogs, sampleforge.cli.storage; "
+                "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'kopf', 'transformers', "
+                "'pyarrow', 'prometheus_client') or m.startswith(('sampleforge.operator', 'sampleforge.jobs', "
+                "'sampleforge.testbed'))))")
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+        assert done.stdout.strip() == "[]"
+
     def test_lint_exit_codes(self) -> None:
         good = self.run("lint", *map(str, EXAMPLES))
         assert good.returncode == 0, good.stderr
