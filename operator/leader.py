@@ -41,7 +41,10 @@ def _fmt(moment: datetime) -> str:
 class LeaderElector:
     def __init__(self, api: client.ApiClient, namespace: str, name: str, identity: str, duration: int,
                  on_contact: Callable[[], None] | None = None) -> None:
-        self.coordination = client.CoordinationV1Api(api)
+        # A client (and connection pool) of its own: in the one the handlers share, a busy leader's
+        # connections are discarded as the pool overflows, and each renewal would pay a new TLS
+        # handshake on a loaded machine.
+        self.coordination = client.CoordinationV1Api(client.ApiClient(api.configuration))
         self.namespace = namespace
         self.name = name
         self.identity = identity

@@ -23,6 +23,7 @@ from minio import Minio
 from sampleforge.testbed._certs import ControlPlanePKI
 from sampleforge.testbed._controlplane import (
     ApiServer,
+    admin_tls,
     start_apiserver,
     start_controller_manager,
     start_etcd,
@@ -30,6 +31,7 @@ from sampleforge.testbed._controlplane import (
 )
 from sampleforge.testbed._errors import TestbedError
 from sampleforge.testbed._health import http_ok
+from sampleforge.testbed._kueue import start_kueue
 from sampleforge.testbed._kwok import create_gpu_nodes, start_kwok
 from sampleforge.testbed._localnode import start_local_node
 from sampleforge.testbed._minio import MinioServer, start_minio
@@ -49,6 +51,9 @@ class TestbedOptions:
     gpu_nodes: int = 2
     #: A node whose Pods run as local processes (needs ``controllers``): Jobs really execute.
     local_node: bool = False
+    #: Kueue's manager (needs ``controllers``), its CRDs and namespace: runs with ``queueName`` are
+    #: admitted against real ClusterQueue quota. Opt-in: it adds a process and seconds to the start.
+    kueue: bool = False
     minio: bool = True
     startup_timeout: float = 120.0
     #: Where certificates, data and logs go; a fresh temporary directory when None.
@@ -101,6 +106,10 @@ class Testbed:
                     if opts.local_node:
                         self.processes.append(start_local_node(self.kubeconfig, self.workdir / "local-node",
                                                                self.logs, timeout))
+                    if opts.kueue:
+                        with self.api_client() as api:
+                            self.processes.append(start_kueue(api, self.kubeconfig, self.workdir / "kueue",
+                                                              self.logs, timeout).process)
                     self.wait_for_default_service_account("default", timeout)
         except BaseException:
             self.stop(keep_workdir=True)
@@ -152,6 +161,16 @@ class Testbed:
             if proc.name == name:
                 return proc
         raise TestbedError(f"this testbed runs no {name!r} (it runs {', '.join(p.name for p in self.processes)})")
+
+    def restart_apiserver(self, timeout: float = 120.0) -> None:
+        """Start kube-apiserver again after its process was stopped: same port, certificates and
+        etcd, so every kubeconfig and client made before works again once it is ready."""
+        if self.pki is None:
+            raise TestbedError("this testbed was started without Kubernetes")
+        api, context = self.api, admin_tls(self.pki)
+        api.process.stop()
+        api.process.start()
+        api.process.wait_ready(lambda: http_ok(f"{api.url}/readyz", context), timeout, "ready again (/readyz)")
 
     def restart_minio(self, timeout: float = 60.0) -> None:
         """Start the MinIO server again after its process was stopped or killed: same port, same
