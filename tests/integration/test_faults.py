@@ -1,8 +1,9 @@
 """The fault suite: the operator, MinIO, etcd and the Job controller misbehave for real, and every
 run still ends with the status its committed outputs say, one Job, and no credential anywhere.
 
-Each fault is done to the real process (SIGKILL, a stopped MinIO restarted on its port and data,
-etcd frozen with SIGSTOP) or through the real controller (a Job deleted by hand, pods that exit with
+Each fault is done to the real process (the operator SIGKILLed, MinIO stopped and restarted on
+its port and data, etcd frozen with SIGSTOP, kube-apiserver SIGKILLed and restarted on its port) or
+through the real controller (a Job deleted by hand, pods that exit with
 the jobs' do-not-retry codes, an active deadline). What is already covered elsewhere is not
 repeated here: a forged heartbeat from a pod the run's Job did not create is
 ``test_operator.py::TestWhatStatusMayClaim``.
