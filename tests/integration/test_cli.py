@@ -33,7 +33,8 @@ from operator_helpers import (
     wait_phase,
 )
 
-from sampleforge.api.constants import Kind
+from sampleforge.api import GROUP, VERSION
+from sampleforge.api.constants import PLURALS, Kind
 from sampleforge.testbed import EXIT_CODE_ANNOTATION, HOLD_KEY, Testbed
 from sampleforge.testbed._operator import OPERATOR_NAMESPACE, OperatorProcess
 from sampleforge.testbed._paths import binary
@@ -145,6 +146,11 @@ class TestAugmentationRun:
         assert written.returncode == 0, written.stderr
         assert html.read_bytes() == b"<html><body><h1>report</h1></body></html>"
 
+        # --s3-endpoint replaces spec.storage.endpoint (a port-forward from a laptop); unreachable, it says what to do.
+        unreachable = plugin(testbed, "report", name, "-n", ns, "--s3-endpoint", "127.0.0.1:9")
+        assert unreachable.returncode == 4
+        assert "cannot reach MinIO at 127.0.0.1:9" in unreachable.stderr and "port-forward" in unreachable.stderr
+
         # The real kubectl finds the plugin on PATH and hands it the arguments (and KUBECONFIG).
         env = dict(testbed.env(), PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", NO_COLOR="1",
                    COLUMNS="160")
@@ -179,6 +185,19 @@ class TestAugmentationRun:
         _, stderr = waiter.communicate(timeout=120)
         assert waiter.returncode == 1, stderr
         assert f"AugmentationRun/{name} Failed: BackoffLimitExceeded" in stderr and "exited with code 7" in stderr
+
+    def test_wait_for_a_run_that_is_deleted(self, testbed: Testbed, kube_api: client.ApiClient, ns: str) -> None:
+        run = create_run(kube_api, ns, example("augmentationrun.yaml", suspend=True))
+        name = run["metadata"]["name"]
+        wait_phase(kube_api, AR, ns, name, "Suspended")
+        waiter = subprocess.Popen([str(PLUGIN), "wait", name, "-n", ns, "--timeout", "60"],
+                                  env=dict(testbed.env(), NO_COLOR="1", COLUMNS="300"), stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True)
+        time.sleep(1)
+        client.CustomObjectsApi(kube_api).delete_namespaced_custom_object(GROUP, VERSION, ns, PLURALS[AR], name)
+        _, stderr = waiter.communicate(timeout=90)
+        assert waiter.returncode == 4, stderr
+        assert f"AugmentationRun {name} was deleted from namespace {ns} while waiting" in stderr
 
     def test_context_namespace_and_unknown_runs(self, testbed: Testbed, kube_api: client.ApiClient, ns: str,
                                                  tmp_path: Path) -> None:

@@ -12,10 +12,11 @@ from typing import Any
 
 import pytest
 import yaml
+from kubernetes import client
 from rich.console import Console
 
 from sampleforge.api import Kind
-from sampleforge.cli.kube import context_namespace
+from sampleforge.cli.kube import COMPLETION_INDEX, context_namespace, pod_prefix
 from sampleforge.cli.lint import lint_document, lint_text
 from sampleforge.cli.refs import RefError, RunRef, parse_ref
 from sampleforge.cli.views import (
@@ -207,6 +208,18 @@ class TestLint:
         assert "not valid YAML" in lint_text("a: [", "x.yaml")[1][0].message
         bad = lint_document({"apiVersion": "sampleforge.io/v1alpha1", "kind": "Run"}, "x")
         assert "not a sampleforge run" in bad[0].message
+
+
+class TestPodPrefix:
+    @staticmethod
+    def pod(name: str, index: str | None, where: str = "annotations") -> client.V1Pod:
+        meta = client.V1ObjectMeta(name=name, **({where: {COMPLETION_INDEX: index}} if index is not None else {}))
+        return client.V1Pod(metadata=meta)
+
+    def test_shards_ranks_and_plain_pods(self) -> None:
+        assert pod_prefix(Kind.AUGMENTATION_RUN, self.pod("shoes-aug-2-x7k2p", "2")) == "shard 2/x7k2p"
+        assert pod_prefix(Kind.FINE_TUNE_RUN, self.pod("ranker-ft-0-q9z1m", "0", "labels")) == "rank 0/q9z1m"
+        assert pod_prefix(Kind.FINE_TUNE_RUN, self.pod("ranker-ft-launcher", None)) == "ranker-ft-launcher"
 
 
 class TestKubeconfigNamespace:
