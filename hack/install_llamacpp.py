@@ -107,8 +107,33 @@ def install(force: bool = False) -> str:
             and json.loads(stamp.read_text()).get("fingerprint") == fp):
         return "cached"
     # Build into a fresh directory and swap it in last: an interrupted compile never leaves a venv
-    # that looks finished, and the stamp is written only after the swap.
+    # that looks finished, and the stamp is written only after the swap. A build that finished but
+    # was not swapped in (interrupted at the very end) is kept rather than compiled again.
     building = home / "venv.building"
+    if force or not _imports(building, pin["version"]):
+        _build(building, python, pin, root, logs)
+    # The venv's scripts carry absolute shebangs (we only ever run `python -m`, which does not care).
+    shutil.rmtree(venv, ignore_errors=True)
+    building.rename(venv)
+    if not _imports(venv, pin["version"]):
+        raise SystemExit(f"llama-cpp-python {pin['version']} does not import from {venv} after the build")
+    stamp.write_text(json.dumps({"version": pin["version"], "fingerprint": fp}, indent=1))
+    return "built"
+
+
+def _imports(venv: Path, version: str) -> bool:
+    """Whether the venv's llama_cpp is the pinned version and its server imports. Run from the
+    venv's own directory: the repository root holds a folder named operator/, which would shadow the
+    standard library's module of that name for a `python -c` started there."""
+    python = venv / "bin" / "python"
+    if not python.exists():
+        return False
+    check = "import llama_cpp, llama_cpp.server.app; print(llama_cpp.__version__)"
+    done = subprocess.run([str(python), "-c", check], cwd=venv, capture_output=True, text=True, check=False)
+    return done.returncode == 0 and done.stdout.strip() == version
+
+
+def _build(building: Path, python: str, pin: dict, root: Path, logs: Path) -> None:
     shutil.rmtree(building, ignore_errors=True)
     subprocess.run([python, "-m", "venv", str(building)], check=True)
     env = dict(os.environ)
@@ -125,15 +150,6 @@ def install(force: bool = False) -> str:
         cmd = [str(building / "bin" / "pip"), "install", "--no-cache-dir", "--disable-pip-version-check",
                "-v", requirement]
     run_logged(cmd, env, logs / "llama-cpp-server.log")
-    # The venv's scripts carry absolute shebangs; relocating it would break them, so check the module
-    # imports from the building path, then rename and re-check from the final path.
-    check = [str(building / "bin" / "python"), "-c", "import llama_cpp.server.app, llama_cpp; print(llama_cpp.__version__)"]
-    subprocess.run(check, check=True, capture_output=True)
-    shutil.rmtree(venv, ignore_errors=True)
-    building.rename(venv)
-    subprocess.run([str(venv / "bin" / "python"), "-c", "import llama_cpp.server.app"], check=True)
-    stamp.write_text(json.dumps({"version": pin["version"], "fingerprint": fp}, indent=1))
-    return "built"
 
 
 def main(argv: list[str] | None = None) -> int:

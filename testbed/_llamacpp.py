@@ -106,7 +106,9 @@ def start_llamacpp(logs: Path, *, model: Path | None = None, alias: str = SMOLLM
     if api_key:
         argv += ["--api_key", api_key]
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "VIRTUAL_ENV"))}
-    proc = ManagedProcess("llama-cpp-server", argv, logs / "llama-cpp-server.log", env=env).start()
+    # cwd: `python -m` puts it first on sys.path, and the repository root's operator/ folder would
+    # shadow the standard library's operator module.
+    proc = ManagedProcess("llama-cpp-server", argv, logs / "llama-cpp-server.log", env=env, cwd=logs).start()
     base_url = f"http://127.0.0.1:{port}/v1"
     try:
         proc.wait_ready(lambda: _models_answer(base_url, api_key), timeout, "serving /v1/models")
