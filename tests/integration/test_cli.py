@@ -30,6 +30,7 @@ from operator_helpers import (
     pods_of,
     running_pod,
     stored_example,
+    wait_for,
     wait_phase,
 )
 
@@ -230,6 +231,62 @@ class TestAugmentationRun:
         assert wrong_kind.returncode == 4 and f"no FineTuneRun named '{name}' in namespace '{ns}'" in wrong_kind.stderr
         no_context = run("status", name, "--context", "absent")
         assert no_context.returncode == 4 and "cannot use context 'absent'" in no_context.stderr
+
+
+def documented_role() -> dict[str, Any]:
+    """The Role docs/plugin.md gives plugin users, read from the page itself so the page stays true."""
+    text = (Path(__file__).resolve().parents[2] / "docs" / "plugin.md").read_text()
+    block = text.split("<!-- plugin-user-role -->", 1)[1].split("```yaml", 1)[1].split("```", 1)[0]
+    return dict(yaml.safe_load(block))
+
+
+class TestLeastPrivilege:
+    def test_the_documented_role_is_enough_and_the_plugin_uses_the_users_identity(
+            self, testbed: Testbed, kube_api: client.ApiClient, ns: str, stored: Callable[..., Any], s3: Minio,
+            tmp_path: Path) -> None:
+        run = create_run(kube_api, ns, stored("augmentationrun.yaml", parallelism=1), labels=HOLD)
+        name = run["metadata"]["name"]
+        wait_phase(kube_api, AR, ns, name, "Running")
+        put(s3, run["spec"]["output"]["uri"] + "report.md", b"# Report for the team\n")
+        commit_output(s3, run, rows=10, generated={"typo": 5})
+        release(kube_api, ns, run["metadata"]["uid"])
+        wait_phase(kube_api, AR, ns, name, "Succeeded", timeout=90)
+
+        core, rbac = client.CoreV1Api(kube_api), client.RbacAuthorizationV1Api(kube_api)
+        role = documented_role()
+        assert role["rules"][-1]["resourceNames"] == [CREDENTIALS_SECRET]
+        rbac.create_namespaced_role(ns, role)
+        core.create_namespaced_service_account(ns, {"metadata": {"name": "analyst"}})
+        binding = {"metadata": {"name": "analyst"}, "subjects": [{"kind": "ServiceAccount", "name": "analyst",
+                                                                   "namespace": ns}],
+                   "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": role["metadata"]["name"]}}
+        rbac.create_namespaced_role_binding(ns, binding)
+        token = core.create_namespaced_service_account_token("analyst", ns, {"spec": {"expirationSeconds": 600}})
+        admin = yaml.safe_load(testbed.kubeconfig.read_text())
+        kubeconfig = {"apiVersion": "v1", "kind": "Config", "clusters": admin["clusters"],
+                      "users": [{"name": "analyst", "user": {"token": token.status.token}}],
+                      "contexts": [{"name": "analyst", "context": {"cluster": admin["clusters"][0]["name"],
+                                                                   "user": "analyst", "namespace": ns}}],
+                      "current-context": "analyst"}
+        path = tmp_path / "analyst.kubeconfig"
+        path.write_text(yaml.safe_dump(kubeconfig))
+        env = dict(testbed.env(), KUBECONFIG=str(path), NO_COLOR="1", COLUMNS="160")
+
+        def run_as_analyst(*args: str) -> subprocess.CompletedProcess[str]:
+            return subprocess.run([str(PLUGIN), *args], env=env, capture_output=True, text=True, timeout=60,
+                                  check=False)
+
+        for args in (("status", name), ("wait", name, "--timeout", "10"), ("report", name)):
+            done = run_as_analyst(*args)
+            assert done.returncode == 0, (args, done.stderr)
+        assert "Report for the team" in run_as_analyst("report", name).stdout
+        # Outside the Role (another namespace): the plugin says what it was not allowed to do.
+        other = run_as_analyst("status", name, "-n", "default")
+        assert other.returncode == 4 and "not allowed to read" in other.stderr and "namespace default" in other.stderr
+        rbac.delete_namespaced_role_binding("analyst", ns)
+        refused = wait_for(lambda: (r := run_as_analyst("status", name)).returncode == 4 and r, timeout=30,
+                           what="the unbound identity to be refused")
+        assert "not allowed to read AugmentationRun" in refused.stderr and "ask for read access" in refused.stderr
 
 
 class TestFineTuneRuns:
