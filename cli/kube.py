@@ -63,6 +63,8 @@ def connect(namespace: str | None, context: str | None, kubeconfig: str | None) 
     except (ConfigException, FileNotFoundError, OSError) as kube_err:
         if context:
             raise UserError(f"cannot use context {context!r}: {kube_err}") from None
+        if kubeconfig:  # asked for by name: never fall back to another identity
+            raise UserError(f"cannot use --kubeconfig {kubeconfig}: {kube_err}") from None
         try:
             config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
         except ConfigException:

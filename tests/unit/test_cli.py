@@ -264,6 +264,10 @@ class TestCommandLine:
         done = self.run("status", "shoes")
         assert done.returncode == 4 and "no cluster to talk to" in done.stderr and "KUBECONFIG" in done.stderr
 
+    def test_an_explicit_kubeconfig_that_is_not_there_is_named(self, tmp_path: Path) -> None:
+        done = self.run("status", "shoes", "--kubeconfig", str(tmp_path / "nope"))
+        assert done.returncode == 4 and f"cannot use --kubeconfig {tmp_path / 'nope'}" in done.stderr
+
     def test_a_bad_reference_is_a_usage_error(self) -> None:
         done = self.run("compare", "pod/a", "ftr/b")
         assert done.returncode == 2 and "not a sampleforge kind" in done.stderr
