@@ -45,15 +45,15 @@ class ChildIndex:
 
     def on_job_event(self, event_type: str, job: dict[str, Any]) -> None:
         uid = (job.get("metadata", {}).get("labels") or {}).get(LABEL_RUN_UID)
-        if not uid:
-            return
+        if not uid or (event_type == "DELETED" and uid not in self._runs):
+            return  # a deletion of a run already forgotten must not bring an empty record back
         entry = self._entry(uid)
         entry.job = None if event_type == "DELETED" else job
         self.wake(uid)
 
     def on_pod_event(self, event_type: str, pod: dict[str, Any]) -> None:
         uid = (pod.get("metadata", {}).get("labels") or {}).get(LABEL_RUN_UID)
-        if not uid:
+        if not uid or (event_type == "DELETED" and uid not in self._runs):
             return
         entry = self._entry(uid)
         name = pod["metadata"]["name"]
@@ -70,6 +70,11 @@ class ChildIndex:
     def pods(self, uid: str) -> list[dict[str, Any]]:
         entry = self._runs.get(uid)
         return [entry.pods[name] for name in sorted(entry.pods)] if entry else []
+
+    def knows(self, uid: str, pod_name: str) -> bool:
+        """Whether the watch has delivered this pod (and a Job) for the run yet."""
+        entry = self._runs.get(uid)
+        return entry is not None and entry.job is not None and pod_name in entry.pods
 
     def pod_belongs_to(self, namespace: str, pod_name: str, uid: str) -> bool:
         """Whether the Pod was created by the run's own Job: its controller is that Job, whose

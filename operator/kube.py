@@ -14,6 +14,7 @@ from typing import Any, TypeVar, cast
 
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
+from urllib3 import Retry
 from urllib3.exceptions import HTTPError
 
 from sampleforge.api.constants import GROUP, LABEL_RUN_UID, PLURALS, VERSION, Kind
@@ -91,7 +92,11 @@ def load_api_client() -> client.ApiClient:
         config.load_incluster_config()
     except config.ConfigException:
         config.load_kube_config()
-    return client.ApiClient()
+    configuration = client.Configuration.get_default_copy()
+    # urllib3's default of 3 retries would stretch every call's timeout fourfold; a refused or
+    # dropped connection is retried once here, and everything else by the caller's own policy.
+    configuration.retries = Retry(total=1, connect=1, read=0, redirect=0, status=0)
+    return client.ApiClient(configuration)
 
 
 T = TypeVar("T")

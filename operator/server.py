@@ -119,6 +119,11 @@ def build_app(ctx: OperatorContext) -> web.Application:
         username = str(user.get("username", ""))
         pod_names = (user.get("extra") or {}).get(_POD_NAME_EXTRA) or []
         in_namespace = username.startswith(f"system:serviceaccount:{beat.namespace}:")
+        if in_namespace and pod_names and not ctx.children.knows(beat.uid, pod_names[0]):
+            # Not yet in the watch cache (an operator that has just started, a pod created a moment
+            # ago): neither proven the run's nor refused; the sender retries on its next beat.
+            ctx.metrics.heartbeats.labels(kind=beat.kind, result="unknown_pod").inc()
+            return web.json_response({"error": f"pod {pod_names[0]} is not known yet; retry"}, status=503)
         if not in_namespace or not pod_names or not ctx.children.pod_belongs_to(beat.namespace, pod_names[0],
                                                                                    beat.uid):
             ctx.metrics.heartbeats.labels(kind=beat.kind, result="forbidden").inc()

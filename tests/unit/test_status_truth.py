@@ -186,3 +186,21 @@ class TestWhatTheApiServerAccepts:
         status = compose({"metadata": {"generation": 1}}, see(job(), [pod("p", "job-uid")]), NOW,
                          progress={"done": 3, "stage": "loading model"})
         assert checked(Kind.FINE_TUNE_RUN, status) == status
+
+
+class TestChildIndexLifecycle:
+    def test_a_pod_not_yet_watched_is_unknown_rather_than_foreign(self) -> None:
+        index = ChildIndex()
+        assert not index.knows("run-uid", "p")  # the heartbeat endpoint answers 503 (retry), not 403
+        index.on_job_event("ADDED", {**job(), "metadata": {**job()["metadata"],
+                                                           "labels": {"sampleforge.io/run-uid": "run-uid"}}})
+        index.on_pod_event("ADDED", pod("p", "job-uid"))
+        assert index.knows("run-uid", "p")
+
+    def test_deletions_after_a_run_is_forgotten_leave_nothing_behind(self) -> None:
+        index = ChildIndex()
+        labelled = {**job(), "metadata": {**job()["metadata"], "labels": {"sampleforge.io/run-uid": "gone"}}}
+        index.on_job_event("DELETED", labelled)
+        index.on_pod_event("DELETED", {**pod("p", "job-uid"), "metadata": {
+            **pod("p", "job-uid")["metadata"], "labels": {"sampleforge.io/run-uid": "gone"}}})
+        assert len(index) == 0
