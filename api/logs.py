@@ -24,7 +24,8 @@ _RESERVED = set(vars(logging.makeLogRecord({}))) | {"settings", "k8s_skip"}
 
 
 def _secrets() -> list[str]:
-    return [v for v in (os.environ.get(name, "") for name in _SECRET_ENV) if len(v) >= 4]
+    names = [*_SECRET_ENV, *(n for n in os.environ if n.startswith(jobenv.LLM_API_KEY_PREFIX))]
+    return [v for v in (os.environ.get(name, "") for name in names) if len(v) >= 4]
 
 
 def redact(text: str) -> str:

@@ -350,8 +350,8 @@ def api_key_from_env(index: int, field_path: str, expected: bool) -> str | None:
     name = jobenv.llm_api_key_env(index)
     key = os.environ.get(name) or None
     if expected and key is None:
-        raise ConfigError(f"{field_path}.openai.apiKeySecret is set but the pod has no {name} variable; "
-                          "the operator renders it from the Secret: run the job through the operator, or set it")
+        raise ConfigError(f"{field_path}.openai.apiKeySecret is set but the pod has no {name} variable, which "
+                          "the operator renders from that Secret; run the job through the operator, or set it")
     return key
 
 

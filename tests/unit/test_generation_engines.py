@@ -188,6 +188,12 @@ class TestTheKey:
         with pytest.raises(ConfigError, match=r"spec\.augmenters\[2\]\.openai\.apiKeySecret .*SAMPLEFORGE_LLM_API_KEY_2"):
             api_key_from_env(2, "spec.augmenters[2]", True)
 
+    def test_the_job_log_masks_it(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        from sampleforge.api.logs import redact
+
+        monkeypatch.setenv(jobenv.llm_api_key_env(3), "sk-live-abcdef123")
+        assert redact("answer: sk-live-abcdef123 was refused") == "answer: *** was refused"
+
     def test_the_operator_renders_it_from_the_secret_never_in_clear(self) -> None:
         from sampleforge.operator.render import RunObject, render_job
         from sampleforge.operator.settings import Settings
