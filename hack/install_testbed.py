@@ -87,6 +87,10 @@ def planned_builds(pins: dict) -> list[GoBuild]:
     kwok = pins["kwok"]["version"]
     builds.append(GoBuild("kwok", pins["kwok"]["module"], kwok,
                           ldflags=("-s", "-w", f"-X sigs.k8s.io/kwok/pkg/consts.Version={kwok}")))
+    kueue = pins["kueue"]["version"]
+    builds.append(GoBuild("kueue", pins["kueue"]["module"], kueue,
+                          ldflags=("-s", "-w", f"-X sigs.k8s.io/kueue/pkg/version.GitVersion={kueue}",
+                                   f"-X sigs.k8s.io/kueue/pkg/version.BuildDate={BUILD_DATE}")))
     return builds
 
 
@@ -148,6 +152,34 @@ def install_go(build: GoBuild, bindir: Path, stamps: Path, go_version: str, logs
     return "built"
 
 
+def install_kueue_crds(pins: dict, root: Path, stamps: Path) -> str:
+    """Copy the pinned Kueue release's CRDs from the module's source (in the Go module cache, where
+    building the manager put it) into the cache, where sampleforge.testbed installs them from."""
+    version = pins["kueue"]["version"]
+    target = root / "kueue" / "crds"
+    stamp = stamps / "kueue-crds.json"
+    if stamp.exists() and json.loads(stamp.read_text()).get("version") == version and any(target.glob("*.yaml")):
+        return "cached"
+    module = f"{pins['kueue']['source']}@{version}"
+    found = subprocess.run(["go", "mod", "download", "-json", module], cwd=root, env=go_env(), check=False,
+                           capture_output=True, text=True)
+    if found.returncode != 0:
+        raise SystemExit(f"go mod download {module} failed: {found.stdout}{found.stderr}")
+    bases = Path(json.loads(found.stdout)["Dir"]) / "config" / "components" / "crd" / "bases"
+    crds = sorted(bases.glob("*.yaml"))
+    if not crds:
+        raise SystemExit(f"no CRDs in {bases}")
+    staging = target.with_name("crds.tmp")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    for crd in crds:
+        shutil.copyfile(crd, staging / crd.name)  # copyfile: not the module cache's read-only mode
+    shutil.rmtree(target, ignore_errors=True)
+    staging.replace(target)
+    stamp.write_text(json.dumps({"version": version, "files": [c.name for c in crds]}, indent=1))
+    return f"copied {len(crds)} CRDs"
+
+
 def install_debian(packages: dict[str, list[str]], bindir: Path) -> str:
     binaries = [b for names in packages.values() for b in names]
     missing = [p for p, names in packages.items() if not all(shutil.which(b, path="/usr/bin") for b in names)]
@@ -189,6 +221,10 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.monotonic()
         status = install_go(build, bindir, stamps, go_version, logs)
         print(f"      {status} in {time.monotonic() - t0:.1f}s", flush=True)
+        if build.name == "kueue":
+            t0 = time.monotonic()
+            status = install_kueue_crds(pins, root, stamps)
+            print(f"      Kueue CRDs: {status} in {time.monotonic() - t0:.1f}s", flush=True)
     if want_debian:
         print(f"[{total}/{total}] Debian packages: {', '.join(pins['debian'])}", flush=True)
         t0 = time.monotonic()

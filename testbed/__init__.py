@@ -7,6 +7,7 @@ demo and the benchmarks alike.
 """
 
 from sampleforge.testbed._errors import TestbedError
+from sampleforge.testbed._kueue import KUEUE_GROUP, KUEUE_VERSION, kueue_missing
 from sampleforge.testbed._kwok import (
     EXIT_CODE_ANNOTATION,
     GPU_RESOURCE,
@@ -20,6 +21,6 @@ from sampleforge.testbed._testbed import Testbed, TestbedOptions
 
 __all__ = [
     "ALL_BINARIES", "EXIT_CODE_ANNOTATION", "GPU_RESOURCE", "GPU_TAINT", "HOLD_KEY", "IMAGE_PULL_ERROR_LABEL",
-    "LlamaCppServer", "Testbed", "TestbedError", "TestbedOptions", "binary", "kubernetes_version",
-    "llamacpp_missing", "missing_binaries", "start_llamacpp",
+    "KUEUE_GROUP", "KUEUE_VERSION", "LlamaCppServer", "Testbed", "TestbedError", "TestbedOptions", "binary",
+    "kubernetes_version", "kueue_missing", "llamacpp_missing", "missing_binaries", "start_llamacpp",
 ]

@@ -22,6 +22,7 @@ from sampleforge.testbed import (
     LlamaCppServer,
     Testbed,
     TestbedOptions,
+    kueue_missing,
     llamacpp_missing,
     missing_binaries,
     start_llamacpp,
@@ -66,9 +67,31 @@ def testbed(request: pytest.FixtureRequest) -> Iterator[Testbed]:
     """The full testbed, started once; its logs are kept when any test of the session failed."""
     tb = Testbed(TestbedOptions(controllers=True, minio=True, gpu_nodes=2)).start()
     try:
-        if CRD_DIR.is_dir() and any(CRD_DIR.glob("*.yaml")):
-            tb.kubectl("apply", "--server-side", "-f", str(CRD_DIR))
-            tb.kubectl("wait", "--for=condition=Established", "--timeout=60s", "-f", str(CRD_DIR))
+        _install_crds(tb)
+        yield tb
+    finally:
+        tb.stop(keep_workdir=request.session.stash.get(_FAILED, False))
+
+
+def _install_crds(tb: Testbed) -> None:
+    if CRD_DIR.is_dir() and any(CRD_DIR.glob("*.yaml")):
+        tb.kubectl("apply", "--server-side", "-f", str(CRD_DIR))
+        tb.kubectl("wait", "--for=condition=Established", "--timeout=60s", "-f", str(CRD_DIR))
+
+
+@pytest.fixture(scope="session")
+def kueue_testbed(request: pytest.FixtureRequest) -> Iterator[Testbed]:
+    """A testbed of its own with Kueue's manager beside the controllers and kwok GPU nodes (the
+    shared one does not pay for Kueue). Skipped when Kueue is not built, except where the testbed
+    is required."""
+    missing = kueue_missing()
+    if missing:
+        if _testbed_required():
+            pytest.fail(f"{missing}; CI never skips integration tests")
+        pytest.skip(missing)
+    tb = Testbed(TestbedOptions(controllers=True, kueue=True, minio=True, gpu_nodes=2)).start()
+    try:
+        _install_crds(tb)
         yield tb
     finally:
         tb.stop(keep_workdir=request.session.stash.get(_FAILED, False))
