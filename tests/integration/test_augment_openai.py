@@ -164,6 +164,7 @@ class TestOpenAIEngine:
 class TestOpenAIEngineFailures:
     @pytest.mark.parametrize(("case", "field", "advice"), [
         ("down", "spec.augmenters[0].openai.endpoint", "does not answer (connection error after 1 retries)"),
+        ("hung", "spec.augmenters[0].openai.endpoint", "does not answer (timeout after 1 retries)"),
         ("wrong key", "spec.augmenters[0].openai.apiKeySecret", "refused the API key (HTTP 401"),
         ("unknown model", "spec.augmenters[0].model", "does not serve 'no-such-model'"),
     ])
@@ -176,6 +177,8 @@ class TestOpenAIEngineFailures:
         model, key = llm_server.model, str(llm_server.api_key)
         if case == "down":
             settings["endpoint"] = f"http://127.0.0.1:{closed_port()}/v1"
+        elif case == "hung":  # the real server, stopped: it accepts connections and never answers
+            settings["timeoutSeconds"] = 1
         elif case == "wrong key":
             key = "not-the-key-" + key[-4:]
         else:
@@ -184,7 +187,12 @@ class TestOpenAIEngineFailures:
         run_spec = spec(bucket, {"uri": uri, "columns": ESCI_COLUMNS}, augmenters)
         capsys.readouterr()
         monkeypatch.setenv(jobenv.llm_api_key_env(0), key)
-        code = run_job(job_env(testbed, run_spec, tmp_path, **{jobenv.llm_api_key_env(0): key}))
+        if case == "hung":
+            llm_server.process.pause()
+        try:
+            code = run_job(job_env(testbed, run_spec, tmp_path, **{jobenv.llm_api_key_env(0): key}))
+        finally:
+            llm_server.process.resume()
         err = capsys.readouterr().err
         assert code == jobenv.EXIT_MODEL_UNAVAILABLE, err[-3000:]
         done = finished(err)
