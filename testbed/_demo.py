@@ -12,6 +12,9 @@ from __future__ import annotations
 import copy
 import io
 import json
+import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -128,20 +131,6 @@ def _results(console: Console, statuses: dict[str, dict[str, Any]], docs: list[d
     table.add_row("training rows after", str(results.get("samplesOut", "?")))
     console.print(table)
 
-    runs = [d for d in docs if d["kind"] == Kind.FINE_TUNE_RUN]
-    metrics: list[str] = []
-    for doc in runs:
-        for key in (statuses[doc["metadata"]["name"]].get("results") or {}).get("latestMetrics", {}):
-            if key not in metrics:
-                metrics.append(key)
-    compare = Table(title="Evaluation on the held-out queries (same model, same settings)")
-    compare.add_column("metric")
-    for doc in runs:
-        compare.add_column(doc["metadata"]["name"], justify="right")
-    for metric in metrics:
-        compare.add_row(metric, *[f"{(statuses[d['metadata']['name']].get('results') or {}).get('latestMetrics', {}).get(metric, float('nan')):.4f}"
-                                   for d in runs])
-    console.print(compare)
 
     where = Table(title="Where the outputs are (MinIO)")
     where.add_column("run")
@@ -153,6 +142,20 @@ def _results(console: Console, statuses: dict[str, dict[str, Any]], docs: list[d
         where.add_row(doc["metadata"]["name"], status.get("phase", "?"),
                       outputs.get("modelUri") or outputs.get("manifestUri") or outputs.get("uri", ""))
     console.print(where)
+
+
+def _compare(console: Console, tb: Testbed, docs: list[dict[str, Any]]) -> None:
+    """The two rankers side by side, as a user sees them: through the kubectl plugin itself."""
+    names = sorted((d["metadata"]["name"] for d in docs if d["kind"] == Kind.FINE_TUNE_RUN),
+                   key=lambda name: (not name.endswith("baseline"), name))
+    command = ["kubectl", "sampleforge", "compare", *names, "-n", DEMO_NAMESPACE]
+    console.print(f"$ {' '.join(command)}")
+    # Run from the work directory: `python -m` puts the current directory first on sys.path, and
+    # the repository root's operator/ folder would shadow the standard library's operator module.
+    shown = subprocess.run([sys.executable, "-m", "sampleforge.cli", *command[2:]], cwd=tb.workdir,
+                           env={**os.environ, "KUBECONFIG": str(tb.kubeconfig), "COLUMNS": "120"},
+                           capture_output=True, text=True, check=False)
+    console.print(shown.stdout.rstrip() or shown.stderr.rstrip(), markup=False, highlight=False)
 
 
 def run_demo(keep: bool = False) -> int:
@@ -187,15 +190,20 @@ def run_demo(keep: bool = False) -> int:
             statuses = _follow(console, api, docs)
             console.print(tb.kubectl("get", "sampleforge", "-n", DEMO_NAMESPACE).stdout)
             _results(console, statuses, docs, train_rows)
+            _compare(console, tb, docs)
             ok = all(s.get("phase") == "Succeeded" for s in statuses.values())
         console.print(f"demo finished in {time.monotonic() - started:.0f}s: "
                       f"{'every run succeeded' if ok else 'some runs did not succeed (see above)'}")
-        console.print(f"Look further:\n  export KUBECONFIG={tb.kubeconfig}\n"
-                      f"  kubectl describe augmentationrun catalog-aug -n {DEMO_NAMESPACE}\n"
-                      f"  kubectl get jobs,pods -n {DEMO_NAMESPACE}\n"
-                      f"  pod logs: {tb.workdir / 'local-node'}/<namespace>_<pod>/container.log\n"
-                      f"  operator log: {tb.logs / 'operator.log'}")
+        if not keep:
+            console.print("The cluster and MinIO stop now; `make keep` runs the same demo and leaves them running "
+                          "to look further.")
         if keep:
+            console.print(f"Look further:\n  export KUBECONFIG={tb.kubeconfig}\n"
+                          f"  kubectl sampleforge status augmentationrun/catalog-aug -n {DEMO_NAMESPACE}\n"
+                          f"  kubectl sampleforge report augmentationrun/catalog-aug -n {DEMO_NAMESPACE}\n"
+                          f"  kubectl get jobs,pods -n {DEMO_NAMESPACE}\n"
+                          f"  pod logs: {tb.workdir / 'local-node'}/<namespace>_<pod>/container.log\n"
+                          f"  operator log: {tb.logs / 'operator.log'}")
             from sampleforge.testbed.__main__ import STATE_FILE
 
             state = tb.state()
