@@ -215,6 +215,8 @@ def wait(ctx: typer.Context, run: RunArg,
         name = obj["metadata"]["name"]
         current: dict[str, Any] | None = obj
         if phase_of(obj) not in TERMINAL_PHASES:
+            # On stderr, so that scripts reading stdout see only the outcome.
+            err.print(f"waiting for {kind.value}/{name} (phase {phase_of(obj) or 'Pending'})", highlight=False)
             for current in watch_run(cluster, kind, name, timeout - (time.monotonic() - started)):
                 if current is None or phase_of(current) in TERMINAL_PHASES:
                     break

@@ -12,7 +12,6 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -121,7 +120,7 @@ class TestAugmentationRun:
         waiter = subprocess.Popen([str(PLUGIN), "wait", name, "-n", ns, "--timeout", "90"],
                                   env=dict(testbed.env(), NO_COLOR="1"), stdout=subprocess.PIPE,
                                   stderr=subprocess.PIPE, text=True)
-        time.sleep(1)
+        assert waiter.stderr is not None and waiter.stderr.readline().startswith("waiting for"), "not watching"
         release(kube_api, ns, uid)
         stdout, stderr = waiter.communicate(timeout=120)
         assert waiter.returncode == 0, stderr
@@ -180,7 +179,7 @@ class TestAugmentationRun:
         waiter = subprocess.Popen([str(PLUGIN), "wait", name, "-n", ns, "--timeout", "90"],
                                   env=dict(testbed.env(), NO_COLOR="1", COLUMNS="300"), stdout=subprocess.PIPE,
                                   stderr=subprocess.PIPE, text=True)
-        time.sleep(1)
+        assert waiter.stderr is not None and waiter.stderr.readline().startswith("waiting for"), "not watching"
         client.CoreV1Api(kube_api).patch_namespaced_pod(pod.metadata.name, ns,
                                                         {"metadata": {"annotations": {EXIT_CODE_ANNOTATION: "7"}}})
         _, stderr = waiter.communicate(timeout=120)
@@ -194,7 +193,9 @@ class TestAugmentationRun:
         waiter = subprocess.Popen([str(PLUGIN), "wait", name, "-n", ns, "--timeout", "60"],
                                   env=dict(testbed.env(), NO_COLOR="1", COLUMNS="300"), stdout=subprocess.PIPE,
                                   stderr=subprocess.PIPE, text=True)
-        time.sleep(1)
+        assert waiter.stderr is not None
+        first = waiter.stderr.readline()  # the plugin has read the run and watches it from here on
+        assert first.startswith(f"waiting for AugmentationRun/{name}"), first
         client.CustomObjectsApi(kube_api).delete_namespaced_custom_object(GROUP, VERSION, ns, PLURALS[AR], name)
         _, stderr = waiter.communicate(timeout=90)
         assert waiter.returncode == 4, stderr
