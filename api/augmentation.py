@@ -264,7 +264,7 @@ class AugmentationOutput(ApiModel):
 #: whole spec's worst case well under what reaches the pods (a ConfigMap holds at most 1 MiB).
 MAX_AUGMENTER_LIST_ENTRIES = 128
 #: Augmenters one run may list: every type once with room to spare (a real recipe has a handful).
-MAX_AUGMENTERS = 24
+MAX_AUGMENTERS = 20
 
 
 def _list_entries(spec: AugmentationRunSpec) -> int:

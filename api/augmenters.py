@@ -230,7 +230,7 @@ class OpenAIEndpoint(ApiModel):
 
     endpoint: str = Field(
         min_length=1,
-        max_length=2048,
+        max_length=512,
         pattern=ENDPOINT_URL_PATTERN,
         description="Base URL of the API, up to and including its version path, such as "
         "http://llm-gateway.ml:8000/v1; the job posts to <endpoint>/chat/completions.",

@@ -166,6 +166,10 @@ def _create_secrets_for(api: client.ApiClient, namespace: str, docs: list[dict])
         hub = doc["spec"].get("hubToken")
         if hub:
             wanted.setdefault(hub["name"], set()).add(hub.get("key", "token"))
+        for augmenter in doc["spec"].get("augmenters") or []:
+            key = (augmenter.get("openai") or {}).get("apiKeySecret")
+            if key:
+                wanted.setdefault(key["name"], set()).add(key.get("key", "apiKey"))
     core = client.CoreV1Api(api)
     for name, keys in wanted.items():
         body = {"metadata": {"name": name}, "stringData": {k: "placeholder" for k in sorted(keys)}}

@@ -22,6 +22,7 @@ from operator_helpers import create_credentials, create_run, example, get_run, j
 from pydantic import ValidationError
 
 from sampleforge.api import AugmentationRunSpec, FineTuneRunSpec, jobenv
+from sampleforge.api.augmentation import MAX_AUGMENTERS
 from sampleforge.api.constants import ANNOTATION_PREFIX, GROUP, PLURALS, VERSION, Kind
 from sampleforge.testbed import HOLD_KEY, Testbed
 from sampleforge.testbed._operator import OPERATOR_NAMESPACE, OperatorProcess
@@ -46,15 +47,16 @@ def operator_proc(testbed: Testbed, tmp_path_factory: pytest.TempPathFactory) ->
 
 
 def large_run() -> dict[str, Any]:
-    """A valid AugmentationRun of about 140 KiB: many long dense feature names and augmenters with
+    """A valid AugmentationRun of over 128 KiB: many long dense feature names and augmenters with
     long model URIs and prompts, each within its field's bounds."""
     doc = example("augmentationrun.yaml")
     doc["metadata"] = {"name": "large-spec", "labels": {HOLD_KEY: "true"}}
-    doc["spec"]["source"]["columns"]["denseFeatures"] = [f"feature_{i:03d}_" + "x" * 110 for i in range(512)]
+    doc["spec"]["source"]["columns"]["denseFeatures"] = [f"feature_{i:03d}_" + "x" * 116 for i in range(512)]
+    doc["spec"]["source"]["columns"]["attributes"] = [f"attribute_{i:02d}_" + "a" * 100 for i in range(32)]
     doc["spec"]["augmenters"] = [
-        {"type": "paraphrase", "name": f"paraphrase{i}", "model": f"s3://models/{'m' * 900}/v{i}/",
-         "promptTemplate": "Rewrite this search query: {text} " + "Keep the brand. " * 120}
-        for i in range(24)
+        {"type": "paraphrase", "name": f"paraphrase{i}", "model": f"s3://models/{'m' * 1000}/v{i}/",
+         "promptTemplate": "Rewrite this search query: {text} " + "Keep the brand. " * 125}
+        for i in range(MAX_AUGMENTERS)
     ]
     return doc
 

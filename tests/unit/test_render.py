@@ -510,7 +510,11 @@ class TestRunSpec:
 
     def test_every_variable_is_part_of_the_contract(self, any_example: RunObject) -> None:
         contract = {v for k, v in vars(jobenv).items() if k.isupper() and isinstance(v, str)}
-        assert set(env(render(any_example))) <= contract
+        # The openai engine's API keys are numbered by augmenter: jobenv.llm_api_key_env(i).
+        names = {n for n in env(render(any_example)) if not n.startswith(jobenv.LLM_API_KEY_PREFIX)}
+        assert names <= contract
+        keyed = [n for n in env(render(any_example)) if n.startswith(jobenv.LLM_API_KEY_PREFIX)]
+        assert all(n == jobenv.llm_api_key_env(int(n[len(jobenv.LLM_API_KEY_PREFIX):])) for n in keyed)
 
     def test_heartbeat_and_cache_settings(self) -> None:
         settings = Settings(heartbeat_url="http://127.0.0.1:8080/v1alpha1/heartbeats", heartbeat_interval_seconds=3)
