@@ -18,11 +18,15 @@ from minio import Minio
 
 from sampleforge.api import GROUP, VERSION, jobenv
 from sampleforge.api.constants import LABEL_RUN_UID, PLURALS, Kind
+from sampleforge.testbed import HOLD_KEY
 from sampleforge.testbed._minio import MinioServer
+from sampleforge.testbed._operator import OPERATOR_NAMESPACE
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = REPO_ROOT / "examples"
 CREDENTIALS_SECRET = "minio-search-ml"
+#: Label that keeps a kwok pod Running until it is removed (``release``).
+HOLD = {HOLD_KEY: "true"}
 #: Bucket of the testbed's MinIO that runs of the operator tests write their outputs to.
 RUNS_BUCKET = "runs"
 
@@ -173,3 +177,19 @@ def post_heartbeat(url: str, token: str, body: dict[str, Any]) -> int:
 def scrape(url: str) -> str:
     with urllib.request.urlopen(f"{url}/metrics", timeout=10) as response:
         return str(response.read().decode())
+
+
+def release(api: client.ApiClient, namespace: str, uid: str) -> None:
+    """Let the run's held kwok pods finish successfully."""
+    for pod in pods_of(api, namespace, uid):
+        client.CoreV1Api(api).patch_namespaced_pod(pod.metadata.name, namespace,
+                                                   {"metadata": {"labels": {HOLD_KEY: None}}})
+
+
+def ensure_operator_namespace(api: client.ApiClient) -> None:
+    """The namespace an operator process's Lease lives in, made once per testbed."""
+    try:
+        client.CoreV1Api(api).create_namespace({"metadata": {"name": OPERATOR_NAMESPACE}})
+    except client.ApiException as err:
+        if err.status != 409:
+            raise

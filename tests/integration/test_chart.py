@@ -30,6 +30,7 @@ import pytest
 import yaml
 from kubernetes import client
 from operator_helpers import (
+    HOLD,
     commit_output,
     condition,
     create_credentials,
@@ -38,8 +39,8 @@ from operator_helpers import (
     get_run,
     jobs_of,
     pod_token,
-    pods_of,
     post_heartbeat,
+    release,
     running_pod,
     stored_example,
     wait_for,
@@ -47,7 +48,7 @@ from operator_helpers import (
 )
 
 from sampleforge.api.constants import GROUP, PLURALS, VERSION, Kind
-from sampleforge.testbed import EXIT_CODE_ANNOTATION, HOLD_KEY, Testbed, binary
+from sampleforge.testbed import EXIT_CODE_ANNOTATION, Testbed, binary
 from sampleforge.testbed._controlplane import write_kubeconfig
 from sampleforge.testbed._operator import OPERATOR_NAMESPACE, OperatorProcess
 
@@ -58,7 +59,6 @@ CHART = REPO / "charts" / "sampleforge"
 CI_VALUES = sorted((CHART / "ci").glob("*-values.yaml"))
 MONITORING_CRDS = REPO / "tests" / "fixtures" / "monitoring" / "monitoring-crds.yaml"
 AR, FT = Kind.AUGMENTATION_RUN, Kind.FINE_TUNE_RUN
-HOLD = {HOLD_KEY: "true"}
 #: Settings the tests change from the chart's: only timings, so a run's status follows quickly.
 FAST = {"SAMPLEFORGE_OPERATOR_STATUS_MIN_INTERVAL_SECONDS": "1", "SAMPLEFORGE_OPERATOR_RESYNC_SECONDS": "2"}
 #: Set by OperatorProcess for a process on 127.0.0.1 (the chart points them at its Service).
@@ -223,11 +223,6 @@ def make_namespace(api: client.ApiClient, testbed: Testbed, credentials: bool = 
     return name
 
 
-def release_pods(api: client.ApiClient, namespace: str, uid: str) -> None:
-    for pod in pods_of(api, namespace, uid):
-        client.CoreV1Api(api).patch_namespaced_pod(pod.metadata.name, namespace,
-                                                   {"metadata": {"labels": {HOLD_KEY: None}}})
-
 
 def heartbeat(api: client.ApiClient, url: str, run: dict[str, Any], done: int) -> int:
     meta = run["metadata"]
@@ -325,7 +320,7 @@ class TestClusterWide:
         wait_for(lambda: (get_run(api, AR, namespace, name).get("status") or {}).get("progress", {}).get("done") == 400,
                  what="the heartbeat's progress in status")
         commit_output(minio.client(), run)
-        release_pods(api, namespace, uid)
+        release(api, namespace, uid)
         done = wait_phase(api, AR, namespace, name, "Succeeded", timeout=90)
         assert condition(done, "Ready")["status"] == "True"
         assert len(jobs_of(api, namespace, uid)) == 1
@@ -443,7 +438,7 @@ class TestNamespaced:
         wait_phase(api, AR, served, name, "Running")
         assert heartbeat(api, namespaced_release.operator.url, run, 100) == 202
         commit_output(minio.client(), run)
-        release_pods(api, served, uid)
+        release(api, served, uid)
         wait_phase(api, AR, served, name, "Succeeded", timeout=90)
         assert "status" not in get_run(api, AR, other, ignored["metadata"]["name"]), "a namespace it does not serve"
         assert not jobs_of(api, other, ignored["metadata"]["uid"])

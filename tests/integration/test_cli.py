@@ -22,11 +22,13 @@ from kubernetes import client
 from minio import Minio
 from operator_helpers import (
     CREDENTIALS_SECRET,
+    HOLD,
     commit_output,
     create_credentials,
     create_run,
+    ensure_operator_namespace,
     example,
-    pods_of,
+    release,
     running_pod,
     stored_example,
     wait_for,
@@ -35,13 +37,12 @@ from operator_helpers import (
 
 from sampleforge.api import GROUP, VERSION
 from sampleforge.api.constants import PLURALS, Kind
-from sampleforge.testbed import EXIT_CODE_ANNOTATION, HOLD_KEY, Testbed
-from sampleforge.testbed._operator import OPERATOR_NAMESPACE, OperatorProcess
+from sampleforge.testbed import EXIT_CODE_ANNOTATION, Testbed
+from sampleforge.testbed._operator import OperatorProcess
 from sampleforge.testbed._paths import binary
 
 pytestmark = pytest.mark.integration
 AR, FT = Kind.AUGMENTATION_RUN, Kind.FINE_TUNE_RUN
-HOLD = {HOLD_KEY: "true"}
 FAST = {"SAMPLEFORGE_OPERATOR_STATUS_MIN_INTERVAL_SECONDS": "1", "SAMPLEFORGE_OPERATOR_RESYNC_SECONDS": "2",
         "SAMPLEFORGE_OPERATOR_STORAGE_ALLOW_LIST": json.dumps({"*": ["s3://datasets/", "s3://models/", "s3://runs/"]})}
 BIN = Path(sys.executable).parent
@@ -55,11 +56,6 @@ def plugin(testbed: Testbed, *args: str, timeout: float = 120) -> subprocess.Com
     return subprocess.run([PLUGIN, *args], env=env, capture_output=True, text=True, timeout=timeout, check=False)
 
 
-def release(api: client.ApiClient, namespace: str, uid: str) -> None:
-    for pod in pods_of(api, namespace, uid):
-        client.CoreV1Api(api).patch_namespaced_pod(pod.metadata.name, namespace,
-                                                   {"metadata": {"labels": {HOLD_KEY: None}}})
-
 
 def put(s3: Minio, uri: str, data: bytes, content_type: str = "text/markdown") -> None:
     bucket, _, key = uri.removeprefix("s3://").partition("/")
@@ -69,11 +65,7 @@ def put(s3: Minio, uri: str, data: bytes, content_type: str = "text/markdown") -
 @pytest.fixture(scope="module")
 def operator_proc(testbed: Testbed) -> Iterator[OperatorProcess]:
     with testbed.api_client() as api:
-        try:
-            client.CoreV1Api(api).create_namespace({"metadata": {"name": OPERATOR_NAMESPACE}})
-        except client.ApiException as err:
-            if err.status != 409:
-                raise
+        ensure_operator_namespace(api)
     proc = OperatorProcess(testbed.kubeconfig, testbed.logs / "operator-cli.log", settings=FAST).start()
     yield proc
     proc.stop()

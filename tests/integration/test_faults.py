@@ -22,10 +22,12 @@ import pytest
 from kubernetes import client
 from minio import Minio
 from operator_helpers import (
+    HOLD,
     commit_output,
     condition,
     create_credentials,
     create_run,
+    ensure_operator_namespace,
     example,
     get_run,
     jobs_of,
@@ -33,6 +35,7 @@ from operator_helpers import (
     pod_token,
     pods_of,
     post_heartbeat,
+    release,
     running_pod,
     scrape,
     wait_for,
@@ -42,12 +45,11 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from sampleforge.api import GROUP, VERSION
 from sampleforge.api.constants import LABEL_RUN_UID, PLURALS, Kind
-from sampleforge.testbed import EXIT_CODE_ANNOTATION, HOLD_KEY, Testbed
+from sampleforge.testbed import EXIT_CODE_ANNOTATION, Testbed
 from sampleforge.testbed._operator import OPERATOR_NAMESPACE, OperatorProcess
 
 pytestmark = pytest.mark.integration
 AR, FT = Kind.AUGMENTATION_RUN, Kind.FINE_TUNE_RUN
-HOLD = {HOLD_KEY: "true"}
 #: Short, so a leader that cannot renew steps down within seconds; not shorter, or a leader on a
 #: 2-core machine loaded by 100 runs (and other work) misses its 2/3-lease renew deadline.
 LEASE_SECONDS = 9
@@ -61,11 +63,7 @@ FAST = {"SAMPLEFORGE_OPERATOR_STATUS_MIN_INTERVAL_SECONDS": "1", "SAMPLEFORGE_OP
 @pytest.fixture(scope="module")
 def operator_proc(testbed: Testbed) -> Iterator[OperatorProcess]:
     with testbed.api_client() as api:
-        try:
-            client.CoreV1Api(api).create_namespace({"metadata": {"name": OPERATOR_NAMESPACE}})
-        except client.ApiException as err:
-            if err.status != 409:
-                raise
+        ensure_operator_namespace(api)
     proc = OperatorProcess(testbed.kubeconfig, testbed.logs / "operator-faults.log", identity="faults-operator",
                            settings=FAST).start()
     yield proc
@@ -93,12 +91,6 @@ def stored(testbed: Testbed, bucket: str) -> Callable[..., dict[str, Any]]:
     """An example run whose output goes to a fresh prefix of the testbed's MinIO."""
     return lambda name, **spec: on_minio(example(name, **spec), testbed.minio, bucket)
 
-
-def release(api: client.ApiClient, namespace: str, uid: str) -> None:
-    """Let the run's held kwok pods finish successfully."""
-    for pod in pods_of(api, namespace, uid):
-        client.CoreV1Api(api).patch_namespaced_pod(pod.metadata.name, namespace,
-                                                   {"metadata": {"labels": {HOLD_KEY: None}}})
 
 
 def exit_with(api: client.ApiClient, pod: client.V1Pod, code: int) -> None:

@@ -17,13 +17,16 @@ from typing import Any
 import pytest
 from kubernetes import client
 from operator_helpers import (
+    HOLD,
     commit_output,
     condition,
     create_credentials,
     create_run,
+    ensure_operator_namespace,
     get_run,
     jobs_of,
     pods_of,
+    release,
     stored_example,
     wait_for,
     wait_phase,
@@ -31,12 +34,11 @@ from operator_helpers import (
 
 from sampleforge.api import KUEUE_QUEUE_LABEL
 from sampleforge.api.constants import GPU_RESOURCE, Kind
-from sampleforge.testbed import HOLD_KEY, KUEUE_GROUP, KUEUE_VERSION, Testbed
-from sampleforge.testbed._operator import OPERATOR_NAMESPACE, OperatorProcess
+from sampleforge.testbed import KUEUE_GROUP, KUEUE_VERSION, Testbed
+from sampleforge.testbed._operator import OperatorProcess
 
 pytestmark = [pytest.mark.integration, pytest.mark.controllers]
 AR = Kind.AUGMENTATION_RUN
-HOLD = {HOLD_KEY: "true"}
 SETTINGS = {"SAMPLEFORGE_OPERATOR_STATUS_MIN_INTERVAL_SECONDS": "1", "SAMPLEFORGE_OPERATOR_RESYNC_SECONDS": "2",
             "SAMPLEFORGE_OPERATOR_STORAGE_ALLOW_LIST": json.dumps({"*": ["s3://datasets/", "s3://models/", "s3://runs/"]})}
 #: The example AugmentationRun has 4 shards of 1 GPU each: one run fits the quota, two do not.
@@ -52,11 +54,7 @@ def api(kueue_testbed: Testbed) -> Iterator[client.ApiClient]:
 
 @pytest.fixture(scope="module")
 def operator_proc(kueue_testbed: Testbed, api: client.ApiClient) -> Iterator[OperatorProcess]:
-    try:
-        client.CoreV1Api(api).create_namespace({"metadata": {"name": OPERATOR_NAMESPACE}})
-    except client.ApiException as err:
-        if err.status != 409:
-            raise
+    ensure_operator_namespace(api)
     proc = OperatorProcess(kueue_testbed.kubeconfig, kueue_testbed.logs / "operator.log", settings=SETTINGS).start()
     yield proc
     proc.stop()
@@ -130,11 +128,6 @@ def has_condition(obj: dict[str, Any] | None, type_: str, status: str = "True") 
     return obj is not None and any(c["type"] == type_ and c["status"] == status
                                    for c in (obj.get("status") or {}).get("conditions", []))
 
-
-def release(api: client.ApiClient, namespace: str, uid: str) -> None:
-    for pod in pods_of(api, namespace, uid):
-        client.CoreV1Api(api).patch_namespaced_pod(pod.metadata.name, namespace,
-                                                   {"metadata": {"labels": {HOLD_KEY: None}}})
 
 
 def test_quota_holds_the_second_run_suspended_until_the_first_finishes(kueue_testbed: Testbed,

@@ -32,13 +32,15 @@ import pytest
 import yaml
 from kubernetes import client
 from operator_helpers import (
+    HOLD,
     commit_output,
     create_credentials,
     create_run,
+    ensure_operator_namespace,
     example,
     pod_token,
-    pods_of,
     post_heartbeat,
+    release,
     running_pod,
     stored_example,
     wait_for,
@@ -46,7 +48,7 @@ from operator_helpers import (
 )
 
 from sampleforge.api.constants import GROUP, PLURALS, VERSION, Kind
-from sampleforge.testbed import EXIT_CODE_ANNOTATION, HOLD_KEY, Testbed, binary
+from sampleforge.testbed import EXIT_CODE_ANNOTATION, Testbed, binary
 from sampleforge.testbed._health import http_ok
 from sampleforge.testbed._minio import MinioServer
 from sampleforge.testbed._operator import OPERATOR_NAMESPACE, OperatorProcess
@@ -62,7 +64,6 @@ RULE_TESTS = CHART / "alerts" / "tests.yaml"
 DASHBOARD = CHART / "dashboards" / "sampleforge.json"
 JOB = "sampleforge-operator"
 AR, FT = Kind.AUGMENTATION_RUN, Kind.FINE_TUNE_RUN
-HOLD = {HOLD_KEY: "true"}
 #: Grafana's built-in interval variables, as Grafana would fill them for a short time range.
 GRAFANA_INTERVALS = {"$__rate_interval": "30s", "$__interval": "1s", "$__range": "5m"}
 #: Dashboard series that may legitimately be empty after a healthy run: both counters are
@@ -206,20 +207,11 @@ def beat(api: client.ApiClient, url: str, run: dict[str, Any], done: int, total:
     assert post_heartbeat(url, pod_token(api, pod), body) == 202
 
 
-def release(api: client.ApiClient, namespace: str, uid: str) -> None:
-    for pod in pods_of(api, namespace, uid):
-        client.CoreV1Api(api).patch_namespaced_pod(pod.metadata.name, namespace,
-                                                   {"metadata": {"labels": {HOLD_KEY: None}}})
-
 
 @pytest.fixture(scope="module")
 def scene(testbed: Testbed, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scene]:
     with testbed.api_client() as api:
-        try:
-            client.CoreV1Api(api).create_namespace({"metadata": {"name": OPERATOR_NAMESPACE}})
-        except client.ApiException as err:
-            if err.status != 409:
-                raise
+        ensure_operator_namespace(api)
         namespace = f"t-{secrets.token_hex(4)}"
         client.CoreV1Api(api).create_namespace({"metadata": {"name": namespace}})
         testbed.wait_for_default_service_account(namespace)

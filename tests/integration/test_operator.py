@@ -14,10 +14,12 @@ from kubernetes import client
 from minio import Minio
 from operator_helpers import (
     CREDENTIALS_SECRET,
+    HOLD,
     commit_output,
     condition,
     create_credentials,
     create_run,
+    ensure_operator_namespace,
     example,
     get_run,
     jobs_of,
@@ -25,6 +27,7 @@ from operator_helpers import (
     pod_token,
     pods_of,
     post_heartbeat,
+    release,
     running_pod,
     scrape,
     stored_example,
@@ -35,12 +38,11 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from sampleforge.api import jobenv
 from sampleforge.api.constants import GPU_RESOURCE, Kind
-from sampleforge.testbed import EXIT_CODE_ANNOTATION, HOLD_KEY, Testbed
-from sampleforge.testbed._operator import OPERATOR_NAMESPACE, OperatorProcess
+from sampleforge.testbed import EXIT_CODE_ANNOTATION, Testbed
+from sampleforge.testbed._operator import OperatorProcess
 
 pytestmark = pytest.mark.integration
 AR, FT = Kind.AUGMENTATION_RUN, Kind.FINE_TUNE_RUN
-HOLD = {HOLD_KEY: "true"}
 FAST = {"SAMPLEFORGE_OPERATOR_STATUS_MIN_INTERVAL_SECONDS": "1", "SAMPLEFORGE_OPERATOR_RESYNC_SECONDS": "2",
         "SAMPLEFORGE_OPERATOR_LEADER_ELECTION": "true", "SAMPLEFORGE_OPERATOR_LEASE_DURATION_SECONDS": "6",
         # The examples' buckets and the tests' own (runs); anything else is refused.
@@ -50,11 +52,7 @@ FAST = {"SAMPLEFORGE_OPERATOR_STATUS_MIN_INTERVAL_SECONDS": "1", "SAMPLEFORGE_OP
 @pytest.fixture(scope="module")
 def operator_proc(testbed: Testbed, tmp_path_factory: pytest.TempPathFactory) -> Iterator[OperatorProcess]:
     with testbed.api_client() as api:
-        try:
-            client.CoreV1Api(api).create_namespace({"metadata": {"name": OPERATOR_NAMESPACE}})
-        except client.ApiException as err:
-            if err.status != 409:
-                raise
+        ensure_operator_namespace(api)
     logs = testbed.logs
     proc = OperatorProcess(testbed.kubeconfig, logs / "operator.log", settings=FAST).start()
     yield proc
@@ -72,12 +70,6 @@ def stored(testbed: Testbed) -> Callable[..., dict[str, Any]]:
     """An example run whose output goes to a fresh prefix of the testbed's MinIO."""
     return lambda name, **spec: stored_example(testbed.minio, name, **spec)
 
-
-def release(api: client.ApiClient, namespace: str, uid: str) -> None:
-    """Let held kwok pods finish successfully."""
-    for pod in pods_of(api, namespace, uid):
-        client.CoreV1Api(api).patch_namespaced_pod(pod.metadata.name, namespace,
-                                                   {"metadata": {"labels": {HOLD_KEY: None}}})
 
 
 class TestJobCreation:
