@@ -44,6 +44,10 @@ RESULTS_MD = REPO / "bench" / "results" / "generation.md"
 RESULTS_JSON = REPO / "bench" / "results" / "generation.json"
 
 
+#: The issue's targets: the job adds at most 10 % on top of the engine; the server beats transformers 5x.
+JOB_OVER_ENGINE_TARGET = 0.9
+SERVER_OVER_TF_TARGET = 5.0
+
 def shared_data() -> Path:
     return Path(os.environ.get("SAMPLEFORGE_SHARED_DATA") or REPO.parent / "shared" / "data")
 
@@ -191,6 +195,9 @@ def main(argv: list[str] | None = None) -> int:
         "engines": engines,
         "jobOverEngine": round(job_over_engine, 3),
         "serverOverTransformers": round(server_over_tf, 2),
+        "targets": {"jobOverEngine": JOB_OVER_ENGINE_TARGET, "serverOverTransformers": SERVER_OVER_TF_TARGET},
+        "met": {"jobOverEngine": job_over_engine >= JOB_OVER_ENGINE_TARGET,
+                "serverOverTransformers": server_over_tf >= SERVER_OVER_TF_TARGET},
         "samples": samples,
     }
     lines = [
