@@ -228,6 +228,10 @@ def observe(job: dict[str, Any] | None, pods: list[dict[str, Any]], *, suspended
 
     running = [p for p in pods if p.get("status", {}).get("phase") == "Running"]
     if running:
+        # The Job controller records the Job's startTime in a status write of its own, which the
+        # operator may see after the pods it started: a running run always has a start.
+        start = start or min((str(p["status"]["startTime"]) for p in running if p["status"].get("startTime")),
+                             default=None)
         started = _parse_time(start)
         reference = last_heartbeat or started
         if reference is not None and (now - reference).total_seconds() > heartbeat_timeout:

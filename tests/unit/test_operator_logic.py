@@ -117,6 +117,13 @@ class TestObserve:
         never = self.observe(job(active=1), [pod()])  # no heartbeat: the Job's start time counts (1 h ago)
         assert never.reason is Reason.HEARTBEAT_TIMEOUT
 
+    def test_a_running_pod_seen_before_the_jobs_start_time_gives_the_run_its_start(self) -> None:
+        """The Job controller writes the Job's startTime separately; a Running run always has one."""
+        unstarted = job(active=1)
+        del unstarted["status"]["startTime"]
+        obs = self.observe(unstarted, [pod(startTime="2026-11-28T11:59:00Z")], last_heartbeat=NOW)
+        assert (obs.phase, obs.start_time) == (Phase.RUNNING, "2026-11-28T11:59:00Z")
+
     def test_failed_pod_while_retrying_posts_a_warning(self) -> None:
         crashed = pod("Failed", containerStatuses=[{"state": {"terminated": {"exitCode": 1, "message": "boom"}}}])
         obs = self.observe(job(active=1), [crashed, pod()], last_heartbeat=NOW)
