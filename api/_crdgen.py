@@ -62,7 +62,7 @@ _PROGRESS = _column("Progress", "integer", ".status.progress.percent", "Percent 
 _ETA = _column("ETA", "string", ".status.progress.eta", "Estimated time left.")
 _AGE = _column("Age", "date", ".metadata.creationTimestamp", "Time since the run was created.")
 _REASON = _column(
-    "Reason", "string", '.status.conditions[?(@.type=="Ready")].reason', "Reason of the Ready condition.", 1
+    "Reason", "string", '.status.conditions[?(@.type=="Ready")].reason', "Why the run is in its phase (the Ready condition's reason)."
 )
 _JOB = _column("Job", "string", ".status.jobName", "The run's Job.", 1)
 
@@ -76,11 +76,11 @@ KINDS: tuple[KindDef, ...] = (
         status=AugmentationRunStatus,
         columns=(
             _PHASE,
+            _REASON,
             _PROGRESS,
             _column("Samples", "integer", ".status.results.samplesOut", "Rows written."),
             _ETA,
             _AGE,
-            _REASON,
             _JOB,
         ),
     ),
@@ -92,6 +92,7 @@ KINDS: tuple[KindDef, ...] = (
         status=FineTuneRunStatus,
         columns=(
             _PHASE,
+            _REASON,
             _PROGRESS,
             _column("Metric", "string", ".status.results.bestMetric.name", "Metric that picks the best model."),
             _column("Best", "number", ".status.results.bestMetric.value", "Its best value so far."),
@@ -99,7 +100,6 @@ KINDS: tuple[KindDef, ...] = (
             _AGE,
             _column("Step", "integer", ".status.results.step", "Optimizer steps done.", 1),
             _column("Loss", "number", ".status.results.loss", "Latest training loss.", 1),
-            _REASON,
             _JOB,
         ),
     ),

@@ -73,8 +73,13 @@ class RunOutputs(ApiModel):
     )
     model_uri: Uri | None = Field(default=None, description="FineTuneRun: the final model directory.")
     rejected_rows_uri: Uri | None = Field(
-        default=None, description="Where rows set aside as unreadable or invalid were written."
+        default=None, description="Where rows set aside as unreadable or invalid were written (set when there are any)."
     )
+    report_uri: Uri | None = Field(
+        default=None, description="The committed human-readable report (report.html, else report.md)."
+    )
+    metrics_uri: Uri | None = Field(default=None, description="FineTuneRun: the committed metrics.json.")
+    model_card_uri: Uri | None = Field(default=None, description="FineTuneRun: the published model's card (README.md).")
 
 
 class BestMetric(ApiModel):

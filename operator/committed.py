@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import urllib3
@@ -47,6 +47,8 @@ class Committed:
 
     results: dict[str, Any]
     rows: int | None = None
+    #: status.outputs entries for what the manifest vouches for (report, metrics, model card, rejects).
+    outputs: dict[str, str] = field(default_factory=dict)
 
 
 def split_uri(uri: str) -> tuple[str, str]:
@@ -87,6 +89,36 @@ def read_json(s3: Minio, uri: str) -> dict[str, Any]:
     if not isinstance(document, dict):
         raise NotCommitted(f"{uri} is not a JSON object")
     return document
+
+
+#: The report a reader should open first: the HTML one where the run wrote it.
+REPORTS = ("report.html", "report.md")
+
+
+def _listed(entries: Any) -> set[str]:
+    return {str(e["path"]) for e in entries or [] if isinstance(e, dict) and "path" in e}
+
+
+def _report(prefix: str, listed: set[str]) -> dict[str, str]:
+    name = next((name for name in REPORTS if name in listed), None)
+    return {"reportUri": prefix + name} if name else {}
+
+
+def augmentation_outputs(prefix: str, manifest: dict[str, Any]) -> dict[str, str]:
+    """Where an AugmentationRun's report and rejected rows are, as its manifest vouches for them."""
+    listed = _listed(manifest.get("artifacts"))
+    outputs = _report(prefix, listed)
+    if int((manifest.get("rejects") or {}).get("rows") or 0) > 0:
+        outputs["rejectedRowsUri"] = prefix + "rejects/"
+    return outputs
+
+
+def finetune_outputs(prefix: str, manifest: dict[str, Any]) -> dict[str, str]:
+    """Where a FineTuneRun's metrics, model card, report and rejected rows are (only what it committed)."""
+    listed = _listed(manifest.get("files"))
+    wanted = {"metricsUri": METRICS, "modelCardUri": "model/README.md", "rejectedRowsUri": "rejected_rows.jsonl"}
+    outputs = {key: prefix + path for key, path in wanted.items() if path in listed}
+    return {**outputs, **_report(prefix, listed)}
 
 
 def augmentation_results(manifest: dict[str, Any]) -> Committed:
@@ -135,8 +167,10 @@ def read_committed(kind: Kind, uid: str, output_uri: str, s3: Minio) -> Committe
     prefix = output_uri if output_uri.endswith("/") else output_uri + "/"
     manifest = read_json(s3, prefix + MANIFEST)
     if kind is Kind.AUGMENTATION_RUN:
-        return augmentation_results(manifest)
+        found = augmentation_results(manifest)
+        return Committed(found.results, found.rows, augmentation_outputs(prefix, manifest))
     owner = (manifest.get("run") or {}).get("uid")
     if owner != uid:
         raise NotCommitted(f"{prefix}{MANIFEST} was committed by another run (uid {owner}), not this one")
-    return finetune_results(manifest, read_json(s3, prefix + METRICS))
+    found = finetune_results(manifest, read_json(s3, prefix + METRICS))
+    return Committed(found.results, found.rows, finetune_outputs(prefix, manifest))

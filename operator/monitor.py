@@ -151,16 +151,17 @@ class _Monitor:
         results: dict[str, Any] | None = entry.results(kind) if entry else None
         progress: dict[str, Any] | None = entry.progress(kind) if entry else None
         committed = False
+        outputs = self._outputs(snapshot)
         if obs.phase is Phase.SUCCEEDED:
             obs, found = await self._collect(snapshot, obs, now_loop)
             if found is not None:
                 results, committed = found.results, True
                 progress = {**(progress or {}), **({"done": found.rows, "total": found.rows} if found.rows else {})}
+                outputs = {**(outputs or {}), **found.outputs}
         drift = [run_status.spec_change_condition(ignored_fields(job, spec), terminal=False)]
         desired = run_status.compose(snapshot, obs, now, job_name=job["metadata"]["name"], progress=progress,
                                      results=results, committed=committed,
-                                     outputs=self._outputs(snapshot),
-                                     extra_conditions=drift)
+                                     outputs=outputs, extra_conditions=drift)
         heartbeat_age = (now - entry.received_at).total_seconds() if entry and entry.received_at else None
         ctx.metrics.observe_run(str(kind), self.namespace, self.name, desired, heartbeat_age)
         if obs.reason is Reason.HEARTBEAT_TIMEOUT and not (job.get("spec") or {}).get("suspend"):

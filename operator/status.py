@@ -143,6 +143,8 @@ def _on_transition(ctx: OperatorContext, kind: Kind, body: dict[str, Any], old: 
         ctx.metrics.record_failure(kind, meta["namespace"], meta["name"], reason)
         post_event(body, "Warning", reason, message)
     else:
+        if new == Phase.SUCCEEDED:
+            message = f"{message}: {success_summary(kind, status)}"
         post_event(body, "Normal", reason, message)
     if new in TERMINAL_PHASES:
         started = _parse(status.get("startTime"))
@@ -151,6 +153,25 @@ def _on_transition(ctx: OperatorContext, kind: Kind, body: dict[str, Any], old: 
             ctx.metrics.run_duration.labels(kind=kind, phase=new).observe(max(0.0, (ended - started).total_seconds()))
     log.info("phase changed", extra={"kind": str(kind), "namespace": meta["namespace"], "run": meta["name"],
                                      "from": old, "to": new, "reason": reason})
+
+
+def success_summary(kind: Kind, status: dict[str, Any]) -> str:
+    """What a finished run produced and where, for the success Event: a reader of
+    ``kubectl get events`` learns the outcome without opening the status."""
+    results, outputs = status.get("results") or {}, status.get("outputs") or {}
+    if kind is Kind.AUGMENTATION_RUN:
+        parts = [f"{results.get('samplesOut', '?')} rows out of {results.get('samplesIn', '?')} read"]
+        where = outputs.get("uri")
+    else:
+        best = results.get("bestMetric") or {}
+        parts = ([f"best {best['name']} {best['value']:.4g} at step {best['step']}"] if best
+                 else [f"{results.get('step', '?')} steps"])
+        where = outputs.get("modelUri") or outputs.get("uri")
+    if where:
+        parts.append(f"outputs at {where}")
+    if outputs.get("reportUri"):
+        parts.append(f"report {outputs['reportUri']}")
+    return "; ".join(parts)
 
 
 def event_message(message: str) -> str:

@@ -105,6 +105,11 @@ def test_an_empty_source_fails_the_run_as_dataset_unreadable_at_once(local: Test
     assert not list(local.minio.client().list_objects(BUCKET, prefix="out/empty-source/manifest.json"))
 
 
+def _exists(tb: Testbed, uri: str) -> bool:
+    bucket, _, key = uri[len("s3://"):].partition("/")
+    return tb.minio.client().stat_object(bucket, key).size > 0
+
+
 def _read(tb: Testbed, uri: str) -> dict[str, Any]:
     bucket, _, key = uri[len("s3://"):].partition("/")
     return dict(json.loads(tb.minio.client().get_object(bucket, key).read()))
@@ -136,7 +141,17 @@ def test_a_chained_finetune_run_shows_exactly_what_both_runs_committed(local: Te
     results = aug_done["status"]["results"]
     assert (results["samplesIn"], results["samplesOut"]) == (manifest["rowsIn"], manifest["rowsOut"])
     assert results["perAugmenter"] == {name: a["kept"] for name, a in manifest["augmenters"].items()}
-    metrics = _read(local, ft_done["status"]["outputs"]["uri"] + "metrics.json")
+    outputs, ft_outputs = aug_done["status"]["outputs"], ft_done["status"]["outputs"]
+    assert outputs["reportUri"].rsplit("/", 1)[1] in {"report.html", "report.md"} and _exists(local, outputs["reportUri"])
+    assert "rejectedRowsUri" not in outputs  # nothing was rejected, so nothing to point at
+    metrics = _read(local, ft_outputs["metricsUri"])
+    assert ft_outputs["metricsUri"] == ft_outputs["uri"] + "metrics.json"
+    assert _exists(local, ft_outputs["modelCardUri"]) and ft_outputs["modelCardUri"].endswith("model/README.md")
+    with local.api_client() as api:
+        success = [e.message for e in client.CoreV1Api(api).list_namespaced_event(
+            NAMESPACE, field_selector="involvedObject.name=chain-aug,reason=Succeeded").items]
+    assert any(f"{manifest['rowsOut']} rows out of {manifest['rowsIn']} read" in m and outputs["uri"] in m
+               for m in success), success
     ft_results = ft_done["status"]["results"]
     finite = {k: v for k, v in metrics["final"].items() if isinstance(v, float) and math.isfinite(v)}
     assert finite and ft_results["latestMetrics"] == pytest.approx(finite)

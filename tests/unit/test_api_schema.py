@@ -609,6 +609,9 @@ class TestStatus:
             manifest_uri="s3://data/out/manifest.json",
             model_uri="s3://models/model/",
             rejected_rows_uri="s3://data/out/rejected/",
+            report_uri="s3://data/out/report.html",
+            metrics_uri="s3://models/out/metrics.json",
+            model_card_uri="s3://models/model/README.md",
         ),
         results=AugmentationResults(
             samples_in=100, samples_out=184213, per_augmenter={"typo": 30}, filtered={"dedup": 3}, rejected_rows=2

@@ -141,7 +141,7 @@ class TestCrdMetadata:
     def test_printer_columns_point_at_schema_fields_of_the_same_type(self, kind: Kind) -> None:
         nodes = dict(walk(root_schema(kind)))
         columns = crd(kind)["spec"]["versions"][0]["additionalPrinterColumns"]
-        assert [c["name"] for c in columns if not c.get("priority")][:2] == ["Phase", "Progress"]
+        assert [c["name"] for c in columns if not c.get("priority")][:2] == ["Phase", "Reason"]  # why it is in its phase, by default
         for col in columns:
             path = col["jsonPath"].lstrip(".")
             if path == "metadata.creationTimestamp":

@@ -12,14 +12,26 @@ from kubernetes.client.exceptions import ApiException
 
 from sampleforge.api import ConditionStatus, ConditionType, Kind, Phase, Reason
 from sampleforge.api.heartbeat import Heartbeat
-from sampleforge.operator.committed import augmentation_results, finetune_results
+from sampleforge.operator.committed import (
+    augmentation_outputs,
+    augmentation_results,
+    finetune_outputs,
+    finetune_results,
+)
 from sampleforge.operator.conditions import find
 from sampleforge.operator.index import ChildIndex
 from sampleforge.operator.kube import Invalid, _translate
 from sampleforge.operator.lifecycle import Observation, observe
 from sampleforge.operator.progress import ProgressStore, run_key
 from sampleforge.operator.specdrift import ANNOTATION_APPLIED_SPEC, applied_spec_annotation, ignored_fields
-from sampleforge.operator.status import EVENT_MESSAGE_LIMIT, checked, compose, event_message, spec_change_condition
+from sampleforge.operator.status import (
+    EVENT_MESSAGE_LIMIT,
+    checked,
+    compose,
+    event_message,
+    spec_change_condition,
+    success_summary,
+)
 
 NOW = datetime(2026, 12, 3, 12, 0, 0, tzinfo=UTC)
 START = "2026-12-03T11:00:00Z"
@@ -61,6 +73,29 @@ class TestCommittedResults:
         assert found.results == {"step": 37, "epoch": 3.0, "loss": 0.21, "latestMetrics": {"ndcg@10": 0.61, "auc": 0.8},
                                  "bestMetric": {"name": "ndcg@10", "value": 0.63, "step": 30}, "rejectedRows": 3}
         assert found.rows == 37
+
+    def test_output_uris_point_only_at_what_the_manifest_vouches_for(self) -> None:
+        prefix = "s3://b/out/"
+        aug = {"artifacts": [{"path": "report.md"}, {"path": "report.html"}], "rejects": {"rows": 3}}
+        assert augmentation_outputs(prefix, aug) == {"reportUri": prefix + "report.html",
+                                                     "rejectedRowsUri": prefix + "rejects/"}
+        assert augmentation_outputs(prefix, {"artifacts": [{"path": "report.md"}], "rejects": {"rows": 0}}) == {
+            "reportUri": prefix + "report.md"}
+        files = [{"path": p} for p in ("metrics.json", "model/README.md", "model/config.json")]
+        assert finetune_outputs(prefix, {"files": files}) == {"metricsUri": prefix + "metrics.json",
+                                                              "modelCardUri": prefix + "model/README.md"}
+        with_rejects = finetune_outputs(prefix, {"files": [*files, {"path": "rejected_rows.jsonl"}]})
+        assert with_rejects["rejectedRowsUri"] == prefix + "rejected_rows.jsonl"
+
+    def test_the_success_event_says_what_was_produced_and_where(self) -> None:
+        aug = success_summary(Kind.AUGMENTATION_RUN, {
+            "results": {"samplesIn": 990, "samplesOut": 5400},
+            "outputs": {"uri": "s3://b/out/", "reportUri": "s3://b/out/report.html"}})
+        assert aug == "5400 rows out of 990 read; outputs at s3://b/out/; report s3://b/out/report.html"
+        ft = success_summary(Kind.FINE_TUNE_RUN, {
+            "results": {"bestMetric": {"name": "ndcg@10", "value": 0.6312345, "step": 30}},
+            "outputs": {"uri": "s3://b/ft/", "modelUri": "s3://b/ft/model/"}})
+        assert ft == "best ndcg@10 0.6312 at step 30; outputs at s3://b/ft/model/"
 
     def test_committed_results_replace_what_heartbeats_said(self) -> None:
         body = {"metadata": {"generation": 1},
