@@ -13,7 +13,7 @@ from pydantic import BeforeValidator, Field
 
 from ._base import ApiModel, Rule
 from ._unions import FlatUnion
-from .augmenters import NEEDS_ATTRIBUTES, NEEDS_DENSE_FEATURES, NEEDS_IMAGE, Augmenter
+from .augmenters import GPU_ENGINES, NEEDS_ATTRIBUTES, NEEDS_DENSE_FEATURES, NEEDS_IMAGE, Augmenter
 from .common import CommonRunSpec
 from .fields import (
     ColumnName,
@@ -280,6 +280,11 @@ def _uses(spec: AugmentationRunSpec, types: tuple[str, ...]) -> bool:
     return any(a.type in types for a in spec.augmenters)
 
 
+def _gpu_engines(spec: AugmentationRunSpec) -> list[str]:
+    """Names of the augmenters whose engine needs a GPU in the pod."""
+    return [a.display_name() for a in spec.augmenters if getattr(a, "engine", None) in GPU_ENGINES]
+
+
 def _cel_list(values: tuple[str, ...]) -> str:
     return "[" + ", ".join(f"'{v}'" for v in values) + "]"
 
@@ -362,6 +367,15 @@ class AugmentationRunSpec(CommonRunSpec):
             check=lambda s: s.filters.eval_split is None or not s3_locations_overlap(s.filters.eval_split,
                                                                                     s.output.uri),
             field_path=".output.uri",
+        ),
+        Rule(
+            cel=f"!self.augmenters.exists(a, has(a.engine) && a.engine in {_cel_list(GPU_ENGINES)}) || "
+            "(has(self.resources) && has(self.resources.gpus) && self.resources.gpus >= 1)",
+            message="augmenters with engine vllm run vLLM on the pod's GPU: set resources.gpus to at least 1 "
+            "(and run the job image built with vLLM), or use engine transformers or openai",
+            check=lambda s: not _gpu_engines(s) or (s.resources.gpus or 0) >= 1,
+            field_path=".resources.gpus",
+            reason="FieldValueRequired",
         ),
     )
 

@@ -212,14 +212,30 @@ class AttributeSwapAugmenter(_Budget):
 # --- generation with a language model -------------------------------------------------------------
 
 #: Where a generation augmenter's text comes from. Why a choice: transformers inside the pod suits
-#: small runs and custom models; production teams serve models behind an OpenAI-compatible endpoint
-#: (vLLM, SGLang, TGI, llama.cpp, KServe, a gateway), which batches far better than generate().
+#: small runs and custom models; vllm is vLLM's offline batch engine on the pod's GPU (continuous
+#: batching, paged attention: far faster than generate() on the same GPU); production teams also serve
+#: models behind an OpenAI-compatible endpoint (vLLM, SGLang, TGI, llama.cpp, KServe, a gateway).
 GenerationEngine = Annotated[
-    Literal["transformers", "openai"],
+    Literal["transformers", "vllm", "openai"],
     Field(
-        description="Where the text is generated: transformers loads model inside the pod (as a hub id or s3:// directory); openai sends "
-        "chat completion requests to the OpenAI-compatible endpoint in openai (model is then the name "
-        "the endpoint serves)."
+        description="Where the text is generated: transformers loads model inside the pod (as a hub id or s3:// "
+        "directory); vllm runs model with vLLM's offline batch engine inside the pod, which needs a GPU "
+        "(resources.gpus of at least 1) and the job image built with vLLM (the Dockerfile's job-vllm target); "
+        "openai sends chat completion requests to the OpenAI-compatible endpoint in openai (model is then the "
+        "name the endpoint serves)."
+    ),
+]
+#: Engines that run the model on the pod's GPU and refuse to start without one.
+GPU_ENGINES = ("vllm",)
+MaxBatchTokens = Annotated[
+    int,
+    Field(
+        ge=64,
+        le=1_048_576,
+        description="Most tokens in one batch of the transformers engine, padding and new tokens included "
+        "(sequences x (longest prompt + maxNewTokens)); prompts are sorted by length and a batch ends at "
+        "batchSize sequences or at this budget, whichever comes first, so long texts cannot exhaust memory. "
+        "Outputs do not depend on it. vllm schedules tokens itself; openai sends one request per text.",
     ),
 ]
 ENDPOINT_URL_PATTERN = "^https?://[^\\s/?#]+(/[^\\s?#]*)?$"
@@ -293,6 +309,7 @@ class ParaphraseAugmenter(_Budget):
     openai: OpenAISettings = None
     prompt_template: PromptTemplate | None = None
     batch_size: BatchSize = 16
+    max_batch_tokens: MaxBatchTokens = 16384
     max_new_tokens: MaxNewTokens = 64
     temperature: Temperature = 0.7
     fields: Fields = Field(default=["query"])
@@ -310,6 +327,7 @@ class Doc2QueryAugmenter(_Budget):
     openai: OpenAISettings = None
     prompt_template: PromptTemplate | None = None
     batch_size: BatchSize = 16
+    max_batch_tokens: MaxBatchTokens = 16384
     max_new_tokens: MaxNewTokens = 32
     temperature: Temperature = 0.7
     label: AssignedLabel | None = None
@@ -337,6 +355,7 @@ class BackTranslationAugmenter(_Budget):
     )
     prompt_template: PromptTemplate | None = None
     batch_size: BatchSize = 16
+    max_batch_tokens: MaxBatchTokens = 16384
     max_new_tokens: MaxNewTokens = 64
     temperature: Temperature = 0.7
     fields: Fields = Field(default=["query"])
