@@ -13,9 +13,11 @@ import copy
 import io
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,9 +29,10 @@ from rich.table import Table
 
 from sampleforge.api import GROUP, VERSION
 from sampleforge.api.constants import PLURALS, TERMINAL_PHASES, Kind
+from sampleforge.cli.views import format_number
 from sampleforge.testbed._catalog import make_demo_dataset
 from sampleforge.testbed._operator import OPERATOR_NAMESPACE, OperatorProcess
-from sampleforge.testbed._paths import REPO_ROOT
+from sampleforge.testbed._paths import REPO_ROOT, cache_dir
 from sampleforge.testbed._testbed import Testbed, TestbedOptions
 
 DEMO_NAMESPACE = "sampleforge-demo"
@@ -37,6 +40,15 @@ BUCKET = "demo"
 SECRET = "demo-minio"
 MANIFESTS = REPO_ROOT / "examples" / "demo"
 TIMEOUT_SECONDS = 1800
+#: Top-level files of a run's output prefix worth keeping after the demo (reports, manifest, metrics).
+_KEPT_SUFFIXES = (".md", ".html", ".json")
+_KEPT_MAX_BYTES = 8 * 1024 * 1024
+
+
+def artefacts_dir() -> Path:
+    """Where the demo leaves what it produced, outside the clone and the deleted work directory;
+    each demo replaces the previous one's."""
+    return Path(cache_dir(), "demo", "last")
 
 
 def _upload_dataset(tb: Testbed) -> tuple[int, int]:
@@ -130,18 +142,34 @@ def _results(console: Console, statuses: dict[str, dict[str, Any]], docs: list[d
     table.add_row("rejected source rows", str(results.get("rejectedRows", 0)))
     table.add_row("training rows after", str(results.get("samplesOut", "?")))
     console.print(table)
+    console.print(runs_table(docs, statuses))
 
 
-    where = Table(title="Where the outputs are (MinIO)")
-    where.add_column("run")
-    where.add_column("phase")
-    where.add_column("output")
+def run_result(kind: str, status: dict[str, Any]) -> str:
+    """What one run produced, in a few words: rows for an AugmentationRun, the best metric (to four
+    decimals, as the plugin prints metrics) for a FineTuneRun."""
+    results = status.get("results") or {}
+    if kind == Kind.AUGMENTATION_RUN:
+        rows = results.get("samplesOut")
+        return f"{format_number(rows)} rows" if isinstance(rows, int) else ""
+    best = results.get("bestMetric") or {}
+    if isinstance(best.get("value"), int | float):
+        return f"{best.get('name', 'best')} {format_number(float(best['value']))} at step {best.get('step', '?')}"
+    return ""
+
+
+def runs_table(docs: Sequence[dict[str, Any]], statuses: dict[str, dict[str, Any]]) -> Table:
+    """The runs, their outcome and where their outputs are in MinIO."""
+    table = Table(title="Runs and where their outputs are (MinIO)")
+    for column in ("run", "phase", "result", "output"):
+        table.add_column(column)
     for doc in docs:
-        status = statuses[doc["metadata"]["name"]]
+        status = statuses.get(doc["metadata"]["name"]) or {}
         outputs = status.get("outputs") or {}
-        where.add_row(doc["metadata"]["name"], status.get("phase", "?"),
+        table.add_row(f"{doc['kind']}/{doc['metadata']['name']}", status.get("phase", "?"),
+                      run_result(doc["kind"], status),
                       outputs.get("modelUri") or outputs.get("manifestUri") or outputs.get("uri", ""))
-    console.print(where)
+    return table
 
 
 def _compare(console: Console, tb: Testbed, docs: list[dict[str, Any]]) -> None:
@@ -158,6 +186,58 @@ def _compare(console: Console, tb: Testbed, docs: list[dict[str, Any]]) -> None:
     console.print(shown.stdout.rstrip() or shown.stderr.rstrip(), markup=False, highlight=False)
 
 
+def _split_s3(uri: str) -> tuple[str, str]:
+    bucket, _, key = uri.removeprefix("s3://").partition("/")
+    return bucket, key
+
+
+def _save_outputs(tb: Testbed, statuses: dict[str, dict[str, Any]], dest: Path) -> None:
+    """The small files each run committed at the top of its output prefix (report, manifest,
+    metrics) and its model card, copied out of MinIO before it stops."""
+    s3 = tb.minio_client()
+    for name, status in statuses.items():
+        outputs = status.get("outputs") or {}
+        if not outputs.get("uri"):
+            continue
+        bucket, prefix = _split_s3(outputs["uri"].rstrip("/") + "/")
+        wanted = {f"{prefix}{Path(obj.object_name or '').name}"
+                  for obj in s3.list_objects(bucket, prefix=prefix)
+                  if not obj.is_dir and (obj.object_name or "").endswith(_KEPT_SUFFIXES)
+                  and (obj.size or 0) <= _KEPT_MAX_BYTES}
+        if outputs.get("modelCardUri"):
+            wanted.add(_split_s3(outputs["modelCardUri"])[1])
+        for key in sorted(wanted):
+            relative = key[len(prefix):] if key.startswith(prefix) else Path(key).name
+            s3.fget_object(bucket, key, str(dest / "outputs" / name / relative))
+
+
+def save_artefacts(tb: Testbed, statuses: dict[str, dict[str, Any]], dest: Path) -> None:
+    """Copy what is worth reading after the demo into ``dest`` (emptied first): the runs as the API
+    server last showed them, their reports and metrics, the operator's log and every pod's log."""
+    shutil.rmtree(dest, ignore_errors=True)
+    dest.mkdir(parents=True)
+    runs = tb.kubectl("get", "sampleforge", "-n", DEMO_NAMESPACE, "-o", "yaml", check=False)
+    if runs.returncode == 0:
+        (dest / "runs.yaml").write_text(runs.stdout)
+    _save_outputs(tb, statuses, dest)
+    if (tb.logs / "operator.log").is_file():
+        shutil.copy2(tb.logs / "operator.log", dest / "operator.log")
+    for log in sorted((tb.workdir / "local-node").glob("*/container.log")):
+        (dest / "pods").mkdir(exist_ok=True)
+        shutil.copy2(log, dest / "pods" / f"{log.parent.name}.log")
+
+
+def look_further(dest: Path, live: Sequence[str] = ()) -> str:
+    """The "Look further" lines: the commands for a cluster left running (``live``), then only the
+    kept files and folders that exist."""
+    lines = [f"  {command}" for command in live]
+    for label, path in (("runs (YAML)", dest / "runs.yaml"), ("reports, manifests and metrics", dest / "outputs"),
+                        ("operator log", dest / "operator.log"), ("pod logs", dest / "pods")):
+        if path.exists():
+            lines.append(f"  {label}: {path}")
+    return "Look further:\n" + "\n".join(lines) if lines else ""
+
+
 def run_demo(keep: bool = False) -> int:
     console = Console()
     started = time.monotonic()
@@ -167,6 +247,7 @@ def run_demo(keep: bool = False) -> int:
     tb = Testbed(TestbedOptions(controllers=True, gpu_nodes=0, local_node=True, minio=True)).start()
     operator: OperatorProcess | None = None
     ok = False
+    dest = artefacts_dir()
     try:
         crds = REPO_ROOT / "crds"
         tb.kubectl("apply", "--server-side", "-f", str(crds))
@@ -188,22 +269,21 @@ def run_demo(keep: bool = False) -> int:
             tb.kubectl("apply", "-n", DEMO_NAMESPACE, "-f", "-", input=yaml.safe_dump_all(docs))
             console.print(f"$ kubectl apply -n {DEMO_NAMESPACE} -f examples/demo/")
             statuses = _follow(console, api, docs)
-            console.print(tb.kubectl("get", "sampleforge", "-n", DEMO_NAMESPACE).stdout)
             _results(console, statuses, docs, train_rows)
             _compare(console, tb, docs)
             ok = all(s.get("phase") == "Succeeded" for s in statuses.values())
+            save_artefacts(tb, statuses, dest)
         console.print(f"demo finished in {time.monotonic() - started:.0f}s: "
                       f"{'every run succeeded' if ok else 'some runs did not succeed (see above)'}")
+        live = [f"export KUBECONFIG={tb.kubeconfig}",
+                f"kubectl sampleforge status augmentationrun/catalog-aug -n {DEMO_NAMESPACE}",
+                f"kubectl sampleforge report augmentationrun/catalog-aug -n {DEMO_NAMESPACE}",
+                f"kubectl get sampleforge,jobs,pods -n {DEMO_NAMESPACE}"] if keep else []
+        console.print(look_further(dest, live), markup=False, highlight=False)
         if not keep:
-            console.print("The cluster and MinIO stop now; `make keep` runs the same demo and leaves them running "
-                          "to look further.")
+            console.print(f"(kept in {dest}, replaced by the next demo.) The cluster and MinIO stop now; "
+                          "`make keep` runs the same demo and leaves them running.", markup=False)
         if keep:
-            console.print(f"Look further:\n  export KUBECONFIG={tb.kubeconfig}\n"
-                          f"  kubectl sampleforge status augmentationrun/catalog-aug -n {DEMO_NAMESPACE}\n"
-                          f"  kubectl sampleforge report augmentationrun/catalog-aug -n {DEMO_NAMESPACE}\n"
-                          f"  kubectl get jobs,pods -n {DEMO_NAMESPACE}\n"
-                          f"  pod logs: {tb.workdir / 'local-node'}/<namespace>_<pod>/container.log\n"
-                          f"  operator log: {tb.logs / 'operator.log'}")
             from sampleforge.testbed.__main__ import STATE_FILE
 
             state = tb.state()
