@@ -374,6 +374,9 @@ def test_network_policy_admits_run_pods_and_scrapers_to_the_operator_only() -> N
     (["leaderElection.enabled=false"], "replicaCount > 1 needs leaderElection"),
     (["operator.extraJobEnv.NO_PROXY=a\\,b"], "may not contain ','"),
     (["jobServiceAccount.create=true"], "jobServiceAccount.namespaces"),
+    (["podDisruptionBudget.minAvailable=most"], "minAvailable"),
+    (["podDisruptionBudget.unhealthyPodEvictionPolicy=Never"], "unhealthyPodEvictionPolicy"),
+    (["metrics.serviceMonitor.namespace=Monitoring"], "namespace"),
 ])
 def test_bad_values_are_refused_with_a_message_that_names_them(sets: list[str], message: str) -> None:
     with pytest.raises(ChartError, match=re.escape(message)):
@@ -410,3 +413,55 @@ def test_schema_describes_every_default_value() -> None:
 def test_chart_crds_are_the_generated_ones() -> None:
     for crd in (REPO / "crds").glob("*.yaml"):
         assert (CHART / "crds" / crd.name).read_text() == crd.read_text(), f"{crd.name}: run python -m sampleforge.api.crdgen"
+
+
+# --- availability, pull secrets, run pods' identity, scrape options ------------------------------------
+
+
+def test_two_replicas_get_a_disruption_budget_that_keeps_one_up() -> None:
+    docs = render()
+    budget = one(docs, "PodDisruptionBudget")
+    assert budget["metadata"]["namespace"] == NAMESPACE
+    assert budget["spec"]["selector"]["matchLabels"] == selector_labels(docs)
+    assert budget["spec"]["minAvailable"] == 1 and "maxUnavailable" not in budget["spec"]
+    assert budget["spec"]["unhealthyPodEvictionPolicy"] == "AlwaysAllow", "a crash-looping replica never blocks a drain"
+    by_max = one(render(sets=["podDisruptionBudget.maxUnavailable=50%"]), "PodDisruptionBudget")["spec"]
+    assert by_max["maxUnavailable"] == "50%" and "minAvailable" not in by_max
+    assert one(render(sets=["replicaCount=3", "podDisruptionBudget.minAvailable=2"]),
+               "PodDisruptionBudget")["spec"]["minAvailable"] == 2
+    # One replica could never be evicted under a budget of one: no budget at all, as when disabled.
+    assert not of_kind(render(CHART / "ci" / "networkpolicy-values.yaml"), "PodDisruptionBudget")
+    assert not of_kind(render(sets=["podDisruptionBudget.enabled=false"]), "PodDisruptionBudget")
+
+
+def test_pull_secrets_reach_the_operator_pod_and_the_run_pods_service_account() -> None:
+    docs = render(CHART / "ci" / "namespaced-values.yaml")
+    pod = one(docs, "Deployment")["spec"]["template"]["spec"]
+    assert pod["imagePullSecrets"] == [{"name": "regcred"}]
+    accounts = [a for a in of_kind(docs, "ServiceAccount") if a["metadata"]["name"] == "sampleforge-job"]
+    assert len(accounts) == 2
+    for account in accounts:
+        assert account["imagePullSecrets"] == [{"name": "regcred"}], "default: the chart's imagePullSecrets"
+        assert account["metadata"]["annotations"] == {
+            "eks.amazonaws.com/role-arn": "arn:aws:iam::123456789012:role/sampleforge-runs"}
+    own = [a for a in of_kind(render(CHART / "ci" / "namespaced-values.yaml",
+                                     sets=["jobServiceAccount.imagePullSecrets[0].name=jobs-pull"]), "ServiceAccount")
+           if a["metadata"]["name"] == "sampleforge-job"]
+    assert own and all(a["imagePullSecrets"] == [{"name": "jobs-pull"}] for a in own), "its own list wins"
+    plain = [a for a in of_kind(render(sets=["jobServiceAccount.create=true", "jobServiceAccount.namespaces={ml}"]),
+                                "ServiceAccount") if a["metadata"]["name"] == "sampleforge-job"]
+    assert "imagePullSecrets" not in plain[0] and "annotations" not in plain[0]["metadata"]
+    assert "imagePullSecrets" not in one(render(), "Deployment")["spec"]["template"]["spec"]
+
+
+def test_service_monitor_namespace_and_relabelings() -> None:
+    docs = render(CHART / "ci" / "monitoring-values.yaml")
+    monitor = one(docs, "ServiceMonitor")
+    assert monitor["metadata"]["namespace"] == "monitoring"
+    assert monitor["spec"]["namespaceSelector"] == {"matchNames": [NAMESPACE]}, "still scrapes the release namespace"
+    endpoint = monitor["spec"]["endpoints"][0]
+    assert endpoint["relabelings"] == [{"targetLabel": "cluster", "replacement": "search-prod"}]
+    assert endpoint["metricRelabelings"] == [{"sourceLabels": ["__name__"], "regex": "python_gc_.*", "action": "drop"}]
+    plain = one(render(sets=["metrics.serviceMonitor.enabled=true"]), "ServiceMonitor")
+    assert plain["metadata"]["namespace"] == NAMESPACE
+    assert "relabelings" not in plain["spec"]["endpoints"][0] and "metricRelabelings" not in plain["spec"]["endpoints"][0]
