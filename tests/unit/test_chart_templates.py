@@ -329,7 +329,11 @@ def test_namespaced_settings_follow_watch_namespaces_and_job_env_is_encoded() ->
 def test_monitoring_objects_embed_the_rules_and_dashboard_files() -> None:
     docs = render(CHART / "ci" / "monitoring-values.yaml")
     rule = one(docs, "PrometheusRule")
-    assert rule["spec"] == yaml.safe_load((CHART / "alerts" / "sampleforge-rules.yaml").read_text())
+    assert one(render(sets=["metrics.prometheusRule.enabled=true"]), "PrometheusRule")["spec"] == \
+        yaml.safe_load((CHART / "alerts" / "sampleforge-rules.yaml").read_text()), "with the defaults: the file as it is"
+    changed = {r["alert"]: r for g in rule["spec"]["groups"] for r in g["rules"]}
+    assert changed["SampleforgeRunsStuckPending"]["for"] == "1h"
+    assert changed["SampleforgeRunStalled"]["labels"] == {"severity": "critical", "team": "ml-platform"}
     dashboard = one(docs, "ConfigMap", f"{FULLNAME}-dashboard")
     assert dashboard["metadata"]["namespace"] == "monitoring"
     assert dashboard["metadata"]["labels"]["grafana_dashboard"] == "1"
@@ -465,3 +469,92 @@ def test_service_monitor_namespace_and_relabelings() -> None:
     plain = one(render(sets=["metrics.serviceMonitor.enabled=true"]), "ServiceMonitor")
     assert plain["metadata"]["namespace"] == NAMESPACE
     assert "relabelings" not in plain["spec"]["endpoints"][0] and "metricRelabelings" not in plain["spec"]["endpoints"][0]
+
+
+# --- alerts as values ----------------------------------------------------------------------------------
+
+
+def rules_file() -> dict[str, Any]:
+    loaded: dict[str, Any] = yaml.safe_load((CHART / "alerts" / "sampleforge-rules.yaml").read_text())
+    return loaded
+
+
+def rendered_rules(*sets: str) -> dict[str, dict[str, Any]]:
+    spec = one(render(sets=["metrics.prometheusRule.enabled=true", *sets]), "PrometheusRule")["spec"]
+    return {rule["alert"]: rule for group in spec["groups"] for rule in group["rules"]}
+
+
+def first_threshold(expr: str) -> float | None:
+    """What the chart's template takes for an alert's threshold: the first "> N" ending a line."""
+    found = re.search(r"> ([0-9][0-9.e+-]*)\n", expr)
+    return float(found.group(1)) if found else None
+
+
+def test_alert_defaults_in_values_are_the_rules_files() -> None:
+    """values.yaml documents each alert's defaults; they must be what the promtool-tested file says."""
+    alerts = values()["metrics"]["prometheusRule"]["alerts"]
+    in_file = {rule["alert"]: rule for group in rules_file()["groups"] for rule in group["rules"]}
+    assert set(alerts) == set(in_file), "every alert, and only those, has its values"
+    for name, rule in in_file.items():
+        settings = alerts[name]
+        assert settings["enabled"] is True
+        assert settings["severity"] == rule["labels"]["severity"], name
+        assert settings.get("for") == rule.get("for"), name
+        if "threshold" in settings:
+            assert first_threshold(rule["expr"]) == settings["threshold"], name
+
+
+def test_alert_thresholds_durations_severities_and_labels_are_values() -> None:
+    default = rendered_rules()
+    changed = rendered_rules("metrics.prometheusRule.alerts.SampleforgeRunStalled.threshold=900",
+                             "metrics.prometheusRule.alerts.SampleforgeRunStalled.for=15m",
+                             "metrics.prometheusRule.alerts.SampleforgeHeartbeatsRejected.threshold=0.5",
+                             "metrics.prometheusRule.alerts.SampleforgeOperatorDown.severity=page",
+                             "metrics.prometheusRule.alerts.SampleforgeRunFailed.labels.route=ml-oncall",
+                             "metrics.prometheusRule.alertLabels.team=ml-platform",
+                             "metrics.prometheusRule.alerts.SampleforgeRunsStuckPending.enabled=false")
+    stalled = changed["SampleforgeRunStalled"]
+    assert stalled["expr"] == default["SampleforgeRunStalled"]["expr"].replace("> 300\n", "> 900\n")
+    assert "changes(" in stalled["expr"] and "> 0\n" in stalled["expr"], "only the threshold changes"
+    assert stalled["for"] == "15m"
+    assert changed["SampleforgeHeartbeatsRejected"]["expr"].endswith("> 0.5\n")
+    assert changed["SampleforgeOperatorDown"]["labels"] == {"severity": "page", "team": "ml-platform"}
+    assert changed["SampleforgeRunFailed"]["labels"] == {"severity": "warning", "team": "ml-platform",
+                                                         "route": "ml-oncall"}
+    assert "SampleforgeRunsStuckPending" not in changed
+    assert changed["SampleforgeRunStalled"]["annotations"] == default["SampleforgeRunStalled"]["annotations"]
+
+
+def test_every_alert_of_a_group_left_out_leaves_out_the_group() -> None:
+    names = [rule["alert"] for rule in rules_file()["groups"][0]["rules"]]
+    spec = one(render(sets=["metrics.prometheusRule.enabled=true",
+                            *[f"metrics.prometheusRule.alerts.{n}.enabled=false" for n in names]]), "PrometheusRule")
+    assert [g["name"] for g in spec["spec"]["groups"]] == [g["name"] for g in rules_file()["groups"][1:]]
+
+
+@pytest.mark.parametrize(("sets", "message"), [
+    (["metrics.prometheusRule.alerts.SampleforgeRunFaild.enabled=false"], "no such alert"),
+    (["metrics.prometheusRule.alerts.SampleforgeOperatorDown.threshold=3"], "has no threshold"),
+    (["metrics.prometheusRule.alerts.SampleforgeRunStalled.for=soon"], "for"),
+    (["metrics.prometheusRule.alerts.SampleforgeRunStalled.threshold=high"], "threshold"),
+])
+def test_bad_alert_values_are_refused(sets: list[str], message: str) -> None:
+    with pytest.raises(ChartError, match=re.escape(message)):
+        render(sets=["metrics.prometheusRule.enabled=true", *sets], check=False)
+
+
+def test_promtool_accepts_the_rules_with_changed_values(tmp_path: Path) -> None:
+    try:
+        promtool = binary("promtool")
+    except FileNotFoundError as err:
+        pytest.skip(str(err))
+    spec = one(render(sets=["metrics.prometheusRule.enabled=true",
+                            "metrics.prometheusRule.alerts.SampleforgeReconcileErrors.threshold=20",
+                            "metrics.prometheusRule.alerts.SampleforgeHeartbeatsRejected.threshold=0.001",
+                            "metrics.prometheusRule.alerts.SampleforgeRunsStuckPending.for=1h30m",
+                            "metrics.prometheusRule.alertLabels.team=ml"]), "PrometheusRule")["spec"]
+    path = tmp_path / "rules.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    result = subprocess.run([str(promtool), "check", "rules", str(path)], capture_output=True, text=True,
+                            timeout=60, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
