@@ -139,13 +139,13 @@ def _env(run: RunObject, settings: Settings, job: str, topo: Topology, input_uri
     return env
 
 
-def cpu_cores(quantity: str) -> float:
+def cpu_cores(quantity: int | str) -> float:
     """A CPU quantity (``2``, ``0.5``, ``7500m``) in cores."""
     text = str(quantity)
     return int(text[:-1]) / 1000 if text.endswith("m") else float(text)
 
 
-def threads_per_process(cpu: str | None, processes: int) -> int | None:
+def threads_per_process(cpu: int | str | None, processes: int) -> int | None:
     """Compute threads for each training process of a pod with ``cpu`` cores (None: unset).
 
     A container sees every core of its node, and PyTorch starts one thread per core: with a CPU

@@ -99,6 +99,14 @@ def load_api_client() -> client.ApiClient:
     return client.ApiClient(configuration)
 
 
+def _json_object(what: str, answer: object) -> dict[str, Any]:
+    """The answer of a custom-objects call: the API server's JSON object, which the client types as
+    ``object`` (it has no model for our kinds)."""
+    if not isinstance(answer, dict):
+        raise KubeError(f"{what}: expected a JSON object, got {type(answer).__name__}")
+    return answer
+
+
 T = TypeVar("T")
 
 
@@ -127,9 +135,10 @@ class Kube:
     # -- runs --------------------------------------------------------------------------------
 
     def get_run(self, kind: Kind, namespace: str, name: str) -> dict[str, Any] | None:
+        what = f"reading {kind} {namespace}/{name}"
         try:
-            return dict(self._call(f"reading {kind} {namespace}/{name}", self.custom.get_namespaced_custom_object,
-                                   GROUP, VERSION, namespace, PLURALS[kind], name))
+            return dict(_json_object(what, self._call(what, self.custom.get_namespaced_custom_object,
+                                                      GROUP, VERSION, namespace, PLURALS[kind], name)))
         except NotFound:
             return None
 
@@ -140,7 +149,7 @@ class Kube:
                               PLURALS[kind])
         else:
             body = self._call(what, self.custom.list_cluster_custom_object, GROUP, VERSION, PLURALS[kind])
-        return list(body.get("items", []))
+        return list(_json_object(what, body).get("items", []))
 
     def patch_run_status(self, kind: Kind, namespace: str, name: str, status: dict[str, Any]) -> None:
         self._call(f"writing the status of {kind} {namespace}/{name}",

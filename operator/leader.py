@@ -38,6 +38,11 @@ def _fmt(moment: datetime) -> str:
     return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
+def _resource_version(lease: client.V1Lease) -> str | None:
+    """The version a write must match (a Lease read from the API server always has one)."""
+    return lease.metadata.resource_version if lease.metadata is not None else None
+
+
 class LeaderElector:
     def __init__(self, api: client.ApiClient, namespace: str, name: str, identity: str, duration: int,
                  on_contact: Callable[[], None] | None = None) -> None:
@@ -57,15 +62,18 @@ class LeaderElector:
         #: its renew deadline and step down for nothing. Two, so one hung call cannot block the next.
         self._executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="leader-lease")
 
-    def _lease_body(self, acquire_time: str, transitions: int, resource_version: str | None) -> dict[str, Any]:
+    def _lease_body(self, acquire_time: str, transitions: int, resource_version: str | None,
+                    **spec: Any) -> client.V1Lease:
+        """The Lease this replica writes (``spec`` overrides fields of its spec, by their wire names)."""
         metadata: dict[str, Any] = {"name": self.name, "namespace": self.namespace}
         if resource_version:
             metadata["resourceVersion"] = resource_version
-        return {
+        return client.V1Lease.model_validate({
             "apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "metadata": metadata,
             "spec": {"holderIdentity": self.identity, "leaseDurationSeconds": self.duration,
-                     "acquireTime": acquire_time, "renewTime": _fmt(_now()), "leaseTransitions": transitions},
-        }
+                     "acquireTime": acquire_time, "renewTime": _fmt(_now()), "leaseTransitions": transitions,
+                     **spec},
+        })
 
     @property
     def call_timeout(self) -> float:
@@ -91,7 +99,7 @@ class LeaderElector:
                     return False
                 raise
         self._contact()
-        spec = lease.spec
+        spec = lease.spec or client.V1LeaseSpec()  # a Lease without a spec is free to take
         holder = spec.holder_identity
         renewed = spec.renew_time
         duration = spec.lease_duration_seconds or self.duration
@@ -103,7 +111,7 @@ class LeaderElector:
         transitions = (spec.lease_transitions or 0) + (0 if ours else 1)
         try:
             self.coordination.replace_namespaced_lease(
-                self.name, self.namespace, self._lease_body(acquire, transitions, lease.metadata.resource_version),
+                self.name, self.namespace, self._lease_body(acquire, transitions, _resource_version(lease)),
                 _request_timeout=timeout)
         except ApiException as err:
             if err.status == 409:  # someone else wrote it first
@@ -122,10 +130,10 @@ class LeaderElector:
         later. True when released."""
         try:
             lease = self.coordination.read_namespaced_lease(self.name, self.namespace, _request_timeout=5)
-            if lease.spec.holder_identity != self.identity:
+            if lease.spec is None or lease.spec.holder_identity != self.identity:
                 return False
-            body = self._lease_body(_fmt(_now()), lease.spec.lease_transitions or 0, lease.metadata.resource_version)
-            body["spec"].update(holderIdentity=None, leaseDurationSeconds=1)
+            body = self._lease_body(_fmt(_now()), lease.spec.lease_transitions or 0, _resource_version(lease),
+                                    holderIdentity=None, leaseDurationSeconds=1)
             self.coordination.replace_namespaced_lease(self.name, self.namespace, body, _request_timeout=5)
         except LeaseError as err:
             log.warning("could not release the leader Lease; a standby takes it when it expires",

@@ -129,8 +129,9 @@ def _last_failure(pods: list[dict[str, Any]]) -> tuple[Reason, str] | None:
         return Reason.OOM_KILLED, (f"pod {name} was OOMKilled; raise spec.resources.memory or lower the batch "
                                    "size")
     detail = terminated.get("message") or terminated.get("reason") or "Error"
-    reason = _EXIT_REASONS.get(terminated.get("exitCode"), Reason.POD_FAILED)
-    return reason, f"pod {name} exited with code {terminated.get('exitCode')}: {detail}"
+    code = terminated.get("exitCode")
+    reason = _EXIT_REASONS.get(code, Reason.POD_FAILED) if isinstance(code, int) else Reason.POD_FAILED
+    return reason, f"pod {name} exited with code {code}: {detail}"
 
 
 def _parse_time(value: str | None) -> datetime | None:

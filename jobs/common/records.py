@@ -168,7 +168,7 @@ class CsvBlock:
     bad: list[BadRecord] = field(default_factory=list)
 
 
-def _header(stream: io.BufferedReader) -> list[str]:
+def _header(stream: io.BufferedReader[Any]) -> list[str]:
     """Column names from the first record. Peeks, so the stream still starts at the header."""
     head = stream.peek(_HEADER_PEEK)[:_HEADER_PEEK]
     if not head:
@@ -212,7 +212,7 @@ def _decoded(column: pa.Array | pa.ChunkedArray) -> tuple[list[str | None], list
     return values, bad
 
 
-def csv_blocks(stream: io.BufferedReader, columns: Sequence[str] | None = None,
+def csv_blocks(stream: io.BufferedReader[Any], columns: Sequence[str] | None = None,
                block_size: int = READ_CHUNK) -> tuple[list[str], Iterator[CsvBlock]]:
     """The header's names, and the records as :class:`CsvBlock` s.
 

@@ -9,6 +9,7 @@ nothing that looks finished, and leftovers of a failed attempt are never read.
 
 from __future__ import annotations
 
+import builtins
 import hashlib
 import io
 import json
@@ -215,7 +216,7 @@ class ObjectStore:
             raise StorageError(f"{uri} is not a JSON object; it was not written by sampleforge")
         return document
 
-    def upload_directory(self, directory: Path, prefix: S3Uri) -> list[dict[str, Any]]:
+    def upload_directory(self, directory: Path, prefix: S3Uri) -> builtins.list[dict[str, Any]]:
         """Upload every file under ``directory``; return manifest entries (key, size, sha256)."""
         entries = []
         for path in sorted(p for p in directory.rglob("*") if p.is_file()):
@@ -241,7 +242,7 @@ class ObjectStore:
                                    "the object was changed after it was committed")
         return manifest
 
-    def download_prefix(self, prefix: S3Uri, directory: Path) -> list[Path]:
+    def download_prefix(self, prefix: S3Uri, directory: Path) -> builtins.list[Path]:
         """Mirror every object under ``prefix`` (e.g. a model directory a user uploaded, with no
         manifest) into ``directory``. Files whose size and ETag match the last download are reused;
         the ETag index lives beside the files."""
