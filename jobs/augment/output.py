@@ -24,6 +24,7 @@ two shards finishing together both write equivalent manifests, which is harmless
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import json
 import math
@@ -43,14 +44,24 @@ from sampleforge.jobs.common.storage import ObjectStore, S3Uri, sha256_file
 from .preprocess import Reject
 from .protocol import PROVENANCE_COLUMNS, ColumnRoles
 
-__all__ = ["PART_ROWS", "ROW_GROUP_ROWS", "PartWriter", "RejectsWriter", "assemble_manifest", "marker_uri",
-           "output_schema", "read_markers"]
+__all__ = ["PART_ROWS", "ROW_GROUP_ROWS", "TEXT_LENGTH_EDGES", "PartWriter", "RejectsWriter", "assemble_manifest",
+           "length_bin", "marker_uri", "output_schema", "read_markers"]
 
 PART_ROWS = 1_000_000
 ROW_GROUP_ROWS = 50_000
 MARKER_DIR = "_shards"
 
 _LABEL_TYPES = {"int": pa.int64(), "float": pa.float64(), "string": pa.string()}
+
+#: Lower edges of the text-length bins (characters) the manifest's ``textLengths`` counts rows in; fixed,
+#: so that shards' counts add up.
+TEXT_LENGTH_EDGES = (0, 5, 10, 15, 20, 25, 30, 40, 50, 60, 80, 100, 120, 150, 200, 250, 300, 400, 500, 750, 1000)
+
+
+def length_bin(text: Any) -> str:
+    """The ``textLengths`` bin of a text: the lower edge of its length's bin, as a string."""
+    n = len(text) if isinstance(text, str) else 0
+    return str(TEXT_LENGTH_EDGES[bisect.bisect_right(TEXT_LENGTH_EDGES, n) - 1])
 
 
 def output_schema(roles: ColumnRoles, label_kind: str) -> pa.Schema:
@@ -301,6 +312,12 @@ def assemble_manifest(markers: Sequence[Mapping[str, Any]], *, committed_at: dat
         "filterNotes": shared.get("filterNotes", {}),
         "redactions": _sorted(totals.get("redactions", {})),
         "labelDistribution": {"before": labels_before, "after": labels_after},
+        # Rows per length of their query and item text (characters), in bins named by their lower edge:
+        # the source rows read, and the rows written.
+        "textLengths": {"unit": "characters", "edges": list(TEXT_LENGTH_EDGES),
+                        **{when: {f: {k: n for k, n in sorted(counts.items(), key=lambda kv: int(kv[0]))}
+                                  for f, counts in sorted(totals.get("textLengths", {}).get(when, {}).items())}
+                           for when in ("before", "after")}},
         # sourceRowsInEvalSplit: source rows that leak what the split holds out; sourceRowsDropped: those
         # the guard dropped, per reason (a row undersampling removed first is not counted twice).
         "evalSplit": ({**shared["evalSplit"], "sourceRowsInEvalSplit": totals.get("sourceRowsInEvalSplit", 0),

@@ -46,6 +46,7 @@ from .catalog import build_augmenters, check_supported, needs_of
 from .embedding import ModelCache
 from .errors import AugmentError, ConfigError, SourceError
 from .filters import Candidate, EvalSplit, Filter, LeakageGuard, build_filters, eval_split
+from .htmlreport import render_html_report
 from .knowledge import DatasetKnowledge, learn
 from .output import (
     PartWriter,
@@ -53,6 +54,7 @@ from .output import (
     assemble_manifest,
     clear_directory,
     digest,
+    length_bin,
     marker_uri,
     output_schema,
     read_markers,
@@ -145,6 +147,18 @@ class _Counts:
     #: Source rows the leakage guard dropped, per reason.
     source_in_eval: Counter[str] = field(default_factory=Counter)
     examples: dict[str, list[dict[str, Any]]] = field(default_factory=lambda: defaultdict(list))
+    #: Rows per text-length bin: ("before" | "after", "query" | "item") -> bin -> rows.
+    lengths: dict[tuple[str, str], Counter[str]] = field(default_factory=lambda: defaultdict(Counter))
+
+    def count_lengths(self, when: str, row: dict[str, Any], roles: ColumnRoles) -> None:
+        self.lengths[when, "query"][length_bin(row[roles.query])] += 1
+        self.lengths[when, "item"][length_bin(row[roles.item])] += 1
+
+    def text_lengths(self) -> dict[str, dict[str, dict[str, int]]]:
+        found: dict[str, dict[str, dict[str, int]]] = {}
+        for (when, text), bins in self.lengths.items():
+            found.setdefault(when, {})[text] = dict(bins)
+        return found
 
     def augmenters(self, names: list[str]) -> dict[str, Any]:
         return {n: {"produced": self.produced[n], "kept": self.kept[n],
@@ -328,6 +342,7 @@ class ShardJob:
                 "filtered": {f: dict(r) for f, r in counts.filtered.items()},
                 "redactions": dict(redactor.counts),
                 "labelsBefore": dict(counts.labels_before), "labelsAfter": dict(counts.labels_after),
+                "textLengths": counts.text_lengths(),
                 "sourceRowsInEvalSplit": counts.in_eval,
                 "sourceRowsDropped": dict(counts.source_in_eval),
             },
@@ -394,6 +409,7 @@ class ShardJob:
         out = []
         for i, row in enumerate(source_rows):
             counts.labels_before[labels.key(row[roles.label])] += 1
+            counts.count_lengths("before", row, roles)
             if leaks[i] is not None:
                 counts.in_eval += 1
                 if keep[i]:
@@ -435,6 +451,8 @@ class ShardJob:
                 counts.examples[c.augmenter].append(self._example(c))
             out.append(c.row)
         counts.generated_kept += len(alive)
+        for row in out:
+            counts.count_lengths("after", row, roles)
         writer.add(out)
 
     def _candidate(self, aug: RowAugmenter, generated: GeneratedRow, plan: BatchPlan, position: dict[int, int],
@@ -526,6 +544,8 @@ class ShardJob:
         manifest["artifacts"] = artifacts
         report = render_report(manifest).encode("utf-8")
         artifacts.append(self._artifact("report.md", report, "text/markdown; charset=utf-8"))
+        page = render_html_report(manifest).encode("utf-8")
+        artifacts.append(self._artifact("report.html", page, "text/html; charset=utf-8"))
         uri = self.store.commit(self.prefix, manifest)
         log.info("run committed", extra={"manifest": str(uri), "rows_out": manifest["rowsOut"],
                                          "parts": len(manifest["files"])})
