@@ -68,8 +68,9 @@ LEADER_VALUE: Final = "true"
 #: Label that hands a Job to Kueue; its value is ``spec.queueName``.
 KUEUE_QUEUE_LABEL: Final = "kueue.x-k8s.io/queue-name"
 
-#: Finalizer the operator puts on runs whose cleanup must happen before deletion.
-FINALIZER: Final = f"{GROUP}/finalizer"
+#: Finalizer kopf keeps on a run while the operator watches it (its monitor must stop before the run
+#: goes). Runs must therefore be deleted while the operator is still installed (docs/quickstart.md).
+FINALIZER: Final = f"{ANNOTATION_PREFIX}/kopf-finalizer"
 
 #: Extended resource the GPU count is requested as.
 GPU_RESOURCE: Final = "nvidia.com/gpu"

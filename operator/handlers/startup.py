@@ -9,7 +9,7 @@ from typing import Any
 import kopf
 
 from sampleforge.api import Kind
-from sampleforge.api.constants import ANNOTATION_PREFIX
+from sampleforge.api.constants import ANNOTATION_PREFIX, FINALIZER
 from sampleforge.operator.diffbase import DigestDiffBaseStorage
 from sampleforge.operator.handlers._common import ctx_of
 from sampleforge.operator.kube import KubeError
@@ -26,7 +26,7 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     # Digests only, never a copy of the spec (see sampleforge.operator.diffbase): a large spec would
     # otherwise push the annotations past 256 KiB and make every patch of the run fail.
     settings.persistence.diffbase_storage = DigestDiffBaseStorage(prefix=ANNOTATION_PREFIX)
-    settings.persistence.finalizer = f"{ANNOTATION_PREFIX}/kopf-finalizer"
+    settings.persistence.finalizer = FINALIZER
     # Leadership is ours (a Lease), not kopf's peering: one replica runs handlers at all.
     settings.peering.standalone = True
     # The resources and namespaces are known; scanning would need list on CRDs and namespaces

@@ -37,7 +37,7 @@ from operator_helpers import (
 from prometheus_client.parser import text_string_to_metric_families
 
 from sampleforge.api import jobenv
-from sampleforge.api.constants import GPU_RESOURCE, Kind
+from sampleforge.api.constants import FINALIZER, GPU_RESOURCE, Kind
 from sampleforge.testbed import EXIT_CODE_ANNOTATION, Testbed
 from sampleforge.testbed._operator import OperatorProcess
 
@@ -188,6 +188,8 @@ class TestSuspendDeleteTtl:
         run = create_run(kube_api, ns, example("augmentationrun.yaml"), labels=HOLD)
         uid = run["metadata"]["uid"]
         running_pod(kube_api, ns, uid)
+        # The finalizer the docs tell users about (uninstall: delete runs first) is the one kopf sets.
+        assert FINALIZER in get_run(kube_api, AR, ns, run["metadata"]["name"])["metadata"]["finalizers"]
         client.CustomObjectsApi(kube_api).delete_namespaced_custom_object(
             "sampleforge.io", "v1alpha1", ns, "augmentationruns", run["metadata"]["name"])
         wait_for(lambda: not jobs_of(kube_api, ns, uid) and not pods_of(kube_api, ns, uid), timeout=90,
