@@ -3,15 +3,20 @@ datasets in ../shared/data, read in place.
 
 * QBQTC (Chinese query-title relevance, grades 0/1/2; ``dev.json`` is the only file shipped). Almost
   every query has one title, so NDCG per query only means something for the ~1,100 queries with two
-  or more titles. The held-out **test** split is a fixed set of such multi-title queries (whole
-  queries, never split); the **validation** split used to tune the recipe is another, disjoint set of
-  multi-title queries; every remaining row (other queries) is the **training pool**. No query occurs
-  in two of the three.
+  or more titles. Those multi-title queries are shuffled once; the held-out **test** split is the
+  first of them (whole queries, at least ``testRows`` rows), the **validation** split (early
+  stopping, calibration, recipe choice) the next ones (at least ``validationRows`` rows). The
+  **training pool** is every single-title query, whatever the two sizes are: changing an evaluation
+  size never changes a training slice. No query occurs in two of the three.
 * Walmart-Amazon (English product matching, 0/1, about 9 % positives): the official splits. Training
-  slices come from ``train.txt``, recipe tuning uses ``valid.txt`` and the test split is a fixed
-  random subset of ``test.txt``. The Walmart product is the query (title, with its brand and model
-  number appended as ``| brand: ..`` text, mirroring how the fine-tune job renders the item), the
-  Amazon product is the item (title column, brand and model number as attribute columns).
+  slices come from ``train.txt``, the validation split is a fixed random subset of ``valid.txt`` and
+  the test split a fixed random subset of ``test.txt``. The Walmart product is the query (title, with
+  its brand and model number appended as ``| brand: ..`` text, mirroring how the fine-tune job renders
+  the item), the Amazon product is the item (title column, brand and model number as attribute
+  columns).
+
+Each dataset declares its language (what nlpaug's edits are configured for) and its own options
+(:data:`OPTIONS`, set with ``--option DATASET.NAME=VALUE``); nothing is shared between datasets.
 
 Training slices are nested (the 500-row slice is the first 500 rows of the 2,000-row one), drawn once
 with a fixed seed; the benchmark's seeds vary augmentation and training, not the slice.
@@ -42,6 +47,10 @@ class DataSplits:
     #: AugmentationRun / FineTuneRun ``columns`` (camelCase).
     columns: dict[str, Any]
     description: str
+    #: BCP 47 language of the text (nlpaug's tokenizer and edits follow it).
+    language: str
+    #: Whether test rows come in query groups (resampled whole by the bootstrap, ranked by NDCG).
+    grouped: bool
 
     def slice(self, n: int) -> list[dict[str, Any]]:
         if n > len(self.pool):
@@ -61,7 +70,15 @@ def _take_queries(groups: list[list[dict[str, Any]]], rows: int) -> tuple[list[d
     return out, used
 
 
-def qbqtc(eval_rows: int, validation_rows: int) -> DataSplits:
+#: Per-dataset options and their defaults (``--option qbqtc.testRows=800``).
+OPTIONS: dict[str, dict[str, int]] = {
+    "qbqtc": {"testRows": 600, "validationRows": 400},
+    "walmart": {"testRows": 1200, "validationRows": 500},
+}
+
+
+def qbqtc(testRows: int, validationRows: int) -> DataSplits:
+    eval_rows, validation_rows = testRows, validationRows
     path = SHARED / "qbqtc" / "dev.json"
     records = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
     by_query: dict[str, list[dict[str, Any]]] = {}
@@ -73,14 +90,14 @@ def qbqtc(eval_rows: int, validation_rows: int) -> DataSplits:
     rng.shuffle(multi)
     test, used = _take_queries(multi, eval_rows)
     validation, used_val = _take_queries(multi[used:], validation_rows)
-    held = {g[0]["query"] for g in multi[: used + used_val]}
-    pool = [r for q, g in by_query.items() if q not in held for r in g]
+    # the pool never depends on the evaluation sizes: every multi-title query stays out of it
+    pool = [r for g in by_query.values() if len(g) == 1 for r in g]
     rng.shuffle(pool)
     return DataSplits(
         "QBQTC", pool, validation, test, {"query": "query", "item": "title", "label": "label"},
         f"`qbqtc/dev.json` ({len(records):,} rows): test = {len(test)} rows of {used} held-out queries with 2+ "
         f"titles; validation = {len(validation)} rows of {used_val} other such queries; training pool = the "
-        f"other {len(pool):,} rows (disjoint queries)")
+        f"{len(pool):,} rows of single-title queries (disjoint queries)", language="zh", grouped=True)
 
 
 _FIELD = re.compile(r"COL (\w+) VAL (.*?)(?= COL |$)")
@@ -106,7 +123,8 @@ def walmart_rows(split: str) -> list[dict[str, Any]]:
     return rows
 
 
-def walmart_amazon(eval_rows: int, validation_rows: int) -> DataSplits:
+def walmart_amazon(testRows: int, validationRows: int) -> DataSplits:
+    eval_rows, validation_rows = testRows, validationRows
     rng = random.Random(SPLIT_SEED)
     pool, validation, test = walmart_rows("train"), walmart_rows("valid"), walmart_rows("test")
     rng.shuffle(pool)
@@ -118,7 +136,30 @@ def walmart_amazon(eval_rows: int, validation_rows: int) -> DataSplits:
         "Walmart-Amazon", pool, validation, test,
         {"query": "query", "item": "title", "label": "label", "attributes": ["brand", "modelno"]},
         f"training pool = `train.txt` ({len(pool):,} pairs), validation = {len(validation)} random "
-        f"pairs of `valid.txt`, test = {len(test)} random pairs of `test.txt` ({positives} positives)")
+        f"pairs of `valid.txt`, test = {len(test)} random pairs of `test.txt` ({positives} positives)",
+        language="en", grouped=False)
 
 
 DATASETS = {"qbqtc": qbqtc, "walmart": walmart_amazon}
+
+
+def load(name: str, options: dict[str, int] | None = None) -> DataSplits:
+    """The splits of dataset ``name`` with its default options updated by ``options``."""
+    chosen = {**OPTIONS[name], **(options or {})}
+    unknown = set(chosen) - set(OPTIONS[name])
+    if unknown:
+        raise ValueError(f"{name}: unknown option(s) {sorted(unknown)}; known: {sorted(OPTIONS[name])}")
+    return DATASETS[name](**chosen)
+
+
+def parse_options(values: list[str]) -> dict[str, dict[str, int]]:
+    """``["qbqtc.testRows=800", ...]`` -> ``{"qbqtc": {"testRows": 800}}``."""
+    out: dict[str, dict[str, int]] = {}
+    for value in values:
+        key, sep, number = value.partition("=")
+        dataset, dot, option = key.partition(".")
+        if not (sep and dot) or dataset not in OPTIONS or option not in OPTIONS[dataset]:
+            raise ValueError(f"--option {value!r}: write DATASET.NAME=VALUE, one of "
+                             + ", ".join(f"{d}.{o}" for d in OPTIONS for o in OPTIONS[d]))
+        out.setdefault(dataset, {})[option] = int(number)
+    return out

@@ -4,7 +4,8 @@ exactly ``budget`` new rows.
 
 nlpaug's WordNet synonym replacement (the S of EDA) needs NLTK data that cannot be fetched offline,
 so the two EDA operations that need no resource are used, with EDA's edit rate alpha = 0.1 (at least
-one word). Chinese text is segmented with jieba (nlpaug splits on whitespace by default, which would
+one word). The language is the dataset's declared language (quality_data.DataSplits.language), never
+guessed from its name. Chinese (``zh``) text is segmented with jieba (nlpaug splits on whitespace by default, which would
 treat a whole Chinese query as one word) and joined back without spaces.
 """
 
@@ -18,12 +19,13 @@ from typing import Any
 ALPHA = 0.1
 
 
-def _augmenters(chinese: bool, seed: int) -> list[tuple[str, Any]]:
+def _augmenters(language: str, seed: int) -> list[tuple[str, Any]]:
     import nlpaug.augmenter.char as nac
     import nlpaug.augmenter.word as naw
     import numpy as np
 
     random.seed(seed)  # nlpaug draws from the global generators
+    chinese = language.split("-")[0] == "zh"
     np.random.seed(seed)
     if chinese:
         with warnings.catch_warnings():
@@ -44,7 +46,7 @@ def _augmenters(chinese: bool, seed: int) -> list[tuple[str, Any]]:
         ("swap", naw.RandomWordAug(action="swap", aug_p=ALPHA, aug_min=1, **kwargs)),
         ("delete", naw.RandomWordAug(action="delete", aug_p=ALPHA, aug_min=1, **kwargs)),
     ]
-    if not chinese:
+    if language.split("-")[0] == "en":  # an English keyboard's neighbours
         found.append(("keyboard", nac.KeyboardAug(aug_word_p=ALPHA, aug_char_p=ALPHA, aug_word_min=1,
                                                   include_special_char=False, include_upper_case=False)))
     return found
@@ -58,10 +60,10 @@ def _apply(augmenter: Any, text: str) -> str:
     return out if isinstance(out, str) and out.strip() else text
 
 
-def nlpaug_rows(rows: list[dict[str, Any]], budget: int, *, seed: int, chinese: bool) -> list[dict[str, Any]]:
+def nlpaug_rows(rows: list[dict[str, Any]], budget: int, *, seed: int, language: str) -> list[dict[str, Any]]:
     """``budget`` new rows: a uniformly drawn source row, one EDA operation on its query and item
     (title) text; attributes and label copied."""
-    augmenters = _augmenters(chinese, seed)
+    augmenters = _augmenters(language, seed)
     rng = random.Random(seed)
     out = []
     for _ in range(budget):
