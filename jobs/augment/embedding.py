@@ -34,6 +34,7 @@ from .errors import ModelError
 
 if TYPE_CHECKING:  # imported when first used: it imports this module
     from .generation import TextGenerator
+    from .vllm_engine import VllmGenerator
 
 log = logging.getLogger(__name__)
 
@@ -246,6 +247,12 @@ class ModelCache:
         from .generation import TextGenerator
 
         return self._get("generator", ref, field_path, TextGenerator, allow_gguf=True)  # type: ignore[no-any-return]
+
+    def vllm_generator(self, ref: str, field_path: str) -> VllmGenerator:
+        """The same model in vLLM's offline engine (the ``vllm`` engine; needs vLLM and a CUDA GPU)."""
+        from .vllm_engine import VllmGenerator
+
+        return self._get("vllm", ref, field_path, VllmGenerator.load, allow_gguf=True)  # type: ignore[no-any-return]
 
     def _get(self, kind: str, ref: str, field_path: str, build: Any, allow_gguf: bool = False) -> Any:
         with self._lock:

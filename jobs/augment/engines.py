@@ -196,6 +196,8 @@ class EngineStats:
             "generationSeconds": round(self.generation_seconds, 3), "requests": self.requests,
             "generated": self.generated, "generatedPerSecond": round(rate, 3) if rate is not None else None,
         }
+        if self.engine == "vllm":  # vLLM reports the tokens it generated, like an endpoint's usage
+            out["completionTokens"] = self.completion_tokens
         if self.engine == "openai":
             p50, p99 = self.percentile(0.5), self.percentile(0.99)
             out.update({"httpAttempts": self.attempts, "retries": self.retries,

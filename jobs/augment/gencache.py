@@ -98,7 +98,7 @@ class CachedGenerator:
             log.warning("generation cache entry not written", extra={"key": key, "error": str(err)})
 
     def generate(self, inputs: Sequence[Any], seeds: Sequence[int], settings: Any) -> list[Any]:
-        engine = "openai" if self.inner.stats.engine == "openai" else "transformers"
+        engine = str(self.inner.stats.engine)  # engines sample differently: each has its own entries
         keys = [cache_key(engine, self.inner.stats.model, _jsonable(i), settings.max_new_tokens, settings.temperature,
                           self.top_p, s if settings.sampling else 0) for i, s in zip(inputs, seeds, strict=True)]
         known = self._known_keys()

@@ -16,10 +16,13 @@ Decisions, and why:
   floating-point effect of padding on a row's logits, which would have to move a draw across a
   token boundary to show.) ``temperature: 0`` is greedy decoding, and then one variant per row,
   since more would repeat it.
-* **Dynamic batching.** Prompts are tokenised once, sorted by token length and cut into batches of
-  ``batchSize`` sequences, so a batch pads little; decoder-only models are padded on the left (what
-  they continue from must be the last position). Identical requests (same prompt, and the same seed
-  when sampling) are generated once.
+* **Dynamic batching by tokens.** Prompts are tokenised once, sorted by token length and cut into
+  batches (:func:`token_batches`) of at most ``batchSize`` sequences and at most ``maxBatchTokens``
+  tokens, counted as the batch's padded size (sequences x (longest prompt + ``maxNewTokens``)): short
+  queries go many to a batch, long item texts few, so a batch pads little and its memory is bounded.
+  Decoder-only models are padded on the left (what they continue from must be the last position).
+  Identical requests (same prompt, and the same seed when sampling) are generated once. Since the
+  sampler is per row, outputs do not depend on how the requests were batched.
 * **Precision.** bf16 on a GPU that has it (fp16 on older ones), fp32 on CPU, where half precision
   is slow or unsupported.
 * **Dropping and counting.** Answers are cleaned (:func:`~.prompts.clean_output`); an empty answer,
@@ -36,9 +39,11 @@ Decisions, and why:
   an instruct model is asked to translate.
 
 * **Engines** (``engine``): ``transformers`` (the default) runs the model in the pod, as described
-  above; ``openai`` sends the same prompts as chat requests to an OpenAI-compatible endpoint
-  (:mod:`.engines`). Either way the augmenters build requests, clean and judge answers the same; a
-  request the endpoint could not answer is dropped and counted like any other unusable answer. Each
+  above; ``vllm`` runs it with vLLM's offline batch engine on the pod's GPU (:mod:`.vllm_engine`:
+  the same formatted prompts, one request per text with its own seed); ``openai`` sends the same
+  prompts as chat requests to an OpenAI-compatible endpoint (:mod:`.engines`). Either way the
+  augmenters build requests, clean and judge answers the same; a request the endpoint could not
+  answer is dropped and counted like any other unusable answer. Each
   engine records its load time apart from its generation time and rate (log line ``model loaded``,
   manifest ``augmenters.<name>.summary``, shard 0's figures): a 26 s de-quantisation must not read as
   slow generation.
@@ -78,6 +83,7 @@ from .protocol import (
     register_row_augmenter,
     splitmix64,
 )
+from .vllm_engine import VllmGenerator, require_vllm
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +98,7 @@ __all__ = [
     "RowSampler",
     "TextGenerator",
     "request_seed",
+    "token_batches",
 ]
 
 #: Nucleus kept when sampling: tokens outside the top 95 % of probability mass are never drawn. Why:
@@ -104,15 +111,41 @@ _END_OF_TURN = ("<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|end|>", "<|endof
 
 @dataclass(frozen=True)
 class GenerationSettings:
-    """How to generate: ``batchSize``, ``maxNewTokens`` and ``temperature`` of the spec entry."""
+    """How to generate: ``batchSize``, ``maxNewTokens``, ``temperature`` and ``maxBatchTokens`` (None:
+    no token budget, batches of ``batchSize``) of the spec entry."""
 
     batch_size: int
     max_new_tokens: int
     temperature: float
+    max_batch_tokens: int | None = None
 
     @property
     def sampling(self) -> bool:
         return self.temperature > 0
+
+
+def token_batches(lengths: Sequence[int], batch_size: int, max_batch_tokens: int | None,
+                  max_new_tokens: int) -> list[list[int]]:
+    """Indices of ``lengths`` (prompt tokens per request) cut into batches, shortest prompts first.
+
+    A batch holds at most ``batch_size`` requests, and its padded size, ``len(batch) * (longest
+    prompt + max_new_tokens)`` (what generate() allocates for it), stays within ``max_batch_tokens``
+    when that is set; a request that alone exceeds the budget gets a batch of its own. Ties keep
+    input order, so the cut depends only on the lengths.
+    """
+    order = sorted(range(len(lengths)), key=lambda r: (lengths[r], r))
+    batches: list[list[int]] = []
+    current: list[int] = []
+    for r in order:
+        # Sorted ascending: the batch's longest prompt is the one being added.
+        cost = (len(current) + 1) * (lengths[r] + max_new_tokens)
+        if current and (len(current) >= batch_size or (max_batch_tokens is not None and cost > max_batch_tokens)):
+            batches.append(current)
+            current = []
+        current.append(r)
+    if current:
+        batches.append(current)
+    return batches
 
 
 def request_seed(row_key: int, *parts: object) -> int:
@@ -252,10 +285,9 @@ class TextGenerator:
             unique.setdefault((text, seed if settings.sampling else 0), len(unique))
         requests = list(unique)
         encoded = [self._encode(text, settings.max_new_tokens) for text, _ in requests]
-        order = sorted(range(len(requests)), key=lambda r: (len(encoded[r]), r))
         answers = [""] * len(requests)
-        for start in range(0, len(order), settings.batch_size):
-            chunk = order[start : start + settings.batch_size]
+        for chunk in token_batches([len(e) for e in encoded], settings.batch_size, settings.max_batch_tokens,
+                                   settings.max_new_tokens):
             texts = self._run([encoded[r] for r in chunk], [requests[r][1] for r in chunk], settings)
             for r, text in zip(chunk, texts, strict=True):
                 answers[r] = text
@@ -307,9 +339,9 @@ class TextGenerator:
 
 #: What an engine generates from: a formatted prompt (transformers) or chat messages (openai).
 ModelInput = str | tuple[tuple[str, str], ...]
-#: Either engine, or either behind the cache: all have ``kind``, ``prompt``, ``format``, ``generate``
+#: Any engine, or any behind the cache: all have ``kind``, ``prompt``, ``format``, ``generate``
 #: and ``stats``.
-Generator = TextGenerator | OpenAIGenerator | CachedGenerator
+Generator = TextGenerator | VllmGenerator | OpenAIGenerator | CachedGenerator
 
 
 @dataclass(frozen=True)
@@ -498,9 +530,15 @@ class GeneratingAugmenter:
 
     def _log(self, selected: int, requests: int, started: float) -> None:
         seconds = time.monotonic() - started
+        stats = self.generator.stats
+        rate = stats.generated / stats.generation_seconds if stats.generation_seconds > 0 else None
         log.info("generated", extra={"augmenter": self.name, "rows": selected, "requests": requests,
                                      "seconds": round(seconds, 3), "dropped": dict(self.dropped),
-                                     "rows_per_second": round(selected / seconds, 2) if seconds > 0 else None})
+                                     "rows_per_second": round(selected / seconds, 2) if seconds > 0 else None,
+                                     # The engine's own figures so far in this pod, model loading apart.
+                                     "engine": stats.engine, "load_seconds": round(stats.load_seconds, 3),
+                                     "generation_seconds": round(stats.generation_seconds, 3),
+                                     "generated_per_second": round(rate, 3) if rate is not None else None})
 
 
 class Paraphrase(GeneratingAugmenter):
@@ -603,18 +641,25 @@ class BackTranslation(GeneratingAugmenter):
 
 
 def _settings(entry: Any) -> GenerationSettings:
-    return GenerationSettings(int(entry.batch_size), int(entry.max_new_tokens), float(entry.temperature))
+    tokens = getattr(entry, "max_batch_tokens", None)
+    return GenerationSettings(int(entry.batch_size), int(entry.max_new_tokens), float(entry.temperature),
+                              int(tokens) if tokens is not None else None)
 
 
-def _engine(entry: Any, build: BuildContext, ref: str, field: str) -> TextGenerator | OpenAIGenerator:
-    """The engine the entry names, for model ``ref`` (spec field ``field``)."""
-    if getattr(entry, "engine", "transformers") == "openai":
+def _engine(entry: Any, build: BuildContext, ref: str, field: str) -> TextGenerator | VllmGenerator | OpenAIGenerator:
+    """The engine the entry names, for model ``ref`` (spec field ``field``); each model is loaded once
+    per pod (:class:`~.embedding.ModelCache`) and shared by the augmenters that name it."""
+    engine = getattr(entry, "engine", "transformers")
+    if engine == "openai":
         shards = int(os.environ.get(jobenv.SHARD_COUNT) or 1)
         return build_openai_generator(entry, build.index, build.field_path, ref, shards, TOP_P)
+    if engine == "vllm":
+        require_vllm(f"{build.field_path}.engine")  # before the model is fetched: a clear error, fast
+        return build.models.vllm_generator(ref, f"{build.field_path}.{field}")
     return build.models.generator(ref, f"{build.field_path}.{field}")
 
 
-def _cached(engine: TextGenerator | OpenAIGenerator, build: BuildContext) -> Generator:
+def _cached(engine: TextGenerator | VllmGenerator | OpenAIGenerator, build: BuildContext) -> Generator:
     """The engine behind the run's generation cache (where the run has a store: always, in a pod)."""
     if build.store is None:
         return engine
