@@ -57,7 +57,7 @@ def connect(namespace: str | None, context: str | None, kubeconfig: str | None) 
     configuration = client.Configuration()
     path = kubeconfig or os.environ.get("KUBECONFIG") or None
     try:
-        config.load_kube_config(config_file=path, context=context,  # type: ignore[no-untyped-call]
+        config.load_kube_config(config_file=path, context=context,
                                 client_configuration=configuration)
         default_ns = context_namespace(path, context) or "default"
     except (ConfigException, FileNotFoundError, OSError) as kube_err:
@@ -66,7 +66,7 @@ def connect(namespace: str | None, context: str | None, kubeconfig: str | None) 
         if kubeconfig:  # asked for by name: never fall back to another identity
             raise UserError(f"cannot use --kubeconfig {kubeconfig}: {kube_err}") from None
         try:
-            config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
+            config.load_incluster_config(client_configuration=configuration)
         except ConfigException:
             raise UserError(f"no cluster to talk to: {kube_err}; set KUBECONFIG or --kubeconfig, or run inside a "
                             "pod") from None
@@ -112,9 +112,10 @@ def get_run(cluster: Cluster, ref: RunRef) -> tuple[Kind, dict[str, Any]]:
     found: list[tuple[Kind, dict[str, Any]]] = []
     for kind in kinds:
         try:
-            obj: dict[str, Any] = cluster.custom.get_namespaced_custom_object(  # type: ignore[assignment]
-                GROUP, VERSION, cluster.namespace, PLURALS[kind], ref.name)
-            found.append((kind, obj))
+            obj = cluster.custom.get_namespaced_custom_object(GROUP, VERSION, cluster.namespace, PLURALS[kind],
+                                                              ref.name)
+            if isinstance(obj, dict):  # the client types a custom object's answer as a bare ``object``
+                found.append((kind, obj))
         except client.ApiException as err:
             if err.status == 404 and not _not_served(err):
                 continue
@@ -147,9 +148,9 @@ def watch_run(cluster: Cluster, kind: Kind, name: str, timeout: float) -> Iterat
     deadline = time.monotonic() + timeout
     version: str | None = None
     while (left := deadline - time.monotonic()) > 0:
-        w = watch.Watch()  # type: ignore[no-untyped-call]
+        w = watch.Watch()
         try:
-            events = w.stream(  # type: ignore[no-untyped-call]
+            events = w.stream(
                 cluster.custom.list_namespaced_custom_object, GROUP, VERSION, cluster.namespace, PLURALS[kind],
                 field_selector=f"metadata.name={name}", resource_version=version, timeout_seconds=max(1, int(left)))
             for event in events:
@@ -167,7 +168,7 @@ def watch_run(cluster: Cluster, kind: Kind, name: str, timeout: float) -> Iterat
                 continue
             raise _api_error(err, f"watch {kind.value} {name}") from None
         finally:
-            w.stop()  # type: ignore[no-untyped-call]
+            w.stop()
 
 
 # --- pods -----------------------------------------------------------------------------------------

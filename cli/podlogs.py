@@ -125,8 +125,8 @@ def follow_logs(cluster: Cluster, kind: Kind, run: dict[str, Any], tail: int | N
         consider(pod)
     selector = f"{LABEL_RUN_UID}={run['metadata']['uid']}"
     while not stop():
-        w = watch.Watch()  # type: ignore[no-untyped-call]
-        events = w.stream(cluster.core.list_namespaced_pod, cluster.namespace,  # type: ignore[no-untyped-call]
+        w = watch.Watch()
+        events = w.stream(cluster.core.list_namespaced_pod, cluster.namespace,
                           label_selector=selector, timeout_seconds=5)
         for event in events:
             if event["type"] in ("ADDED", "MODIFIED"):

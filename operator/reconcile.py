@@ -19,7 +19,7 @@ from typing import Any
 import kopf
 from pydantic import ValidationError
 
-from sampleforge.api import Kind, Phase, Reason
+from sampleforge.api import FineTuneRunSpec, Kind, Phase, Reason
 from sampleforge.api.constants import TERMINAL_PHASES
 from sampleforge.operator import allowlist
 from sampleforge.operator import status as run_status
@@ -140,7 +140,7 @@ def reconcile(ctx: OperatorContext, kind: Kind, body: dict[str, Any]) -> None:
         raise kopf.PermanentError(f"invalid spec: {err}") from err
 
     input_uri = upstream_input(ctx, body, run) if kind is Kind.FINE_TUNE_RUN else None
-    if kind is Kind.FINE_TUNE_RUN and run.spec.data.from_augmentation_run and input_uri is None:  # type: ignore[attr-defined]
+    if isinstance(run.spec, FineTuneRunSpec) and run.spec.data.from_augmentation_run and input_uri is None:
         return  # upstream failed: reported above
     check_storage_prefixes(ctx, body, run, input_uri)
     check_secrets(ctx, kind, body, run)
@@ -167,7 +167,7 @@ def reconcile(ctx: OperatorContext, kind: Kind, body: dict[str, Any]) -> None:
     job_name = job["metadata"]["name"]
     if created:
         ctx.metrics.jobs_created.labels(kind=kind).inc()
-        kopf.info(body, reason=Reason.JOB_CREATED, message=f"created Job {job_name}")
+        kopf.info(run_status.kopf_body(body), reason=Reason.JOB_CREATED, message=f"created Job {job_name}")
         log.info("job created", extra={"kind": str(kind), "namespace": run.namespace, "run": run.name,
                                        "job": job_name})
     suspend = bool(run.spec.suspend)
@@ -175,6 +175,6 @@ def reconcile(ctx: OperatorContext, kind: Kind, body: dict[str, Any]) -> None:
     # A queued run's Job is resumed by Kueue when it admits it, never by the operator.
     if job_is_suspended != suspend and (suspend or run.spec.queue_name is None):
         ctx.kube.set_job_suspend(run.namespace, job_name, suspend)
-        kopf.info(body, reason=Reason.SUSPENDED if suspend else Reason.RESUMED,
+        kopf.info(run_status.kopf_body(body), reason=Reason.SUSPENDED if suspend else Reason.RESUMED,
                   message=f"{'suspended' if suspend else 'resumed'} Job {job_name}")
     ctx.children.wake(uid)

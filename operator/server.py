@@ -13,6 +13,7 @@ import hashlib
 import logging
 import time
 from datetime import UTC, datetime
+from typing import Any
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -33,16 +34,16 @@ class _TokenCache:
     """TokenReview results for a minute: a pod heartbeating every 10 s costs one review a minute."""
 
     def __init__(self) -> None:
-        self._entries: dict[str, tuple[float, dict | None]] = {}
+        self._entries: dict[str, tuple[float, dict[str, Any] | None]] = {}
 
-    def get(self, token: str) -> tuple[bool, dict | None]:
+    def get(self, token: str) -> tuple[bool, dict[str, Any] | None]:
         key = hashlib.sha256(token.encode()).hexdigest()
         hit = self._entries.get(key)
         if hit and time.monotonic() - hit[0] < _TOKEN_CACHE_SECONDS:
             return True, hit[1]
         return False, None
 
-    def put(self, token: str, user: dict | None) -> None:
+    def put(self, token: str, user: dict[str, Any] | None) -> None:
         if len(self._entries) > 10_000:
             self._entries.clear()
         self._entries[hashlib.sha256(token.encode()).hexdigest()] = (time.monotonic(), user)

@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import logging
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 import kopf
+from pydantic import BaseModel
 
 from sampleforge.api import ConditionStatus, ConditionType, Kind, Phase, Reason
 from sampleforge.api.constants import TERMINAL_PHASES
@@ -27,7 +28,8 @@ from sampleforge.operator.lifecycle import Observation
 log = logging.getLogger(__name__)
 #: The API server refuses Events whose message is longer than this.
 EVENT_MESSAGE_LIMIT = 1024
-_STATUS_MODELS = {Kind.AUGMENTATION_RUN: AugmentationRunStatus, Kind.FINE_TUNE_RUN: FineTuneRunStatus}
+_STATUS_MODELS: dict[Kind, type[BaseModel]] = {
+    Kind.AUGMENTATION_RUN: AugmentationRunStatus, Kind.FINE_TUNE_RUN: FineTuneRunStatus}
 
 
 def _parse(value: str | None) -> datetime | None:
@@ -182,7 +184,12 @@ def event_message(message: str) -> str:
 
 def post_event(body: dict[str, Any], type_: str, reason: str, message: str) -> None:
     """A Kubernetes Event on the run."""
-    kopf.event(body, type=type_, reason=reason, message=event_message(message))
+    kopf.event(kopf_body(body), type=type_, reason=reason, message=event_message(message))
+
+
+def kopf_body(body: dict[str, Any]) -> kopf.Body:
+    """A run's body (as the API server sent it) as the ``kopf.Body`` that kopf's event functions take."""
+    return kopf.Body(cast(kopf.RawBody, body))
 
 
 def publish_phase_counts(ctx: OperatorContext) -> None:

@@ -89,14 +89,14 @@ def _status(api: client.ApiClient, doc: dict[str, Any]) -> dict[str, Any]:
     kind = Kind(doc["kind"])
     run = client.CustomObjectsApi(api).get_namespaced_custom_object(GROUP, VERSION, DEMO_NAMESPACE, PLURALS[kind],
                                                                     doc["metadata"]["name"])
-    return dict(run.get("status") or {})
+    return dict((run.get("status") if isinstance(run, dict) else None) or {})
 
 
 def _line(doc: dict[str, Any], status: dict[str, Any]) -> tuple[str, int, str]:
     """(phase, percent, detail) of one run, for a progress bar or a log line."""
     phase = status.get("phase", "-")
     prog = status.get("progress") or {}
-    ready = next((c for c in status.get("conditions", []) if c["type"] == "Ready"), {})
+    ready: dict[str, Any] = next((c for c in status.get("conditions", []) if c["type"] == "Ready"), {})
     detail = f"ETA {prog['eta']}" if prog.get("eta") and phase == "Running" else ready.get("reason", "")
     return phase, int(prog.get("percent", 100 if phase == "Succeeded" else 0)), detail
 
@@ -255,10 +255,11 @@ def run_demo(keep: bool = False) -> int:
         with tb.api_client() as api:
             core = client.CoreV1Api(api)
             for ns in (DEMO_NAMESPACE, OPERATOR_NAMESPACE):
-                core.create_namespace({"metadata": {"name": ns}})
+                core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=ns)))
             tb.wait_for_default_service_account(DEMO_NAMESPACE)
-            core.create_namespaced_secret(DEMO_NAMESPACE, {"metadata": {"name": SECRET}, "stringData": {
-                "accessKey": tb.minio.access_key, "secretKey": tb.minio.secret_key}})
+            core.create_namespaced_secret(DEMO_NAMESPACE, client.V1Secret(
+                metadata=client.V1ObjectMeta(name=SECRET),
+                string_data={"accessKey": tb.minio.access_key, "secretKey": tb.minio.secret_key}))
             operator = OperatorProcess(tb.kubeconfig, tb.logs / "operator.log").start()
             console.print(f"cluster up, CRDs installed, operator running  [{time.monotonic() - started:.0f}s]")
             train_rows, eval_rows = _upload_dataset(tb)

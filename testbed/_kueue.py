@@ -31,10 +31,11 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import yaml
 from kubernetes import client
+from urllib3 import BaseHTTPResponse
 
 from sampleforge.testbed._errors import TestbedError
 from sampleforge.testbed._health import http_ok
@@ -129,14 +130,16 @@ def install_kueue_crds(api: client.ApiClient, timeout: float) -> None:
         name = crd["metadata"]["name"]
         names.append(name)
         try:  # raw answers: the client's models reject some valid CRD status shapes
-            ext.create_custom_resource_definition(crd, _preload_content=False)
+            ext.create_custom_resource_definition(client.V1CustomResourceDefinition.model_validate(crd),
+                                                  _preload_content=False)
         except client.ApiException as err:
             if err.status != 409:
                 raise
     deadline = time.monotonic() + timeout
     for name in names:
         while True:
-            answer = ext.read_custom_resource_definition(name, _preload_content=False)
+            # Unread, the answer is urllib3's response, not the model the client's annotations promise.
+            answer = cast(BaseHTTPResponse, ext.read_custom_resource_definition(name, _preload_content=False))
             conditions = (json.loads(answer.data).get("status") or {}).get("conditions") or []
             if any(c["type"] == "Established" and c["status"] == "True" for c in conditions):
                 break
@@ -152,8 +155,9 @@ def start_kueue(api: client.ApiClient, kubeconfig: Path, workdir: Path, logs: Pa
     core = client.CoreV1Api(api)
     # The namespace and the empty Secret that Kueue's release manifests create: its certificate
     # rotator fills the Secret, but will not create it.
-    for create in (lambda: core.create_namespace({"metadata": {"name": KUEUE_NAMESPACE}}),
-                   lambda: core.create_namespaced_secret(KUEUE_NAMESPACE, {"metadata": {"name": _WEBHOOK_SECRET}})):
+    for create in (lambda: core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=KUEUE_NAMESPACE))),
+                   lambda: core.create_namespaced_secret(
+                       KUEUE_NAMESPACE, client.V1Secret(metadata=client.V1ObjectMeta(name=_WEBHOOK_SECRET)))):
         try:
             create()
         except client.ApiException as err:

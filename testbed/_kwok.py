@@ -68,13 +68,14 @@ def create_gpu_nodes(api: client.ApiClient, count: int, timeout: float) -> list[
     core = client.CoreV1Api(api)
     names = [f"gpu-node-{i}" for i in range(count)]
     for name in names:
-        core.create_node(gpu_node_manifest(name))
+        core.create_node(client.V1Node.model_validate(gpu_node_manifest(name)))
     deadline = time.monotonic() + timeout
     pending = set(names)
     while pending:
         for name in list(pending):
             node = core.read_node(name)
-            ready = [c for c in (node.status.conditions or []) if c.type == "Ready" and c.status == "True"]
+            conditions = (node.status.conditions if node.status else None) or []
+            ready = [c for c in conditions if c.type == "Ready" and c.status == "True"]
             if ready:
                 pending.discard(name)
         if pending and time.monotonic() > deadline:

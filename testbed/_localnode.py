@@ -36,6 +36,26 @@ def _now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+@dataclass(frozen=True)
+class _Pod:
+    """A Pod bound to this node, with what the API server always sets (name, namespace, uid, spec)
+    checked once, here, instead of at every use."""
+
+    namespace: str
+    name: str
+    uid: str
+    meta: client.V1ObjectMeta
+    spec: client.V1PodSpec
+    phase: str | None
+
+    @classmethod
+    def of(cls, pod: client.V1Pod) -> _Pod:
+        meta, spec = pod.metadata, pod.spec
+        if meta is None or spec is None or not (meta.namespace and meta.name and meta.uid):
+            raise ValueError(f"a Pod without its name, namespace, uid or spec: {pod.metadata}")
+        return cls(meta.namespace, meta.name, meta.uid, meta, spec, pod.status.phase if pod.status else None)
+
+
 @dataclass
 class _LocalPod:
     namespace: str
@@ -83,7 +103,7 @@ class LocalNode:
                                                            "kubernetes.io/os": "linux"}},
                 "status": self._node_status()}
         try:
-            self.core.create_node(body)
+            self.core.create_node(client.V1Node.model_validate(body))
         except client.ApiException as err:
             if err.status != 409:
                 raise
@@ -108,12 +128,12 @@ class LocalNode:
                     if self._stop.is_set():
                         w.stop()
                         break
-                    pod = event["object"]
+                    pod = _Pod.of(event["object"])
                     if event["type"] == "DELETED":
-                        self._kill(pod.metadata.uid, grace=0)
-                    elif pod.metadata.deletion_timestamp is not None:
+                        self._kill(pod.uid, grace=0)
+                    elif pod.meta.deletion_timestamp is not None:
                         self._terminate(pod)
-                    elif pod.status.phase == "Pending" and pod.metadata.uid not in self._pods:
+                    elif pod.phase == "Pending" and pod.uid not in self._pods:
                         self._start(pod)
             except Exception as err:  # noqa: BLE001 - the watch restarts; a dead runtime would hang the demo
                 if not self._stop.is_set():
@@ -126,26 +146,26 @@ class LocalNode:
         secret = self.core.read_namespaced_secret(name, namespace)
         return base64.b64decode((secret.data or {})[key]).decode()
 
-    def _field(self, pod: client.V1Pod, path: str) -> str:
+    def _field(self, pod: _Pod, path: str) -> str:
         if path == "metadata.name":
-            return str(pod.metadata.name)
+            return pod.name
         if path == "metadata.namespace":
-            return str(pod.metadata.namespace)
+            return pod.namespace
         if path == "metadata.uid":
-            return str(pod.metadata.uid)
+            return pod.uid
         if path == "spec.nodeName":
             return self.name
         if path == "spec.serviceAccountName":
             return str(pod.spec.service_account_name or "default")
         if path in ("status.podIP", "status.hostIP"):
             return "127.0.0.1"
-        for prefix, source in (("metadata.annotations", pod.metadata.annotations),
-                               ("metadata.labels", pod.metadata.labels)):
+        for prefix, source in (("metadata.annotations", pod.meta.annotations),
+                               ("metadata.labels", pod.meta.labels)):
             if path.startswith(prefix + "['") and path.endswith("']"):
                 return str((source or {}).get(path[len(prefix) + 2:-2], ""))
         raise ValueError(f"unsupported fieldRef {path}")
 
-    def _volumes(self, pod: client.V1Pod, workdir: Path) -> dict[str, Path]:
+    def _volumes(self, pod: _Pod, workdir: Path) -> dict[str, Path]:
         """Local stand-ins for the pod's volumes, by volume name."""
         local: dict[str, Path] = {}
         for volume in pod.spec.volumes or []:
@@ -156,21 +176,25 @@ class LocalNode:
                     token = source.service_account_token
                     if token is None:
                         continue
-                    request = {"spec": {"audiences": [token.audience] if token.audience else None,
-                                        "expirationSeconds": token.expiration_seconds or 3600,
-                                        "boundObjectRef": {"kind": "Pod", "apiVersion": "v1",
-                                                           "name": pod.metadata.name, "uid": pod.metadata.uid}}}
+                    request = client.AuthenticationV1TokenRequest.model_validate({"spec": {
+                        "audiences": [token.audience] if token.audience else None,
+                        "expirationSeconds": token.expiration_seconds or 3600,
+                        "boundObjectRef": {"kind": "Pod", "apiVersion": "v1", "name": pod.name, "uid": pod.uid}}})
                     minted = self.core.create_namespaced_service_account_token(
-                        pod.spec.service_account_name or "default", pod.metadata.namespace, request)
+                        pod.spec.service_account_name or "default", pod.namespace, request)
+                    if minted.status is None or not minted.status.token:
+                        raise RuntimeError(f"the TokenRequest for pod {pod.namespace}/{pod.name} returned no token")
                     (path / token.path).write_text(minted.status.token)
             if volume.config_map is not None:
-                self._config_map_files(pod.metadata.namespace, volume.config_map, path)
+                self._config_map_files(pod.namespace, volume.config_map, path)
             local[volume.name] = path
         return local
 
     def _config_map_files(self, namespace: str, source: client.V1ConfigMapVolumeSource, path: Path) -> None:
         """A ConfigMap volume: each key (or each listed item) as a read-only file, as the kubelet
         writes it. The kubelet waits for a ConfigMap that does not exist yet; so does this, briefly."""
+        if not source.name:
+            raise ValueError("a configMap volume without the ConfigMap's name")
         deadline = time.monotonic() + 30
         while True:
             try:
@@ -191,19 +215,21 @@ class LocalNode:
             target.write_text(data[key], encoding="utf-8")
             target.chmod(0o444)
 
-    def _environment(self, pod: client.V1Pod, container: client.V1Container, mounts: dict[str, Path]) -> dict[str, str]:
+    def _environment(self, pod: _Pod, container: client.V1Container, mounts: dict[str, Path]) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR",
                                                            "SAMPLEFORGE_SHARED_DATA", "HF_HUB_OFFLINE")}
         if self.path_prepend:
             env["PATH"] = f"{self.path_prepend}:{env.get('PATH', '/usr/bin:/bin')}"
-        env.update(HOSTNAME=pod.spec.hostname or pod.metadata.name, KUBERNETES_NODE_NAME=self.name,
+        env.update(HOSTNAME=pod.spec.hostname or pod.name, KUBERNETES_NODE_NAME=self.name,
                    HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
         for item in container.env or []:
             if item.value is not None:
                 value = item.value
             elif item.value_from and item.value_from.secret_key_ref:
                 ref = item.value_from.secret_key_ref
-                value = self._secret_value(pod.metadata.namespace, ref.name, ref.key)
+                if not ref.name:
+                    raise ValueError(f"variable {item.name}: a secretKeyRef without the Secret's name")
+                value = self._secret_value(pod.namespace, ref.name, ref.key)
             elif item.value_from and item.value_from.field_ref:
                 value = self._field(pod, item.value_from.field_ref.field_path)
             else:
@@ -221,9 +247,9 @@ class LocalNode:
                     break
         return env
 
-    def _start(self, pod: client.V1Pod) -> None:
+    def _start(self, pod: _Pod) -> None:
         container = pod.spec.containers[0]
-        workdir = self.workdir / f"{pod.metadata.namespace}_{pod.metadata.name}"
+        workdir = self.workdir / f"{pod.namespace}_{pod.name}"
         workdir.mkdir(parents=True, exist_ok=True)
         log_path = workdir / "container.log"
         try:
@@ -236,17 +262,17 @@ class LocalNode:
                 process = subprocess.Popen([executable, *argv[1:]], env=env, cwd=workdir, stdout=sink,
                                            stderr=subprocess.STDOUT, start_new_session=True)
         except Exception as err:  # noqa: BLE001 - any failure to start is the pod's failure, reported as such
-            log.error("cannot start pod %s/%s: %s", pod.metadata.namespace, pod.metadata.name, err)
+            log.error("cannot start pod %s/%s: %s", pod.namespace, pod.name, err)
             self._report_exit(pod, 128, "ContainerCannotRun", str(err))
             return
-        local = _LocalPod(pod.metadata.namespace, pod.metadata.name, pod.metadata.uid, process, workdir, log_path,
+        local = _LocalPod(pod.namespace, pod.name, pod.uid, process, workdir, log_path,
                           int(pod.spec.termination_grace_period_seconds or 30))
         with self._lock:
-            self._pods[pod.metadata.uid] = local
+            self._pods[pod.uid] = local
         self._report_running(pod)
         threading.Thread(target=self._wait, args=(pod, local), daemon=True).start()
 
-    def _report_running(self, pod: client.V1Pod) -> None:
+    def _report_running(self, pod: _Pod) -> None:
         now = _now()
         container = pod.spec.containers[0]
         status = {"phase": "Running", "hostIP": "127.0.0.1", "podIP": "127.0.0.1", "startTime": now,
@@ -256,9 +282,9 @@ class LocalNode:
                   "containerStatuses": [{"name": container.name, "image": container.image, "imageID": "",
                                          "ready": True, "started": True, "restartCount": 0,
                                          "state": {"running": {"startedAt": now}}}]}
-        self.core.patch_namespaced_pod_status(pod.metadata.name, pod.metadata.namespace, {"status": status})
+        self.core.patch_namespaced_pod_status(pod.name, pod.namespace, {"status": status})
 
-    def _report_exit(self, pod: client.V1Pod, code: int, reason: str, message: str) -> None:
+    def _report_exit(self, pod: _Pod, code: int, reason: str, message: str) -> None:
         now = _now()
         container = pod.spec.containers[0]
         status = {"phase": "Succeeded" if code == 0 else "Failed",
@@ -269,12 +295,12 @@ class LocalNode:
                                          "state": {"terminated": {"exitCode": code, "reason": reason,
                                                                   "message": message[-2000:], "finishedAt": now}}}]}
         try:
-            self.core.patch_namespaced_pod_status(pod.metadata.name, pod.metadata.namespace, {"status": status})
+            self.core.patch_namespaced_pod_status(pod.name, pod.namespace, {"status": status})
         except client.ApiException as err:
             if err.status != 404:
                 raise
 
-    def _wait(self, pod: client.V1Pod, local: _LocalPod) -> None:
+    def _wait(self, pod: _Pod, local: _LocalPod) -> None:
         code = local.process.wait()
         with self._lock:
             self._pods.pop(local.uid, None)
@@ -284,13 +310,12 @@ class LocalNode:
         reason = "Completed" if code == 0 else ("Error" if code > 0 else "Killed")
         self._report_exit(pod, code if code >= 0 else 128 - code, reason, "\n".join(tail))
 
-    def _terminate(self, pod: client.V1Pod) -> None:
+    def _terminate(self, pod: _Pod) -> None:
         """Graceful deletion: SIGTERM, the grace period, SIGKILL; then let the Pod go."""
-        uid = pod.metadata.uid
-        self._kill(uid, grace=int(pod.metadata.deletion_grace_period_seconds or 0))
-        if not pod.metadata.finalizers:
+        self._kill(pod.uid, grace=int(pod.meta.deletion_grace_period_seconds or 0))
+        if not pod.meta.finalizers:
             try:
-                self.core.delete_namespaced_pod(pod.metadata.name, pod.metadata.namespace, grace_period_seconds=0)
+                self.core.delete_namespaced_pod(pod.name, pod.namespace, grace_period_seconds=0)
             except client.ApiException as err:
                 if err.status != 404:
                     raise
@@ -353,7 +378,8 @@ def start_local_node(kubeconfig: Path, workdir: Path, logs: Path, timeout: float
 
     def ready() -> bool:
         node = client.CoreV1Api(api).read_node(LOCAL_NODE_NAME)
-        return any(c.type == "Ready" and c.status == "True" for c in node.status.conditions or [])
+        conditions = (node.status.conditions if node.status else None) or []
+        return any(c.type == "Ready" and c.status == "True" for c in conditions)
 
     try:
         proc.wait_ready(ready, timeout, "Ready")

@@ -183,7 +183,8 @@ class Testbed:
 
     def api_client(self) -> client.ApiClient:
         """A fresh client for the admin identity; close it (or use ``with``) when done."""
-        return config.new_client_from_config(config_file=str(self.kubeconfig))
+        api: client.ApiClient = config.new_client_from_config(config_file=str(self.kubeconfig))
+        return api
 
     def env(self) -> dict[str, str]:
         """Environment for child processes (kubectl, helm, the operator) pointed at this testbed."""

@@ -65,7 +65,7 @@ def seen_handler(kind: Kind, event: dict[str, Any], memo: kopf.Memo) -> None:
     ctx = ctx_of(memo)
     obj = event.get("object") or {}
     meta = obj.get("metadata") or {}
-    uid = meta.get("uid")
+    uid: str = meta.get("uid") or ""
     key = (str(kind), meta.get("namespace", ""), meta.get("name", ""))
     if event.get("type") == "DELETED":
         ctx.watch_seen.pop(uid, None)
