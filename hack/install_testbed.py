@@ -91,6 +91,9 @@ def planned_builds(pins: dict) -> list[GoBuild]:
     builds.append(GoBuild("kueue", pins["kueue"]["module"], kueue,
                           ldflags=("-s", "-w", f"-X sigs.k8s.io/kueue/pkg/version.GitVersion={kueue}",
                                    f"-X sigs.k8s.io/kueue/pkg/version.BuildDate={BUILD_DATE}")))
+    actionlint = pins["actionlint"]["version"]
+    builds.append(GoBuild("actionlint", pins["actionlint"]["module"], actionlint,
+                          ldflags=("-s", "-w", f"-X github.com/rhysd/actionlint.version={actionlint}")))
     return builds
 
 

@@ -4,6 +4,8 @@
   API server in a server-side dry-run (real admission, real schema validation of every object,
   including the ServiceMonitor and PrometheusRule against small stand-in CRDs from
   tests/fixtures/monitoring: the testbed has no prometheus-operator).
+* ``helm install``, then ``helm upgrade`` to a chart whose CRD changed: the API server serves the
+  changed CRD; ``helm uninstall`` leaves the CRDs (and so the runs) in place.
 * ``helm install`` in cluster-wide and in namespaced mode; then the operator runs as its own
   process with a token of the chart's ServiceAccount (never the admin certificate) and takes runs
   to Succeeded, Failed and Suspended, accepts heartbeats (TokenReview) and posts Events: proof
@@ -18,6 +20,7 @@ import importlib.util
 import json
 import re
 import secrets
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -63,6 +66,9 @@ AR, FT = Kind.AUGMENTATION_RUN, Kind.FINE_TUNE_RUN
 FAST = {"SAMPLEFORGE_OPERATOR_STATUS_MIN_INTERVAL_SECONDS": "1", "SAMPLEFORGE_OPERATOR_RESYNC_SECONDS": "2"}
 #: Set by OperatorProcess for a process on 127.0.0.1 (the chart points them at its Service).
 _LOCAL_ONLY = {"SAMPLEFORGE_OPERATOR_HTTP_PORT", "SAMPLEFORGE_OPERATOR_HEARTBEAT_URL"}
+#: The session's testbed applied crds/ before any test: these releases leave the CRDs to it, as a
+#: second release in a cluster does (test_helm_upgrade_applies_a_changed_crd takes them over).
+SESSION_CRDS = "crds.install=false"
 
 
 def _unit_module(name: str) -> ModuleType:
@@ -272,7 +278,7 @@ def api(chart_testbed: Testbed) -> Iterator[client.ApiClient]:
 def cluster_release(chart_testbed: Testbed, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Release]:
     """The chart with its defaults (cluster-wide), its operator running; gone after the class, so
     that it does not serve the namespaced class's runs."""
-    rel = Release(chart_testbed, "sf", tmp_path_factory.mktemp("chart"), sets=[])
+    rel = Release(chart_testbed, "sf", tmp_path_factory.mktemp("chart"), sets=[SESSION_CRDS])
     try:
         rel.operator.start(timeout=90)
         yield rel
@@ -291,7 +297,7 @@ def namespaced_release(chart_testbed: Testbed, namespaces: tuple[str, str],
                        tmp_path_factory: pytest.TempPathFactory) -> Iterator[Release]:
     served, _ = namespaces
     rel = Release(chart_testbed, "sfns", tmp_path_factory.mktemp("chart-ns"),
-                  sets=[f"watchNamespaces={{{served}}}", "jobServiceAccount.create=true",
+                  sets=[SESSION_CRDS, f"watchNamespaces={{{served}}}", "jobServiceAccount.create=true",
                         "rbac.aggregateToDefaultRoles=false"])
     try:
         rel.operator.start(timeout=90)
@@ -460,3 +466,57 @@ class TestNamespaced:
 
     def test_the_operator_never_hit_a_permission_error(self, namespaced_release: Release) -> None:
         assert permission_errors(namespaced_release) == []
+
+
+# --- CRD upgrades ---------------------------------------------------------------------------------------
+
+
+def crd_names() -> list[str]:
+    return sorted(p.stem for p in (REPO / "crds").glob("*.yaml"))
+
+
+def served_crd(testbed: Testbed, name: str) -> dict[str, Any]:
+    crd: dict[str, Any] = json.loads(testbed.kubectl("get", "crd", name, "-o", "json").stdout)
+    return crd
+
+
+def test_helm_upgrade_applies_a_changed_crd_and_uninstall_keeps_it(chart_testbed: Testbed, tmp_path: Path) -> None:
+    """Helm never upgrades a chart's crds/ folder; the chart templates its CRDs so that it does."""
+    name, target = "sfcrd", "finetuneruns.sampleforge.io"
+    try:
+        # The testbed applied crds/ with kubectl, as a cluster that had the CRDs before this chart did:
+        # the documented adoption (docs/install.md, "CRDs") hands them to the release.
+        for crd in crd_names():
+            chart_testbed.kubectl("label", "crd", crd, "app.kubernetes.io/managed-by=Helm", "--overwrite")
+            chart_testbed.kubectl("annotate", "crd", crd, f"meta.helm.sh/release-name={name}",
+                                  f"meta.helm.sh/release-namespace={OPERATOR_NAMESPACE}", "--overwrite")
+        # The operator itself is not needed here: no replica would ever start (no kubelet).
+        sets = ["--set", "replicaCount=1", "--set", "leaderElection.enabled=false"]
+        helm(chart_testbed, "install", name, str(CHART), "--namespace", OPERATOR_NAMESPACE, *sets)
+        installed = served_crd(chart_testbed, target)
+        assert installed["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+
+        # The next chart version: its generated CRD has a new printer column.
+        upgraded_chart = tmp_path / "sampleforge"
+        shutil.copytree(CHART, upgraded_chart)
+        crd_file = upgraded_chart / "files" / "crds" / f"{target}.yaml"
+        text = crd_file.read_text()
+        column = ("    - name: Upgraded\n      type: string\n      jsonPath: .metadata.name\n"
+                  "      description: Added by the next chart version.\n      priority: 1\n")
+        assert "    additionalPrinterColumns:\n" in text
+        crd_file.write_text(text.replace("    additionalPrinterColumns:\n", "    additionalPrinterColumns:\n" + column, 1))
+        helm(chart_testbed, "upgrade", name, str(upgraded_chart), "--namespace", OPERATOR_NAMESPACE, *sets)
+        columns = [c["name"] for c in served_crd(chart_testbed, target)["spec"]["versions"][0]["additionalPrinterColumns"]]
+        assert columns[0] == "Upgraded", f"helm upgrade did not apply the changed CRD: {columns}"
+
+        helm(chart_testbed, "uninstall", name, "--namespace", OPERATOR_NAMESPACE)
+        for crd in crd_names():
+            served_crd(chart_testbed, crd)  # still there: uninstalling the operator never deletes the runs
+    finally:
+        helm(chart_testbed, "uninstall", name, "--namespace", OPERATOR_NAMESPACE, check=False)
+        # Back to the session's CRDs exactly (no column, no Helm ownership) for the tests after this one.
+        chart_testbed.kubectl("replace", "-f", str(REPO / "crds"))
+        chart_testbed.kubectl("wait", "--for=condition=Established", "--timeout=60s", "-f", str(REPO / "crds"))
+    restored = served_crd(chart_testbed, target)
+    assert "Upgraded" not in [c["name"] for c in restored["spec"]["versions"][0]["additionalPrinterColumns"]]
+    assert "meta.helm.sh/release-name" not in (restored["metadata"].get("annotations") or {})

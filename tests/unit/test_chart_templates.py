@@ -415,8 +415,27 @@ def test_schema_describes_every_default_value() -> None:
 
 
 def test_chart_crds_are_the_generated_ones() -> None:
-    for crd in (REPO / "crds").glob("*.yaml"):
-        assert (CHART / "crds" / crd.name).read_text() == crd.read_text(), f"{crd.name}: run python -m sampleforge.api.crdgen"
+    generated = sorted((REPO / "crds").glob("*.yaml"))
+    assert generated
+    for crd in generated:
+        assert (CHART / "files" / "crds" / crd.name).read_text() == crd.read_text(), \
+            f"{crd.name}: run python -m sampleforge.api.crdgen"
+    assert not (CHART / "crds").exists(), "Helm never upgrades crds/: the chart templates its CRDs instead"
+
+
+def test_crds_are_templated_as_generated_with_the_keep_policy() -> None:
+    """Templates, so that ``helm upgrade`` applies a changed CRD; kept on uninstall, so that removing
+    the release never deletes the runs with their CRD."""
+    rendered = {d["metadata"]["name"]: d for d in of_kind(render(), "CustomResourceDefinition")}
+    generated = {p.stem: yaml.safe_load(p.read_text()) for p in (REPO / "crds").glob("*.yaml")}
+    assert set(rendered) == set(generated)
+    for name, crd in rendered.items():
+        assert crd["metadata"].pop("annotations") == {"helm.sh/resource-policy": "keep"}
+        assert crd == generated[name], f"{name}: rendered differently from crds/{name}.yaml"
+    assert all("annotations" not in d["metadata"]
+               for d in of_kind(render(sets=["crds.keep=false"]), "CustomResourceDefinition"))
+    assert not of_kind(render(sets=["crds.install=false"]), "CustomResourceDefinition"), \
+        "a second release in the same cluster leaves the CRDs to the first"
 
 
 # --- availability, pull secrets, run pods' identity, scrape options ------------------------------------

@@ -67,13 +67,13 @@ class TestFilesInSync:
     @pytest.mark.parametrize("kind", list(Kind))
     def test_chart_crds_are_byte_identical(self, kind: Kind) -> None:
         name = f"{crd_name(kind)}.yaml"
-        assert (REPO / "crds" / name).read_bytes() == (REPO / "charts/sampleforge/crds" / name).read_bytes()
+        assert (REPO / "crds" / name).read_bytes() == (REPO / "charts/sampleforge/files/crds" / name).read_bytes()
 
     def test_check_mode_exits_nonzero_with_a_diff_on_drift(
         self, tmp_path: Path, capsys: pytest.CaptureFixture[str]
     ) -> None:
         assert _crdgen.main(["--root", str(tmp_path)]) == 0
-        target = tmp_path / "charts/sampleforge/crds" / f"{crd_name(Kind.FINE_TUNE_RUN)}.yaml"
+        target = tmp_path / "charts/sampleforge/files/crds" / f"{crd_name(Kind.FINE_TUNE_RUN)}.yaml"
         target.write_text(target.read_text().replace("maxItems: 16", "maxItems: 17"))
         capsys.readouterr()
         assert _crdgen.main(["--check", "--root", str(tmp_path)]) == 1
