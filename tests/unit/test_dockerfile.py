@@ -332,3 +332,53 @@ def test_python_and_uv_versions_match_the_development_environment() -> None:
     bootstrap = (REPO / "hack" / "bootstrap.sh").read_text()
     uv_version = re.search(r'UV_VERSION="([^"]+)"', bootstrap)
     assert uv_version and parsed.resolve("${UV_IMAGE}").endswith(f":{uv_version.group(1)}")
+
+
+# --- the vLLM image ---------------------------------------------------------------------------------
+
+#: Packages whose versions vLLM decides in the job-vllm image (hack/lock_vllm.sh's VLLM_OWN).
+VLLM_OWN = re.compile(r"^(torch|triton|nvidia-[a-z0-9-]+|cuda-[a-z-]+|transformers|numpy)$")
+
+
+def pins(path: Path) -> dict[str, str]:
+    """name -> version of a uv-compiled lock."""
+    found = (re.match(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==(\S+)", line) for line in path.read_text().splitlines())
+    return {m.group(1).lower(): m.group(2) for m in found if m}
+
+
+def test_only_the_vllm_image_installs_vllm_from_its_own_lock() -> None:
+    parsed = load()
+    commands = install_commands(parsed.stage("job-vllm-build"))
+    assert commands and all("-c constraints-vllm.txt" in c for c in commands)
+    deps = next(c for c in commands if "-r pyproject.toml" in c)
+    assert "--extra jobs" in deps and deps.split()[-1] == "vllm"
+    for name in ("operator-build", "job-build"):
+        assert not any("vllm" in c for c in install_commands(parsed.stage(name))), f"{name} installs vLLM"
+
+
+def test_the_vllm_lock_is_the_main_lock_except_what_vllm_pins() -> None:
+    main, vllm = pins(REPO / "constraints.txt"), pins(REPO / "constraints-vllm.txt")
+    assert re.fullmatch(r"\d+\.\d+\.\d+", vllm["vllm"]) and "vllm" not in main
+    assert vllm["torch"] and vllm["transformers"]
+    differ = sorted(name for name in main.keys() & vllm.keys() if main[name] != vllm[name] and not VLLM_OWN.match(name))
+    assert not differ, f"constraints-vllm.txt moved {differ} off constraints.txt: run hack/lock_vllm.sh"
+    # pyproject's ranges admit the vLLM stack too.
+    jobs = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]["jobs"]
+    floor = {r.split(">=")[0]: r.split(">=")[1] for r in jobs if ">=" in r}
+    for name in ("torch", "transformers", "numpy"):
+        have = tuple(int(p) for p in re.findall(r"\d+", vllm[name])[:2])
+        assert have >= tuple(int(p) for p in floor[name].split(".")[:2]), f"{name} {vllm[name]} < {floor[name]}"
+
+
+def test_the_vllm_image_runs_like_the_job_image() -> None:
+    parsed = load()
+    stage = parsed.stage("job-vllm")
+    assert exec_form(stage.all("ENTRYPOINT")[-1]) == ["sampleforge-job"]
+    uid, _, _ = stage.all("USER")[-1].value.partition(":")
+    assert uid.isdigit() and int(uid) != 0
+    env = stage.env()
+    assert env.get("PYTHONDONTWRITEBYTECODE") == "1" and env.get("HOME", "").startswith("/tmp")
+    assert env.get("PATH", "").startswith("/opt/venv/bin:") and env.get("VLLM_NO_USAGE_STATS") == "1"
+    build = parsed.stage("job-vllm-build")
+    deps = next(i.line for i in build.all("RUN") if "-r pyproject.toml" in i.value)
+    assert deps < min(i.line for i in build.all("COPY") if "jobs" in i.value)
