@@ -69,6 +69,15 @@ def test_images_take_their_tag_from_the_one_version() -> None:
     assert "default $root.Chart.AppVersion $image.tag" in helpers
 
 
+def test_the_operators_own_default_job_image_is_the_charts() -> None:
+    """Outside the chart (a local operator, the testbed) the operator falls back to its own default:
+    the same repository and the one version."""
+    from sampleforge.operator.settings import Settings
+
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    assert Settings().job_image == f"{values['jobImage']['repository']}:{pyproject_version()}"
+
+
 def test_chart_yaml_is_rewritten_from_the_package_version() -> None:
     text = (CHART / "Chart.yaml").read_text()
     bumped = chartgen.chart_yaml(text, "1.2.3-rc.1")
