@@ -307,7 +307,7 @@ def _correlation(x: NDArray[np.float64]) -> NDArray[np.float64]:
     if x.shape[1] < 2:
         return np.ones((x.shape[1], x.shape[1]))
     with np.errstate(invalid="ignore", divide="ignore"):
-        corr = np.corrcoef(x, rowvar=False)
+        corr = np.asarray(np.corrcoef(x, rowvar=False), dtype=np.float64)  # 2-D: x has two columns or more
     return np.nan_to_num(corr)  # a constant column correlates with nothing
 
 

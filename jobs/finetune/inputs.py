@@ -254,13 +254,14 @@ def build_loaders(spec: FineTuneRunSpec, split: Split, tokenizer: Any, use_token
         evaluation = CrossEvalSet(loader(eval_ds, False, t.batch_size * 2), split.eval.queries, split.eval.items,
                                   split.eval.labels or [None] * len(split.eval), split.eval_targets.targets,
                                   split.eval_targets.grades)
+    sampler: BucketBatchSampler | QueryBatchSampler
     if spec.task != Task.TWO_TOWER and t.loss != "pointwise":
         assert train_ds.query_keys is not None
         sampler = QueryBatchSampler(train_ds.query_keys, train_ds.lengths, t.batch_size, t.seed)
-        train_loader = make_loader(train_ds, sampler, collator, num_workers=workers, pin_memory=on_gpu)
     else:
-        train_loader = loader(train_ds, True, t.batch_size)
-    return Loaders(train_loader, train_loader.batch_sampler, evaluation, counts)
+        sampler = BucketBatchSampler(train_ds.lengths, t.batch_size, t.seed, shuffle=True)
+    train_loader = make_loader(train_ds, sampler, collator, num_workers=workers, pin_memory=on_gpu)
+    return Loaders(train_loader, sampler, evaluation, counts)
 
 
 def dense_stats(examples: Examples) -> tuple[torch.Tensor, torch.Tensor] | None:
