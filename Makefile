@@ -1,17 +1,29 @@
 # sampleforge — the commands a developer and CI run. `make help` lists them.
 SHELL := /bin/bash
+REPO := $(patsubst %/,%,$(dir $(abspath $(lastword $(MAKEFILE_LIST)))))
 CACHE ?= $(or $(SAMPLEFORGE_CACHE),$(HOME)/.cache/sampleforge)
-VENV := $(CACHE)/venv
+# This checkout's own Python environment, in the cache and keyed by the checkout's path
+# (hack/checkout_env.py); the testbed's binaries in $(CACHE)/bin are shared by every checkout.
+ifeq ($(origin VENV),undefined)
+VENV := $(or $(SAMPLEFORGE_VENV),$(shell python3 '$(REPO)/hack/checkout_env.py' venv --checkout '$(REPO)' --cache '$(CACHE)'))
+endif
 BIN := $(VENV)/bin
 export SAMPLEFORGE_CACHE := $(CACHE)
+export SAMPLEFORGE_VENV := $(VENV)
 export PATH := $(BIN):$(CACHE)/bin:$(PATH)
+# Targets that run the environment's tools say how to make it when it is missing.
+need-venv = @test -x '$(BIN)/python' || { echo "this checkout has no Python environment yet ($(VENV)); run \`make setup\`" >&2; exit 1; }
 
 .DEFAULT_GOAL := help
 
 help: ## Show this help
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
+	@echo "This checkout's Python environment: $(VENV)"
 
-setup: ## Install the Python environment and the testbed's components (idempotent, cached)
+venv-path: ## Print where this checkout's Python environment is (made by `make setup`)
+	@echo '$(VENV)'
+
+setup: ## Install this checkout's Python environment and the shared testbed components (idempotent, cached)
 	@hack/bootstrap.sh
 
 testbed: ## Build/install only the testbed's components (etcd, Kubernetes, MinIO, helm, kwok, Prometheus)
@@ -33,9 +45,11 @@ test: setup ## Run every test: unit, then integration against the real testbed (
 	@$(BIN)/pytest tests
 
 test-unit: ## Unit tests only: no servers, seconds
+	$(need-venv)
 	@$(BIN)/pytest tests/unit
 
-lint: ## ruff and the import-layer contracts
-	@$(BIN)/ruff check .
+lint: ## ruff, the import-layer contracts (.importlinter) and mypy --strict (hack/lint.py)
+	$(need-venv)
+	@$(BIN)/python hack/lint.py
 
-.PHONY: help setup testbed demo keep up down test test-unit lint
+.PHONY: help venv-path setup testbed demo keep up down test test-unit lint

@@ -61,9 +61,9 @@ def fingerprint(pin: dict, python: str) -> str:
 
 
 def host_python() -> str:
-    """The interpreter the server venv is made from: the project's own, so both share one Python."""
-    project = cache_dir() / "venv" / "bin" / "python"
-    return str(project) if project.exists() else sys.executable
+    """The interpreter the server venv is made from: this one, which hack/bootstrap.sh also makes the
+    checkouts' environments from, so the server and the project share one Python."""
+    return sys.executable
 
 
 def python_version(python: str) -> str:
@@ -111,7 +111,7 @@ def install(force: bool = False) -> str:
     # was not swapped in (interrupted at the very end) is kept rather than compiled again.
     building = home / "venv.building"
     if force or not _imports(building, pin["version"]):
-        _build(building, python, pin, root, logs)
+        _build(building, python, pin, logs)
     # The venv's scripts carry absolute shebangs (we only ever run `python -m`, which does not care).
     shutil.rmtree(venv, ignore_errors=True)
     building.rename(venv)
@@ -133,7 +133,7 @@ def _imports(venv: Path, version: str) -> bool:
     return done.returncode == 0 and done.stdout.strip() == version
 
 
-def _build(building: Path, python: str, pin: dict, root: Path, logs: Path) -> None:
+def _build(building: Path, python: str, pin: dict, logs: Path) -> None:
     shutil.rmtree(building, ignore_errors=True)
     subprocess.run([python, "-m", "venv", str(building)], check=True)
     env = dict(os.environ)
@@ -142,8 +142,9 @@ def _build(building: Path, python: str, pin: dict, root: Path, logs: Path) -> No
     env.pop("PIP_REQUIRE_VIRTUALENV", None)
     extras = f"[{','.join(pin['extras'])}]" if pin.get("extras") else ""
     requirement = f"{pin['package']}{extras}=={pin['version']}"
-    uv = root / "venv" / "bin" / "uv"
-    if uv.exists():
+    # The uv that hack/bootstrap.sh shares between checkouts, else one on PATH, else pip.
+    uv = os.environ.get("SAMPLEFORGE_UV") or shutil.which("uv")
+    if uv and Path(uv).exists():
         cmd = [str(uv), "pip", "install", "--python", str(building / "bin" / "python"), "--no-cache",
                "-v", requirement]
     else:
