@@ -7,8 +7,8 @@ differently calibrated one?
   NDCG@10 per multi-title query (QBQTC) and ROC-AUC (Walmart-Amazon) are reported beside them;
   macro-F1 at the decision each run tuned on its validation split is secondary.
 * **Arms**: baselines ``no-aug`` (the slice), ``no-aug-balanced`` (the slice with
-  ``training.classWeights: balanced``) and ``nlpaug`` (the slice plus nlpaug EDA rows, as many as the
-  largest sampleforge arm of the same seed added); sampleforge arms ``edits`` (text edits),
+  ``training.classWeights: balanced``) and ``nlpaug`` (the slice plus nlpaug EDA rows, ``--nlpaug-fraction``
+  of the slice, about as many as the largest sampleforge arm adds); sampleforge arms ``edits`` (text edits),
   ``hardneg`` (BM25 hard negatives), ``llm`` (paraphrase through the ``openai`` engine against
   llama.cpp's server with SmolLM2-135M-Instruct) and ``combo`` (all three).
 * **Same training for every arm**: the same max steps, evaluation on the validation split every
@@ -140,8 +140,9 @@ class Bench:
         with (self.args.results_dir / "failures.jsonl").open("a") as handle:
             handle.write(json.dumps({"run": tag, "error": str(err)[-2000:]}) + "\n")
 
-    def prepare_cell(self, dataset: str, size: int, seed: int) -> list[tuple[str, dict[str, Any], str | None, dict[str, Any]]]:
-        """Augmentations and nlpaug rows of one (dataset, slice, seed); the fine-tunes to run."""
+    def prepare_cell(self, dataset: str, size: int, seed: int,
+                     arms: list[str]) -> list[tuple[str, dict[str, Any], str | None, dict[str, Any]]]:
+        """Augmentations and nlpaug rows of one (dataset, slice, seed); the fine-tunes of ``arms`` to run."""
         a, h, s = self.args, self.h, self.splits[dataset]
         assert h is not None
         train = s.slice(size)
@@ -152,7 +153,7 @@ class Bench:
                   "options": OPTIONS[dataset] | a.dataset_options.get(dataset, {})}
         cell: list[tuple[str, dict[str, Any], str | None, dict[str, Any]]] = []
         added: list[int] = []
-        for arm in [x for x in SAMPLEFORGE if x in a.arms]:
+        for arm in [x for x in SAMPLEFORGE if x in arms]:
             augmenters = recipes(dataset)[arm]
             key = _key(common, arm, augmenters, FILTERS, a.learning_rate, a.warmup_ratio)
             tag = f"{dataset}-{size}-s{seed}-{arm}"
@@ -176,8 +177,10 @@ class Bench:
                     "perAugmenter": kept, "labelsAfter": labels, "augmentSeconds": round(seconds, 1),
                     "recipe": augmenters}
             cell.append((tag, {"fromAugmentationRun": tag, "eval": eval_uri}, uri, info))
-        budget = max(added) if added else size // 2
-        for arm in [x for x in BASELINES if x in a.arms]:
+        # one budget for every seed and phase: a fixed share of the slice, about what the largest
+        # sampleforge arm adds (each arm's own count is in the report)
+        budget = round(a.nlpaug_fraction * size)
+        for arm in [x for x in BASELINES if x in arms]:
             key = _key(common, arm, budget if arm == "nlpaug" else None)
             tag = f"{dataset}-{size}-s{seed}-{arm}"
             if key in self.done:
@@ -229,18 +232,47 @@ class Bench:
             self.test_paths[d] = path
         futures: list[Future[dict[str, Any]]] = []
         pool = ThreadPoolExecutor(max_workers=max(1, a.jobs))
-        try:
-            # seed-major: an interrupted run has whole seeds of every arm
-            for seed in a.seeds:
-                for size in a.slices:
-                    for d in self.splits:
-                        for task in self.prepare_cell(d, size, seed):
-                            futures.append(pool.submit(self.run_one, *task))
+
+        def wait() -> None:
             for f in futures:
                 try:
                     f.result()
                 except RuntimeError as err:  # a failed fine-tune: reported, the rest goes on
                     self.fail(getattr(err, "run", "fine-tune"), err)
+            futures.clear()
+
+        try:
+            seeds = list(a.seeds)
+            chosen: dict[tuple[str, int], list[str]] = {}
+            if a.select_on_first_seed and len(seeds) > 1:
+                # cheap selection: every arm on the first seed; the other seeds run the baselines and
+                # the sampleforge arm with the best validation primary metric (never the test split)
+                first = seeds.pop(0)
+                for size in a.slices:
+                    for d in self.splits:
+                        for task in self.prepare_cell(d, size, first, list(a.arms)):
+                            futures.append(pool.submit(self.run_one, *task))
+                wait()
+                self.selection = {}
+                for size in a.slices:
+                    for d in self.splits:
+                        done = [r for r in self.finished() if r["dataset"] == d and r["slice"] == size
+                                and r["seed"] == first and r["arm"] in SAMPLEFORGE]
+                        primary = METRICS[d][0]
+                        best = max(done, key=lambda r: r["validation"][primary])["arm"] if done else None
+                        chosen[d, size] = [x for x in a.arms if x in BASELINES] + ([best] if best else [])
+                        self.selection[f"{d}/{size}"] = {"seed": first, "chosen": best, "validation": {
+                            r["arm"]: round(100 * r["validation"][primary], 3) for r in done}}
+                        print(f"selection {d} {size}: {best} {self.selection[f'{d}/{size}']['validation']}",
+                              file=sys.stderr, flush=True)
+                (a.results_dir / "selection.json").write_text(json.dumps(self.selection, indent=2))
+            # seed-major: an interrupted run has whole seeds of every arm
+            for seed in seeds:
+                for size in a.slices:
+                    for d in self.splits:
+                        for task in self.prepare_cell(d, size, seed, chosen.get((d, size), list(a.arms))):
+                            futures.append(pool.submit(self.run_one, *task))
+            wait()
         except (KeyboardInterrupt, Stopped):
             print("stopping: cancelling the queue and the running jobs", file=sys.stderr, flush=True)
             if self.h is not None:
@@ -279,6 +311,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=1, help="torch / llama.cpp threads of each job")
     parser.add_argument("--jobs", type=int, default=2, help="fine-tunes at the same time")
     parser.add_argument("--bootstrap", type=int, default=1000, help="bootstrap draws per interval")
+    parser.add_argument("--nlpaug-fraction", type=float, default=0.5,
+                        help="nlpaug's new rows as a share of the slice (the same for every seed)")
+    parser.add_argument("--select-on-first-seed", action="store_true",
+                        help="cheap arm selection: every arm runs on the first seed only; the other seeds run the "
+                        "baselines and the sampleforge arm with the best validation primary metric")
     parser.add_argument("--results-dir", type=Path,
                         help="where runs, predictions and logs are kept (default: a new folder under "
                         "~/.cache/sampleforge/bench-quality/); an existing one is resumed")

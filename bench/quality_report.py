@@ -56,7 +56,10 @@ def summarize(results: list[dict[str, Any]], splits: dict[str, Any], args: Any, 
     out["config"] = {"slices": args.slices, "seeds": args.seeds, "arms": args.arms, "maxSteps": args.max_steps,
                      "evalEvery": args.eval_every, "patience": args.patience, "batchSize": args.batch_size,
                      "learningRate": args.learning_rate, "warmupRatio": args.warmup_ratio, "threads": args.threads,
-                     "jobs": args.jobs, "bootstrapDraws": args.bootstrap}
+                     "jobs": args.jobs, "bootstrapDraws": args.bootstrap,
+                     "nlpaugFraction": getattr(args, "nlpaug_fraction", None),
+                     "selectOnFirstSeed": getattr(args, "select_on_first_seed", False),
+                     "datasetOptions": {d: s.description for d, s in splits.items()}}
     for d, split in splits.items():
         names = metrics[d]
         primary = names[0]
@@ -66,10 +69,19 @@ def summarize(results: list[dict[str, Any]], splits: dict[str, Any], args: Any, 
             runs = [r for r in results if r["dataset"] == d and r["slice"] == size]
             if not runs:
                 continue
-            # only seeds every arm finished are compared (a paired design)
-            arms = sorted({r["arm"] for r in runs}, key=lambda a: (a not in baselines, args.arms.index(a)))
-            seeds = sorted(set.intersection(*({r["seed"] for r in runs if r["arm"] == a} for a in arms)))
+            # a paired design: the seeds every baseline finished; arms without all of them (the other
+            # arms of a --select-on-first-seed selection round) are reported apart, not compared
+            every = sorted({r["arm"] for r in runs}, key=lambda a: (a not in baselines, args.arms.index(a)))
+            seed_sets = {a: {r["seed"] for r in runs if r["arm"] == a} for a in every}
+            anchor = [a for a in every if a in baselines] or every
+            seeds = sorted(set.intersection(*(seed_sets[a] for a in anchor)))
+            arms = [a for a in every if set(seeds) <= seed_sets[a]]
             by = {(r["arm"], r["seed"]): r for r in runs}
+            partial = {a: {"seeds": sorted(seed_sets[a]),
+                           "testMean": round(100 * QS.mean_std([by[a, x]["test"][primary] for x in seed_sets[a]])[0], 3),
+                           "validationMean": round(100 * QS.mean_std([by[a, x]["validation"][primary]
+                                                                      for x in seed_sets[a]])[0], 3)}
+                       for a in every if a not in arms}
             per_arm = {a: [100 * by[a, s]["test"][primary] for s in seeds] for a in arms}
             validation = {a: QS.mean_std([by[a, s]["validation"][primary] for s in seeds])[0] for a in arms} if seeds else {}
             cell = QS.summarize_slice(per_arm, baselines, validation) if seeds else {"arms": {}}
@@ -99,6 +111,8 @@ def summarize(results: list[dict[str, Any]], splits: dict[str, Any], args: Any, 
                     entry["liftOverBestBaseline"] = round(lifts[a], 3)
                     entry["liftCI95"] = [round(intervals[a][0], 3), round(intervals[a][1], 3)]
             cell["seeds"] = seeds
+            if partial:
+                cell["selectionRound"] = partial
             cell["targetMet"] = QS.target_met(cell)
             data["slices"][str(size)] = cell
         out["datasets"][d] = data
@@ -162,6 +176,13 @@ def markdown(summary: dict[str, Any], results: list[dict[str, Any]], splits: dic
                              + f" | {', '.join(f'{v:.2f}' for v in e['seeds'])} | {e['validationMean']:.2f} | {lift} | "
                              f"{', '.join(str(x) for x in e['publishedStep'])} |")
             lines.append("")
+            if cell.get("selectionRound"):
+                lines += [(f"Arms run on the selection seed only (not chosen on validation, so not run on the other "
+                          f"seeds); {names[0]}, × 100:"), "", "| arm | seeds | validation | test |",
+                          "| --- | --- | ---: | ---: |"]
+                lines += [f"| {arm} | {e['seeds']} | {e['validationMean']:.2f} | {e['testMean']:.2f} |"
+                          for arm, e in cell["selectionRound"].items()]
+                lines.append("")
     lines += [
         "## How it was measured",
         "",
@@ -176,8 +197,9 @@ def markdown(summary: dict[str, Any], results: list[dict[str, Any]], splits: dic
          "benchmark scores it with the published model (`bench/quality_score.py`, `load_published`)."),
         ("- Arms: **no-aug** = the slice; **no-aug-balanced** = the slice with `training.classWeights: balanced`; "
          "**nlpaug** = the slice plus as many nlpaug EDA rows (random word swap / delete, aug_p 0.1, plus "
-         "keyboard typos for English; jieba segmentation for Chinese; the dataset's declared language) as the "
-         "largest sampleforge arm of the same seed added; sampleforge arms = the committed output of an "
+         "keyboard typos for English; jieba segmentation for Chinese; the dataset's declared language), "
+         f"{getattr(args, 'nlpaug_fraction', 0.5):g} × the slice (the same for every seed; each arm's rows are in the "
+         "tables); sampleforge arms = the committed output of an "
          "AugmentationRun over the slice (job entry point, real MinIO), filters "
          f"`{json.dumps({'dedup': {'method': 'exact'}})}` plus `evalSplit` = the validation file."),
         "- Seeds vary augmentation, nlpaug and training; the slice is the same for every seed (nested slices).",
