@@ -257,12 +257,20 @@ class Bench:
                 for size in a.slices:
                     for d in self.splits:
                         done = [r for r in self.finished() if r["dataset"] == d and r["slice"] == size
-                                and r["seed"] == first and r["arm"] in SAMPLEFORGE]
+                                and r["seed"] == first]
                         primary = METRICS[d][0]
-                        best = max(done, key=lambda r: r["validation"][primary])["arm"] if done else None
-                        chosen[d, size] = [x for x in a.arms if x in BASELINES] + ([best] if best else [])
-                        self.selection[f"{d}/{size}"] = {"seed": first, "chosen": best, "validation": {
-                            r["arm"]: round(100 * r["validation"][primary], 3) for r in done}}
+
+                        def best_of(group: tuple[str, ...], runs: list[dict[str, Any]] = done,
+                                    metric: str = primary) -> str | None:
+                            scored = [r for r in runs if r["arm"] in group]
+                            return max(scored, key=lambda r: r["validation"][metric])["arm"] if scored else None
+
+                        best, base = best_of(SAMPLEFORGE), best_of(BASELINES)
+                        keep = {"no-aug", base, best} if a.select_baseline_too else {*BASELINES, best}
+                        chosen[d, size] = [x for x in a.arms if x in keep]
+                        self.selection[f"{d}/{size}"] = {"seed": first, "chosen": best, "chosenBaseline": base,
+                                                         "validation": {r["arm"]: round(100 * r["validation"][primary], 3)
+                                                                        for r in done}}
                         print(f"selection {d} {size}: {best} {self.selection[f'{d}/{size}']['validation']}",
                               file=sys.stderr, flush=True)
                 (a.results_dir / "selection.json").write_text(json.dumps(self.selection, indent=2))
@@ -311,6 +319,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=1, help="torch / llama.cpp threads of each job")
     parser.add_argument("--jobs", type=int, default=2, help="fine-tunes at the same time")
     parser.add_argument("--bootstrap", type=int, default=1000, help="bootstrap draws per interval")
+    parser.add_argument("--select-baseline-too", action="store_true",
+                        help="with --select-on-first-seed: the other seeds run no-aug, the baseline best on validation "
+                        "and the sampleforge arm best on validation (the cheapest honest comparison)")
     parser.add_argument("--nlpaug-fraction", type=float, default=0.5,
                         help="nlpaug's new rows as a share of the slice (the same for every seed)")
     parser.add_argument("--select-on-first-seed", action="store_true",

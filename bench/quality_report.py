@@ -53,12 +53,16 @@ def summarize(results: list[dict[str, Any]], splits: dict[str, Any], args: Any, 
     """quality.json: per dataset and slice, every arm's test metric per seed, the best baseline and
     the best sampleforge arm (chosen on validation) with its lift and paired bootstrap interval."""
     out: dict[str, Any] = {"machine": machine(), "versions": versions(), "datasets": {}}
+    selection = Path(args.results_dir) / "selection.json"
+    if selection.exists():
+        out["selection"] = json.loads(selection.read_text())
     out["config"] = {"slices": args.slices, "seeds": args.seeds, "arms": args.arms, "maxSteps": args.max_steps,
                      "evalEvery": args.eval_every, "patience": args.patience, "batchSize": args.batch_size,
                      "learningRate": args.learning_rate, "warmupRatio": args.warmup_ratio, "threads": args.threads,
                      "jobs": args.jobs, "bootstrapDraws": args.bootstrap,
                      "nlpaugFraction": getattr(args, "nlpaug_fraction", None),
                      "selectOnFirstSeed": getattr(args, "select_on_first_seed", False),
+                     "selectBaselineToo": getattr(args, "select_baseline_too", False),
                      "datasetOptions": {d: s.description for d, s in splits.items()}}
     for d, split in splits.items():
         names = metrics[d]
