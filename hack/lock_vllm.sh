@@ -15,7 +15,7 @@
 set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-UV="${UV:-$(command -v uv || echo "$HOME/.cache/sampleforge/venv/bin/uv")}"
+UV="${UV:-$(command -v uv || echo "$(python3 "$REPO/hack/checkout_env.py" venv)/bin/uv")}"  # else this checkout's venv's
 VLLM_VERSION="0.33.0"
 # Packages whose version vLLM decides (keep in step with VLLM_OWN in tests/unit/test_dockerfile.py).
 VLLM_OWN='^(torch|triton|nvidia-[a-z0-9-]+|cuda-[a-z-]+|transformers|numpy)=='
