@@ -103,3 +103,36 @@ def test_dataset_options_are_per_dataset_and_evaluation_sizes_never_move_the_qbq
     held = {r["query"] for r in large.test + large.validation}
     assert not held & {r["query"] for r in large.slice(2000)}
     assert quality_data.load("walmart").language == "en"
+
+
+def test_stop_ends_running_jobs_and_the_queue(tmp_path: Path) -> None:
+    """Ctrl-C: Harness.stop() kills the running job's process group, and no queued job starts."""
+    import os
+    import threading
+    import time
+
+    import quality_harness
+
+    h = object.__new__(quality_harness.Harness)
+    h.workdir, h.results, h.threads = tmp_path, tmp_path, 1
+    h.stopping, h._procs, h._lock = threading.Event(), set(), threading.Lock()
+    outcome: list[BaseException] = []
+
+    def job() -> None:
+        try:
+            h.run(["sh", "-c", "sleep 60 & wait"], dict(os.environ), "sleeper")
+        except BaseException as err:  # noqa: BLE001 - the test inspects it
+            outcome.append(err)
+
+    worker = threading.Thread(target=job)
+    worker.start()
+    deadline = time.monotonic() + 10
+    while not h._procs and time.monotonic() < deadline:
+        time.sleep(0.05)
+    started = time.monotonic()
+    h.stop()
+    worker.join(15)
+    assert not worker.is_alive() and time.monotonic() - started < 12
+    assert isinstance(outcome[0], quality_harness.Stopped)
+    with pytest.raises(quality_harness.Stopped):
+        h.run(["true"], dict(os.environ), "queued")
