@@ -64,14 +64,17 @@ def apply_method(encoder: nn.Module, method: MethodSpec, total_steps: int) -> nn
     if isinstance(method, LoraMethod | AdaLoraMethod):
         # Empty target_modules: peft's usual choice for the model type (query and value for BERT).
         targets = list(method.target_modules) or None
+    # peft annotates lora_alpha as int, but only divides by it (scaling = lora_alpha / r): the spec's float is right.
     if isinstance(method, LoraMethod):
-        config = LoraConfig(task_type=TaskType.FEATURE_EXTRACTION, r=method.rank, lora_alpha=method.alpha,
+        config = LoraConfig(task_type=TaskType.FEATURE_EXTRACTION, r=method.rank,
+                            lora_alpha=method.alpha,  # type: ignore[arg-type]  # see above
                             lora_dropout=method.dropout, target_modules=targets)
     elif isinstance(method, AdaLoraMethod):
         # AdaLoRA's budget schedule: full rank for the first 10 % of steps, final rank for the last 20 %.
         steps = max(total_steps, 10)
         config = AdaLoraConfig(task_type=TaskType.FEATURE_EXTRACTION, init_r=method.initial_rank,
-                               target_r=method.rank, lora_alpha=method.alpha, lora_dropout=method.dropout,
+                               target_r=method.rank, lora_alpha=method.alpha,  # type: ignore[arg-type]  # see above
+                               lora_dropout=method.dropout,
                                target_modules=targets, total_step=steps, tinit=steps // 10,
                                tfinal=steps // 5)
     else:
@@ -151,6 +154,8 @@ class CrossEncoder(nn.Module):
 
     dense_mean: torch.Tensor
     dense_std: torch.Tensor
+    dense_low: torch.Tensor
+    dense_high: torch.Tensor
 
     def __init__(self, encoder: nn.Module, config: HeadConfig, hidden_size: int) -> None:
         super().__init__()
