@@ -275,8 +275,9 @@ class VllmGenerator:
                                                         seed, self.stop_ids)) for _, seed in unique]
         return prompts, params, index
 
-    def generate(self, inputs: Sequence[str], seeds: Sequence[int], settings: Any) -> list[str]:
-        """The new text for each input, all requests in one call of the engine."""
+    def generate(self, inputs: Sequence[Any], seeds: Sequence[int], settings: Any) -> list[str]:
+        """The new text for each input (strings, as :meth:`format` makes them; typed as the other engines'
+        ``generate``, which the pipeline calls through one union), all requests in one call of the engine."""
         started = time.monotonic()
         prompts, params, index = self.requests(inputs, seeds, settings)
         if not prompts:
