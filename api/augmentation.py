@@ -13,7 +13,7 @@ from pydantic import BeforeValidator, Field
 
 from ._base import ApiModel, Rule
 from ._unions import FlatUnion
-from .augmenters import GPU_ENGINES, NEEDS_ATTRIBUTES, NEEDS_DENSE_FEATURES, NEEDS_IMAGE, Augmenter
+from .augmenters import GPU_ENGINES, JUDGE_TYPES, NEEDS_ATTRIBUTES, NEEDS_DENSE_FEATURES, NEEDS_IMAGE, Augmenter
 from .common import CommonRunSpec
 from .fields import (
     ColumnName,
@@ -301,6 +301,33 @@ def _attributes_rule() -> Rule:
     )
 
 
+def _judged_names_known(spec: AugmentationRunSpec) -> bool:
+    graded = {a.display_name() for a in spec.augmenters if a.type not in JUDGE_TYPES}
+    return all(set(getattr(a, "judged", ())) <= graded for a in spec.augmenters)
+
+
+def _judge_rules() -> tuple[Rule, ...]:
+    judges = _cel_list(JUDGE_TYPES)
+    return (
+        Rule(
+            cel="self.augmenters.all(a, !has(a.judged) || a.judged.all(n, self.augmenters.exists(b, "
+            f"!(b.type in {judges}) && (has(b.name) ? b.name : b.type) == n)))",
+            message="augmenters[].judged may only name augmenters of this run that are not llmJudge; fix the "
+            "names or leave judged empty to grade every other augmenter's rows",
+            check=_judged_names_known,
+            field_path=".augmenters",
+        ),
+        Rule(
+            cel=f"!self.augmenters.exists(a, a.type in {judges}) || "
+            f"self.augmenters.exists(a, !(a.type in {judges}))",
+            message="an llmJudge grades the rows other augmenters generate, and this run has none; add an "
+            "augmenter that generates rows",
+            check=lambda s: not _uses(s, JUDGE_TYPES) or any(a.type not in JUDGE_TYPES for a in s.augmenters),
+            field_path=".augmenters",
+        ),
+    )
+
+
 class AugmentationRunSpec(CommonRunSpec):
     """What an AugmentationRun reads, how it expands the data, and where it writes."""
 
@@ -314,6 +341,7 @@ class AugmentationRunSpec(CommonRunSpec):
             field_path=".augmenters",
         ),
         _attributes_rule(),
+        *_judge_rules(),
         Rule(
             cel="self.augmenters.all(a, !has(a.attributes) || a.attributes.all(x, has(self.source.columns) && "
             "has(self.source.columns.attributes) && x in self.source.columns.attributes))",

@@ -362,6 +362,65 @@ class BackTranslationAugmenter(_Budget):
     per_row: PerRow = 1
 
 
+JudgeRubric = Annotated[
+    str,
+    Field(
+        min_length=1,
+        max_length=2048,
+        description="Instruction sent to the judge model for each pair; {query} and {item} are replaced by the "
+        "row's query and item text (with its attributes), {labels} by the run's label scale (the source's "
+        "labels, lowest first, and those the augmenters assign). The job's built-in relevance rubric when unset.",
+    ),
+    Rule(
+        cel="self.contains('{query}') && self.contains('{item}')",
+        message="rubric must contain the placeholders {query} and {item}, where the pair goes",
+        check=lambda v: "{query}" in v and "{item}" in v,
+    ),
+]
+
+
+class LlmJudgeAugmenter(_Budget):
+    """llmJudge: have a language model grade generated pairs on the label scale, then keep, drop or relabel them."""
+
+    kube_rules = _ENGINE_RULES + (
+        Rule(
+            cel="!has(self.maxRows)",
+            message="maxRows does not apply to llmJudge, which adds no rows; bound it with fraction or "
+            "openai.maxRequests",
+            check=lambda a: a.max_rows is None,
+            field_path=".maxRows",
+            reason="FieldValueForbidden",
+        ),
+    )
+
+    type: Literal["llmJudge"] = Field(description="Augmenter type.")
+    model: Model
+    engine: GenerationEngine = "transformers"
+    openai: OpenAISettings = None
+    mode: Literal["filter", "relabel"] = Field(
+        default="filter",
+        description="What a grade that differs from the row's label does: filter drops the row, relabel gives "
+        "it the judge's grade as its label (label rule judge). Agreeing rows are kept unchanged either way.",
+    )
+    judged: Annotated[
+        list[AugmenterName], Field(max_length=19, json_schema_extra={"x-kubernetes-list-type": "set"})
+    ] = Field(
+        default=[],
+        description="Names of the augmenters whose generated rows it grades; every augmenter that is not an "
+        "llmJudge when empty. Source rows are never graded.",
+    )
+    rubric: JudgeRubric | None = None
+    on_failure: Literal["keep", "drop"] = Field(
+        default="keep",
+        description="What happens to a row the judge gave no grade for (a failed request, or an answer with no "
+        "label of the scale in it): keep it unchanged, or drop it. Such a row is never relabelled; either way "
+        "it is counted per reason.",
+    )
+    batch_size: BatchSize = 16
+    max_new_tokens: MaxNewTokens = 8
+    temperature: Temperature = 0.0
+
+
 # --- sampling and synthesis ---------------------------------------------------------------------
 
 
@@ -457,6 +516,7 @@ AUGMENTER_UNION = FlatUnion(
         ParaphraseAugmenter,
         Doc2QueryAugmenter,
         BackTranslationAugmenter,
+        LlmJudgeAugmenter,
         HardNegativeAugmenter,
         RebalanceAugmenter,
         GanAugmenter,
@@ -478,6 +538,7 @@ AugmenterSpec = Union[  # noqa: UP007 -- a discriminated union reads better spel
     ParaphraseAugmenter,
     Doc2QueryAugmenter,
     BackTranslationAugmenter,
+    LlmJudgeAugmenter,
     HardNegativeAugmenter,
     RebalanceAugmenter,
     GanAugmenter,
@@ -491,3 +552,5 @@ Augmenter = Annotated[AugmenterSpec, Field(discriminator="type"), BeforeValidato
 NEEDS_ATTRIBUTES = ("attributeDrop", "attributeReorder", "attributeSwap")
 NEEDS_DENSE_FEATURES = ("gan", "mixup")
 NEEDS_IMAGE = ("image",)
+#: The type that grades other augmenters' rows instead of adding its own.
+JUDGE_TYPES = ("llmJudge",)

@@ -17,6 +17,7 @@ from . import (  # noqa: F401 -- each family registers its types on import
     generation,
     hardnegative,
     image,
+    judge,
     mixup,
     rebalance,
     textedit,

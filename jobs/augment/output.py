@@ -41,10 +41,11 @@ import pyarrow.parquet as pq
 from sampleforge.jobs.common.records import reason_class
 from sampleforge.jobs.common.storage import ObjectStore, S3Uri, sha256_file
 
+from .judge import judge_rates
 from .preprocess import Reject
 from .protocol import PROVENANCE_COLUMNS, ColumnRoles
 
-__all__ = ["PART_ROWS", "ROW_GROUP_ROWS", "TEXT_LENGTH_EDGES", "PartWriter", "RejectsWriter", "assemble_manifest",
+__all__ = ["PART_ROWS", "ROW_GROUP_ROWS", "TEXT_LENGTH_EDGES", "PartWriter", "RejectsWriter", "assemble_manifest", "combine_engine_summaries",
            "length_bin", "marker_uri", "output_schema", "read_markers"]
 
 PART_ROWS = 1_000_000
@@ -64,8 +65,9 @@ def length_bin(text: Any) -> str:
     return str(TEXT_LENGTH_EDGES[bisect.bisect_right(TEXT_LENGTH_EDGES, n) - 1])
 
 
-def output_schema(roles: ColumnRoles, label_kind: str) -> pa.Schema:
-    """Mapped columns under their source names, then the provenance columns."""
+def output_schema(roles: ColumnRoles, label_kind: str, judged: bool = False) -> pa.Schema:
+    """Mapped columns under their source names, then the provenance columns (``judged``: with the
+    llmJudge's, :data:`~.judge.JUDGE_COLUMNS`)."""
     fields = []
     if roles.id:
         fields.append(pa.field(roles.id, pa.string()))
@@ -77,6 +79,8 @@ def output_schema(roles: ColumnRoles, label_kind: str) -> pa.Schema:
         fields.append(pa.field(roles.image, pa.string()))
     fields += [pa.field("sf_origin", pa.string(), nullable=False), pa.field("sf_augmenter", pa.string()),
                pa.field("sf_source_row", pa.int64(), nullable=False), pa.field("sf_label_rule", pa.string())]
+    if judged:
+        fields += [pa.field("sf_judge_label", _LABEL_TYPES[label_kind]), pa.field("sf_judge_agrees", pa.bool_())]
     return pa.schema(fields)
 
 
@@ -263,11 +267,67 @@ def _label_sort_key(label: str) -> tuple[int, float, str]:
         return (1, math.inf, label)
 
 
+def _latency(summaries: Sequence[Mapping[str, Any]], key: str) -> float | None:
+    values = [float(s["latencySeconds"][key]) for s in summaries
+              if isinstance(s.get("latencySeconds"), Mapping) and s["latencySeconds"].get(key) is not None]
+    return max(values) if values else None
+
+
+def combine_engine_summaries(summaries: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """One engine summary for the run from each shard's (in shard order).
+
+    Counts (requests, generated, HTTP attempts, retries, completion tokens, failures per reason, cache
+    hits and misses) are summed; ``generationSeconds`` is the engine time of all shards together and
+    ``generatedPerSecond`` the rate over it (what one pod generates per second: total generated /
+    total generation seconds); ``loadSeconds`` is the slowest shard's, with every shard's in
+    ``loadSecondsPerShard``; request latency percentiles cannot be merged from percentiles, so
+    ``latencySeconds`` holds the worst shard's p50 and p99. Strings (engine, model, cache prefix) are
+    shard 0's; anything else numeric is summed and nested mappings are combined the same way.
+    """
+    if not summaries:
+        return {}
+    if len(summaries) == 1:
+        return dict(summaries[0])
+    out: dict[str, Any] = {}
+    for key in dict.fromkeys(k for s in summaries for k in s):
+        values = [s[key] for s in summaries if key in s]
+        if key == "loadSeconds":
+            loads = [float(s.get("loadSeconds") or 0.0) for s in summaries]
+            out[key] = round(max(loads), 3)
+            out["loadSecondsPerShard"] = [round(v, 3) for v in loads]
+        elif key == "generatedPerSecond":
+            continue  # from the totals, below
+        elif key == "latencySeconds":
+            out[key] = {q: (round(v, 3) if (v := _latency(summaries, q)) is not None else None) for q in ("p50", "p99")}
+        elif all(isinstance(v, Mapping) for v in values):
+            out[key] = combine_engine_summaries([dict(v) for v in values]) if key in ("cache", "reverse") else \
+                _sum_mappings(values)
+        elif all(isinstance(v, int | float) and not isinstance(v, bool) for v in values):
+            total = sum(values)
+            out[key] = round(total, 3) if isinstance(total, float) else total
+        else:
+            out[key] = values[0]
+    if "generated" in out and "generationSeconds" in out:
+        seconds = float(out["generationSeconds"])
+        out["generatedPerSecond"] = round(out["generated"] / seconds, 3) if seconds > 0 else None
+    out["shards"] = len(summaries)
+    return out
+
+
+def _sum_mappings(values: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    total: dict[str, Any] = {}
+    for value in values:
+        _add(total, value)
+    return _sorted(total)
+
+
 def assemble_manifest(markers: Sequence[Mapping[str, Any]], *, committed_at: datetime | None = None) -> dict[str, Any]:
     """The run's manifest from every shard's marker (in shard order).
 
     Per-shard counts are summed; what every shard learnt identically (first pass, configuration,
-    source objects) is taken from shard 0's marker. ``files`` lists only data parts, which is what
+    source objects) is taken from shard 0's marker. Engine figures (``augmenters.<name>.summary`` of
+    the model-based types) are combined over every shard (:func:`combine_engine_summaries`), and an
+    llmJudge's counts get its agreement rate and kappa (``augmenters.<name>.judge``). ``files`` lists only data parts, which is what
     readers (the fine-tune job) load; everything else the manifest vouches for is in ``rejects`` and
     ``artifacts``.
     """
@@ -290,6 +350,12 @@ def assemble_manifest(markers: Sequence[Mapping[str, Any]], *, committed_at: dat
         augmenters[name] = {**info, "produced": counts.get("produced", 0), "kept": counts.get("kept", 0),
                             "dropped": _sorted(counts.get("dropped", {})),
                             "sourceRowsRemoved": counts.get("sourceRowsRemoved", 0)}
+        engines = [m.get("engines", {}).get(name) for m in markers]
+        if "summary" in info and all(isinstance(e, Mapping) for e in engines):
+            augmenters[name]["summary"] = combine_engine_summaries([dict(e) for e in engines if e is not None])
+        judged = totals.get("judges", {}).get(name)
+        if judged is not None:
+            augmenters[name]["judge"] = judge_rates(judged)
     examples = [e for marker in markers for e in marker.get("examples", [])]
     manifest = {
         "apiVersion": "sampleforge.io/v1alpha1",
@@ -298,7 +364,7 @@ def assemble_manifest(markers: Sequence[Mapping[str, Any]], *, committed_at: dat
         "committedAt": (committed_at or datetime.now(UTC)).isoformat(timespec="seconds"),
         "format": shared["format"],
         "columns": shared["columns"],
-        "provenanceColumns": dict(PROVENANCE_COLUMNS),
+        "provenanceColumns": dict(shared.get("provenanceColumns") or PROVENANCE_COLUMNS),
         "files": files,
         "rowsRead": totals.get("rowsRead", 0),
         "rowsIn": totals.get("rowsIn", 0),

@@ -25,7 +25,7 @@ import logging
 import sys
 import time
 from collections import Counter, defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -47,6 +47,7 @@ from .embedding import ModelCache
 from .errors import AugmentError, ConfigError, SourceError
 from .filters import Candidate, EvalSplit, Filter, LeakageGuard, build_filters, eval_split
 from .htmlreport import render_html_report
+from .judge import JUDGE_COLUMNS, JUDGE_LABEL_RULE, LlmJudge
 from .knowledge import DatasetKnowledge, learn
 from .output import (
     PartWriter,
@@ -100,7 +101,7 @@ def roles_of(columns: Columns) -> ColumnRoles:
     for path, name in roles.field_paths():
         if name in seen:
             raise ConfigError(f"{path} and {seen[name]} both name column {name!r}; a column has one role")
-        if name in PROVENANCE_COLUMNS:
+        if name in PROVENANCE_COLUMNS or name in JUDGE_COLUMNS:
             raise ConfigError(f"{path} is {name!r}, a name the job uses for its provenance columns; rename it")
         seen[name] = path
     return roles
@@ -305,15 +306,17 @@ class ShardJob:
         augmenters = build_augmenters(spec, {"roles": roles, "labels": knowledge.labels, "knowledge": knowledge,
                                              "store": self.store, "models": models})
         filters, notes = build_filters(spec.filters, roles, knowledge.labels, knowledge.source_pairs, models, split)
+        judges = [a for _, a in augmenters if isinstance(a, LlmJudge)]
+        chain = _with_judges(filters, judges)
         lo, hi = shard_range(knowledge.total_rows, shard, shards)
         self._stage(f"augmenting rows {lo}-{hi} (shard {shard} of {shards})")
         log.info("shard pass", extra={"shard": shard, "shards": shards, "row_range": [lo, hi],
                                       "augmenters": [a.name for _, a in augmenters],
-                                      "filters": [f.name for f in filters]})
+                                      "filters": [f.name for f in chain]})
         workdir = self.cache_dir / "augment" / fp[:16] / f"shard-{shard}"
         clear_directory(workdir)
         writer = PartWriter(self.store, self.prefix, shard, spec.output.format,
-                            output_schema(roles, knowledge.labels.kind), workdir)
+                            output_schema(roles, knowledge.labels.kind, judged=bool(judges)), workdir)
         rejects = RejectsWriter(self.store, self.prefix, shard, workdir)
         cleaner = Cleaner(roles, spec.preprocess, spec.filters.pii_redaction, knowledge.labels.kind, knowledge.dense)
         redactor = PiiRedactor()
@@ -326,7 +329,7 @@ class ShardJob:
                 rejects.add(bad)
                 counts.rows_read += raw.size
                 if len(batch):
-                    self._batch(batch, augmenters, randomness, knowledge, filters, redactor, writer, counts)
+                    self._batch(batch, augmenters, randomness, knowledge, chain, redactor, writer, counts)
                 bar.update(raw.size)
                 self._beat(counts, rejects.rows, hi - lo, process_started)
         parts = writer.close()
@@ -345,8 +348,11 @@ class ShardJob:
                 "textLengths": counts.text_lengths(),
                 "sourceRowsInEvalSplit": counts.in_eval,
                 "sourceRowsDropped": dict(counts.source_in_eval),
+                **({"judges": {j.name: j.counts() for j in judges}} if judges else {}),
             },
             "examples": [e for n in names for e in counts.examples.get(n, [])],
+            # This pod's engine figures, which the manifest combines over every shard.
+            "engines": _engine_summaries(augmenters),
             "timings": {"firstPassSeconds": round(first_pass_seconds, 3),
                         "processSeconds": round(time.monotonic() - process_started, 3),
                         "totalSeconds": round(time.monotonic() - started, 3)},
@@ -371,6 +377,8 @@ class ShardJob:
             "columns": spec.source.columns.to_kube(),
             "augmenters": {a.name: _augmenter_info(entry, a) for entry, a in augmenters},
             "filterNotes": notes,
+            "provenanceColumns": {**PROVENANCE_COLUMNS,
+                                  **(JUDGE_COLUMNS if any(isinstance(a, LlmJudge) for _, a in augmenters) else {})},
             "evalSplit": {"uri": split.uri, "rows": split.rows} if split is not None else None,
             "source": {"uri": spec.source.uri, "format": spec.source.format,
                        "objects": [{"uri": str(o.uri), "etag": o.etag, "size": o.size, "format": o.format,
@@ -390,7 +398,8 @@ class ShardJob:
         return BatchPlan(selected, budget.per_row, random)
 
     def _batch(self, batch: RowBatch, augmenters: list[tuple[Any, RowAugmenter]],
-               randomness: dict[str, RowRandomness], knowledge: DatasetKnowledge, filters: list[Filter],
+               randomness: dict[str, RowRandomness], knowledge: DatasetKnowledge,
+               filters: Sequence[Filter | LlmJudge],
                redactor: PiiRedactor, writer: PartWriter, counts: _Counts) -> None:
         roles, labels = self.roles, knowledge.labels
         plans = {a.name: self._plan(batch, knowledge, randomness[a.name]) for _, a in augmenters}
@@ -435,6 +444,9 @@ class ShardJob:
         for flt in filters:
             if not alive:
                 break
+            if isinstance(flt, LlmJudge):
+                alive = self._judge(flt, alive, counts)
+                continue
             reasons = flt.check(alive)
             survivors = []
             for c, reason in zip(alive, reasons, strict=True):
@@ -454,6 +466,31 @@ class ShardJob:
         for row in out:
             counts.count_lengths("after", row, roles)
         writer.add(out)
+
+    def _judge(self, judge: LlmJudge, alive: list[Candidate], counts: _Counts) -> list[Candidate]:
+        """Apply an llmJudge's verdicts: provenance on every row it graded, then keep, drop or relabel."""
+        label = self.roles.label
+        survivors = []
+        for c, verdict in zip(alive, judge.review(alive), strict=True):
+            if verdict is None:
+                survivors.append(c)
+                continue
+            grade = judge.grade_value(verdict.grade) if verdict.grade is not None else None
+            c.row["sf_judge_label"] = grade
+            c.row["sf_judge_agrees"] = verdict.agrees
+            if verdict.action == "drop":
+                reason = verdict.reason or "judge"
+                counts.filtered[judge.name][reason] += 1
+                counts.dropped[c.augmenter][judge.name][reason] += 1
+                continue
+            if verdict.action == "relabel":
+                c.row[label] = grade
+                c.row["sf_label_rule"] = JUDGE_LABEL_RULE
+                c.label_rule = JUDGE_LABEL_RULE
+                changed = set(c.changed) | {"label"} if grade != c.source[label] else set(c.changed) - {"label"}
+                c.changed = tuple(f for f in _CHANGED_ORDER if f in changed)
+            survivors.append(c)
+        return survivors
 
     def _candidate(self, aug: RowAugmenter, generated: GeneratedRow, plan: BatchPlan, position: dict[int, int],
                    source_rows: list[dict[str, Any]], made: Counter[int], redactor: PiiRedactor,
@@ -566,6 +603,24 @@ def _check_usable(uri: str, knowledge: DatasetKnowledge) -> None:
         raise SourceError(f"none of the {knowledge.total_rows} rows of spec.source.uri {uri} is usable: every one "
                           "was set aside while cleaning (malformed, or empty query or item text); check the data "
                           "and spec.source.columns")
+
+
+def _with_judges(filters: list[Filter], judges: list[LlmJudge]) -> list[Filter | LlmJudge]:
+    """The filter chain with the judges (in spec order) before dedup: after the cheap filters, so a
+    row they drop costs no request, and before dedup, which remembers the rows it keeps."""
+    at = next((i for i, f in enumerate(filters) if f.name in ("dedup", "nearDedup")), len(filters))
+    return [*filters[:at], *judges, *filters[at:]]
+
+
+def _engine_summaries(augmenters: list[tuple[Any, RowAugmenter]]) -> dict[str, Any]:
+    """Each model-based augmenter's engine figures in this pod (load time, rate, requests, cache)."""
+    out: dict[str, Any] = {}
+    for _, augmenter in augmenters:
+        if isinstance(augmenter, AugmenterSummary):
+            summary = dict(augmenter.summary())
+            if "engine" in summary:
+                out[augmenter.name] = summary
+    return out
 
 
 def _augmenter_info(entry: Any, augmenter: RowAugmenter) -> dict[str, Any]:

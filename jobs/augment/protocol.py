@@ -118,7 +118,7 @@ PROVENANCE_COLUMNS: Mapping[str, str] = {
     "lowest (the lowest label of the source), condition (gan: the source row's label, which the dense "
     "features were generated conditioned on), dominant (mixup: the label of the partner with the larger "
     "mixing weight, always the source row), mix (mixup of float labels: the labels interpolated with the "
-    "features' weight); null for source rows",
+    "features' weight), judge (an llmJudge relabelled the row with its grade); null for source rows",
 }
 
 # --- deterministic hashing ----------------------------------------------------------------------

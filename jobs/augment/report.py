@@ -90,8 +90,9 @@ def render_report(manifest: Mapping[str, Any]) -> str:
         if info.get("sourceRowsRemoved"):
             lines.append(f"| {_cell(name)} (undersampling) | | | | −{info['sourceRowsRemoved']} source rows | |")
     for name, info in manifest["augmenters"].items():
-        if info.get("summary"):
-            lines += ["", f"### {_cell(name)}", "", *_summary_lines(info["summary"])]
+        details = {**(info.get("summary") or {}), **({"judge": info["judge"]} if info.get("judge") else {})}
+        if details:
+            lines += ["", f"### {_cell(name)}", "", *_summary_lines(details)]
     lines += ["", "## Filters", ""]
     if manifest["filters"]:
         lines += ["| filter | reason | rows dropped |", "| --- | --- | ---: |"]
