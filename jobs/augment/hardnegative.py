@@ -1,14 +1,15 @@
 """``hardNegative``: pair a query with items that look relevant but are not labelled so.
 
 Candidates come from the first pass's item pool (:mod:`.knowledge`): every distinct item of the
-source when there are up to 100,000 of them, otherwise a uniform sample of that size, the same in
-every shard. Why the whole-source pool rather than the shard's items: a shard's items would make a
-row's negatives depend on the shard count, and a small shard would yield weak negatives.
+source, the same in every shard, with no cap. Why the whole-source pool rather than the shard's
+items: a shard's items would make a row's negatives depend on the shard count, and a small shard
+would yield weak negatives.
 
 * ``method: bm25`` ranks the pool by BM25 over the item text with its attribute values (brands and
-  model numbers are exactly what makes a negative hard); ``method: embedding`` by cosine similarity of
-  sentence embeddings of the query and the item titles (the first 50,000 items of the pool, which is
-  already in random order, so CPU-only runs stay practical).
+  model numbers are exactly what makes a negative hard), a sparse matrix over the whole catalog
+  (:mod:`.bm25`); ``method: embedding`` by cosine similarity of sentence embeddings of the query and
+  the item titles, through a faiss index: exact up to 200,000 items, approximate (IVF) above
+  (:mod:`.retrieval`). Both indexes are built by one call, :func:`~.retrieval.build_item_index`.
 * Excluded: the row's own item, and every item the query is paired with anywhere in the source,
   whatever its label (known pairs are not negatives to invent; a known irrelevant pair is already
   in the data). Then ``skipTop`` of the remaining best candidates are skipped (near the top are the
@@ -23,19 +24,16 @@ from __future__ import annotations
 from collections import OrderedDict
 from typing import Any
 
-import numpy as np
-from numpy.typing import NDArray
-
 from .bm25 import BM25Index
-from .dedup import item_repr, norm_key, normalized_pair_hashes
+from .dedup import hash64, item_repr, norm_key, normalized_pair_hashes
 from .embedding import TextEncoder
 from .errors import ConfigError
-from .knowledge import PoolItem
+from .itempool import ItemPool
 from .protocol import BatchPlan, BuildContext, GeneratedRow, LabelError, RowBatch, register_row_augmenter
+from .retrieval import VectorIndex, build_item_index
 
-__all__ = ["EMBEDDING_POOL_SIZE", "HardNegativeMiner"]
+__all__ = ["HardNegativeMiner"]
 
-EMBEDDING_POOL_SIZE = 50_000
 _CACHE_QUERIES = 10_000
 _SLACK = 32
 
@@ -43,8 +41,9 @@ _SLACK = 32
 class HardNegativeMiner:
     """Ranks pool items for a query and picks negatives (see the module docstring)."""
 
-    def __init__(self, name: str, pool: list[PoolItem], *, method: str, per_query: int, skip_top: int, label: Any,
-                 label_rule: str, build: BuildContext, encoder: TextEncoder | None = None) -> None:
+    def __init__(self, name: str, pool: ItemPool, *, method: str, per_query: int, skip_top: int, label: Any,
+                 label_rule: str, build: BuildContext, encoder: TextEncoder | None = None,
+                 index: BM25Index | VectorIndex | None = None) -> None:
         self.name = name
         self.label_rule = label_rule
         self.method = method
@@ -53,15 +52,16 @@ class HardNegativeMiner:
         self.label = label
         self.roles = build.roles
         self.known_pairs = build.knowledge.source_pairs
-        self.pool = pool if method == "bm25" else pool[:EMBEDDING_POOL_SIZE]
-        self._reprs = [item_repr(p.item, p.attributes) for p in self.pool]
-        self._repr_keys = [norm_key(r) for r in self._reprs]
+        self.pool = pool
         self._cache: OrderedDict[str, list[int]] = OrderedDict()
-        self._bm25 = BM25Index(self._reprs) if method == "bm25" else None
         self._encoder = encoder
-        self._vectors: NDArray[np.float32] | None = None
-        if method == "embedding" and encoder is not None:
-            self._vectors = encoder.encode([p.item for p in self.pool])
+        if index is None and (method == "bm25" or encoder is not None):
+            index = build_item_index(pool, method, encoder, seed=build.spec.seed)
+        self._bm25 = index if isinstance(index, BM25Index) else None
+        self._vectors = index if isinstance(index, VectorIndex) else None
+
+    def _repr_key(self, d: int) -> str:
+        return norm_key(self.pool.text(d))
 
     def _ranked(self, queries: list[str]) -> dict[str, list[int]]:
         """Pool indices by decreasing similarity, enough of them for exclusions, per distinct query."""
@@ -69,18 +69,11 @@ class HardNegativeMiner:
         todo = [q for q in dict.fromkeys(queries) if q not in self._cache]
         if todo:
             if self._bm25 is not None:
-                found = {q: [d for d, _ in self._bm25.top(q, want)] for q in todo}
+                tops = self._bm25.top_many(todo, want)
+                found = {q: [d for d, _ in top] for q, top in zip(todo, tops, strict=True)}
             else:
                 assert self._encoder is not None and self._vectors is not None
-                qv = self._encoder.encode(todo)
-                sims = qv @ self._vectors.T if len(self.pool) else np.zeros((len(todo), 0), dtype=np.float32)
-                found = {}
-                for j, q in enumerate(todo):
-                    row = sims[j]
-                    k = min(want, row.size)
-                    idx = np.argpartition(-row, k - 1)[:k] if 0 < k < row.size else np.arange(row.size)
-                    order = np.lexsort((idx, -row[idx]))
-                    found[q] = idx[order].tolist()
+                found = dict(zip(todo, self._vectors.search(self._encoder.encode(todo), want), strict=True))
             for q, ranked in found.items():
                 self._cache[q] = ranked
                 if len(self._cache) > _CACHE_QUERIES:
@@ -97,10 +90,11 @@ class HardNegativeMiner:
         rows: list[GeneratedRow] = []
         for i in selected:
             query = batch.queries[i]
-            own = norm_key(item_repr(batch.items[i], batch.attributes(i)))
-            candidates = [d for d in ranked[query] if self._repr_keys[d] != own]
+            own = hash64(norm_key(item_repr(batch.items[i], batch.attributes(i))))
+            keys = self.pool.keys
+            candidates = [d for d in ranked[query] if int(keys[d]) != own]
             known = self.known_pairs.contains(
-                normalized_pair_hashes(norm_key(query), [self._repr_keys[d] for d in candidates]))
+                normalized_pair_hashes(norm_key(query), [self._repr_key(d) for d in candidates]))
             eligible = [d for d, is_known in zip(candidates, known.tolist(), strict=True) if not is_known]
             for k, d in enumerate(eligible[self.skip_top : self.skip_top + per_row]):
                 item = self.pool[d]

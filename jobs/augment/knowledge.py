@@ -9,12 +9,16 @@ cleaning code as the main pass, and reduces it to :class:`DatasetKnowledge`. Eac
 same result: no coordination, no shared state, nothing to go stale when a shard is retried.
 
 Everything collected is bounded, independent of the source size, except the source pair hashes
-(8 bytes per row, for exact dedup and for keeping known positives out of hard negatives):
+(8 bytes per row, for exact dedup and for keeping known positives out of hard negatives) and the
+item pool (linear in the distinct items, see below):
 
-* pools and samples are *bottom-k* samples: the k entries with the smallest 64-bit hash among all
-  offered. The result does not depend on reading order, is uniform, and for small sources is simply
-  everything (an item pool of up to 100,000 distinct items; 10,000 values per attribute; a row
-  sample of up to 100,000 rows of dense features, fewer when there are many features);
+* samples are *bottom-k* samples: the k entries with the smallest 64-bit hash among all offered.
+  The result does not depend on reading order, is uniform, and for small sources is simply
+  everything (10,000 values per attribute; a row sample of up to 100,000 rows of dense features,
+  fewer when there are many features);
+* the item pool is *every* distinct item (no cap: hard negatives search the whole catalog), stored
+  column-wise at about its text size plus 40 bytes per item (:mod:`.itempool`), in key order, so it
+  too does not depend on reading order;
 * ``maxRows`` becomes a threshold on each row's selection number, from a fixed-size histogram
   (2^20 bins), so "at most maxRows" holds over all shards together without the shards talking.
 """
@@ -34,15 +38,15 @@ from numpy.typing import NDArray
 from sampleforge.api.augmentation import AugmentationRunSpec
 
 from .dedup import HashSet, hash64, item_repr, norm_key, pair_hashes
+from .itempool import ItemPool, ItemPoolBuilder, PoolItem
 from .preprocess import Cleaner, DenseStats, fit_dense_stats, label_kind
 from .protocol import ColumnRoles, Labels, RowBatch, RowRandomness, splitmix64
 from .source import RawBatch
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ITEM_POOL_SIZE", "BottomK", "DatasetKnowledge", "PoolItem", "learn", "selection_budget"]
+__all__ = ["BottomK", "DatasetKnowledge", "ItemPool", "PoolItem", "learn", "selection_budget"]
 
-ITEM_POOL_SIZE = 100_000
 ATTRIBUTE_VALUES = 10_000
 SAMPLE_ROWS = 20_000
 DENSE_SAMPLE_ROWS = 100_000
@@ -81,16 +85,6 @@ class BottomK:
 
 
 @dataclass(frozen=True)
-class PoolItem:
-    """A distinct item of the source: what a hard negative takes from it."""
-
-    row_id: int
-    item: str
-    attributes: dict[str, str | None]
-    image: str | None
-
-
-@dataclass(frozen=True)
 class SelectionBudget:
     """Which rows an augmenter may work on: rows whose selection number is below ``threshold``."""
 
@@ -111,7 +105,7 @@ class DatasetKnowledge:
     labels: Labels
     dense: DenseStats | None
     attribute_values: dict[str, list[str]]
-    item_pool: list[PoolItem]
+    item_pool: ItemPool
     source_pairs: HashSet
     sample: RowBatch | None
     selection: dict[str, SelectionBudget] = field(default_factory=dict)
@@ -169,7 +163,7 @@ def learn(batches: Iterator[RawBatch], object_rows: list[int], roles: ColumnRole
     cleaner = Cleaner(roles, spec.preprocess, spec.filters.pii_redaction)
     label_counts: Counter[Any] = Counter()
     label_types: set[type] = set()
-    pool = BottomK(ITEM_POOL_SIZE) if "itemPool" in needs else None
+    pool = ItemPoolBuilder(roles.attributes, roles.image is not None) if "itemPool" in needs else None
     values = {a: BottomK(ATTRIBUTE_VALUES) for a in roles.attributes} if "attributeValues" in needs else {}
     sample = BottomK(SAMPLE_ROWS) if "sample" in needs else None
     dims = len(roles.dense)
@@ -207,9 +201,9 @@ def learn(batches: Iterator[RawBatch], object_rows: list[int], roles: ColumnRole
         for hist in histograms.values():
             hist.add(batch.row_ids)
         if pool is not None:
-            for i in range(n):
-                pool.offer(hash64(norm_key(reprs[i])), lambda i=i, b=batch: PoolItem(  # type: ignore[misc]
-                    int(b.row_ids[i]), b.items[i], b.attributes(i), b.columns[roles.image][i] if roles.image else None))
+            keys = np.fromiter((hash64(norm_key(r)) for r in reprs), dtype=np.uint64, count=n)
+            pool.add(keys, batch.row_ids, batch.items, {a: batch.columns[a] for a in roles.attributes},
+                     batch.columns[roles.image] if roles.image else None)
         for name, bottom in values.items():
             for value in batch.columns[name]:
                 if value:
@@ -251,7 +245,7 @@ def learn(batches: Iterator[RawBatch], object_rows: list[int], roles: ColumnRole
         labels=labels,
         dense=dense,
         attribute_values={name: [v for _, v in bottom.result()] for name, bottom in values.items()},
-        item_pool=[item for _, item in pool.result()] if pool is not None else [],
+        item_pool=pool.build() if pool is not None else ItemPool.of([], []),
         source_pairs=HashSet(pairs),
         sample=sample_batch,
         selection={},
