@@ -38,6 +38,7 @@ from .calibration import calibrate, cross_fit, decision_metrics, resolve_method
 from .checkpoint import STATE, Checkpoints, Committed, describe_config
 from .errors import Preempted, SpecError
 from .evaluate import CrossEvalSet, EvalResult, check_metrics, evaluate_cross, evaluate_towers
+from .htmlreport import render_html_report
 from .inputs import Inputs, Split, build_loaders, dense_stats, resolve_inputs, split_and_encode
 from .labels import LabelSpace
 from .model_source import load_failure
@@ -53,7 +54,7 @@ from .modeling import (
     uses_token_types,
 )
 from .progress import Progress
-from .training import EarlyStopper, PreemptionFlag, TrainingState, make_optimizer, make_scheduler
+from .training import EarlyStopper, LossCurve, PreemptionFlag, TrainingState, make_optimizer, make_scheduler
 
 log = logging.getLogger(__name__)
 
@@ -243,6 +244,7 @@ class FineTuneRecipe:
         started = time.perf_counter()
         self.model.train()
         losses: list[torch.Tensor] = []
+        curve = LossCurve(self.total_steps)
         while state.step < self.total_steps and not state.stopped_early:
             # Resuming mid-epoch: skip the batches this epoch already trained on.
             loader = (acc.skip_first_batches(self.train_loader, state.batches_in_epoch)
@@ -269,13 +271,16 @@ class FineTuneRecipe:
                     continue
                 self.scheduler.step()
                 state.step += 1
+                step_loss = torch.stack(losses).mean()
                 if self.progress.due() or state.step == self.total_steps:
-                    state.loss = float(torch.stack(losses).mean())
+                    state.loss = float(step_loss)
+                curve.add(state, step_loss)
                 losses.clear()
                 self.progress.stepped(state)
                 if every_eval and state.step % every_eval == 0:
                     self.evaluate()
                 if self._preempted():
+                    curve.flush(state)
                     self._stop_for_preemption()
                 if state.step % every_checkpoint == 0 and state.step < self.total_steps:
                     self.save_checkpoint()
@@ -286,6 +291,7 @@ class FineTuneRecipe:
                 state.batches_in_epoch = 0
                 if every_eval is None and (not self.last_eval or self._last_eval_step != state.step):
                     self.evaluate()
+        curve.flush(state)
         if self._last_eval_step != state.step or self.last_eval is None:
             self.evaluate()
         self.train_seconds += time.perf_counter() - started
@@ -425,6 +431,8 @@ class FineTuneRecipe:
         run = {"kind": self.ctx.kind, "name": self.ctx.name, "namespace": self.ctx.namespace, "uid": self.ctx.uid}
         (model_dir / "README.md").write_text(publish.model_card(spec, run, data, results, description,
                                                                 acc.num_processes))
+        (staging / "report.html").write_text(render_html_report(spec, run, data, results, acc.num_processes),
+                                             encoding="utf-8")
         manifest_uri = publish.commit_output(self.store, self.output, staging, {
             "kind": "model", "run": run, "task": str(spec.task), "model": publish.MODEL_DIR + "/",
             "step": state.step, "publishedStep": results["publishedStep"], "metrics": results["final"],
@@ -443,7 +451,8 @@ class FineTuneRecipe:
             "epochs": state.epoch + state.batches_in_epoch / max(1, self.batches_per_rank),
             "best": state.best.__dict__ if state.best else None, "stoppedEarly": state.stopped_early,
             "publishedStep": self.published_step if self.published_step is not None else state.step,
-            "history": state.history, "loss": state.loss, "samplesSeen": state.samples_seen,
+            "history": state.history, "loss": state.loss, "lossCurve": state.loss_curve,
+            "samplesSeen": state.samples_seen,
             "trainingSeconds": self.train_seconds,
             # The operator fills FineTuneRun status from these two keys: rows set aside, and why.
             "rejectedRows": self.split.rejected.count, "rejected": dict(self.split.rejected.reasons),

@@ -72,6 +72,8 @@ class TrainingState:
     evals_without_improvement: int = 0
     stopped_early: bool = False
     history: list[dict[str, Any]] = field(default_factory=list)
+    #: ``[step, mean training loss since the previous point]`` pairs (rank 0's loss), for report.html.
+    loss_curve: list[list[float | None]] = field(default_factory=list)
 
     def state_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -79,6 +81,32 @@ class TrainingState:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         for key, value in state.items():
             setattr(self, key, Best(**value) if key == "best" and value is not None else value)
+
+
+class LossCurve:
+    """The training loss over steps for metrics.json's ``lossCurve``: one point per ``every`` optimizer
+    steps (at most ``points`` over the run), the mean of those steps' losses. The sum stays on the
+    device between points, so recording costs one host sync per point, not per step."""
+
+    def __init__(self, total_steps: int, points: int = 200) -> None:
+        self.every = max(1, math.ceil(total_steps / max(points, 1)))
+        self._sum: torch.Tensor | None = None
+        self._steps = 0
+
+    def add(self, state: TrainingState, step_loss: torch.Tensor) -> None:
+        """Record the loss of the step ``state.step`` just finished."""
+        self._sum = step_loss.detach().float() if self._sum is None else self._sum + step_loss.detach().float()
+        self._steps += 1
+        if state.step % self.every == 0:
+            self.flush(state)
+
+    def flush(self, state: TrainingState) -> None:
+        """Write the point of the steps since the last one (training ended between two points)."""
+        if self._sum is None or not self._steps:
+            return
+        value = float(self._sum) / self._steps
+        state.loss_curve.append([state.step, round(value, 6) if math.isfinite(value) else None])
+        self._sum, self._steps = None, 0
 
 
 class EarlyStopper:

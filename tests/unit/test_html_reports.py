@@ -197,3 +197,72 @@ class TestAugmentationReport:
         assert word_diff("跑步鞋 男", "运动鞋 男") == ("<del>跑步</del>鞋 男", "<ins>运动</ins>鞋 男")
         assert word_diff("a <b>", "a <i>") == ("a &lt;<del>b</del>&gt;", "a &lt;<ins>i</ins>&gt;")
         assert word_diff(None, "new") == ("", "<ins>new</ins>")
+
+
+def _finetune(**results: Any) -> str:
+    from sampleforge.api.finetune import FineTuneRunSpec
+    from sampleforge.jobs.finetune.htmlreport import render_html_report as render_finetune
+
+    spec = FineTuneRunSpec.model_validate({
+        "storage": {"endpoint": "minio:9000", "credentialsSecret": "s"}, "model": "s3://models/minilm/",
+        "task": "relevance", "data": {"uri": "s3://data/train.jsonl"}, "output": {"uri": "s3://models/out/"}})
+    history = [{"step": s, "metrics": {"ndcg@10": 0.5 + s / 100, "auc": 0.6, "loss": 1.0 - s / 50, "mse": 4.0}}
+               for s in (10, 20)]
+    document: dict[str, Any] = {
+        "final": history[-1]["metrics"], "step": 20, "totalSteps": 20, "epochs": 1.0, "history": history,
+        "best": {"name": "ndcg@10", "value": 0.7, "step": 20}, "publishedStep": 20, "trainingSeconds": 3.0,
+        "lossCurve": [[5, 1.2], [10, 0.9], [15, None], [20, 0.7]], "samplesSeen": 160,
+        "calibration": {"objective": "macroF1", "calibrated": {"macroF1": 0.6}, "uncalibrated": {"macroF1": 0.5}},
+        **results}
+    data = {"train": {"uri": EVIL, "rows": 80}, "eval": {"uri": "s3://data/eval.jsonl", "rows": 20},
+            "rejectedRows": 1, "rejected": {EVIL: 1}}
+    return render_finetune(spec, {"name": EVIL, "namespace": "search-ml"}, data, document, 2)
+
+
+class TestFineTuneReport:
+    def test_loss_metric_curves_comparison_and_calibration_are_plotted(self) -> None:
+        document = _finetune()
+        _check_page(document)
+        plots = _plots(document)
+        assert set(plots) == {"loss", "metrics", "metric-mse", "final", "calibration"}
+        assert all(_drawn(p) > 0 for p in plots.values())
+        loss = plots["loss"]
+        assert len(loss.findall(f"{SVG}polyline")) == 2  # training loss (3 finite points) and evaluation loss
+        names = {e.text for e in loss.iter(f"{SVG}text")}
+        assert {"training loss", "evaluation loss"} <= names
+        assert "first evaluation (step 10)" in document and "+0.1000" in document
+
+    def test_user_text_is_escaped(self) -> None:
+        document = _finetune()
+        _check_page(document)
+        assert EVIL not in document and "&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt;" in document
+
+    def test_a_run_without_a_loss_curve_or_history_still_renders(self) -> None:
+        document = _finetune(lossCurve=[], history=[], calibration=None)
+        _check_page(document)
+        assert "has no training loss curve" in document
+        assert set(_plots(document)) == {"loss", "final"}
+
+
+def test_the_loss_curve_keeps_one_mean_per_interval_and_survives_a_checkpoint() -> None:
+    import torch
+
+    from sampleforge.jobs.finetune.training import LossCurve, TrainingState
+
+    state = TrainingState()
+    curve = LossCurve(total_steps=10, points=4)  # a point every 3 steps
+    for step in range(1, 8):
+        state.step = step
+        curve.add(state, torch.tensor(float(step)))
+    curve.flush(state)
+    assert state.loss_curve == [[3, 2.0], [6, 5.0], [7, 7.0]]
+    restored = TrainingState()
+    restored.load_state_dict(state.state_dict())
+    assert restored.loss_curve == state.loss_curve
+    old = TrainingState()
+    old.load_state_dict({k: v for k, v in state.state_dict().items() if k != "loss_curve"})  # an older checkpoint
+    assert old.loss_curve == []
+    state.step = 8
+    curve.add(state, torch.tensor(float("nan")))
+    curve.flush(state)
+    assert state.loss_curve[-1] == [8, None]
