@@ -12,7 +12,8 @@ Modules, in the order a shard uses them:
   package :mod:`.text`), :mod:`.attributes`, :mod:`.hardnegative` (with :mod:`.bm25`,
   :mod:`.embedding`), :mod:`.rebalance`;
 * :mod:`.filters`, :mod:`.dedup` -- quality filters for generated rows;
-* :mod:`.output`, :mod:`.report` -- parts, shard markers, the manifest, ``report.md``.
+* :mod:`.output`, :mod:`.report`, :mod:`.htmlreport` -- parts, shard markers, the manifest, ``report.md``
+  and ``report.html``.
 
 The committed output (what :mod:`sampleforge.jobs.finetune.data` and anyone else may rely on)
 ----------------------------------------------------------------------------------------------
@@ -24,6 +25,7 @@ Under ``spec.output.uri``, trusted only once ``manifest.json`` exists (it is wri
     rejects/shard-<shard:05d>.jsonl          source records set aside: {position, source, reason, record}
     preprocess.json                          fitted dense-feature statistics (only with dense features)
     report.md                                human-readable report
+    report.html                              the same with plots, one self-contained page
     _shards/<shard>.json                     per-shard commit markers (internal: resume bookkeeping)
 
 Rows: the columns mapped in ``spec.source.columns`` under their source names (id as text, query and
