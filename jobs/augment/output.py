@@ -7,6 +7,7 @@ Layout under ``spec.output.uri`` (every path in a manifest is relative to it)::
     _shards/<shard>.json                      the shard's commit marker
     preprocess.json                           fitted dense-feature statistics (when there are dense features)
     report.md                                 the human-readable report
+    report.html                               the same with plots (htmlreport.py)
     manifest.json                             written last: the run's commit
 
 **Byte-identical parts.** Rows are written in a fixed order with fixed writer settings (zstd level 3,

@@ -12,7 +12,8 @@ Layout under spec.output.uri::
                                    preprocessing, which the head applies (serving passes raw values)
     model/tokenizer.json ...       the tokenizer
     model/README.md                the model card
-    metrics.json                   final and best metrics, evaluation history, throughput
+    metrics.json                   final and best metrics, evaluation history, loss curve, throughput
+    report.html                    loss and metric curves, evaluation tables (htmlreport.py)
     predictions.parquet            evaluation predictions, for independent checks
     rejected_rows.jsonl            rows set aside as unusable, with the reason (when any)
     manifest.json                  written LAST
