@@ -412,6 +412,13 @@ class FineTuneOutput(ApiModel):
     merge_adapter: bool = Field(
         default=False, description="lora/adalora: also publish a copy with the adapter merged into the base weights."
     )
+    onnx: bool = Field(
+        default=False,
+        description="Also export the model to ONNX (model/onnx/model.onnx: a cross-encoder's logits; a two-tower "
+        "encoder's last_hidden_state and sentence_embedding, one file per tower), checked before publishing by "
+        "running it with onnxruntime on evaluation texts against PyTorch (the largest difference is recorded in "
+        "sampleforge_model.json). lora/adalora adapters are merged for the export; not with prefixTuning.",
+    )
 
 
 class TwoTowerOptions(ApiModel):
@@ -451,6 +458,15 @@ class FineTuneRunSpec(CommonRunSpec):
             message="output.mergeAdapter applies only when method.type is lora or adalora; remove it or change method",
             check=lambda s: not s.output.merge_adapter or s.method.type in ADAPTER_METHODS,
             field_path=".output.mergeAdapter",
+            reason="FieldValueForbidden",
+        ),
+        Rule(
+            cel="!has(self.output.onnx) || !self.output.onnx || !has(self.method) || "
+            "self.method.type != 'prefixTuning'",
+            message="output.onnx needs method.type full, lora or adalora: a prefix-tuning adapter cannot be merged "
+            "into the weights an ONNX graph holds; remove output.onnx or change method",
+            check=lambda s: not s.output.onnx or s.method.type != "prefixTuning",
+            field_path=".output.onnx",
             reason="FieldValueForbidden",
         ),
         Rule(

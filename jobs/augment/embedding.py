@@ -7,9 +7,11 @@ directory in MinIO, which works with no network (it is mirrored into the pod's c
 reusing files whose ETag has not changed), or a hub id that transformers resolves with its own cache
 and ``HF_TOKEN``. A generator's directory may hold, instead of a transformers model, a single
 ``*.gguf`` file (llama.cpp's format, how small instruct models are commonly shipped): transformers
-de-quantises it on load (:func:`locate_model` says which it is). Encoders use mean pooling over the
-last hidden state and L2-normalise, which is how sentence-transformers' all-MiniLM-L6-v2 was
-trained. Inference is batched, on the GPU when there is one, in a fixed order, so the same texts give
+de-quantises it on load (:func:`locate_model` says which it is). Encoders pool the last hidden state
+as the model's own sentence-transformers files say (``modules.json`` and its Pooling module's config:
+CLS for BGE-style models, mean for MiniLM; :mod:`sampleforge.jobs.common.pooling`), mean pooling when
+it has none, and L2-normalise, so cosine similarity is a dot product. Inference is batched, on the
+GPU when there is one, in a fixed order, so the same texts give
 the same vectors.
 
 torch and transformers are imported on first use: a run without model-based steps never pays for them.
@@ -28,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from numpy.typing import NDArray
 
+from sampleforge.jobs.common.pooling import PoolingConfigError, model_pooling, pool
 from sampleforge.jobs.common.storage import ObjectStore, S3Uri, StorageError
 
 from .errors import ModelError
@@ -135,7 +138,8 @@ def _device() -> Any:
 
 
 class TextEncoder:
-    """Sentence embeddings: mean-pooled, L2-normalised last hidden states."""
+    """Sentence embeddings: last hidden states pooled as the model declares
+    (:func:`~sampleforge.jobs.common.pooling.model_pooling`), L2-normalised."""
 
     def __init__(self, location: str, field_path: str, batch_size: int = 64, max_length: int = 128) -> None:
         from transformers import AutoModel, AutoTokenizer
@@ -143,8 +147,14 @@ class TextEncoder:
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(location)
             self.model = AutoModel.from_pretrained(location)
+            self.pooling = model_pooling(location)
+        except PoolingConfigError as err:
+            raise ModelError(f"{field_path}: the model at {location} has pooling files this job cannot apply: "
+                             f"{err}") from err
         except (OSError, ValueError) as err:
             raise ModelError(f"{field_path}: the model at {location} does not load with transformers: {err}") from err
+        log.info("encoder pooling", extra={"model": location, "pooling": self.pooling.mode,
+                                           "pooling_source": self.pooling.source})
         self.device = _device()
         self.model.to(self.device).eval()
         self.batch_size = batch_size
@@ -163,9 +173,9 @@ class TextEncoder:
                 enc = self.tokenizer(chunk, padding=True, truncation=True, max_length=self.max_length,
                                      return_tensors="pt").to(self.device)
                 hidden = self.model(**enc).last_hidden_state
-                mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-                pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
-                pooled = torch.nn.functional.normalize(pooled.float(), dim=-1)
+                # Normalised whatever the model declares: similarity thresholds and mining are cosines.
+                pooled = torch.nn.functional.normalize(pool(hidden, enc["attention_mask"], self.pooling.mode).float(),
+                                                       dim=-1)
                 out.append(pooled.cpu().numpy())
         return np.concatenate(out).astype(np.float32)
 

@@ -7,20 +7,26 @@ BERT-style encoders as a feature extractor (the sequence-classification wrapper 
 transformers 5). One shape for all tasks keeps the training loop, checkpoints and the published
 layout the same everywhere.
 
-* :class:`CrossEncoder` — relevance (classes or a regression score) and CTR: ``[CLS]`` vector of
-  the (query, item) pair, dense features (standardised with the training set's mean and std) appended,
+* :class:`CrossEncoder` — relevance (classes or a regression score) and CTR. Without dense features
+  (``head_style`` ``sequenceClassification``) the head is the architecture's own sequence-classification
+  head (BERT: pooler, dropout, linear), taken from ``AutoModelForSequenceClassification`` and run on
+  this encoder, so that the published model is a plain transformers sequence-classification directory
+  that scores exactly as the job evaluated. With dense features (``linear``): ``[CLS]`` vector of the
+  (query, item) pair, dense features (standardised with the training set's mean and std) appended,
   dropout, linear.
-* :class:`TwoTower` — query and item encoders (one shared encoder, or two), mean pooling, L2
-  normalisation; trained with in-batch negatives (InfoNCE with a temperature).
+* :class:`TwoTower` — query and item encoders (one shared encoder, or two), pooled as the base model's
+  sentence-transformers files declare (mean when it has none; :mod:`sampleforge.jobs.common.pooling`),
+  L2 normalisation; trained with in-batch negatives (InfoNCE with a temperature).
 
 peft wraps the encoder(s) only; the head is always fully trained.
 """
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, TypeAlias
+from typing import Any, Self, TypeAlias
 
 import numpy as np
 import torch
@@ -28,7 +34,9 @@ import torch.nn.functional as F
 from numpy.typing import NDArray
 from peft import AdaLoraConfig, AdaLoraModel, LoraConfig, PeftModel, PrefixTuningConfig, TaskType, get_peft_model
 from torch import nn
-from transformers import AutoModel, PreTrainedModel
+from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification, PreTrainedModel
+from transformers.models.auto.modeling_auto import MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES
+from transformers.utils import logging as hf_logging
 
 from sampleforge.api.finetune import (
     AdaLoraMethod,
@@ -38,6 +46,7 @@ from sampleforge.api.finetune import (
     Task,
     TwoTowerOptions,
 )
+from sampleforge.jobs.common.pooling import PoolingConfigError, model_pooling, pool
 
 from .model_source import ModelSource, load_failure
 
@@ -46,6 +55,11 @@ TWO_TOWER_TEMPERATURE = TwoTowerOptions().temperature
 TWO_TOWER_SHARED = TwoTowerOptions().shared_encoder
 
 MethodSpec: TypeAlias = FullMethod | LoraMethod | AdaLoraMethod | PrefixTuningMethod
+
+#: CrossEncoder heads: [CLS] + linear (dense features can be appended), or the architecture's own
+#: sequence-classification head (what AutoModelForSequenceClassification runs).
+LINEAR_HEAD = "linear"
+SEQUENCE_CLASSIFICATION_HEAD = "sequenceClassification"
 
 
 def freeze_unused_pooler(encoder: nn.Module) -> None:
@@ -103,6 +117,42 @@ class HeadConfig:
     #: Dense features are clipped before they are standardised: the augmentation stage's
     #: preprocessing (preprocess.json) travels inside the model.
     dense_clip: bool = False
+    #: Cross-encoders: LINEAR_HEAD or SEQUENCE_CLASSIFICATION_HEAD (models published before it: linear).
+    head_style: str = LINEAR_HEAD
+    #: Two-tower: the sentence-transformers pooling mode of the base model (jobs.common.pooling).
+    pooling: str = "mean"
+
+
+def supports_sequence_classification(location: str) -> bool:
+    """Whether transformers has a sequence-classification class for the model at ``location``
+    (its config's model type), so that a cross-encoder without dense features can use its head."""
+    try:
+        model_type = str(AutoConfig.from_pretrained(location).model_type)
+    except (OSError, ValueError, KeyError):
+        return False
+    return model_type in MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES
+
+
+def encoder_pooling(source: ModelSource) -> str:
+    """The pooling mode spec.model's sentence-transformers files declare (mean when it has none)."""
+    try:
+        return model_pooling(source.location).mode
+    except PoolingConfigError as err:
+        raise load_failure(source, err) from err
+
+
+def sequence_classifier_shell(config: Any, num_outputs: int) -> PreTrainedModel:
+    """An ``AutoModelForSequenceClassification`` of ``config`` whose base model is left on the meta
+    device (it is replaced by the real encoder) and whose head is allocated, uninitialised, on the CPU:
+    for loading a saved head into."""
+    config = copy.deepcopy(config)
+    config.num_labels = num_outputs
+    with torch.device("meta"):
+        shell: PreTrainedModel = AutoModelForSequenceClassification.from_config(config)  # type: ignore[no-untyped-call]
+    for name, child in shell.named_children():
+        if name != shell.base_model_prefix:
+            child.to_empty(device="cpu")
+    return shell
 
 
 @dataclass(frozen=True)
@@ -150,17 +200,32 @@ class DenseTransform:
 
 
 class CrossEncoder(nn.Module):
-    """Scores a (query, item) pair: relevance classes, a relevance score, or a click logit."""
+    """Scores a (query, item) pair: relevance classes, a relevance score, or a click logit.
+
+    With ``head_style`` sequenceClassification, ``classifier`` is an ``AutoModelForSequenceClassification``
+    of the encoder's architecture: its head modules are registered here under ``sequence_head``, the
+    encoder (peft-wrapped or not) takes its base model's place, and forward runs its forward. The
+    classifier itself is not registered, so no tensor is stored twice."""
 
     dense_mean: torch.Tensor
     dense_std: torch.Tensor
     dense_low: torch.Tensor
     dense_high: torch.Tensor
 
-    def __init__(self, encoder: nn.Module, config: HeadConfig, hidden_size: int) -> None:
+    def __init__(self, encoder: nn.Module, config: HeadConfig, hidden_size: int,
+                 classifier: PreTrainedModel | None = None) -> None:
         super().__init__()
         self.config = config
         self.encoder = encoder
+        self._classifier: tuple[PreTrainedModel, ...] = ()
+        if config.head_style == SEQUENCE_CLASSIFICATION_HEAD:
+            assert classifier is not None, "a sequenceClassification head needs its classifier model"
+            assert not config.num_dense, "dense features need the linear head"
+            prefix = classifier.base_model_prefix
+            self.sequence_head = nn.ModuleDict({n: m for n, m in classifier.named_children() if n != prefix})
+            setattr(classifier, prefix, encoder)
+            self._classifier = (classifier,)
+            return
         self.dropout = nn.Dropout(config.dropout)
         self.head = nn.Linear(hidden_size + config.num_dense, config.num_outputs)
         # Standardisation of dense features, learned from the training rows (part of the model).
@@ -183,7 +248,21 @@ class CrossEncoder(nn.Module):
         self.dense_low.copy_(torch.from_numpy(transform.low).float())
         self.dense_high.copy_(torch.from_numpy(transform.high).float())
 
+    @property
+    def classifier(self) -> PreTrainedModel | None:
+        """The sequence-classification model this head runs (sequenceClassification style), else None."""
+        return self._classifier[0] if self._classifier else None
+
+    def train(self, mode: bool = True) -> Self:
+        super().train(mode)
+        if self._classifier:
+            self._classifier[0].training = mode
+        return self
+
     def forward(self, inputs: dict[str, torch.Tensor], dense: torch.Tensor | None = None) -> torch.Tensor:
+        if self._classifier:
+            out: torch.Tensor = self._classifier[0](**inputs).logits
+            return out
         hidden = self.encoder(**inputs).last_hidden_state
         pooled = hidden[:, 0]
         if self.config.num_dense:
@@ -194,12 +273,6 @@ class CrossEncoder(nn.Module):
             pooled = torch.cat([pooled, scaled], dim=-1)
         logits: torch.Tensor = self.head(self.dropout(pooled))
         return logits
-
-
-def mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Average of the token vectors that are not padding."""
-    weights = mask.unsqueeze(-1).to(hidden.dtype)
-    return (hidden * weights).sum(1) / weights.sum(1).clamp(min=1e-9)
 
 
 class TwoTower(nn.Module):
@@ -214,7 +287,7 @@ class TwoTower(nn.Module):
 
     def _embed(self, encoder: nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         hidden = encoder(**inputs).last_hidden_state
-        return F.normalize(mean_pool(hidden, inputs["attention_mask"]).float(), dim=-1)
+        return F.normalize(pool(hidden, inputs["attention_mask"], self.config.pooling).float(), dim=-1)
 
     def encode_queries(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         return self._embed(self.query_encoder, inputs)
@@ -352,9 +425,26 @@ def build_model(source: ModelSource, config: HeadConfig, method: MethodSpec, tot
     """The task's model on the pretrained encoder(s), with the method applied. Seed torch first:
     the head (and a separate item encoder's adapters) are initialised at random."""
 
+    classifier: PreTrainedModel | None = None
+    if config.task != Task.TWO_TOWER and config.head_style == SEQUENCE_CLASSIFICATION_HEAD:
+        # Its load report lists the new head's weights as missing: expected, and not a JSON log line.
+        verbosity = hf_logging.get_verbosity()
+        hf_logging.set_verbosity_error()
+        try:
+            classifier = AutoModelForSequenceClassification.from_pretrained(source.location,
+                                                                            num_labels=config.num_outputs)
+        except (OSError, ValueError, KeyError) as err:
+            raise load_failure(source, err) from err
+        finally:
+            hf_logging.set_verbosity(verbosity)
+
     def encoder() -> nn.Module:
-        base = load_encoder(source)
-        freeze_unused_pooler(base)
+        if classifier is not None:
+            # The base model as the classifier built it: its head uses what it keeps (BERT's pooler).
+            base: PreTrainedModel = getattr(classifier, classifier.base_model_prefix)
+        else:
+            base = load_encoder(source)
+            freeze_unused_pooler(base)
         if gradient_checkpointing:
             # Non-reentrant checkpointing works with frozen inputs (peft) without extra hooks.
             # transformers 5.x renamed it (the old name warns); older releases only have the old one.
@@ -369,7 +459,7 @@ def build_model(source: ModelSource, config: HeadConfig, method: MethodSpec, tot
         return TwoTower(encoder(), None if config.shared_towers else encoder(), config)
     first = encoder()
     hidden = int(load_config_hidden(first).hidden_size)
-    return CrossEncoder(first, config, hidden)
+    return CrossEncoder(first, config, hidden, classifier)
 
 
 def load_config_hidden(encoder: nn.Module) -> Any:

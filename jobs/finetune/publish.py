@@ -11,6 +11,13 @@ Layout under spec.output.uri::
     model/preprocess.json          trained on an AugmentationRun's output with dense features: its
                                    preprocessing, which the head applies (serving passes raw values)
     model/tokenizer.json ...       the tokenizer
+    model/config.json, model.safetensors   cross-encoders without dense features: a transformers
+                                   sequence-classification model (AutoModelForSequenceClassification);
+                                   two-tower with one encoder: the encoder, with sentence-transformers'
+                                   modules.json, sentence_bert_config.json, 1_Pooling/, 2_Normalize/
+    model/query/, model/item/      two-tower with two encoders: one sentence-transformers directory each
+    model/onnx/model.onnx          output.onnx: the same model as an ONNX graph (query/onnx/, item/onnx/)
+                                   (see :mod:`.standard`)
     model/README.md                the model card
     metrics.json                   final and best metrics, evaluation history, loss curve, throughput
     report.html                    loss and metric curves, evaluation tables (htmlreport.py)
@@ -37,7 +44,8 @@ from safetensors.torch import save_file
 from sampleforge.api.finetune import FineTuneRunSpec
 from sampleforge.jobs.common.storage import ObjectStore, S3Uri
 
-from .modeling import CrossEncoder, DenseTransform, HeadConfig, encoders, is_adapter
+from .modeling import SEQUENCE_CLASSIFICATION_HEAD, CrossEncoder, DenseTransform, HeadConfig, encoders, is_adapter
+from .standard import write_standard_formats
 
 log = logging.getLogger(__name__)
 
@@ -58,12 +66,17 @@ def calibration_for_model(calibration: dict[str, Any] | None) -> dict[str, Any] 
 
 def save_model(model: torch.nn.Module, tokenizer: Any, head: HeadConfig, labels: dict[str, Any],
                spec: FineTuneRunSpec, directory: Path, calibration: dict[str, Any] | None = None,
-               preprocess: DenseTransform | None = None) -> dict[str, Any]:
+               preprocess: DenseTransform | None = None,
+               sample: tuple[list[str], list[str] | None] = ([], None)) -> dict[str, Any]:
     """Write the (unwrapped) model into ``directory``; returns the model description.
     ``calibration`` (evaluation.calibration's tuned decision) is what ``predict()`` applies;
     ``preprocess`` (the AugmentationRun's preprocess.json) is shipped as ``preprocess.json``: the
-    head applies it (its dense_low/high, dense_mean/std buffers), so serving passes raw features."""
+    head applies it (its dense_low/high, dense_mean/std buffers), so serving passes raw features.
+    ``sample``: evaluation (queries, items) texts the ONNX export (output.onnx) is checked on."""
     directory.mkdir(parents=True, exist_ok=True)
+    tokenizer.save_pretrained(directory)
+    # First: it merges adapters into copies, before the mergeAdapter copy below consumes them.
+    standard = write_standard_formats(model, tokenizer, head, labels, spec, directory, calibration, sample)
     parts = encoders(model)
     adapter = any(is_adapter(e) for e in parts.values())
     merged: list[str] = []
@@ -79,14 +92,15 @@ def save_model(model: torch.nn.Module, tokenizer: Any, head: HeadConfig, labels:
         state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()
                  if not k.startswith("encoder.")}
         save_file(state, str(directory / HEAD_FILE))
-    tokenizer.save_pretrained(directory)
     description = {
         "formatVersion": FORMAT_VERSION,
         "task": str(spec.task),
         "baseModel": spec.model,
         "method": spec.method.to_kube(),
         "head": {**asdict(head), "task": str(head.task)},
-        "pooling": "mean" if spec.task == "twoTower" else "cls",
+        "pooling": (head.pooling if spec.task == "twoTower" else "sequenceClassification"
+                    if head.head_style == SEQUENCE_CLASSIFICATION_HEAD else "cls"),
+        "standardFormats": standard,
         "maxLength": spec.training.max_length,
         "encoders": list(parts),
         "adapter": adapter,

@@ -22,7 +22,15 @@ from transformers import AutoModel, AutoTokenizer
 from sampleforge.api.finetune import Task
 
 from .calibration import Decision
-from .modeling import CrossEncoder, HeadConfig, TwoTower, freeze_unused_pooler, load_config_hidden
+from .modeling import (
+    SEQUENCE_CLASSIFICATION_HEAD,
+    CrossEncoder,
+    HeadConfig,
+    TwoTower,
+    freeze_unused_pooler,
+    load_config_hidden,
+    sequence_classifier_shell,
+)
 from .publish import HEAD_FILE, MODEL_CONFIG
 
 
@@ -138,7 +146,11 @@ def load_published(directory: str | Path, base_model: str | None = None, merged:
         module = TwoTower(encoder(names[0]), encoder(names[1]) if len(names) > 1 else None, head)
     else:
         enc = encoder("encoder")
-        module = CrossEncoder(enc, head, int(load_config_hidden(enc).hidden_size))
+        config = load_config_hidden(enc)
+        # The architecture's own head (sequenceClassification style): its modules, loaded from head.safetensors.
+        shell = (sequence_classifier_shell(config, head.num_outputs)
+                 if head.head_style == SEQUENCE_CLASSIFICATION_HEAD else None)
+        module = CrossEncoder(enc, head, int(config.hidden_size), shell)
         missing, unexpected = module.load_state_dict(load_file(str(root / HEAD_FILE)), strict=False)
         if unexpected or any(not k.startswith("encoder.") for k in missing):
             raise ValueError(f"{root / HEAD_FILE} does not match the model: missing {missing}, unexpected {unexpected}")

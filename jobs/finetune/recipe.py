@@ -43,13 +43,17 @@ from .inputs import Inputs, Split, build_loaders, dense_stats, resolve_inputs, s
 from .labels import LabelSpace
 from .model_source import load_failure
 from .modeling import (
+    LINEAR_HEAD,
+    SEQUENCE_CLASSIFICATION_HEAD,
     CrossEncoder,
     HeadConfig,
     adalora_update,
     build_model,
+    encoder_pooling,
     grouped_loss,
     info_nce_loss,
     ranking_scores,
+    supports_sequence_classification,
     task_loss,
     uses_token_types,
 )
@@ -163,10 +167,17 @@ class FineTuneRecipe:
         towers = spec.two_tower_options()
         # Dense features of an AugmentationRun's output: its preprocess.json transform, not our own statistics.
         preprocess = inputs.preprocess if dense is not None else None
+        # Without dense features a cross-encoder uses its architecture's sequence-classification head,
+        # so that the published model loads with AutoModelForSequenceClassification; a two-tower model
+        # pools as its base model's sentence-transformers files say.
+        sequence_head = (spec.task != Task.TWO_TOWER and dense is None
+                         and supports_sequence_classification(inputs.model.location))
         self.head = HeadConfig(task=spec.task, num_outputs=self.space.num_outputs,
                                num_dense=0 if dense is None else len(dense[0]),
                                shared_towers=towers.shared_encoder, temperature=towers.temperature,
-                               dense_clip=preprocess is not None)
+                               dense_clip=preprocess is not None,
+                               head_style=SEQUENCE_CLASSIFICATION_HEAD if sequence_head else LINEAR_HEAD,
+                               pooling=encoder_pooling(inputs.model))
         model = build_model(inputs.model, self.head, spec.method, self.total_steps, d.gradient_checkpointing)
         if isinstance(model, CrossEncoder) and dense is not None:
             # before prepare: DDP broadcasts buffers from rank 0
@@ -420,7 +431,8 @@ class FineTuneRecipe:
         description = publish.save_model(acc.unwrap_model(self.model), self.tokenizer, self.head,
                                          self.space.to_json(), spec, model_dir,
                                          calibration=publish.calibration_for_model(self.calibration),
-                                         preprocess=self.inputs.preprocess if self.head.dense_clip else None)
+                                         preprocess=self.inputs.preprocess if self.head.dense_clip else None,
+                                         sample=self._sample_texts())
         assert self.last_eval is not None
         results = self.results()
         (staging / "metrics.json").write_text(json.dumps(results, indent=2, sort_keys=True))
@@ -441,6 +453,13 @@ class FineTuneRecipe:
         log.info("published", extra={"manifest": str(manifest_uri), "step": state.step})
         acc.wait_for_everyone()
         return str(manifest_uri)
+
+    def _sample_texts(self) -> tuple[list[str], list[str] | None]:
+        """Evaluation texts the ONNX export is checked on: (queries, items) pairs for a cross-encoder,
+        queries for a two-tower model."""
+        if isinstance(self.eval_set, CrossEvalSet):
+            return list(self.eval_set.queries), list(self.eval_set.items)
+        return list(self.eval_set.queries), None
 
     def results(self) -> dict[str, Any]:
         """metrics.json: the final evaluation, the best one, the history and the throughput."""
