@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+import webbrowser
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
@@ -143,12 +144,16 @@ def logs(ctx: typer.Context, run: RunArg, follow: Annotated[bool, typer.Option("
 def report(ctx: typer.Context, run: RunArg,
            html: Annotated[Path | None, typer.Option("--html", help="Write the run's HTML report to this file.",
                                                       dir_okay=False)] = None,
+           open_html: Annotated[bool, typer.Option("--open", help="With --html: open the written file in the "
+                                                   "default web browser.")] = False,
            s3_endpoint: Annotated[str | None, typer.Option("--s3-endpoint", help="host:port to reach MinIO at "
                                   "instead of spec.storage.endpoint (e.g. a kubectl port-forward).")] = None,
            namespace: Namespace = None, context: Context = None, kubeconfig: Kubeconfig = None) -> None:
     """The run's report from MinIO, rendered here: an AugmentationRun's report.md, a FineTuneRun's model
     card and metrics."""
     ref = _ref(run)
+    if open_html and html is None:
+        raise _fail("--open opens the file --html writes: pass --html FILE too", EXIT_USAGE)
     try:
         cluster = _cluster(ctx, namespace, context, kubeconfig)
         kind, obj = get_run(cluster, ref)
@@ -159,6 +164,8 @@ def report(ctx: typer.Context, run: RunArg,
         assert found.html is not None
         html.write_bytes(found.html)
         err.print(f"wrote {found.html_uri} to {html}", highlight=False)
+        if open_html and not webbrowser.open(html.resolve().as_uri()):
+            err.print(f"no web browser to open {html} with; open it yourself", highlight=False)
         return
     for uri, markdown in found.markdown:
         out.print(Rule(uri, style="dim"))

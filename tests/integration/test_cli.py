@@ -49,10 +49,11 @@ BIN = Path(sys.executable).parent
 PLUGIN = shutil.which("kubectl-sampleforge", path=str(BIN))
 
 
-def plugin(testbed: Testbed, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+def plugin(testbed: Testbed, *args: str, timeout: float = 120,
+           extra_env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     """The installed ``kubectl-sampleforge`` with only KUBECONFIG to find the cluster."""
     assert PLUGIN is not None, "kubectl-sampleforge is not installed: reinstall the project (make setup)"
-    env = dict(testbed.env(), COLUMNS="160", NO_COLOR="1", TERM="dumb")
+    env = dict(testbed.env(), COLUMNS="160", NO_COLOR="1", TERM="dumb", **(extra_env or {}))
     return subprocess.run([PLUGIN, *args], env=env, capture_output=True, text=True, timeout=timeout, check=False)
 
 
@@ -137,6 +138,14 @@ class TestAugmentationRun:
         written = plugin(testbed, "report", name, "-n", ns, "--html", str(html))
         assert written.returncode == 0, written.stderr
         assert html.read_bytes() == b"<html><body><h1>report</h1></body></html>"
+        # --open hands the written file to the user's browser (BROWSER, as Python's webbrowser reads it).
+        browser = tmp_path / "browser.sh"
+        browser.write_text(f'#!/bin/sh\necho "$1" > {tmp_path / "opened"}\n')
+        browser.chmod(0o755)
+        opened = plugin(testbed, "report", name, "-n", ns, "--html", str(html), "--open",
+                        extra_env={"BROWSER": str(browser)})
+        assert opened.returncode == 0, opened.stderr
+        assert (tmp_path / "opened").read_text().strip() == html.resolve().as_uri()
 
         # --s3-endpoint replaces spec.storage.endpoint (a port-forward from a laptop); unreachable, it says what to do.
         unreachable = plugin(testbed, "report", name, "-n", ns, "--s3-endpoint", "127.0.0.1:9")

@@ -268,6 +268,10 @@ class TestCommandLine:
         done = self.run("status", "shoes", "--kubeconfig", str(tmp_path / "nope"))
         assert done.returncode == 4 and f"cannot use --kubeconfig {tmp_path / 'nope'}" in done.stderr
 
+    def test_open_without_html_is_a_usage_error(self) -> None:
+        done = self.run("report", "shoes", "--open")
+        assert done.returncode == 2 and "pass --html FILE too" in done.stderr
+
     def test_a_bad_reference_is_a_usage_error(self) -> None:
         done = self.run("compare", "pod/a", "ftr/b")
         assert done.returncode == 2 and "not a sampleforge kind" in done.stderr
