@@ -194,7 +194,9 @@ class VllmGenerator:
                              "which vLLM's engine does not run; use engine transformers for Marian, T5 or BART models")
         model = str(Path(location.path) / location.gguf_file) if location.gguf_file else location.path
         heads = config.get("num_attention_heads")
-        free, total = torch.cuda.mem_get_info()
+        # Asking for free memory creates a CUDA context in this process, after which vLLM must start
+        # its engine process with spawn instead of fork: ask only when another model already did.
+        free, total = torch.cuda.mem_get_info() if torch.cuda.is_initialized() else (1, 1)
         args = engine_args(model, location.path, tensor_parallel_size(torch.cuda.device_count(),
                                                                        heads if isinstance(heads, int) else None),
                            memory_utilization(int(free), int(total)))
