@@ -45,7 +45,7 @@ Decisions, and why:
   augmenters build requests, clean and judge answers the same; a request the endpoint could not
   answer is dropped and counted like any other unusable answer. Each
   engine records its load time apart from its generation time and rate (log line ``model loaded``,
-  manifest ``augmenters.<name>.summary``, shard 0's figures): a 26 s de-quantisation must not read as
+  manifest ``augmenters.<name>.summary``, combined over every shard): a 26 s de-quantisation must not read as
   slow generation.
 * **Generation cache**: answers are stored by what was asked (:mod:`.gencache`) under the run's
   output, so a retried pod or an edited, not yet committed run does not generate them again.
@@ -463,7 +463,7 @@ class GeneratingAugmenter:
 
     def summary(self) -> dict[str, Any]:
         """The engine's load time, generation time and rate, and (openai) HTTP attempts, retries and
-        failures by reason: this pod's figures, shard 0's in the manifest. Failed requests are also
+        failures by reason: this pod's figures, summed over shards in the manifest. Failed requests are also
         counted per reason, over every shard, under the filter ``notGenerated``."""
         out = self.generator.stats.summary()
         back = getattr(self, "back", None)

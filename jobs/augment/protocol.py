@@ -347,7 +347,8 @@ class AugmenterSummary(Protocol):
     fidelity metrics and training time), for the manifest (``augmenters.<name>.summary``) and report.
 
     Why not per-batch counts: those the pipeline keeps itself. A summary is computed once, when the
-    augmenter is built, from what every shard builds identically; the manifest takes shard 0's. It
+    augmenter is built, from what every shard builds identically; the manifest takes shard 0's (an
+    engine's figures, a summary with an ``engine`` key, are per pod: the manifest combines every shard's). It
     must be JSON-serialisable (str, int, float, bool, None, lists and string-keyed mappings).
     """
 
