@@ -133,7 +133,9 @@ class Harness:
         log_path.parent.mkdir(parents=True, exist_ok=True)
         started = time.perf_counter()
         with log_path.open("wb") as handle:
-            proc = subprocess.Popen(["nice", "-n", "10", *argv], env=env, stdout=handle, stderr=subprocess.STDOUT,
+            # niceness 10 for every job, whatever the benchmark itself runs at (nice adds to it)
+            increment = str(max(0, 10 - os.nice(0)))
+            proc = subprocess.Popen(["nice", "-n", increment, *argv], env=env, stdout=handle, stderr=subprocess.STDOUT,
                                     start_new_session=True, cwd=self.workdir)
             with self._lock:
                 self._procs.add(proc)
