@@ -232,10 +232,59 @@ def model_card(spec: FineTuneRunSpec, run: dict[str, str], data: dict[str, Any],
                    + "."), ""]
     if description["labels"].get("classes"):
         lines += ["## Labels", "", _table([(str(i), c) for i, c in enumerate(description["labels"]["classes"])]), ""]
-    lines += ["## How to use", "", "```python",
+    lines += ["## How to use", "", *standard_usage(spec, description), ("With sampleforge itself (every task and "
+              "method, dense features included):"), "", "```python",
               "from sampleforge.jobs.finetune.published import load_published",
               "model = load_published('path/to/model')  # this directory, downloaded",
               "scores = model.score(['running shoes'], ['Nike Pegasus 41'])" if spec.task != "twoTower"
               else "queries, items = model.embed_queries(['running shoes']), model.embed_items(['Nike Pegasus 41'])",
               "```", ""]
     return "\n".join(lines)
+
+
+def standard_usage(spec: FineTuneRunSpec, description: dict[str, Any]) -> list[str]:
+    """The model card's lines on loading the standard-format files (:mod:`.standard`), if any."""
+    standard = description.get("standardFormats") or {}
+    m = spec.training.max_length
+    if standard.get("transformers"):
+        score = standard_score_line(str(spec.task))
+        lines = [("With transformers alone (this directory is a sequence-classification model; `config.json` "
+                 "`sampleforge` says how the job turns logits into its score and decision, calibration included):"),
+                 "", "```python", "import torch",
+                 "from transformers import AutoModelForSequenceClassification, AutoTokenizer",
+                 "model = AutoModelForSequenceClassification.from_pretrained('path/to/model').eval()",
+                 "tokenizer = AutoTokenizer.from_pretrained('path/to/model')",
+                 (f"inputs = tokenizer(['running shoes'], ['Nike Pegasus 41'], padding=True, truncation=True, "
+                 f"max_length={m}, return_tensors='pt')"),
+                 "with torch.no_grad():", "    logits = model(**inputs).logits", score, "```", ""]
+        if standard.get("onnx"):
+            lines += [("`onnx/model.onnx` is the same model for onnxruntime: inputs `input_ids`, `attention_mask`, "
+                      "`token_type_ids` (int64), output `logits`."), ""]
+        return lines
+    towers = standard.get("sentenceTransformers")
+    if towers:
+        query, item = (("'path/to/model'", "'path/to/model'") if "encoder" in towers
+                       else ("'path/to/model/query'", "'path/to/model/item'"))
+        lines = ["With sentence-transformers alone (" + ("this directory is" if "encoder" in towers else
+                 "`query/` and `item/` are") + f" sentence-transformers models: {description.get('pooling')} "
+                 "pooling, normalised, so the dot product is the cosine similarity the job ranked by):", "",
+                 "```python", "from sentence_transformers import SentenceTransformer",
+                 f"queries = SentenceTransformer({query}).encode(['running shoes'])",
+                 f"items = SentenceTransformer({item}).encode(['Nike Pegasus 41'])",
+                 "similarity = queries @ items.T", "```", ""]
+        if any(t.get("onnx") for t in towers.values()):
+            lines += [("`onnx/model.onnx` in each model directory is the same encoder for onnxruntime: inputs "
+                      "`input_ids`, `attention_mask`, `token_type_ids`, outputs `last_hidden_state` and the pooled, "
+                      "normalised `sentence_embedding`."), ""]
+        return lines
+    return [f"No standard-format copy: {standard.get('reason', 'see sampleforge_model.json')}.", ""]
+
+
+def standard_score_line(task: str) -> str:
+    """The model card's line turning logits into the job's score, per task."""
+    if task == "relevance":
+        return ("probabilities = logits.softmax(-1); score = probabilities @ torch.tensor(model.config.sampleforge"
+                "['classGrades'])  # expected grade, as the ranking metrics")
+    if task == "ctr":
+        return "click_probability = logits[:, 0].sigmoid()"
+    return "relevance = logits[:, 0]"

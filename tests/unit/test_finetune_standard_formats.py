@@ -22,7 +22,7 @@ import torch
 from sentence_transformers import SentenceTransformer
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, BertConfig, BertModel
 
-from sampleforge.api.finetune import FineTuneRunSpec, FullMethod, LoraMethod, Task
+from sampleforge.api.finetune import FineTuneRunSpec, FullMethod, LoraMethod, PrefixTuningMethod, Task
 from sampleforge.jobs.augment.embedding import TextEncoder
 from sampleforge.jobs.common.pooling import (
     DEFAULT_POOLING,
@@ -41,7 +41,7 @@ from sampleforge.jobs.finetune.modeling import (
     build_model,
     encoder_pooling,
 )
-from sampleforge.jobs.finetune.publish import save_model
+from sampleforge.jobs.finetune.publish import save_model, standard_usage
 
 pytestmark = pytest.mark.filterwarnings("ignore:`is_gradient_checkpointing` is deprecated:FutureWarning")
 
@@ -195,6 +195,25 @@ class TestSequenceClassificationDirectory:
         (logits,) = session.run(["logits"], {k: tokens[k] for k in ("input_ids", "attention_mask", "token_type_ids")})
         np.testing.assert_allclose(logits, expected[:3], atol=1e-4)
         assert json.loads((out / "config.json").read_text())["problem_type"] == "multi_label_classification"
+
+    def test_prefix_tuning_trains_with_the_head_but_has_no_standard_copy(self, tmp_path: Path) -> None:
+        root = tiny_bert(tmp_path / "base", None)
+        torch.manual_seed(0)
+        head = HeadConfig(Task.RELEVANCE, 2, head_style=SEQUENCE_CLASSIFICATION_HEAD)
+        model = build_model(ModelSource("s3://models/tiny/", str(root)), head,
+                            PrefixTuningMethod(type="prefixTuning", num_virtual_tokens=3), 10, False)
+        inputs = {k: v for k, v in pairs(root).items() if k != "token_type_ids"}
+        with pytest.warns(FutureWarning, match="past_key_values"):  # transformers' notice inside peft
+            out = model(inputs)
+        out.sum().backward()
+        assert out.shape == (4, 2)
+        trained = {n for n, p in model.named_parameters() if p.requires_grad}
+        assert trained and all(n.startswith("sequence_head.") or "prompt_encoder" in n for n in trained)
+        description = save_model(model, AutoTokenizer.from_pretrained(root), head, {"classes": ["0", "1"]},
+                                 spec(), tmp_path / "m")
+        assert description["standardFormats"] == {
+            "transformers": None, "reason": "a prefix-tuning adapter cannot be merged into the encoder"}
+        assert "No standard-format copy" in "\n".join(standard_usage(spec(), description))
 
     def test_dense_features_keep_the_linear_head_and_say_why(self, tmp_path: Path) -> None:
         root = tiny_bert(tmp_path / "base", None)
