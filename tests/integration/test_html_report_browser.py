@@ -1,7 +1,9 @@
 """The jobs' ``report.html`` as a person opens it: the real augmentation job (text augmenters, a GAN on
 real prices, a dedup filter, two shards) and the real fine-tune job run against the testbed's MinIO,
 the page they publish is fetched from MinIO and opened in a real headless Chromium, which must show
-every plot and report no error; a screenshot of each is kept (its path is printed).
+every plot and report no error; a screenshot of each is kept (its path is printed): under
+``$SAMPLEFORGE_TEST_ARTIFACTS/html-reports/`` when that is set (CI uploads it), else in the test's
+temporary directory.
 
 Chromium comes from Debian's packages (``apt-get install --no-install-recommends chromium``; the
 bootstrap script installs it); without it the tests skip and say so, except in CI, where they fail.
@@ -97,7 +99,12 @@ def open_in_chromium(browser: str, page: Path, work: Path, height: int) -> _Page
     assert not root.get("data-errors"), root.get("data-errors")
     assert not root.get("data-plots-failed"), f"plots that did not render: {root.get('data-plots-failed')}"
     assert root.get("data-plots-rendered") == root.get("data-plots") == str(len(found.plots)), root
-    shot = page.with_suffix(".png")
+    kept = os.environ.get("SAMPLEFORGE_TEST_ARTIFACTS")
+    folder = Path(kept) / "html-reports" if kept else page.parent
+    folder.mkdir(parents=True, exist_ok=True)
+    if kept:
+        shutil.copyfile(page, folder / page.name)
+    shot = folder / page.with_suffix(".png").name
     taken = subprocess.run([*common, f"--screenshot={shot}", f"--window-size={WIDTH},{height}", page.as_uri()],
                            capture_output=True, text=True, timeout=120, check=False)
     assert taken.returncode == 0 and shot.exists(), taken.stderr[-3000:]
