@@ -73,11 +73,12 @@ def summarize(results: list[dict[str, Any]], splits: dict[str, Any], args: Any, 
             runs = [r for r in results if r["dataset"] == d and r["slice"] == size]
             if not runs:
                 continue
-            # a paired design: the seeds every baseline finished; arms without all of them (the other
+            # a paired design: the seeds every compared arm finished; arms without all of them (the other
             # arms of a --select-on-first-seed selection round) are reported apart, not compared
             every = sorted({r["arm"] for r in runs}, key=lambda a: (a not in baselines, args.arms.index(a)))
             seed_sets = {a: {r["seed"] for r in runs if r["arm"] == a} for a in every}
-            anchor = [a for a in every if a in baselines] or every
+            # the arms run on more than one seed (all of them unless a selection round ran first)
+            anchor = [a for a in every if len(seed_sets[a]) > 1] or every
             seeds = sorted(set.intersection(*(seed_sets[a] for a in anchor)))
             arms = [a for a in every if set(seeds) <= seed_sets[a]]
             by = {(r["arm"], r["seed"]): r for r in runs}

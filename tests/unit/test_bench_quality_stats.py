@@ -136,3 +136,41 @@ def test_stop_ends_running_jobs_and_the_queue(tmp_path: Path) -> None:
     assert isinstance(outcome[0], quality_harness.Stopped)
     with pytest.raises(quality_harness.Stopped):
         h.run(["true"], dict(os.environ), "queued")
+
+
+def test_summary_compares_the_arms_of_every_seed_and_reports_the_selection_round_apart(tmp_path: Path) -> None:
+    """--select-on-first-seed: every arm on seed 1, three arms on seeds 1-3 (the last seed unfinished for
+    one arm): the comparison pairs seeds 1-2 of those three; the others are listed, not compared."""
+    import json
+    from types import SimpleNamespace
+
+    import quality_report
+
+    runs = []
+    plan = {"no-aug": [1, 2, 3], "nlpaug": [1, 2], "no-aug-balanced": [1], "edits": [1, 2, 3], "llm": [1]}
+    for arm, seeds in plan.items():
+        for seed in seeds:
+            strength = 1.5 if arm == "edits" else 0.5
+            p = _binary(seed * 7 + len(arm), strength)
+            run_dir = tmp_path / f"{arm}-{seed}"
+            run_dir.mkdir()
+            (run_dir / "test-predictions.json").write_text(json.dumps(
+                {k: np.asarray(v).tolist() for k, v in p.items()}))
+            value = QS.metric_ap(p)
+            runs.append({"dataset": "walmart", "slice": 500, "seed": seed, "arm": arm, "rows": 500,
+                         "runDir": str(run_dir), "test": {"ap": value, "auc": QS.metric_auc(p), "macroF1": 0.5},
+                         "validation": {"ap": value}, "publishedStep": 20, "stoppedAtStep": 40})
+    split = SimpleNamespace(language="en", grouped=False, description="d")
+    args = SimpleNamespace(slices=[500], seeds=[1, 2, 3], arms=["no-aug", "no-aug-balanced", "nlpaug", "edits", "llm"],
+                           max_steps=40, eval_every=20, patience=2, batch_size=16, learning_rate=1e-4, warmup_ratio=0.1,
+                           threads=1, jobs=2, bootstrap=100, results_dir=tmp_path)
+    out = quality_report.summarize(runs, {"walmart": split}, args, {"walmart": ("ap", "auc", "macroF1")},
+                                   ("no-aug", "no-aug-balanced", "nlpaug"))
+    cell = out["datasets"]["walmart"]["slices"]["500"]
+    assert out["datasets"]["walmart"]["primaryMetric"] == "ap"
+    assert cell["seeds"] == [1, 2] and set(cell["arms"]) == {"no-aug", "nlpaug", "edits"}
+    assert set(cell["selectionRound"]) == {"no-aug-balanced", "llm"}
+    assert cell["bestSampleforge"] == "edits" and cell["bestBaseline"] in ("no-aug", "nlpaug")
+    assert len(cell["arms"]["edits"]["seeds"]) == 2 and cell["liftCI95"][0] < cell["lift"] < cell["liftCI95"][1]
+    assert cell["lift"] > 0 and cell["liftCI95"][0] > 0
+    json.dumps(out)  # quality.json
