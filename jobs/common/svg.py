@@ -24,7 +24,7 @@ _INVALID_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
 _FONT = 'font-family="system-ui,sans-serif" font-size="12"'
 _SMALL = 'font-family="system-ui,sans-serif" font-size="10"'
 _BIG = 'font-family="system-ui,sans-serif" font-size="14"'
-_CHAR_PX = 6.8  # average width of a 12 px sans-serif character, for laying out labels
+_CHAR_PX = 7.4  # generous average width of a 12 px sans-serif character, for laying out labels
 _LABEL_CHARS = 32
 _WIDTH = 720
 
@@ -145,7 +145,7 @@ def _bars(title: str, categories: Sequence[str], series: Sequence[Series], *, un
     if not categories or not series:
         return _empty(title, "nothing to show")
     values = _bar_values(series, categories)
-    label_w = min(_LABEL_CHARS, max(len(c) for c in categories)) * _CHAR_PX + 12
+    label_w = max(min(_LABEL_CHARS, max(len(c) for c in categories)) * _CHAR_PX + 16, 48.0)
     left, right = label_w, 56.0
     legend, extra = _legend(series, left, 36, width)
     top = 52.0 + extra
