@@ -431,8 +431,9 @@ def build_model(source: ModelSource, config: HeadConfig, method: MethodSpec, tot
         verbosity = hf_logging.get_verbosity()
         hf_logging.set_verbosity_error()
         try:
-            classifier = AutoModelForSequenceClassification.from_pretrained(source.location,
-                                                                            num_labels=config.num_outputs)
+            # A published sampleforge model as spec.model may carry a head of another label count: a new one.
+            classifier = AutoModelForSequenceClassification.from_pretrained(
+                source.location, num_labels=config.num_outputs, ignore_mismatched_sizes=True)
         except (OSError, ValueError, KeyError) as err:
             raise load_failure(source, err) from err
         finally:

@@ -177,6 +177,22 @@ class TestSequenceClassificationDirectory:
         with torch.no_grad():
             np.testing.assert_allclose(model(pairs(root)).numpy(), expected, atol=1e-6)
 
+    def test_a_published_model_can_be_the_next_runs_base_with_other_labels(self, tmp_path: Path) -> None:
+        root = tiny_bert(tmp_path / "base", None)
+        head = HeadConfig(Task.RELEVANCE, 3, head_style=SEQUENCE_CLASSIFICATION_HEAD)
+        first = build_model(ModelSource("s3://models/tiny/", str(root)), head, FullMethod(type="full"), 10, False)
+        save_model(first, AutoTokenizer.from_pretrained(root), head, {"classes": ["0", "1", "2"]}, spec(),
+                   tmp_path / "model")
+        again = HeadConfig(Task.RELEVANCE, 2, head_style=SEQUENCE_CLASSIFICATION_HEAD)
+        model = build_model(ModelSource("s3://models/out/", str(tmp_path / "model")), again,
+                            FullMethod(type="full"), 10, False)
+        assert isinstance(model, CrossEncoder)
+        assert model(pairs(root)).shape == (4, 2)
+        # The encoder is the published one, not a fresh initialisation.
+        assert isinstance(first, CrossEncoder)
+        torch.testing.assert_close(model.encoder.embeddings.word_embeddings.weight,
+                                   first.encoder.embeddings.word_embeddings.weight)
+
     def test_onnx_export_matches(self, tmp_path: Path) -> None:
         root = tiny_bert(tmp_path / "base", None)
         torch.manual_seed(0)
