@@ -26,7 +26,7 @@ Decisions, and why:
   decides. (Bit-identity with the transformers engine is not a goal: kernels and the sampler differ.)
 * **GPU memory.** One engine takes at most 85 % of the GPU, less when another engine of the pod
   (backTranslation's way back, another model) already holds memory: the share is computed from the
-  memory free at load time (:func:`memory_utilization`).
+  memory NVML reports free at load time (:func:`memory_utilization`).
 * **Load time apart from generation time.** Like every engine: log line ``model loaded``, manifest
   ``augmenters.<name>.summary`` (``loadSeconds``, ``generationSeconds``, ``generatedPerSecond``,
   ``completionTokens``).
@@ -156,6 +156,32 @@ def unique_requests(inputs: Sequence[str], seeds: Sequence[int], sampling: bool)
     return list(unique), index
 
 
+def _gpu_memory() -> tuple[int, int]:
+    """(free, total) bytes of the pod's fullest GPU. Through NVML (vLLM depends on nvidia-ml-py): it
+    sees the memory an earlier engine's process holds, and creates no CUDA context here (after which
+    vLLM would have to spawn its engine process instead of forking it). (1, 1), all free, when
+    neither NVML nor an existing CUDA context can tell."""
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        try:
+            infos = [pynvml.nvmlDeviceGetMemoryInfo(pynvml.nvmlDeviceGetHandleByIndex(i))
+                     for i in range(pynvml.nvmlDeviceGetCount())]
+        finally:
+            pynvml.nvmlShutdown()
+        fullest = min(infos, key=lambda m: int(m.free) / max(1, int(m.total)))
+        return int(fullest.free), int(fullest.total)
+    except Exception:  # noqa: BLE001 -- no NVML library or driver: ask torch, if it is on the GPU already
+        import torch
+
+        cuda: Any = torch.cuda
+        if cuda.is_initialized():
+            free, total = cuda.mem_get_info()
+            return int(free), int(total)
+        return 1, 1
+
+
 def _config(path: str) -> dict[str, Any]:
     """The model directory's config.json, or {} (a GGUF file, a hub id)."""
     try:
@@ -194,9 +220,7 @@ class VllmGenerator:
                              "which vLLM's engine does not run; use engine transformers for Marian, T5 or BART models")
         model = str(Path(location.path) / location.gguf_file) if location.gguf_file else location.path
         heads = config.get("num_attention_heads")
-        # Asking for free memory creates a CUDA context in this process, after which vLLM must start
-        # its engine process with spawn instead of fork: ask only when another model already did.
-        free, total = torch.cuda.mem_get_info() if torch.cuda.is_initialized() else (1, 1)
+        free, total = _gpu_memory()
         args = engine_args(model, location.path, tensor_parallel_size(torch.cuda.device_count(),
                                                                        heads if isinstance(heads, int) else None),
                            memory_utilization(int(free), int(total)))

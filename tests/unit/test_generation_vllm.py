@@ -192,6 +192,12 @@ class TestPureParts:
         assert memory_utilization(20 * gib, 141 * gib) == round(0.9 * 20 / 141, 4)
         assert memory_utilization(0, 0) == MAX_GPU_SHARE
 
+    def test_free_memory_is_read_without_failing_where_there_is_no_gpu(self) -> None:
+        from sampleforge.jobs.augment.vllm_engine import _gpu_memory
+
+        free, total = _gpu_memory()  # NVML where there is a driver; else torch, or "all free"
+        assert 0 <= free <= total and 0 < memory_utilization(free, total) <= MAX_GPU_SHARE
+
     def test_engine_args_take_the_spec_not_the_models_sampling_defaults(self) -> None:
         args = engine_args("/cache/models/ab/m.gguf", "/cache/models/ab", 2, 0.8)
         assert args["model"] == "/cache/models/ab/m.gguf" and args["tokenizer"] == "/cache/models/ab"
