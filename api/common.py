@@ -30,16 +30,90 @@ class CredentialsKeys(ApiModel):
     )
 
 
+#: Where the run's pods read the projected ServiceAccount token that web identity exchanges.
+WEB_IDENTITY_AUDIENCE_DEFAULT = "sts.amazonaws.com"
+#: An STS endpoint: an http(s) URL without query or fragment.
+STS_ENDPOINT_PATTERN = "^https?://[^\\s/?#]+/?$"
+
+
+class WebIdentity(ApiModel):
+    """Temporary S3 credentials for the run's ServiceAccount, as IRSA does on EKS: the pods present a
+    projected ServiceAccount token to STS AssumeRoleWithWebIdentity and get keys for ``roleArn``."""
+
+    role_arn: str = Field(
+        min_length=1, max_length=2048, pattern="^arn:[^\\s]+$",
+        description="ARN of the role to assume: an IAM role whose trust policy admits this cluster's "
+        "ServiceAccount tokens (AWS), or the role ARN a MinIO server with an OpenID Connect provider "
+        "configured for the cluster's ServiceAccount issuer gives (arn:minio:iam:::role/...).",
+    )
+    audience: str = Field(
+        default=WEB_IDENTITY_AUDIENCE_DEFAULT, min_length=1, max_length=128, pattern="^[^\\s]+$",
+        description="Audience of the projected token: what STS accepts (sts.amazonaws.com on AWS; "
+        "the OpenID client id configured in MinIO).",
+    )
+    sts_endpoint: str | None = Field(
+        default=None, max_length=512, pattern=STS_ENDPOINT_PATTERN,
+        description="URL of the STS service, e.g. https://sts.eu-west-1.amazonaws.com or the MinIO "
+        "server's own URL. Unset: AWS's, regional when storage.region is set.",
+    )
+
+
+class ConfigMapKeySelector(ApiModel):
+    """A key of a ConfigMap in the run's namespace."""
+
+    name: ObjectName = Field(description="Name of the ConfigMap.")
+    key: SecretKey = Field(default="ca.crt", description="Key inside the ConfigMap.")
+
+
 class Storage(ApiModel):
-    """The MinIO (S3-compatible) server the run reads from and writes to."""
+    """The MinIO (S3-compatible) server the run reads from and writes to, and how the run signs in:
+    with keys from a Secret (credentialsSecret), with temporary keys for its ServiceAccount
+    (webIdentity), or, with neither, with whatever the pod's environment provides through the
+    standard AWS chain (AWS_* variables an IRSA or Pod Identity webhook injects, or the node's
+    instance role)."""
+
+    kube_rules = (
+        Rule(
+            cel="!has(self.credentialsSecret) || !has(self.webIdentity)",
+            message="credentialsSecret and webIdentity are two ways to sign in; set one of them, or neither "
+            "to use the pods' own AWS credential chain",
+            check=lambda s: s.credentials_secret is None or s.web_identity is None,
+            field_path=".webIdentity",
+        ),
+        Rule(
+            cel="!has(self.credentialsKeys) || has(self.credentialsSecret)",
+            message="credentialsKeys names keys of credentialsSecret; set credentialsSecret or remove credentialsKeys",
+            check=lambda s: s.credentials_keys is None or s.credentials_secret is not None,
+            field_path=".credentialsKeys",
+        ),
+        Rule(
+            cel="!has(self.caBundle) || self.secure",
+            message="caBundle is trusted for https only; set secure: true or remove caBundle",
+            check=lambda s: s.ca_bundle is None or s.secure,
+            field_path=".caBundle",
+        ),
+    )
 
     endpoint: Endpoint = Field(description="MinIO endpoint as host:port, without a scheme, e.g. minio.data:9000.")
-    credentials_secret: ObjectName = Field(
+    credentials_secret: ObjectName | None = Field(
+        default=None,
         description="Name of a Secret in the run's namespace holding the S3 access key and secret key "
-        "(keys accessKey and secretKey unless credentialsKeys says otherwise). Never put credentials in the spec."
+        "(keys accessKey and secretKey unless credentialsKeys says otherwise). Never put credentials in the spec. "
+        "Unset: webIdentity, else the pods' own AWS credential chain.",
     )
     credentials_keys: CredentialsKeys | None = Field(
         default=None, description="Key names inside credentialsSecret, when they are not accessKey and secretKey."
+    )
+    web_identity: WebIdentity | None = Field(
+        default=None,
+        description="Sign in with the run's ServiceAccount (spec.serviceAccountName) through STS "
+        "AssumeRoleWithWebIdentity instead of keys in a Secret.",
+    )
+    ca_bundle: ConfigMapKeySelector | None = Field(
+        default=None,
+        description="ConfigMap key with the PEM certificates that sign the endpoint's (and STS's) https "
+        "certificate, for servers behind a private CA; the pods and the operator trust them beside the "
+        "system's. Needs secure: true.",
     )
     secure: bool = Field(default=False, description="Use https to reach the endpoint.")
     region: str | None = Field(

@@ -29,12 +29,25 @@ RUN_SPEC_FILE: Final = _P + "RUN_SPEC_FILE"
 #: For a FineTuneRun fed by an AugmentationRun: the upstream run's committed output prefix.
 INPUT_URI: Final = _P + "INPUT_URI"
 
-#: MinIO connection; the keys come from the Secret named in spec.storage.credentialsSecret.
+#: MinIO connection; the keys come from the Secret named in spec.storage.credentialsSecret (absent
+#: with webIdentity or the pods' own credential chain: see sampleforge.api.s3auth).
 S3_ENDPOINT: Final = _P + "S3_ENDPOINT"
 S3_SECURE: Final = _P + "S3_SECURE"
 S3_REGION: Final = _P + "S3_REGION"
 S3_ACCESS_KEY: Final = _P + "S3_ACCESS_KEY"
 S3_SECRET_KEY: Final = _P + "S3_SECRET_KEY"
+#: PEM certificates to trust for https to the endpoint and STS (spec.storage.caBundle, mounted).
+S3_CA_FILE: Final = _P + "S3_CA_FILE"
+#: spec.storage.webIdentity, under the names the AWS SDKs (and minio's IAM provider) read, which an
+#: IRSA or Pod Identity webhook also injects: the projected token, the role, the session name and,
+#: outside AWS, the STS endpoint.
+AWS_WEB_IDENTITY_TOKEN_FILE: Final = "AWS_WEB_IDENTITY_TOKEN_FILE"
+AWS_ROLE_ARN: Final = "AWS_ROLE_ARN"
+AWS_ROLE_SESSION_NAME: Final = "AWS_ROLE_SESSION_NAME"
+AWS_ENDPOINT_URL_STS: Final = "AWS_ENDPOINT_URL_STS"
+AWS_REGION: Final = "AWS_REGION"
+#: Keys the standard AWS chain may find in a process's environment: masked in logs like our own.
+AWS_SECRET_ENV: Final = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
 #: Model hub token (spec.hubToken), read by transformers under this standard name.
 HUB_TOKEN: Final = "HF_TOKEN"
 #: API key of a generation augmenter's openai engine (spec.augmenters[i].openai.apiKeySecret), from

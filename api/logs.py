@@ -17,7 +17,7 @@ from typing import Any
 
 from sampleforge.api import jobenv
 
-_SECRET_ENV = (jobenv.S3_ACCESS_KEY, jobenv.S3_SECRET_KEY, jobenv.HUB_TOKEN)
+_SECRET_ENV = (jobenv.S3_ACCESS_KEY, jobenv.S3_SECRET_KEY, jobenv.HUB_TOKEN, *jobenv.AWS_SECRET_ENV)
 _TOKENISH = re.compile(r"(?i)(secret|token|password|authorization)([\"']?\s*[:=]\s*[\"']?)([^\s\"',}]+)")
 # LogRecord attributes, plus kopf's extras that would dump its whole settings object into each line.
 _RESERVED = set(vars(logging.makeLogRecord({}))) | {"settings", "k8s_skip"}

@@ -227,14 +227,37 @@ def pod_prefix(kind: Kind, pod: client.V1Pod) -> str:
 
 
 def storage_client(cluster: Cluster, kind: Kind, run: dict[str, Any], endpoint: str | None = None) -> Any:
-    """A MinIO client for the run's ``spec.storage``, with the keys of the Secret the run names,
-    read with the user's own credentials (so the plugin shows only what the user may read).
+    """A MinIO client for the run's ``spec.storage``, read with the user's own credentials (so the
+    plugin shows only what the user may read): the keys of the Secret the run names, else the
+    user's own AWS chain (AWS_* variables, a web identity); trusting the run's CA bundle.
     ``endpoint`` overrides the spec's (an in-cluster name) for a port-forward from a laptop."""
-    from minio import Minio
+    from sampleforge.api import s3auth
 
     name = run["metadata"]["name"]
     storage = Storage.model_validate((run.get("spec") or {}).get("storage") or {})
-    secret_name = storage.credentials_secret
+    keys: list[str | None] = [None, None]
+    if storage.credentials_secret is not None:
+        data = _secret_data(cluster, kind, name, storage.credentials_secret)
+        for i, key in enumerate((storage.access_key_key(), storage.secret_key_key())):
+            if key not in data:
+                raise UserError(f"Secret {storage.credentials_secret!r} in namespace {cluster.namespace!r} has no key "
+                                f"{key!r}, which {kind.value} {name} reads its S3 credentials from; add it")
+            keys[i] = base64.b64decode(data[key]).decode()
+    ca_pem = None
+    if storage.ca_bundle is not None:
+        ref = storage.ca_bundle
+        try:
+            config_map = cluster.core.read_namespaced_config_map(ref.name, cluster.namespace)
+        except client.ApiException as err:
+            raise _api_error(err, f"read ConfigMap {ref.name} (spec.storage.caBundle of {name})") from None
+        ca_pem = (config_map.data or {}).get(ref.key)
+        if ca_pem is None:
+            raise UserError(f"ConfigMap {ref.name!r} (spec.storage.caBundle of {kind.value} {name}) has no key "
+                            f"{ref.key!r}; add the PEM certificates under it")
+    return s3auth.client(storage, keys[0], keys[1], http=s3auth.http_client(ca_pem), endpoint=endpoint)
+
+
+def _secret_data(cluster: Cluster, kind: Kind, name: str, secret_name: str) -> dict[str, str | bytes]:
     try:
         secret = cluster.core.read_namespaced_secret(secret_name, cluster.namespace)
     except client.ApiException as err:
@@ -243,12 +266,4 @@ def storage_client(cluster: Cluster, kind: Kind, run: dict[str, Any], endpoint: 
                             f"spec.storage.credentialsSecret is missing from namespace {cluster.namespace!r}; "
                             "create it with keys accessKey and secretKey") from None
         raise _api_error(err, f"read Secret {secret_name} (spec.storage.credentialsSecret of {name})") from None
-    data = secret.data or {}
-    keys = []
-    for key in (storage.access_key_key(), storage.secret_key_key()):
-        if key not in data:
-            raise UserError(f"Secret {secret_name!r} in namespace {cluster.namespace!r} has no key {key!r}, which "
-                            f"{kind.value} {name} reads its S3 credentials from; add it")
-        keys.append(base64.b64decode(data[key]).decode())
-    return Minio(endpoint or storage.endpoint, access_key=keys[0], secret_key=keys[1], secure=storage.secure,
-                 region=storage.region)
+    return dict(secret.data or {})

@@ -26,7 +26,7 @@ from sampleforge.api import Kind, jobenv
 from sampleforge.api.constants import GPU_RESOURCE
 
 if TYPE_CHECKING:
-    from sampleforge.api.common import CommonRunSpec, Toleration
+    from sampleforge.api.common import CommonRunSpec, Storage, Toleration
 
     from .render import RunObject
     from .settings import Settings
@@ -49,6 +49,13 @@ SPEC_FILENAME: Final = "spec.json"
 HEARTBEAT_TOKEN_DIR: Final = "/var/run/secrets/sampleforge.io/heartbeat"
 HEARTBEAT_TOKEN_FILENAME: Final = "token"
 HEARTBEAT_TOKEN_EXPIRATION_SECONDS: Final = 3600
+#: spec.storage.webIdentity's projected token (EKS's IRSA webhook mounts its own at the same kind of
+#: path), and spec.storage.caBundle's certificates.
+WEB_IDENTITY_TOKEN_DIR: Final = "/var/run/secrets/sampleforge.io/s3-web-identity"
+WEB_IDENTITY_TOKEN_FILENAME: Final = "token"
+WEB_IDENTITY_TOKEN_EXPIRATION_SECONDS: Final = 3600
+S3_CA_DIR: Final = "/etc/sampleforge/s3-ca"
+S3_CA_FILENAME: Final = "ca.crt"
 #: /dev/shm size for GPU pods that set no resources.sharedMemory: the container runtime's 64Mi
 #: default makes PyTorch data loader workers and NCCL fail.
 DEFAULT_GPU_SHARED_MEMORY: Final = "1Gi"
@@ -93,10 +100,7 @@ def _env(run: RunObject, settings: Settings, job: str, topo: Topology, input_uri
     ]
     if storage.region is not None:
         env.append({"name": jobenv.S3_REGION, "value": storage.region})
-    env += [
-        _secret_env(jobenv.S3_ACCESS_KEY, storage.credentials_secret, storage.access_key_key()),
-        _secret_env(jobenv.S3_SECRET_KEY, storage.credentials_secret, storage.secret_key_key()),
-    ]
+    env += _storage_sign_in_env(storage, run.name)
     if spec.hub_token is not None:
         env.append(_secret_env(jobenv.HUB_TOKEN, spec.hub_token.name, spec.hub_token.key))
     for i, augmenter in enumerate(getattr(spec, "augmenters", ())):  # openai engines' API keys
@@ -172,6 +176,46 @@ def _resources(spec: CommonRunSpec, gpus: int) -> dict[str, Any]:
     return {"requests": dict(amounts), "limits": dict(amounts)}
 
 
+def _storage_sign_in_env(storage: Storage, run_name: str) -> list[dict[str, Any]]:
+    """How the pods sign in to storage (sampleforge.api.s3auth): keys from the Secret, or web
+    identity's token, role and STS, or nothing (the pod's own chain); and the CA bundle to trust."""
+    env: list[dict[str, Any]] = []
+    if storage.credentials_secret is not None:
+        env += [_secret_env(jobenv.S3_ACCESS_KEY, storage.credentials_secret, storage.access_key_key()),
+                _secret_env(jobenv.S3_SECRET_KEY, storage.credentials_secret, storage.secret_key_key())]
+    identity = storage.web_identity
+    if identity is not None:
+        env += [{"name": jobenv.AWS_WEB_IDENTITY_TOKEN_FILE,
+                 "value": f"{WEB_IDENTITY_TOKEN_DIR}/{WEB_IDENTITY_TOKEN_FILENAME}"},
+                {"name": jobenv.AWS_ROLE_ARN, "value": identity.role_arn},
+                {"name": jobenv.AWS_ROLE_SESSION_NAME, "value": f"sampleforge-{run_name}"[:64]}]
+        if identity.sts_endpoint is not None:
+            env.append({"name": jobenv.AWS_ENDPOINT_URL_STS, "value": identity.sts_endpoint})
+        if storage.region is not None:
+            env.append({"name": jobenv.AWS_REGION, "value": storage.region})
+    if storage.ca_bundle is not None:
+        env.append({"name": jobenv.S3_CA_FILE, "value": f"{S3_CA_DIR}/{S3_CA_FILENAME}"})
+    return env
+
+
+def _storage_volumes(storage: Storage) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The web identity token and the CA bundle, when spec.storage asks for them."""
+    volumes: list[dict[str, Any]] = []
+    mounts: list[dict[str, Any]] = []
+    if storage.web_identity is not None:
+        volumes.append({"name": "s3-web-identity", "projected": {"sources": [{"serviceAccountToken": {
+            "audience": storage.web_identity.audience,
+            "expirationSeconds": WEB_IDENTITY_TOKEN_EXPIRATION_SECONDS,
+            "path": WEB_IDENTITY_TOKEN_FILENAME}}]}})
+        mounts.append({"name": "s3-web-identity", "mountPath": WEB_IDENTITY_TOKEN_DIR, "readOnly": True})
+    if storage.ca_bundle is not None:
+        volumes.append({"name": "s3-ca", "configMap": {
+            "name": storage.ca_bundle.name, "defaultMode": 0o444,
+            "items": [{"key": storage.ca_bundle.key, "path": S3_CA_FILENAME}]}})
+        mounts.append({"name": "s3-ca", "mountPath": S3_CA_DIR, "readOnly": True})
+    return volumes, mounts
+
+
 def _volumes(spec: CommonRunSpec, gpus: int, spec_config_map: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """(volumes, volumeMounts): the run's spec, the writable cache and /tmp (the root filesystem is
     read-only), the heartbeat token and, where needed, /dev/shm."""
@@ -200,6 +244,9 @@ def _volumes(spec: CommonRunSpec, gpus: int, spec_config_map: str) -> tuple[list
         {"name": "tmp", "mountPath": TMP_PATH},
         {"name": "heartbeat-token", "mountPath": HEARTBEAT_TOKEN_DIR, "readOnly": True},
     ]
+    storage_volumes, storage_mounts = _storage_volumes(spec.storage)
+    volumes += storage_volumes
+    mounts += storage_mounts
     shm = spec.resources.shared_memory
     if shm is None and gpus > 0:
         shm = DEFAULT_GPU_SHARED_MEMORY

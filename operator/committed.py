@@ -21,7 +21,7 @@ import urllib3
 from minio import Minio
 from minio.error import S3Error
 
-from sampleforge.api import Kind
+from sampleforge.api import Kind, s3auth
 from sampleforge.api.common import Storage
 from sampleforge.api.status import AugmentationResults, FineTuneResults
 
@@ -56,12 +56,11 @@ def split_uri(uri: str) -> tuple[str, str]:
     return bucket, key
 
 
-def storage_client(storage: Storage, access_key: str, secret_key: str, timeout: float = 15.0) -> Minio:
-    """A client with short timeouts and no retries of its own: the monitor decides when to retry."""
-    http = urllib3.PoolManager(timeout=urllib3.Timeout(connect=timeout, read=timeout),
-                               retries=urllib3.Retry(total=0, connect=0, read=0, redirect=2))
-    return Minio(storage.endpoint, access_key=access_key, secret_key=secret_key, secure=storage.secure,
-                 region=storage.region, http_client=http)
+def storage_client(storage: Storage, access_key: str | None, secret_key: str | None, *, ca_pem: str | None = None,
+                   timeout: float = 15.0) -> Minio:
+    """A client with short timeouts and no retries of its own: the monitor decides when to retry.
+    Without keys it signs in with the operator's own AWS chain (sampleforge.api.s3auth)."""
+    return s3auth.client(storage, access_key, secret_key, http=s3auth.http_client(ca_pem, timeout=timeout))
 
 
 def read_json(s3: Minio, uri: str) -> dict[str, Any]:

@@ -242,6 +242,16 @@ class Kube:
         data = secret.data or {}
         return {key: base64.b64decode(data[key]).decode() for key in keys if key in data}
 
+    def read_config_map_value(self, namespace: str, name: str, key: str) -> str | None:
+        """One key of a ConfigMap (a run's spec.storage.caBundle), or None when either is missing."""
+        try:
+            config_map = self._call(f"reading ConfigMap {namespace}/{name}", self.core.read_namespaced_config_map,
+                                    name, namespace)
+        except NotFound:
+            return None
+        value = (config_map.data or {}).get(key)
+        return str(value) if value is not None else None
+
     def list_job_events(self, namespace: str, job_uid: str, reason: str) -> list[dict[str, Any]]:
         """The Events with ``reason`` recorded on one Job, selected by the server (field selector
         on the Job's uid and the reason), so the answer is a handful of objects however busy the

@@ -262,14 +262,26 @@ class _Monitor:
 
 
 def read_run_output(ctx: OperatorContext, kind: Kind, run: RunObject) -> committed_output.Committed:
-    """The run's committed results, read with the run's own storage credentials."""
+    """The run's committed results, read with the run's own storage credentials Secret when it
+    names one, else with the operator's own AWS chain (its ServiceAccount's web identity, ...),
+    trusting the run's CA bundle."""
     storage = run.spec.storage
-    keys = (storage.access_key_key(), storage.secret_key_key())
-    values = ctx.kube.read_secret_values(run.namespace, storage.credentials_secret, keys)
-    if values is None or any(k not in values for k in keys):
-        raise committed_output.Unreachable(f"Secret {storage.credentials_secret} or its keys are missing")
-    s3 = committed_output.storage_client(storage, values[keys[0]], values[keys[1]])
-    del values
+    ca_pem = None
+    if storage.ca_bundle is not None:
+        ca_pem = ctx.kube.read_config_map_value(run.namespace, storage.ca_bundle.name, storage.ca_bundle.key)
+        if ca_pem is None:
+            raise committed_output.Unreachable(
+                f"ConfigMap {storage.ca_bundle.name} (spec.storage.caBundle) or its key {storage.ca_bundle.key} is "
+                "missing")
+    keys: tuple[str | None, str | None] = (None, None)
+    if storage.credentials_secret is not None:
+        names = (storage.access_key_key(), storage.secret_key_key())
+        values = ctx.kube.read_secret_values(run.namespace, storage.credentials_secret, names)
+        if values is None or any(k not in values for k in names):
+            raise committed_output.Unreachable(f"Secret {storage.credentials_secret} or its keys are missing")
+        keys = (values[names[0]], values[names[1]])
+        del values
+    s3 = committed_output.storage_client(storage, *keys, ca_pem=ca_pem)
     return committed_output.read_committed(kind, run.uid, str(run.spec.output.uri), s3)
 
 

@@ -84,7 +84,9 @@ def upstream_input(ctx: OperatorContext, body: dict[str, Any], run: RunObject) -
 def check_secrets(ctx: OperatorContext, kind: Kind, body: dict[str, Any], run: RunObject) -> None:
     """A missing Secret is a condition with a reason and a slow retry, never a crash loop."""
     storage = run.spec.storage
-    wanted = {storage.credentials_secret: {storage.access_key_key(), storage.secret_key_key()}}
+    wanted: dict[str, set[str]] = {}
+    if storage.credentials_secret is not None:
+        wanted[storage.credentials_secret] = {storage.access_key_key(), storage.secret_key_key()}
     hub = run.spec.hub_token
     if hub is not None:
         wanted.setdefault(hub.name, set()).add(hub.key)

@@ -81,6 +81,16 @@ class _Authority:
         return key, builder.sign(self.key, hashes.SHA256())
 
 
+def server_certificate(common_name: str, ips: tuple[str, ...] = ("127.0.0.1",),
+                       names: tuple[str, ...] = ("localhost",)) -> tuple[bytes, bytes, bytes]:
+    """(CA certificate, server certificate, server key) as PEM: a private CA of its own, as a
+    company's S3 endpoint behind an internal CA has."""
+    authority = _Authority.create(f"{common_name}-ca")
+    key, cert = authority.issue(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]),
+                                server=True, names=names, ips=ips)
+    return _cert_pem(authority.cert), _cert_pem(cert), _key_pem(key)
+
+
 @dataclass(frozen=True)
 class ControlPlanePKI:
     """Paths of the files the API server, controllers and clients are pointed at."""

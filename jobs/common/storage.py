@@ -23,7 +23,8 @@ import urllib3
 from minio import Minio
 from minio.error import S3Error
 
-from sampleforge.api import jobenv
+from sampleforge.api import jobenv, s3auth
+from sampleforge.api.common import Storage
 
 MANIFEST_NAME = "manifest.json"
 _PART_SIZE = 16 * 1024 * 1024
@@ -89,19 +90,38 @@ class ObjectStore:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> ObjectStore:
+        """The store the operator configured: endpoint and TLS from spec.storage, keys from its
+        credentials Secret when it names one, else the pod's own AWS chain (web identity, ...)."""
         env = os.environ if env is None else env
-        missing = [v for v in (jobenv.S3_ENDPOINT, jobenv.S3_ACCESS_KEY, jobenv.S3_SECRET_KEY) if not env.get(v)]
-        if missing:
-            raise StorageError(f"environment variables {', '.join(missing)} are not set; the operator sets them "
-                               "from spec.storage and its credentials Secret")
+        if not env.get(jobenv.S3_ENDPOINT):
+            raise StorageError(f"environment variable {jobenv.S3_ENDPOINT} is not set; the operator sets it from "
+                               "spec.storage.endpoint")
+        keys = [env.get(jobenv.S3_ACCESS_KEY) or None, env.get(jobenv.S3_SECRET_KEY) or None]
+        if (keys[0] is None) != (keys[1] is None):
+            raise StorageError(f"set both {jobenv.S3_ACCESS_KEY} and {jobenv.S3_SECRET_KEY}, or neither to use the "
+                               "pod's AWS credential chain")
+        ca_file = env.get(jobenv.S3_CA_FILE)
+        try:
+            ca_pem = Path(ca_file).read_text(encoding="utf-8") if ca_file else None
+        except OSError as err:
+            raise StorageError(f"cannot read the CA bundle {ca_file} (spec.storage.caBundle): {err}") from err
+        storage = Storage(endpoint=env[jobenv.S3_ENDPOINT], secure=env.get(jobenv.S3_SECURE, "") == "true",
+                          region=env.get(jobenv.S3_REGION) or None)
         # Bounded retries with backoff: a MinIO restart must not fail a ten-hour job.
         # maxsize 10 as the minio client's own default: multipart uploads run parallel threads,
         # and urllib3's default of one connection per host discards the others with a warning.
-        http = urllib3.PoolManager(maxsize=10, retries=urllib3.Retry(total=5, backoff_factor=0.5,
-                                                                     status_forcelist=(500, 502, 503, 504)))
-        return cls(Minio(env[jobenv.S3_ENDPOINT], access_key=env[jobenv.S3_ACCESS_KEY],
-                         secret_key=env[jobenv.S3_SECRET_KEY], secure=env.get(jobenv.S3_SECURE, "") == "true",
-                         region=env.get(jobenv.S3_REGION) or None, http_client=http))
+        http = s3auth.http_client(ca_pem, timeout=300.0, maxsize=10, retries=urllib3.Retry(
+            total=5, backoff_factor=0.5, status_forcelist=(500, 502, 503, 504)))
+        provider = s3auth.credentials(keys[0], keys[1], http, storage.region)
+        if keys[0] is None:
+            try:
+                s3auth.sign_in(provider)
+            except ValueError as err:
+                raise StorageError(
+                    f"cannot sign in to {storage.endpoint}: {err}. With spec.storage.webIdentity, check roleArn, "
+                    "audience and stsEndpoint (STS must trust this cluster's ServiceAccount tokens for that role); "
+                    "without it, give the pods AWS credentials or set spec.storage.credentialsSecret") from err
+        return cls(s3auth.client(storage, http=http, provider=provider))
 
     # -- errors ----------------------------------------------------------------------------
 

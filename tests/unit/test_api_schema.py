@@ -15,7 +15,7 @@ import subprocess
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 import yaml
@@ -226,6 +226,9 @@ class TestExampleSet:
         assert common <= {key for item in raw for key in item}
         assert any(item.get("engine") == "openai" for item in raw), "show the openai engine's settings once"
 
+    WEB_IDENTITY_PATHS: ClassVar[set[str]] = {"storage.webIdentity", "storage.webIdentity.roleArn",
+                                              "storage.webIdentity.audience", "storage.webIdentity.stsEndpoint"}
+
     @pytest.mark.parametrize("kind", ["AugmentationRun", "FineTuneRun"])
     def test_complete_examples_set_every_spec_field(self, kind: str) -> None:
         name = {"AugmentationRun": "augmentationrun-complete.yaml", "FineTuneRun": "finetunerun-complete.yaml"}[kind]
@@ -236,8 +239,9 @@ class TestExampleSet:
         # Options that exclude each other can't all appear in one manifest; union parameters of the
         # variants not chosen can't either; fine-tuning reads no image column.
         not_showable = {
-            "AugmentationRun": {"preprocess.clipOutliers.z"},
-            "FineTuneRun": {"data.fromAugmentationRun", "data.eval", "training.warmupSteps", "data.columns.image",
+            "AugmentationRun": {"preprocess.clipOutliers.z", *self.WEB_IDENTITY_PATHS},
+            "FineTuneRun": {"storage.credentialsSecret", "storage.credentialsKeys", "storage.credentialsKeys.accessKey",
+                            "storage.credentialsKeys.secretKey", "data.fromAugmentationRun", "data.eval", "training.warmupSteps", "data.columns.image",
                             "twoTower", "twoTower.temperature", "twoTower.sharedEncoder",
                             "twoTower.hardNegatives"},  # task twoTower only
         }[kind]

@@ -362,9 +362,11 @@ class TestSecurity:
             assert any(path == w or path.startswith(w.rstrip("/") + "/") for w in writable), (name, path)
         assert {"name": "tmp", "emptyDir": {}} in pod_spec(job)["volumes"]
 
-    def test_only_the_spec_and_the_token_are_mounted_read_only(self, any_example: RunObject) -> None:
+    def test_what_is_given_to_the_pod_is_mounted_read_only(self, any_example: RunObject) -> None:
         mounts = container(render(any_example))["volumeMounts"]
-        assert sorted(m["name"] for m in mounts if m.get("readOnly")) == ["heartbeat-token", "run-spec"]
+        given = {"heartbeat-token", "run-spec", "s3-web-identity", "s3-ca"}  # the last two per spec.storage
+        assert {m["name"] for m in mounts if m.get("readOnly")} == given & {m["name"] for m in mounts}
+        assert {"heartbeat-token", "run-spec"} <= {m["name"] for m in mounts if m.get("readOnly")}
 
     def test_heartbeat_token_is_audience_bound_and_short_lived(self, any_example: RunObject) -> None:
         job = render(any_example)
@@ -385,11 +387,45 @@ class TestSecretsNeverInline:
         assert jobenv.HUB_TOKEN not in e
 
     def test_configured_secret_keys_and_hub_token(self) -> None:
-        e = env(render(example("finetunerun-complete.yaml")))
+        e = env(render(example("augmentationrun-complete.yaml")))
         assert e[jobenv.S3_ACCESS_KEY]["valueFrom"]["secretKeyRef"] == {"name": "minio-search-ml",
                                                                         "key": "AWS_ACCESS_KEY_ID"}
         assert e[jobenv.S3_SECRET_KEY]["valueFrom"]["secretKeyRef"]["key"] == "AWS_SECRET_ACCESS_KEY"
-        assert e[jobenv.HUB_TOKEN]["valueFrom"] == {"secretKeyRef": {"name": "hf-token", "key": "token"}}
+        ft = env(render(example("finetunerun-complete.yaml")))
+        assert ft[jobenv.HUB_TOKEN]["valueFrom"] == {"secretKeyRef": {"name": "hf-token", "key": "token"}}
+
+
+class TestStorageSignIn:
+    """spec.storage's three ways to sign in, and its CA bundle, as the pods see them."""
+
+    def test_web_identity_projects_a_token_for_sts_and_names_the_role(self) -> None:
+        job = render(example("finetunerun-complete.yaml"))
+        e = env(job)
+        assert jobenv.S3_ACCESS_KEY not in e and jobenv.S3_SECRET_KEY not in e
+        volume = next(v for v in pod_spec(job)["volumes"] if v["name"] == "s3-web-identity")
+        assert volume["projected"]["sources"] == [{"serviceAccountToken": {
+            "audience": "sampleforge-sts", "expirationSeconds": 3600, "path": "token"}}]
+        mount = next(m for m in container(job)["volumeMounts"] if m["name"] == "s3-web-identity")
+        assert env_value(job, jobenv.AWS_WEB_IDENTITY_TOKEN_FILE) == mount["mountPath"] + "/token"
+        assert env_value(job, jobenv.AWS_ROLE_ARN) == "arn:minio:iam:::role/yrz_TZM8PjynijwCLSeWPu0Y47E"
+        assert env_value(job, jobenv.AWS_ENDPOINT_URL_STS) == "https://minio.data:9000"
+        assert env_value(job, jobenv.AWS_ROLE_SESSION_NAME).startswith("sampleforge-")
+        assert env_value(job, jobenv.AWS_REGION) == "us-east-1"
+
+    def test_the_ca_bundle_is_mounted_as_one_file(self) -> None:
+        job = render(example("augmentationrun-complete.yaml"))
+        volume = next(v for v in pod_spec(job)["volumes"] if v["name"] == "s3-ca")
+        assert volume["configMap"]["name"] == "minio-ca"
+        assert volume["configMap"]["items"] == [{"key": "ca.crt", "path": "ca.crt"}]
+        mount = next(m for m in container(job)["volumeMounts"] if m["name"] == "s3-ca")
+        assert env_value(job, jobenv.S3_CA_FILE) == mount["mountPath"] + "/ca.crt"
+
+    def test_neither_keys_nor_web_identity_leaves_the_pods_own_chain(self) -> None:
+        run = example("augmentationrun.yaml")
+        storage = {k: v for k, v in run.raw_spec["storage"].items() if k != "credentialsSecret"}
+        e = env(render(with_spec(run, storage=storage)))
+        signed = {jobenv.S3_ACCESS_KEY, jobenv.S3_SECRET_KEY, jobenv.AWS_WEB_IDENTITY_TOKEN_FILE, jobenv.AWS_ROLE_ARN}
+        assert not signed & set(e) and jobenv.S3_ENDPOINT in e
 
     def test_credential_variables_never_have_a_value(self, any_example: RunObject) -> None:
         for name, entry in env(render(any_example)).items():
