@@ -132,6 +132,18 @@ def headline_quality(text: str) -> str:
                      for d, n, a, b, m in rows)
 
 
+def headline_judge(text: str) -> str:
+    rows = dict(_table_rows(text))
+    try:
+        kappa, accuracy = rows["Cohen's kappa (graded pairs)"], rows["accuracy (graded pairs)"]
+        graded, rate = rows["pairs graded"], rows["rows/s"]
+    except KeyError as err:
+        raise ValueError(f"no row {err}") from err
+    if not re.search(r"[0-9]", rate):
+        raise ValueError("no rate")
+    return f"kappa {kappa}, accuracy {accuracy} ({graded} pairs graded), {rate} rows/s"
+
+
 @dataclass(frozen=True)
 class Benchmark:
     name: str
@@ -169,6 +181,10 @@ BENCHMARKS: tuple[Benchmark, ...] = (
               "peak memory of one augmentation shard against input size (up to 3M rows)",
               "bounded: no growth with the rows held", headline_augment_memory,
               quick_args=("--quick", "--output", "{out}")),
+    Benchmark("judge", "bench_judge.py",
+              "llmJudge: Cohen's kappa and accuracy of the judge's grades against gold labels on 200 "
+              "Walmart–Amazon pairs, through the job's openai engine and llama.cpp's server (SmolLM2-135M)",
+              "— (recorded as measured)", headline_judge, quick_args=("--quick", "--output", "{out}")),
     Benchmark("operator", "bench_operator.py",
               "operator scale: apply → Job latency, 500 runs at once, 2000 idle runs' memory",
               "—", headline_operator),
