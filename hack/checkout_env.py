@@ -29,6 +29,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 #: Written into each venv: which checkout it belongs to (what `prune` reads).
 OWNER_FILE = "sampleforge-checkout"
+#: Scratch directories a checkout has in the cache besides its venv (see work_dir), pruned with it.
+WORK_PURPOSES = ("lint",)
 
 
 def cache_dir() -> Path:
@@ -79,18 +81,22 @@ def link_mode(venv: Path, uv_cache: Path) -> str:
 
 
 def prune(cache: Path | None = None, dry_run: bool = False) -> list[Path]:
-    """Remove the venvs whose checkout is gone (a venv without an owner file is left alone)."""
+    """Remove the venvs whose checkout is gone, with the checkout's scratch directories (a venv without
+    an owner file, such as the single shared one of earlier versions, is left alone)."""
+    root = cache if cache is not None else cache_dir()
     removed = []
-    for venv in sorted(((cache if cache is not None else cache_dir()) / "venvs").glob("*")):
+    for venv in sorted((root / "venvs").glob("*")):
         owner = venv / OWNER_FILE
         if not owner.is_file():
             continue
         checkout = Path(owner.read_text().strip())
         if (checkout / "pyproject.toml").is_file() and venv_dir(checkout, cache) == venv:
             continue
-        if not dry_run:
-            shutil.rmtree(venv)
-        removed.append(venv)
+        for path in (venv, *(root / purpose / venv.name for purpose in WORK_PURPOSES)):
+            if path.exists():
+                if not dry_run:
+                    shutil.rmtree(path)
+                removed.append(path)
     return removed
 
 

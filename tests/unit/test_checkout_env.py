@@ -81,15 +81,17 @@ def test_prune_removes_only_the_venvs_of_checkouts_that_are_gone(tmp_path: Path)
         venv = env.venv_dir(checkout, cache)
         venv.mkdir(parents=True)
         (venv / env.OWNER_FILE).write_text(f"{checkout}\n")
+        env.work_dir("lint", checkout, cache).mkdir(parents=True)
     unowned = cache / "venvs" / "someone-else"
     unowned.mkdir()
     (gone / "pyproject.toml").unlink()
     gone.rmdir()
-    assert env.prune(cache, dry_run=True) == [env.venv_dir(gone, cache)]
-    assert env.venv_dir(gone, cache).exists()
-    assert env.prune(cache) == [env.venv_dir(gone, cache)]
-    assert not env.venv_dir(gone, cache).exists()
-    assert env.venv_dir(alive, cache).exists() and unowned.exists()
+    expected = [env.venv_dir(gone, cache), env.work_dir("lint", gone, cache)]
+    assert env.prune(cache, dry_run=True) == expected
+    assert all(path.exists() for path in expected)
+    assert env.prune(cache) == expected
+    assert not any(path.exists() for path in expected)
+    assert env.venv_dir(alive, cache).exists() and env.work_dir("lint", alive, cache).exists() and unowned.exists()
 
 
 def test_the_script_prints_the_venv(tmp_path: Path) -> None:
