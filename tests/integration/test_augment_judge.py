@@ -17,7 +17,17 @@ from typing import Any
 import pytest
 from minio import Minio
 from test_augment_openai import openai_settings
-from test_augment_support import generated, job_env, manifest, output_rows, parquet_bytes, put, run_job, spec, walmart_rows
+from test_augment_support import (
+    generated,
+    job_env,
+    manifest,
+    output_rows,
+    parquet_bytes,
+    put,
+    run_job,
+    spec,
+    walmart_rows,
+)
 
 from sampleforge.api import jobenv
 from sampleforge.jobs.augment.judge import DISAGREES
