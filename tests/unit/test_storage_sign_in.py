@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 from cryptography import x509
@@ -51,7 +52,7 @@ def test_a_ca_bundle_is_trusted_beside_the_system_certificates() -> None:
 
 
 class TestJobEnvironment:
-    BASE = {jobenv.S3_ENDPOINT: "127.0.0.1:9000", jobenv.S3_SECURE: "false"}
+    BASE: ClassVar[dict[str, str]] = {jobenv.S3_ENDPOINT: "127.0.0.1:9000", jobenv.S3_SECURE: "false"}
 
     def test_without_keys_the_job_signs_in_with_the_pods_chain(self, monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.setenv("AWS_ACCESS_KEY_ID", "from-env")
