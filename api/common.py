@@ -198,7 +198,12 @@ class Toleration(ApiModel):
 class CommonRunSpec(ApiModel):
     """Fields every run has: storage access and pod scheduling."""
 
-    storage: Storage = Field(description="The MinIO server that holds the inputs and receives the outputs.")
+    storage: Storage | None = Field(
+        default=None,
+        description="The MinIO server that holds the inputs and receives the outputs. Unset: the operator's "
+        "default (the chart's defaultStorage), so GitOps manifests need not repeat it; status.storage says "
+        "which was used.",
+    )
     image: Image | None = Field(
         default=None, description="Container image for the run's pods; the operator's configured job image when unset."
     )

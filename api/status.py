@@ -14,6 +14,7 @@ from typing import Annotated
 from pydantic import Field
 
 from ._base import ApiModel
+from .common import Storage
 from .constants import ConditionStatus, Phase
 from .fields import MAX_URI_LENGTH, Metric
 
@@ -141,6 +142,11 @@ class _RunStatus(ApiModel):
     job_name: str | None = Field(default=None, max_length=63, description="Name of the run's Job.")
     progress: Progress | None = Field(default=None, description="How far the run is.")
     outputs: RunOutputs | None = Field(default=None, description="Where the results are.")
+    storage: Storage | None = Field(
+        default=None,
+        description="The storage the run uses: spec.storage, or the operator's default when the spec sets none. "
+        "Names only (a Secret's, a role's, a ConfigMap's), never a secret value.",
+    )
 
 
 class AugmentationRunStatus(_RunStatus):

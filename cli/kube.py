@@ -227,14 +227,19 @@ def pod_prefix(kind: Kind, pod: client.V1Pod) -> str:
 
 
 def storage_client(cluster: Cluster, kind: Kind, run: dict[str, Any], endpoint: str | None = None) -> Any:
-    """A MinIO client for the run's ``spec.storage``, read with the user's own credentials (so the
+    """A MinIO client for the run's storage (``spec.storage``, else the operator's default it recorded
+    in ``status.storage``), read with the user's own credentials (so the
     plugin shows only what the user may read): the keys of the Secret the run names, else the
     user's own AWS chain (AWS_* variables, a web identity); trusting the run's CA bundle.
     ``endpoint`` overrides the spec's (an in-cluster name) for a port-forward from a laptop."""
     from sampleforge.api import s3auth
 
     name = run["metadata"]["name"]
-    storage = Storage.model_validate((run.get("spec") or {}).get("storage") or {})
+    found = (run.get("spec") or {}).get("storage") or (run.get("status") or {}).get("storage")
+    if not found:
+        raise UserError(f"{kind.value} {name} sets no spec.storage and the operator has not yet recorded the default "
+                        "it uses (status.storage); wait until the run has started")
+    storage = Storage.model_validate(found)
     keys: list[str | None] = [None, None]
     if storage.credentials_secret is not None:
         data = _secret_data(cluster, kind, name, storage.credentials_secret)

@@ -84,7 +84,7 @@ def _secret_env(name: str, secret: str, key: str) -> dict[str, Any]:
 
 def _env(run: RunObject, settings: Settings, job: str, topo: Topology, input_uri: str | None) -> list[dict[str, Any]]:
     spec = run.spec
-    storage = spec.storage
+    storage = run.storage
     env: list[dict[str, Any]] = [
         {"name": jobenv.RUN_KIND, "value": run.kind.value},
         {"name": jobenv.RUN_NAME, "value": run.name},
@@ -216,7 +216,8 @@ def _storage_volumes(storage: Storage) -> tuple[list[dict[str, Any]], list[dict[
     return volumes, mounts
 
 
-def _volumes(spec: CommonRunSpec, gpus: int, spec_config_map: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+def _volumes(spec: CommonRunSpec, storage: Storage, gpus: int,
+             spec_config_map: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """(volumes, volumeMounts): the run's spec, the writable cache and /tmp (the root filesystem is
     read-only), the heartbeat token and, where needed, /dev/shm."""
     volumes: list[dict[str, Any]] = [
@@ -244,7 +245,7 @@ def _volumes(spec: CommonRunSpec, gpus: int, spec_config_map: str) -> tuple[list
         {"name": "tmp", "mountPath": TMP_PATH},
         {"name": "heartbeat-token", "mountPath": HEARTBEAT_TOKEN_DIR, "readOnly": True},
     ]
-    storage_volumes, storage_mounts = _storage_volumes(spec.storage)
+    storage_volumes, storage_mounts = _storage_volumes(storage)
     volumes += storage_volumes
     mounts += storage_mounts
     shm = spec.resources.shared_memory
@@ -289,7 +290,7 @@ def pod_template(
 ) -> dict[str, Any]:
     """The Job's ``spec.template``; ``spec_config_map`` names the ConfigMap holding the run's spec."""
     spec = run.spec
-    volumes, mounts = _volumes(spec, topo.gpus_per_pod, spec_config_map)
+    volumes, mounts = _volumes(spec, run.storage, topo.gpus_per_pod, spec_config_map)
     container: dict[str, Any] = {
         "name": CONTAINER_NAME,
         "image": spec.image or settings.job_image,

@@ -36,7 +36,7 @@ from sampleforge.operator.lifecycle import FAILED_CREATE, Observation, RunEvent,
 from sampleforge.operator.podcreate import FailedCreateProbe, waiting_for_pods
 from sampleforge.operator.progress import run_key
 from sampleforge.operator.reconcile import outputs_for, reconcile
-from sampleforge.operator.render import RunObject
+from sampleforge.operator.render import RunObject, StorageUnset
 from sampleforge.operator.specdrift import ignored_fields
 
 log = logging.getLogger(__name__)
@@ -161,7 +161,7 @@ class _Monitor:
         drift = [run_status.spec_change_condition(ignored_fields(job, spec), terminal=False)]
         desired = run_status.compose(snapshot, obs, now, job_name=job["metadata"]["name"], progress=progress,
                                      results=results, committed=committed,
-                                     outputs=outputs, extra_conditions=drift)
+                                     outputs=outputs, storage=self._storage(snapshot), extra_conditions=drift)
         heartbeat_age = (now - entry.received_at).total_seconds() if entry and entry.received_at else None
         ctx.metrics.observe_run(str(kind), self.namespace, self.name, desired, heartbeat_age)
         if obs.reason is Reason.HEARTBEAT_TIMEOUT and not (job.get("spec") or {}).get("suspend"):
@@ -173,9 +173,13 @@ class _Monitor:
     def _run(self, snapshot: dict[str, Any]) -> RunObject | None:
         """The run's typed view; None if its spec no longer validates (reconcile reports that)."""
         try:
-            return RunObject.from_body({**snapshot, "kind": str(self.kind)})
-        except ValidationError:
+            return RunObject.from_body({**snapshot, "kind": str(self.kind)}, self.ctx.settings.default_storage)
+        except (ValidationError, StorageUnset):
             return None
+
+    def _storage(self, snapshot: dict[str, Any]) -> dict[str, Any] | None:
+        run = self._run(snapshot)
+        return run.storage.model_dump(mode="json", by_alias=True, exclude_none=True) if run is not None else None
 
     def _outputs(self, snapshot: dict[str, Any]) -> dict[str, str] | None:
         run = self._run(snapshot)
@@ -231,7 +235,7 @@ class _Monitor:
             self.collect_retry = _backoff(self.collect_retry, COLLECT_RETRY_SECONDS)
             self.collect_due = now_loop + self.collect_retry
             self.collect_error = (f"Job {job_name} completed; cannot read its committed results yet ({err}); "
-                                  f"retrying. Check that the operator can reach {run.spec.storage.endpoint} with the "
+                                  f"retrying. Check that the operator can reach {run.storage.endpoint} with the "
                                   "run's credentials")
             return Observation(Phase.RUNNING, Reason.COLLECTING_RESULTS, self.collect_error, obs.start_time), None
         self.committed = found
@@ -265,7 +269,7 @@ def read_run_output(ctx: OperatorContext, kind: Kind, run: RunObject) -> committ
     """The run's committed results, read with the run's own storage credentials Secret when it
     names one, else with the operator's own AWS chain (its ServiceAccount's web identity, ...),
     trusting the run's CA bundle."""
-    storage = run.spec.storage
+    storage = run.storage
     ca_pem = None
     if storage.ca_bundle is not None:
         ca_pem = ctx.kube.read_config_map_value(run.namespace, storage.ca_bundle.name, storage.ca_bundle.key)

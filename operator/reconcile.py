@@ -26,7 +26,13 @@ from sampleforge.operator import status as run_status
 from sampleforge.operator.context import OperatorContext
 from sampleforge.operator.kube import Forbidden, Invalid
 from sampleforge.operator.lifecycle import Observation
-from sampleforge.operator.render import RunObject, render_headless_service, render_job, render_spec_config_map
+from sampleforge.operator.render import (
+    RunObject,
+    StorageUnset,
+    render_headless_service,
+    render_job,
+    render_spec_config_map,
+)
 from sampleforge.operator.specdrift import ignored_fields
 
 log = logging.getLogger(__name__)
@@ -83,7 +89,7 @@ def upstream_input(ctx: OperatorContext, body: dict[str, Any], run: RunObject) -
 
 def check_secrets(ctx: OperatorContext, kind: Kind, body: dict[str, Any], run: RunObject) -> None:
     """A missing Secret is a condition with a reason and a slow retry, never a crash loop."""
-    storage = run.spec.storage
+    storage = run.storage
     wanted: dict[str, set[str]] = {}
     if storage.credentials_secret is not None:
         wanted[storage.credentials_secret] = {storage.access_key_key(), storage.secret_key_key()}
@@ -136,10 +142,13 @@ def reconcile(ctx: OperatorContext, kind: Kind, body: dict[str, Any]) -> None:
             run_status.record_finished_edit(ctx, kind, body, ignored)
         return
     try:
-        run = RunObject.from_body({**body, "kind": str(kind)})
+        run = RunObject.from_body({**body, "kind": str(kind)}, ctx.settings.default_storage)
     except ValidationError as err:
         _report(ctx, body, Observation(Phase.FAILED, Reason.INVALID_SPEC, f"invalid spec: {err}"))
         raise kopf.PermanentError(f"invalid spec: {err}") from err
+    except StorageUnset as err:
+        _report(ctx, body, Observation(Phase.FAILED, Reason.INVALID_SPEC, str(err)))
+        raise kopf.PermanentError(str(err)) from err
 
     input_uri = upstream_input(ctx, body, run) if kind is Kind.FINE_TUNE_RUN else None
     if isinstance(run.spec, FineTuneRunSpec) and run.spec.data.from_augmentation_run and input_uri is None:

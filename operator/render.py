@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final, TypeAlias
 
 from sampleforge.api import AugmentationRunSpec, FineTuneRunSpec, Kind
+from sampleforge.api.common import Storage
 from sampleforge.api.constants import (
     ANNOTATION_PREFIX,
     API_VERSION,
@@ -113,26 +114,45 @@ class RunObject:
         if not isinstance(self.spec, _SPEC_MODELS[self.kind]):
             raise TypeError(f"a {self.kind} needs a {_SPEC_MODELS[self.kind].__name__}, got {type(self.spec).__name__}")
 
+    @property
+    def storage(self) -> Storage:
+        """The storage the run uses: its spec's, or the operator's default filled in by from_body."""
+        if self.spec.storage is None:
+            raise StorageUnset(f"{self.kind} {self.name}: spec.storage is unset")
+        return self.spec.storage
+
     @classmethod
-    def from_body(cls, body: Mapping[str, Any]) -> RunObject:
-        """Build from a whole object as the API server (or kopf's ``body``) returns it.
+    def from_body(cls, body: Mapping[str, Any], default_storage: Storage | None = None) -> RunObject:
+        """Build from a whole object as the API server (or kopf's ``body``) returns it, with
+        ``default_storage`` (the operator's) where the spec names none.
 
         Raises pydantic's ValidationError when the spec does not validate: the API server's schema
-        should have stopped it, so this means a schema drift or a hand-edited etcd.
+        should have stopped it, so this means a schema drift or a hand-edited etcd; StorageUnset
+        when neither the spec nor the operator says where the data is.
         """
         kind = Kind(body["kind"])
         meta = body["metadata"]
         raw = _plain(body["spec"])
+        spec = _SPEC_MODELS[kind].model_validate(raw)
+        if spec.storage is None:
+            if default_storage is None:
+                raise StorageUnset("spec.storage is unset and the operator has no default storage: set spec.storage, "
+                                   "or ask the platform team to set the chart value defaultStorage")
+            spec = spec.model_copy(update={"storage": default_storage})
         return cls(
             kind=kind,
             name=str(meta["name"]),
             namespace=str(meta["namespace"]),
             uid=str(meta["uid"]),
             generation=int(meta.get("generation") or 1),
-            spec=_SPEC_MODELS[kind].model_validate(raw),
+            spec=spec,
             raw_spec=raw,
             labels={str(k): str(v) for k, v in (meta.get("labels") or {}).items()},
         )
+
+
+class StorageUnset(ValueError):
+    """A run without spec.storage, served by an operator without a default storage."""
 
 
 def _plain(value: Any) -> Any:

@@ -6,10 +6,13 @@ endpoint, the monitors), so a test can build one directly and nothing reads ``os
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
+
+from sampleforge.api.common import Storage
 
 from . import allowlist
 
@@ -60,6 +63,8 @@ class Settings:
     extra_job_env: Mapping[str, str] = field(default_factory=dict)
     #: namespace (or "*") -> the s3:// prefixes its runs may use; empty: no restriction (see allowlist).
     storage_allow_list: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    #: The storage of runs that set no spec.storage (chart value defaultStorage; JSON in camelCase).
+    default_storage: Storage | None = None
 
     @property
     def identity(self) -> str:
@@ -87,6 +92,8 @@ class Settings:
                 values[f.name] = tuple(s.strip() for s in raw.split(",") if s.strip())
             elif f.name == "storage_allow_list":
                 values[f.name] = allowlist.parse(raw)
+            elif f.name == "default_storage":
+                values[f.name] = _default_storage(raw)
             elif f.name == "extra_job_env":
                 values[f.name] = dict(kv.split("=", 1) for kv in raw.split(",") if "=" in kv)
             else:
@@ -96,3 +103,13 @@ class Settings:
         if "pod_name" not in values and env.get("POD_NAME"):
             values["pod_name"] = env["POD_NAME"]
         return cls(**values)
+
+
+def _default_storage(raw: str) -> Storage | None:
+    """The chart's defaultStorage, validated like a run's spec.storage (``{}``: none)."""
+    try:
+        document = json.loads(raw) if raw.strip() else {}
+        return Storage.model_validate(document) if document else None
+    except ValueError as err:
+        raise ValueError(f"{_PREFIX}DEFAULT_STORAGE (the chart value defaultStorage) is not a valid spec.storage: "
+                         f"{err}") from err

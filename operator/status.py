@@ -49,7 +49,7 @@ def spec_change_condition(ignored: list[str], terminal: bool) -> ConditionUpdate
 
 def compose(body: dict[str, Any], obs: Observation, now: datetime, *, job_name: str | None = None,
             progress: dict[str, Any] | None = None, results: dict[str, Any] | None = None,
-            committed: bool = False, outputs: dict[str, Any] | None = None,
+            committed: bool = False, outputs: dict[str, Any] | None = None, storage: dict[str, Any] | None = None,
             extra_conditions: list[ConditionUpdate] | None = None) -> dict[str, Any]:
     """The full status the run should have; only changed keys are ever sent.
 
@@ -84,6 +84,8 @@ def compose(body: dict[str, Any], obs: Observation, now: datetime, *, job_name: 
         status["results"] = results if committed else {**(current.get("results") or {}), **results}
     if outputs:
         status["outputs"] = {**(current.get("outputs") or {}), **outputs}
+    if storage:
+        status["storage"] = storage
     return status
 
 

@@ -17,6 +17,7 @@ import secrets
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import urllib3
 from kubernetes import client
@@ -62,11 +63,12 @@ class StsMinio:
 def start_sts_minio(api: client.ApiClient, api_url: str, api_ca: Path, workdir: Path, logs: Path,
                     timeout: float = 60.0) -> StsMinio:
     """Start it after the API server it trusts; stop it with ``.process.stop()``."""
-    client.RbacAuthorizationV1Api(api).create_cluster_role_binding({
+    binding: Any = {  # the client takes plain dicts at run time; its stubs ask for its model classes
         "metadata": {"name": DISCOVERY_BINDING},
         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
                     "name": "system:service-account-issuer-discovery"},
-        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "Group", "name": "system:unauthenticated"}]})
+        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "Group", "name": "system:unauthenticated"}]}
+    client.RbacAuthorizationV1Api(api).create_cluster_role_binding(binding)
     certs = workdir / "sts-minio-certs"
     (certs / "CAs").mkdir(parents=True, exist_ok=True)
     ca_pem, cert_pem, key_pem = server_certificate("sts-minio")

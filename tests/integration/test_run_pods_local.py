@@ -49,7 +49,10 @@ def local() -> Iterator[Testbed]:
             core.create_namespaced_secret(NAMESPACE, {"metadata": {"name": CREDENTIALS_SECRET}, "stringData": {
                 "accessKey": tb.minio.access_key, "secretKey": tb.minio.secret_key}})
         tb.minio.client().make_bucket(BUCKET)
-        operator = OperatorProcess(tb.kubeconfig, tb.logs / "operator.log").start()
+        # The chart's defaultStorage, for runs that set no spec.storage.
+        default_storage = {"endpoint": tb.minio.endpoint, "credentialsSecret": CREDENTIALS_SECRET}
+        operator = OperatorProcess(tb.kubeconfig, tb.logs / "operator.log", settings={
+            "SAMPLEFORGE_OPERATOR_DEFAULT_STORAGE": json.dumps(default_storage)}).start()
         try:
             yield tb
             failed = False
@@ -113,6 +116,21 @@ def _exists(tb: Testbed, uri: str) -> bool:
 def _read(tb: Testbed, uri: str) -> dict[str, Any]:
     bucket, _, key = uri[len("s3://"):].partition("/")
     return dict(json.loads(tb.minio.client().get_object(bucket, key).read()))
+
+
+def test_a_run_without_storage_uses_the_operators_default_and_says_so(local: Testbed) -> None:
+    """A GitOps manifest that leaves spec.storage to the platform's default (chart value defaultStorage)."""
+    source = put(local, "default/train.jsonl", "\n".join(json.dumps(r) for r in ROWS).encode() + b"\n")
+    doc = run_doc(local, "by-default", source)
+    del doc["spec"]["storage"]
+    with local.api_client() as api:
+        create_run(api, NAMESPACE, doc)
+        done = wait_phase(api, AR, NAMESPACE, "by-default", "Succeeded", timeout=300)
+    assert "storage" not in done["spec"]
+    assert done["status"]["storage"] == {"endpoint": local.minio.endpoint, "credentialsSecret": CREDENTIALS_SECRET,
+                                         "secure": False}
+    manifest = _read(local, done["status"]["outputs"]["manifestUri"])
+    assert done["status"]["results"]["samplesOut"] == manifest["rowsOut"]
 
 
 def test_a_chained_finetune_run_shows_exactly_what_both_runs_committed(local: Testbed) -> None:

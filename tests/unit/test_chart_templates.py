@@ -321,6 +321,9 @@ def test_namespaced_settings_follow_watch_namespaces_and_job_env_is_encoded() ->
     assert env["SAMPLEFORGE_OPERATOR_NAMESPACES"] == "search-ml,recsys-ml"
     allow = Settings.from_env(env).storage_allow_list  # what the operator makes of the value it is given
     assert allow == {"search-ml": ("s3://datasets/search/", "s3://models/search/"), "recsys-ml": ("s3://datasets/recsys/",)}
+    default = Settings.from_env(env).default_storage  # runs without spec.storage get this one
+    assert default is not None and default.endpoint == "minio.data:9000" and default.ca_bundle is not None
+    assert default.web_identity is not None and default.web_identity.role_arn.endswith(":role/search-ml-data")
     env = {e["name"]: e.get("value") for e in container(render(CHART / "ci" / "networkpolicy-values.yaml"))["env"]}
     assert env["SAMPLEFORGE_OPERATOR_EXTRA_JOB_ENV"] == "HTTPS_PROXY=http://proxy.internal:3128,NO_PROXY=.svc.cluster.local"
     assert env["SAMPLEFORGE_OPERATOR_LEADER_ELECTION"] == "false"
