@@ -48,8 +48,13 @@ test-unit: ## Unit tests only: no servers, seconds
 	$(need-venv)
 	@$(BIN)/pytest tests/unit
 
+generate: ## Regenerate what is generated: CRDs, docs/reference.md, the chart's CRD copies, values table and version
+	$(need-venv)
+	@cd /tmp && '$(BIN)/python' -m sampleforge.api.crdgen
+	@python3 hack/chartgen.py
+
 lint: ## ruff, the import-layer contracts (.importlinter) and mypy --strict (hack/lint.py)
 	$(need-venv)
 	@$(BIN)/python hack/lint.py
 
-.PHONY: help venv-path setup testbed demo keep up down test test-unit lint
+.PHONY: help venv-path setup testbed demo keep up down test test-unit generate lint
