@@ -1,8 +1,8 @@
-"""kopf handler registrations, one module per kind, plus the children and startup handlers.
+"""kopf handler registrations: the runs' (one loop over both kinds), the children's and startup.
 
 Importing this package registers every handler with kopf's default registry.
 """
 
-from sampleforge.operator.handlers import augmentation_run, children, finetune_run, startup
+from sampleforge.operator.handlers import children, runs, startup
 
-__all__ = ["augmentation_run", "children", "finetune_run", "startup"]
+__all__ = ["children", "runs", "startup"]
