@@ -12,6 +12,7 @@ from typing import Any, Literal
 from pydantic import Field
 
 from ._base import ApiModel, Rule
+from .constants import GPU_TYPE_NODE_LABEL
 from .fields import Endpoint, Image, LabelKey, LabelValue, ObjectName, Quantity, SecretKey
 
 #: Secret keys used when ``storage.credentialsKeys`` is unset.
@@ -159,7 +160,7 @@ class Resources(ApiModel):
         default=None,
         min_length=1,
         description="GPU model to schedule on, e.g. NVIDIA-H100-80GB-HBM3; becomes a node selector on the "
-        "operator's GPU product label (nvidia.com/gpu.product by default).",
+        f"operator's GPU product label ({GPU_TYPE_NODE_LABEL} by default).",
     )
     cpu: Quantity | None = Field(default=None, description="CPU request and limit per pod, e.g. 8 or 7500m.")
     memory: Quantity | None = Field(default=None, description="Memory request and limit per pod, e.g. 64Gi.")

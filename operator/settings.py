@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from sampleforge.api.common import Storage
+from sampleforge.api.constants import GPU_TYPE_NODE_LABEL
 
 from . import allowlist
 
@@ -49,7 +50,7 @@ class Settings:
     #: Re-check each live run at least this often even when nothing changed (heartbeat timeouts).
     resync_seconds: float = 30.0
     #: Node label that spec.resources.gpuType is matched against.
-    gpu_type_label: str = "nvidia.com/gpu.product"
+    gpu_type_label: str = GPU_TYPE_NODE_LABEL
     #: Tolerate the usual taint of GPU node pools on pods that ask for GPUs.
     tolerate_gpu_taint: bool = True
     #: Port for torch.distributed rendezvous on multi-node FineTuneRuns.

@@ -14,6 +14,7 @@ from typing import Any
 
 from kubernetes import client
 
+from sampleforge.api.constants import GPU_TYPE_NODE_LABEL
 from sampleforge.testbed._errors import TestbedError
 from sampleforge.testbed._health import http_ok
 from sampleforge.testbed._paths import binary
@@ -23,7 +24,7 @@ from sampleforge.testbed._process import ManagedProcess
 STAGES_FILE = Path(__file__).with_name("kwok-stages.yaml")
 MANAGED_ANNOTATION = ("kwok.x-k8s.io/node", "fake")
 GPU_RESOURCE = "nvidia.com/gpu"
-GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
+GPU_PRODUCT_LABEL = GPU_TYPE_NODE_LABEL  # what the operator matches spec.resources.gpuType against
 GPU_TAINT = {"key": GPU_RESOURCE, "value": "present", "effect": "NoSchedule"}
 #: Pod label/annotation that keeps a kwok Pod Running until removed (see kwok-stages.yaml).
 HOLD_KEY = "testbed.sampleforge.io/hold"

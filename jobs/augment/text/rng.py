@@ -17,7 +17,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["BatchRandom", "RowRandom", "row_stream", "stable_salt"]
+__all__ = ["BatchRandom", "RowRandom", "stable_salt"]
 
 _MASK = (1 << 64) - 1
 _GOLDEN = 0x9E3779B97F4A7C15
@@ -164,8 +164,3 @@ class BatchRandom:
         stream._end = self._offsets[i + 1]
         return stream
 
-
-def row_stream(seed: int, salt: int, row: int, draws: int = 32) -> RowRandom:
-    """A standalone stream for one row (tests and one-off use); equal to what a batch gives that row."""
-    batch = BatchRandom(seed, salt, [row], [draws])
-    return RowRandom(batch._keys[0], batch._values)
