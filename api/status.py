@@ -8,6 +8,7 @@ follows Kubernetes conventions that tools rely on: metav1.Condition entries keye
 
 from __future__ import annotations
 
+import math
 from datetime import datetime
 from typing import Annotated
 
@@ -63,6 +64,18 @@ class Progress(ApiModel):
         default=None, max_length=1024,
         description="What the pods say they are doing (e.g. loading the model, first pass, training).",
     )
+
+
+def format_eta(seconds: float | None) -> str:
+    """status.progress.eta's form (51m, 2h10m, 45s: short enough for a printer column), also what the
+    jobs log; ``?`` when there is no estimate yet."""
+    if seconds is None or not math.isfinite(seconds):
+        return "?"
+    hours, rest = divmod(max(0, round(seconds)), 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours}h{minutes:02d}m"
+    return f"{minutes}m" if minutes else f"{secs}s"
 
 
 class RunOutputs(ApiModel):

@@ -18,24 +18,13 @@ from typing import Any
 
 from sampleforge.api import Kind
 from sampleforge.api.heartbeat import Heartbeat
+from sampleforge.api.status import format_eta
 
 RunKey = tuple[str, str, str]  # (kind, namespace, name)
 
 
 def run_key(kind: str, namespace: str, name: str) -> RunKey:
     return (str(kind), namespace, name)
-
-
-def format_eta(seconds: float) -> str:
-    """51m, 2h10m, 45s: short enough for a printer column."""
-    seconds = round(seconds)
-    hours, rest = divmod(seconds, 3600)
-    minutes, secs = divmod(rest, 60)
-    if hours:
-        return f"{hours}h{minutes:02d}m"
-    if minutes:
-        return f"{minutes}m"
-    return f"{secs}s"
 
 
 @dataclass

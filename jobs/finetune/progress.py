@@ -18,22 +18,12 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from sampleforge.api.status import FineTuneResults
+from sampleforge.api.status import FineTuneResults, format_eta
 from sampleforge.jobs.common.heartbeat import HeartbeatSender
 
 from .training import TrainingState
 
 log = logging.getLogger(__name__)
-
-
-def format_eta(seconds: float | None) -> str:
-    """1h05m, 12m, 40s: the way the printer column shows it."""
-    if seconds is None or not math.isfinite(seconds):
-        return "?"
-    seconds = int(seconds)
-    if seconds >= 3600:
-        return f"{seconds // 3600}h{(seconds % 3600) // 60:02d}m"
-    return f"{seconds // 60}m" if seconds >= 60 else f"{seconds}s"
 
 
 class Progress:

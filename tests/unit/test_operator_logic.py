@@ -10,10 +10,11 @@ import pytest
 
 from sampleforge.api import ConditionStatus, ConditionType, Kind, Phase, Reason
 from sampleforge.api.heartbeat import Heartbeat
+from sampleforge.api.status import format_eta
 from sampleforge.operator.conditions import ConditionUpdate, find, set_conditions
 from sampleforge.operator.lifecycle import event_time, observe
 from sampleforge.operator.podcreate import FailedCreateProbe, waiting_for_pods
-from sampleforge.operator.progress import ProgressStore, format_eta, run_key
+from sampleforge.operator.progress import ProgressStore, run_key
 from sampleforge.operator.settings import Settings
 from sampleforge.operator.status import compose
 from sampleforge.operator.watchcheck import WatchLagTracker
