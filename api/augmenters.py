@@ -127,7 +127,7 @@ class SynonymAugmenter(_Budget):
 
 
 class RandomInsertAugmenter(_Budget):
-    """randomInsert: insert copies of words from the same text at random positions."""
+    """randomInsert: insert a synonym of a word of the text (from the lexicon) at a random position, as EDA does."""
 
     type: Literal["randomInsert"] = Field(description="Augmenter type.")
     word_fraction: WordFraction = 0.1

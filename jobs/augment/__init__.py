@@ -32,7 +32,8 @@ Rows: the columns mapped in ``spec.source.columns`` under their source names (id
 item as text, label in the source's type -- int64, double or string -- attributes as text or null,
 dense features as double after clipping and normalisation, image as text) followed by the provenance
 columns ``sf_origin`` ('source' / 'generated'), ``sf_augmenter``, ``sf_source_row`` (global source row
-id) and ``sf_label_rule`` ('keep', 'assign', 'lowest', 'judge', ...); a run with an ``llmJudge``
+id) and ``sf_label_rule`` (every rule and its meaning: ``protocol.PROVENANCE_COLUMNS``, which the
+manifest's ``provenanceColumns`` repeats); a run with an ``llmJudge``
 (:mod:`.judge`) adds ``sf_judge_label`` (its grade, in the label's type) and ``sf_judge_agrees``.
 Unmapped source columns are not carried: a
 generated row could not give them a truthful value. Generated ids are ``<source id>~<augmenter>~<k>``.

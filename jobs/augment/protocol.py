@@ -39,7 +39,7 @@ simplified :mod:`.mixup`)::
                 out.append(GeneratedRow(source_row=int(batch.row_ids[i]), changes=dense, label_rule="dominant"))
             return out
 
-Notes for the families still to come:
+How the families that need more than a batch are built:
 
 * **Model-based generation** (paraphrase, doc2query, backTranslation, :mod:`.generation`): models
   come from ``build.models.generator`` (:class:`~.embedding.ModelCache` resolves ``s3://``
