@@ -19,7 +19,6 @@ pure functions like everything there. Rules this module keeps:
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
 from sampleforge.api import Kind, jobenv
@@ -28,7 +27,7 @@ from sampleforge.api.constants import GPU_RESOURCE
 if TYPE_CHECKING:
     from sampleforge.api.common import CommonRunSpec, Storage, Toleration
 
-    from .render import RunObject
+    from .runobject import RunObject, Topology
     from .settings import Settings
 
 #: The run container's name (podFailurePolicy's exit-code rule names it).
@@ -63,19 +62,6 @@ DEFAULT_GPU_SHARED_MEMORY: Final = "1Gi"
 #: optimizer, scheduler state: minutes for large models); an augmentation shard only flushes its
 #: current part file.
 TERMINATION_GRACE_SECONDS: Final[dict[Kind, int]] = {Kind.AUGMENTATION_RUN: 30, Kind.FINE_TUNE_RUN: 120}
-
-
-@dataclass(frozen=True)
-class Topology:
-    """The shape of a run's Job, decided in :func:`sampleforge.operator.render.topology`."""
-
-    #: Pods that run at once, and completions needed (one per shard or node).
-    pods: int
-    #: Indexed completion mode: each pod gets JOB_COMPLETION_INDEX and the hostname <job>-<index>.
-    indexed: bool
-    gpus_per_pod: int
-    #: Headless Service (= pod subdomain) for multi-node rendezvous; None otherwise.
-    service: str | None
 
 
 def _secret_env(name: str, secret: str, key: str) -> dict[str, Any]:
