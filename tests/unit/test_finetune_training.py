@@ -13,13 +13,13 @@ import torch
 from torch import nn
 
 from sampleforge.api.finetune import EarlyStopping, FineTuneRunSpec, Task, Training
+from sampleforge.api.status import format_eta
 from sampleforge.jobs.finetune.checkpoint import compare_config, describe_config
 from sampleforge.jobs.finetune.errors import ExitCode, SpecError
 from sampleforge.jobs.finetune.evaluate import check_metrics
 from sampleforge.jobs.finetune.labels import LabelSpace
 from sampleforge.jobs.finetune.launch import needs_launch, worst
 from sampleforge.jobs.finetune.modeling import info_nce_loss, task_loss
-from sampleforge.api.status import format_eta
 from sampleforge.jobs.finetune.training import (
     EarlyStopper,
     PreemptionFlag,

@@ -202,14 +202,18 @@ class TestTheKey:
         body["metadata"] = {"namespace": "search-ml", "uid": "0b6c2a52-1f0e-4c53-9d8e-7f0a3c1e2d44", "generation": 1,
                             **body["metadata"]}
         run = RunObject.from_body(body)
-        index = next(i for i, a in enumerate(run.spec.augmenters) if getattr(a, "engine", None) == "openai")
+        keyed = {i: a.openai.api_key_secret for i, a in enumerate(run.spec.augmenters)
+                 if getattr(getattr(a, "openai", None), "api_key_secret", None) is not None}
+        assert len(keyed) >= 2, "the complete example shows keys for a generator and an llmJudge"
         job = render_job(run, Settings(), None)
         env = {e["name"]: e for e in job["spec"]["template"]["spec"]["containers"][0]["env"]}
-        assert env[jobenv.llm_api_key_env(index)] == {
-            "name": jobenv.llm_api_key_env(index),
-            "valueFrom": {"secretKeyRef": {"name": "llm-gateway", "key": "apiKey"}}}
-        others = [n for n in env if n.startswith(jobenv.LLM_API_KEY_PREFIX)]
-        assert others == [jobenv.llm_api_key_env(index)]  # only the augmenter that names a key gets one
+        for index, ref in keyed.items():
+            assert env[jobenv.llm_api_key_env(index)] == {
+                "name": jobenv.llm_api_key_env(index),
+                "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}}
+        others = sorted(n for n in env if n.startswith(jobenv.LLM_API_KEY_PREFIX))
+        # only the augmenters that name a key get one, each under its own position
+        assert others == sorted(jobenv.llm_api_key_env(i) for i in keyed)
 
 
 class TestSchema:
