@@ -93,7 +93,6 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from sampleforge.jobs.augment.embedding import ModelLocation
     from sampleforge.jobs.augment.engines import (
         EngineStats,
         OpenAIClient,
@@ -104,6 +103,7 @@ def main(argv: list[str] | None = None) -> int:
         chat_body,
     )
     from sampleforge.jobs.augment.generation import TOP_P, GenerationSettings, TextGenerator, request_seed
+    from sampleforge.jobs.augment.models import ModelLocation
     from sampleforge.jobs.augment.prompts import DEFAULT_TEMPLATES
     from sampleforge.testbed import start_llamacpp
     from sampleforge.testbed._llamacpp import smollm2_gguf

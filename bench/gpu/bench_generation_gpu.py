@@ -134,9 +134,9 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     import transformers
 
-    from sampleforge.jobs.augment.embedding import ModelLocation
     from sampleforge.jobs.augment.errors import ConfigError
     from sampleforge.jobs.augment.generation import GenerationSettings, TextGenerator, request_seed
+    from sampleforge.jobs.augment.models import ModelLocation
     from sampleforge.jobs.augment.vllm_engine import VllmGenerator, require_vllm
 
     texts = queries(args.rows)

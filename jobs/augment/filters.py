@@ -47,8 +47,9 @@ import numpy as np
 from sampleforge.api.augmentation import Filters
 
 from .dedup import HashSet, NearDuplicateIndex, item_repr, minhashes, norm_key, pair_hash
-from .embedding import ModelCache, PairClassifier, TextEncoder
+from .embedding import PairClassifier, TextEncoder
 from .errors import ConfigError
+from .modelcache import ModelCache
 from .protocol import ColumnRoles, Labels
 
 log = logging.getLogger(__name__)

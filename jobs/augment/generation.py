@@ -1,7 +1,7 @@
 """Model-based text generation: ``paraphrase``, ``doc2query`` and ``backTranslation``.
 
 :class:`TextGenerator` wraps one transformers model, loaded once per run through
-:meth:`~.embedding.ModelCache.generator`: a causal LM (instruct models through their chat template,
+:meth:`~.modelcache.ModelCache.generator`: a causal LM (instruct models through their chat template,
 others with a completion prompt) or a seq2seq model (Marian, T5, BART), from a transformers
 directory or a single GGUF file. The three augmenters turn the selected rows of a batch into prompts
 (:mod:`.prompts`), generate, clean the answers and return :class:`~.protocol.GeneratedRow` s.
@@ -68,10 +68,10 @@ from typing import Any
 from sampleforge.api import jobenv
 from sampleforge.jobs.common.storage import S3Uri
 
-from .embedding import ModelLocation
 from .engines import EngineStats, Failed, OpenAIGenerator, build_openai_generator
 from .errors import ConfigError, ModelError
 from .gencache import CachedGenerator
+from .models import ModelLocation
 from .prompts import DEFAULT_TEMPLATES, Templates, clean_output, judge, normalized, render, script_language
 from .protocol import (
     BatchPlan,
@@ -648,7 +648,7 @@ def _settings(entry: Any) -> GenerationSettings:
 
 def _engine(entry: Any, build: BuildContext, ref: str, field: str) -> TextGenerator | VllmGenerator | OpenAIGenerator:
     """The engine the entry names, for model ``ref`` (spec field ``field``); each model is loaded once
-    per pod (:class:`~.embedding.ModelCache`) and shared by the augmenters that name it."""
+    per pod (:class:`~.modelcache.ModelCache`) and shared by the augmenters that name it."""
     engine = getattr(entry, "engine", "transformers")
     if engine == "openai":
         shards = int(os.environ.get(jobenv.SHARD_COUNT) or 1)

@@ -43,12 +43,12 @@ from sampleforge.jobs.common.heartbeat import HeartbeatSender
 from sampleforge.jobs.common.storage import ObjectStore, S3Uri, StorageError
 
 from .catalog import build_augmenters, check_supported, needs_of
-from .embedding import ModelCache
 from .errors import AugmentError, ConfigError, SourceError
 from .filters import Candidate, EvalSplit, Filter, LeakageGuard, build_filters, eval_split
 from .htmlreport import render_html_report
 from .judge import JUDGE_COLUMNS, JUDGE_LABEL_RULE, LlmJudge
 from .knowledge import DatasetKnowledge, learn
+from .modelcache import ModelCache
 from .output import (
     PartWriter,
     RejectsWriter,

@@ -42,7 +42,7 @@ simplified :mod:`.mixup`)::
 How the families that need more than a batch are built:
 
 * **Model-based generation** (paraphrase, doc2query, backTranslation, :mod:`.generation`): models
-  come from ``build.models.generator`` (:class:`~.embedding.ModelCache` resolves ``s3://``
+  come from ``build.models.generator`` (:class:`~.modelcache.ModelCache` resolves ``s3://``
   directories offline; a directory holds a transformers model or one ``*.gguf`` file). The selected
   rows are batched by token length inside ``augment``; sampling draws each sequence's tokens from its
   own ``torch.Generator`` seeded from ``plan.random.row_key(row)`` (with the field and variant), so
@@ -84,8 +84,8 @@ if TYPE_CHECKING:  # only for annotations: keeps this module free of import cycl
     from sampleforge.api.augmentation import AugmentationRunSpec
     from sampleforge.jobs.common.storage import ObjectStore
 
-    from .embedding import ModelCache
     from .knowledge import DatasetKnowledge
+    from .modelcache import ModelCache
 
 __all__ = [
     "PROVENANCE_COLUMNS",

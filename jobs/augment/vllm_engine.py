@@ -207,7 +207,7 @@ class VllmGenerator:
 
     @classmethod
     def load(cls, location: Any, field_path: str) -> VllmGenerator:
-        """Load ``location`` (a :class:`~.embedding.ModelLocation`) into a new ``vllm.LLM``."""
+        """Load ``location`` (a :class:`~.models.ModelLocation`) into a new ``vllm.LLM``."""
         from .generation import TOP_P
 
         vllm = require_vllm(field_path)

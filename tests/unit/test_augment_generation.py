@@ -13,7 +13,6 @@ import pytest
 from test_augment_generation import corpus_texts, tiny_causal_lm, tiny_marian
 
 from sampleforge.api.augmenters import BackTranslationAugmenter, Doc2QueryAugmenter, ParaphraseAugmenter
-from sampleforge.jobs.augment.embedding import ModelCache, ModelLocation, locate_model
 from sampleforge.jobs.augment.errors import ConfigError, ModelError
 from sampleforge.jobs.augment.generation import (
     BackTranslation,
@@ -26,6 +25,8 @@ from sampleforge.jobs.augment.generation import (
     item_text,
     request_seed,
 )
+from sampleforge.jobs.augment.modelcache import ModelCache
+from sampleforge.jobs.augment.models import ModelLocation, locate_model
 from sampleforge.jobs.augment.prompts import (
     DEFAULT_TEMPLATES,
     MAX_SOURCE_CHARS,
