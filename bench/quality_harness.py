@@ -186,9 +186,7 @@ class Harness:
         import pyarrow.parquet as pq
 
         rows: list[dict[str, Any]] = []
-        for entry in manifest["files"]:
-            if entry.get("role", "data") != "data":
-                continue
+        for entry in manifest["files"]:  # the data parts only (api.manifest.AugmentationManifest)
             data = self.s3.get_object(BUCKET, prefix + entry["path"]).read()
             if entry["path"].endswith(".parquet"):
                 rows.extend(pq.read_table(io.BytesIO(data)).to_pylist())

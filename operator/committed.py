@@ -20,9 +20,11 @@ from typing import Any
 import urllib3
 from minio import Minio
 from minio.error import S3Error
+from pydantic import ValidationError
 
 from sampleforge.api import Kind, s3auth
 from sampleforge.api.common import Storage
+from sampleforge.api.manifest import CommittedCounts, describe
 from sampleforge.api.status import AugmentationResults, FineTuneResults
 
 MANIFEST = "manifest.json"
@@ -103,11 +105,19 @@ def _report(prefix: str, listed: set[str]) -> dict[str, str]:
     return {"reportUri": prefix + name} if name else {}
 
 
+def augmentation_counts(manifest: dict[str, Any]) -> CommittedCounts:
+    """The part of an AugmentationRun's manifest its status shows; NotCommitted when it is malformed."""
+    try:
+        return CommittedCounts.model_validate(manifest)
+    except ValidationError as err:
+        raise NotCommitted(f"{MANIFEST} is not an augmentation manifest: {describe(err)}") from err
+
+
 def augmentation_outputs(prefix: str, manifest: dict[str, Any]) -> dict[str, str]:
     """Where an AugmentationRun's report and rejected rows are, as its manifest vouches for them."""
-    listed = _listed(manifest.get("artifacts"))
-    outputs = _report(prefix, listed)
-    if int((manifest.get("rejects") or {}).get("rows") or 0) > 0:
+    counts = augmentation_counts(manifest)
+    outputs = _report(prefix, {a.path for a in counts.artifacts})
+    if counts.rejects is not None and counts.rejects.rows > 0:
         outputs["rejectedRowsUri"] = prefix + "rejects/"
     return outputs
 
@@ -122,14 +132,12 @@ def finetune_outputs(prefix: str, manifest: dict[str, Any]) -> dict[str, str]:
 
 def augmentation_results(manifest: dict[str, Any]) -> Committed:
     """status.results of an AugmentationRun from its manifest (jobs/augment/output.py writes it)."""
-    per_augmenter = {name: int(info.get("kept", 0)) for name, info in (manifest.get("augmenters") or {}).items()}
-    filtered = {name: _count(value) for name, value in (manifest.get("filters") or {}).items()}
-    results = AugmentationResults(samples_in=manifest.get("rowsIn"), samples_out=manifest.get("rowsOut"),
-                                  per_augmenter=per_augmenter, filtered=filtered,
-                                  rejected_rows=manifest.get("rejectedRows"))
-    rows = manifest.get("rowsRead")
-    return Committed(results.model_dump(mode="json", by_alias=True, exclude_none=True),
-                     int(rows) if isinstance(rows, int) else None)
+    counts = augmentation_counts(manifest)
+    results = AugmentationResults(samples_in=counts.rows_in, samples_out=counts.rows_out,
+                                  per_augmenter={name: a.kept for name, a in counts.augmenters.items()},
+                                  filtered={name: _count(value) for name, value in counts.filters.items()},
+                                  rejected_rows=counts.rejected_rows)
+    return Committed(results.model_dump(mode="json", by_alias=True, exclude_none=True), counts.rows_read)
 
 
 def finetune_results(manifest: dict[str, Any], metrics: dict[str, Any]) -> Committed:

@@ -39,6 +39,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from sampleforge.api.manifest import AugmentationManifest
 from sampleforge.jobs.common.records import reason_class
 from sampleforge.jobs.common.storage import ObjectStore, S3Uri, sha256_file
 
@@ -47,7 +48,7 @@ from .preprocess import Reject
 from .protocol import PROVENANCE_COLUMNS, ColumnRoles
 
 __all__ = ["PART_ROWS", "ROW_GROUP_ROWS", "TEXT_LENGTH_EDGES", "PartWriter", "RejectsWriter", "assemble_manifest", "combine_engine_summaries",
-           "length_bin", "marker_uri", "output_schema", "read_markers"]
+           "committed_manifest", "length_bin", "marker_uri", "output_schema", "read_markers"]
 
 PART_ROWS = 1_000_000
 ROW_GROUP_ROWS = 50_000
@@ -330,7 +331,10 @@ def assemble_manifest(markers: Sequence[Mapping[str, Any]], *, committed_at: dat
     the model-based types) are combined over every shard (:func:`combine_engine_summaries`), and an
     llmJudge's counts get its agreement rate and kappa (``augmenters.<name>.judge``). ``files`` lists only data parts, which is what
     readers (the fine-tune job) load; everything else the manifest vouches for is in ``rejects`` and
-    ``artifacts``.
+    ``artifacts``. The document is validated as an :class:`~sampleforge.api.manifest.AugmentationManifest`
+    (a field missing or malformed is an error here, not in a reader) and dumped from the model
+    with exactly the keys it was given, so the bytes written are unchanged; the pipeline then lists
+    its ``artifacts`` (reports, preprocess.json) in it and commits it.
     """
     if not markers:
         raise ValueError("no shard markers to assemble")
@@ -406,7 +410,13 @@ def assemble_manifest(markers: Sequence[Mapping[str, Any]], *, committed_at: dat
         "examples": examples,
         "artifacts": [],
     }
-    return manifest
+    return committed_manifest(manifest)
+
+
+def committed_manifest(document: Mapping[str, Any]) -> dict[str, Any]:
+    """``document`` checked against the manifest model and dumped from it: the same keys and values
+    (so the same bytes once written), or a ValidationError naming what is missing or wrong."""
+    return AugmentationManifest.model_validate(document).document()
 
 
 def digest(document: Any) -> str:

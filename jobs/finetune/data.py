@@ -32,8 +32,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 from numpy.typing import NDArray
+from pydantic import ValidationError
 
 from sampleforge.api.augmentation import Columns
+from sampleforge.api.manifest import CommittedData, OutputFile, describe
 from sampleforge.jobs.common.formats import SUFFIX_FORMATS, format_of
 from sampleforge.jobs.common.records import BadRecord, CsvHeaderError, csv_blocks, jsonl_records
 from sampleforge.jobs.common.storage import MANIFEST_NAME, ObjectStore, S3Uri, StorageError
@@ -41,8 +43,8 @@ from sampleforge.jobs.common.text import norm_key
 
 from .errors import DatasetError
 
-__all__ = ["SUFFIX_FORMATS", "Dataset", "Examples", "QuerySplit", "Rejected", "data_entries", "query_groups",
-           "read_committed", "read_dataset", "split_by_query"]
+__all__ = ["SUFFIX_FORMATS", "Dataset", "Examples", "QuerySplit", "Rejected", "committed_data", "data_formats",
+           "query_groups", "read_committed", "read_dataset", "split_by_query"]
 
 #: Provenance columns an AugmentationRun writes next to the data (see jobs/augment/protocol.py).
 ORIGIN: Final = "sf_origin"
@@ -131,8 +133,10 @@ class Dataset:
     uri: str
     files: list[str]
     columns: Columns
-    #: The committed manifest, when the data came from one (an AugmentationRun's output).
+    #: The committed manifest, when the data came from one (an AugmentationRun's output): as written
+    #: (for the model card), and the part this job reads, validated.
     manifest: dict[str, Any] | None = None
+    committed: CommittedData | None = None
 
 
 # --- files -> columns -------------------------------------------------------------------------
@@ -276,7 +280,7 @@ def _concat(parts: list[Examples]) -> Examples:
 
 
 def _read_all(store: ObjectStore, uris: list[S3Uri], formats: list[str], columns: Columns, field_name: str,
-              need_label: bool, expected: list[dict[str, Any]] | None = None) -> tuple[Examples, Rejected]:
+              need_label: bool, expected: list[OutputFile] | None = None) -> tuple[Examples, Rejected]:
     rejected = Rejected()
     parts = []
     for i, (uri, fmt) in enumerate(zip(uris, formats, strict=True)):
@@ -286,8 +290,7 @@ def _read_all(store: ObjectStore, uris: list[S3Uri], formats: list[str], columns
             raise DatasetError(f"{field_name}: {err}") from err
         if expected is not None:
             entry = expected[i]
-            if len(data) != entry.get("size", len(data)) or (
-                    "sha256" in entry and hashlib.sha256(data).hexdigest() != entry["sha256"]):
+            if len(data) != entry.size or hashlib.sha256(data).hexdigest() != entry.sha256:
                 raise DatasetError(f"{uri} does not match the size or sha256 in its manifest ({field_name}): the "
                                    "committed output was changed afterwards; rerun the run that produced it")
         try:
@@ -298,27 +301,28 @@ def _read_all(store: ObjectStore, uris: list[S3Uri], formats: list[str], columns
     return _concat(parts), rejected
 
 
-def data_entries(manifest: dict[str, Any]) -> list[dict[str, Any]]:
-    """The manifest entries that are training rows. An entry with a ``role`` is data only when the
-    role is ``data``. Otherwise a data file has the manifest's ``format`` (by its suffix, or no
-    suffix at all) or, without a declared format, a .parquet/.jsonl/.ndjson/.csv suffix; and is
-    not a side output, i.e. no part of its path starts with ``rejected``, ``_`` or ``.`` (rows the
-    producer set aside, statistics, markers). A bare ``.json`` here is a document, not rows."""
-    declared = manifest.get("format")
-    out = []
-    for entry in manifest.get("files", []):
-        path = str(entry.get("path", ""))
-        if "role" in entry:
-            if entry["role"] == "data":
-                out.append(entry)
-            continue
-        parts = path.split("/")
-        if any(p.startswith(("_", ".", "rejected")) for p in parts):
-            continue
-        by_suffix = None if path.lower().endswith(".json") and declared != "jsonl" else format_of(path, None)
-        if (by_suffix is not None and by_suffix == (declared or by_suffix)) or (declared and "." not in parts[-1]):
-            out.append(entry)
-    return out
+def committed_data(manifest: dict[str, Any], prefix: S3Uri, field_name: str) -> CommittedData:
+    """The part of a committed manifest this job reads, validated; a DatasetError naming each
+    missing or malformed key otherwise."""
+    try:
+        return CommittedData.model_validate(manifest)
+    except ValidationError as err:
+        raise DatasetError(f"the manifest under {prefix} is not a usable augmentation manifest ({field_name}): "
+                           f"{describe(err)}; it was not written by sampleforge or was changed afterwards: rerun "
+                           "the run that produced it") from err
+
+
+def data_formats(committed: CommittedData, prefix: S3Uri, field_name: str) -> list[str]:
+    """The format of each file the manifest lists: all of them are data parts (the manifest lists
+    rejects and reports elsewhere). The manifest's ``format``, else the file's suffix."""
+    formats = []
+    for entry in committed.files:
+        fmt = format_of(entry.path, committed.format)
+        if fmt is None:
+            raise DatasetError(f"the manifest under {prefix} lists {entry.path} as data, but declares no format and "
+                               f"the name does not end in {', '.join(SUFFIX_FORMATS)} ({field_name})")
+        formats.append(fmt)
+    return formats
 
 
 def read_committed(store: ObjectStore, prefix: S3Uri, field_name: str, need_label: bool,
@@ -332,15 +336,14 @@ def read_committed(store: ObjectStore, prefix: S3Uri, field_name: str, need_labe
     if manifest is None:
         raise DatasetError(f"{prefix} has no {MANIFEST_NAME} ({field_name}): its output was never committed; wait "
                            "for the run that writes it to succeed, or point at a committed output")
-    entries = data_entries(manifest)
-    if not entries:
-        raise DatasetError(f"the manifest under {prefix} lists no data files ({field_name})")
+    committed = committed_data(manifest, prefix, field_name)
+    formats = data_formats(committed, prefix, field_name)
     if columns is None:
-        columns = Columns.model_validate(manifest.get("columns") or {})
-    uris = [prefix.join(e["path"]) for e in entries]
-    formats = [format_of(e["path"], manifest.get("format")) or "" for e in entries]
-    examples, rejected = _read_all(store, uris, formats, columns, field_name, need_label, expected=entries)
-    return _checked(Dataset(examples, rejected, str(prefix), [str(u) for u in uris], columns, manifest), field_name)
+        columns = committed.columns or Columns()
+    uris = [prefix.join(e.path) for e in committed.files]
+    examples, rejected = _read_all(store, uris, formats, columns, field_name, need_label, expected=committed.files)
+    dataset = Dataset(examples, rejected, str(prefix), [str(u) for u in uris], columns, manifest, committed)
+    return _checked(dataset, field_name)
 
 
 def read_dataset(store: ObjectStore, uri: str, fmt: str | None, columns: Columns | None, field_name: str,

@@ -83,7 +83,7 @@ def with_raw_dense(train: Dataset, field: str) -> tuple[Dataset, DenseTransform 
     values and return that transform, which the model then applies itself: training rows, a raw
     data.eval file and serving requests all go through the same one, and the features are not
     standardised a second time with this run's own statistics."""
-    document = (train.manifest or {}).get("preprocess")
+    document = train.committed.preprocess if train.committed is not None else None
     if not document or train.examples.dense is None:
         return train, None
     try:

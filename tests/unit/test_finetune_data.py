@@ -16,6 +16,7 @@ from accelerate.data_loader import BatchSamplerShard
 
 from sampleforge.api.augmentation import Columns
 from sampleforge.api.finetune import Task
+from sampleforge.jobs.common.storage import S3Uri
 from sampleforge.jobs.finetune.batches import BucketBatchSampler, Collator, PairDataset, Tokenized, make_loader
 from sampleforge.jobs.finetune.data import (
     Examples,
@@ -23,7 +24,8 @@ from sampleforge.jobs.finetune.data import (
     _concat,
     _read_columns,
     _to_examples,
-    data_entries,
+    committed_data,
+    data_formats,
     query_groups,
     split_by_query,
 )
@@ -83,10 +85,17 @@ class TestReadingFiles:
         assert cols["q"] == ["a\u2028b", "c"] and cols["title"][0] == "para\u2029graph\x85 next\x0c"
 
 
+PREFIX = S3Uri("b", "aug/")
+
+
+def part(path: str) -> dict[str, object]:
+    return {"path": path, "size": 10, "sha256": "0" * 64, "rows": 2}
+
+
 class TestFormats:
     def test_suffixes_are_matched_whatever_their_case(self) -> None:
-        manifest = {"files": [{"path": "data/PART-0.PARQUET"}, {"path": "data/part-1.JSONL"}, {"path": "README.md"}]}
-        assert [e["path"] for e in data_entries(manifest)] == ["data/PART-0.PARQUET", "data/part-1.JSONL"]
+        committed = committed_data({"files": [part("data/PART-0.PARQUET"), part("data/part-1.JSONL")]}, PREFIX, "data")
+        assert data_formats(committed, PREFIX, "data") == ["parquet", "jsonl"]
 
     def test_both_jobs_use_one_format_detector(self) -> None:
         from sampleforge.jobs.augment import source
@@ -97,17 +106,38 @@ class TestFormats:
 
 
 class TestCommittedManifests:
-    def test_only_data_files_are_training_rows(self) -> None:
-        manifest = {"format": "parquet", "files": [
-            {"path": "part-00000.parquet"}, {"path": "shard-1/part-00001.parquet"},
-            {"path": "rejected/part-0.jsonl"}, {"path": "rejected_rows.jsonl"}, {"path": "_stats/summary.json"},
-            {"path": "stats.json"}, {"path": "part-00002"}]}
-        assert [e["path"] for e in data_entries(manifest)] == [
-            "part-00000.parquet", "shard-1/part-00001.parquet", "part-00002"]
+    def test_every_listed_file_is_a_data_part_in_the_declared_format(self) -> None:
+        committed = committed_data({"format": "parquet", "files": [part("data/part-00000-00000.parquet"),
+                                                                   part("part-00002")]}, PREFIX, "data")
+        assert [f.path for f in committed.files] == ["data/part-00000-00000.parquet", "part-00002"]
+        assert data_formats(committed, PREFIX, "data") == ["parquet", "parquet"]
 
-    def test_an_explicit_role_wins(self) -> None:
-        manifest = {"files": [{"path": "a.parquet", "role": "data"}, {"path": "b.parquet", "role": "rejected"}]}
-        assert [e["path"] for e in data_entries(manifest)] == ["a.parquet"]
+    def test_a_file_of_no_known_format_is_refused_not_skipped(self) -> None:
+        committed = committed_data({"files": [part("data/part-0.parquet"), part("README.md")]}, PREFIX, "data")
+        with pytest.raises(DatasetError, match=r"lists README.md as data, but declares no format"):
+            data_formats(committed, PREFIX, "data")
+
+    def test_the_readers_part_of_the_manifest_is_typed(self) -> None:
+        manifest = {"kind": "AugmentationOutput", "format": "jsonl", "files": [part("data/part-0.jsonl")],
+                    "columns": {"query": "q", "item": "title", "denseFeatures": ["price"]},
+                    "preprocess": {"statsFile": "preprocess.json", "features": {}}, "rowsOut": 2}
+        committed = committed_data(manifest, PREFIX, "data.fromAugmentationRun")
+        assert committed.columns == Columns(query="q", item="title", dense_features=["price"])
+        assert committed.files[0].size == 10 and committed.files[0].rows == 2
+        assert committed.preprocess == {"statsFile": "preprocess.json", "features": {}}
+
+    @pytest.mark.parametrize(("manifest", "named"), [
+        ({"files": []}, r"files: List should have at least 1 item"),
+        ({"format": "parquet"}, r"files: Field required"),
+        ({"files": [{"path": "data/part-0.parquet", "size": 10}]}, r"files\.0\.sha256: Field required"),
+        ({"files": [{**part("data/part-0.parquet"), "role": "data"}]}, r"files\.0\.role: Extra inputs"),
+        ({"files": [part("a.parquet")], "format": "xlsx"}, r"format: Input should be 'jsonl', 'csv' or 'parquet'"),
+        ({"files": [part("a.parquet")], "columns": {"query": 3}}, r"columns\.query: Input should be a valid string"),
+    ], ids=["no-files", "files-missing", "no-sha256", "unknown-key", "bad-format", "bad-columns"])
+    def test_a_malformed_manifest_is_refused_naming_the_key(self, manifest: dict[str, object], named: str) -> None:
+        with pytest.raises(DatasetError, match=r"the manifest under s3://b/aug/ is not a usable augmentation "
+                                               r"manifest \(data\.fromAugmentationRun\): .*" + named):
+            committed_data(manifest, PREFIX, "data.fromAugmentationRun")
 
 
 class TestRoles:

@@ -8,11 +8,13 @@ import json
 from datetime import UTC, datetime
 from typing import Any, ClassVar
 
+import pytest
 from kubernetes.client.exceptions import ApiException
 
 from sampleforge.api import ConditionStatus, ConditionType, Kind, Phase, Reason
 from sampleforge.api.heartbeat import Heartbeat
 from sampleforge.operator.committed import (
+    NotCommitted,
     augmentation_outputs,
     augmentation_results,
     finetune_outputs,
@@ -73,6 +75,11 @@ class TestCommittedResults:
         assert found.results == {"step": 37, "epoch": 3.0, "loss": 0.21, "latestMetrics": {"ndcg@10": 0.61, "auc": 0.8},
                                  "bestMetric": {"name": "ndcg@10", "value": 0.63, "step": 30}, "rejectedRows": 3}
         assert found.rows == 37
+
+    def test_a_malformed_augmentation_manifest_is_not_a_commit(self) -> None:
+        with pytest.raises(NotCommitted, match=r"manifest.json is not an augmentation manifest: rowsIn: Input "
+                                               r"should be a valid integer.*augmenters.typo.kept: Input should be"):
+            augmentation_results({**self.MANIFEST, "rowsIn": "many", "augmenters": {"typo": {"kept": -1}}})
 
     def test_output_uris_point_only_at_what_the_manifest_vouches_for(self) -> None:
         prefix = "s3://b/out/"
