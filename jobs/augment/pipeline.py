@@ -54,6 +54,7 @@ from .output import (
     RejectsWriter,
     assemble_manifest,
     clear_directory,
+    committed_manifest,
     digest,
     length_bin,
     marker_uri,
@@ -583,7 +584,7 @@ class ShardJob:
         artifacts.append(self._artifact("report.md", report, "text/markdown; charset=utf-8"))
         page = render_html_report(manifest).encode("utf-8")
         artifacts.append(self._artifact("report.html", page, "text/html; charset=utf-8"))
-        uri = self.store.commit(self.prefix, manifest)
+        uri = self.store.commit(self.prefix, committed_manifest(manifest))
         log.info("run committed", extra={"manifest": str(uri), "rows_out": manifest["rowsOut"],
                                          "parts": len(manifest["files"])})
         return uri
