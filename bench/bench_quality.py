@@ -27,8 +27,11 @@ Each run's metrics.json, validation predictions, test predictions and logs are k
 ``--results-dir`` (printed; outside the repository) after the temporary MinIO is deleted; rerunning
 with the same directory reuses finished runs, ``--from-runs`` rewrites the report without training.
 
-    # what bench/results/quality.{md,json} record: see the command line in quality.md
-    python bench/bench_quality.py --slices 500 --seeds 1 2 3 4 5 --max-steps 90
+    # what bench/results/quality.{md,json} record (64 min on a shared 2-core machine; the exact
+    # commands, three processes sharing one --results-dir, are in quality.md and quality.json)
+    python bench/bench_quality.py --slices 500 --seeds 1 2 3 4 5 --select-on-first-seed \
+        --select-baseline-too --max-steps 40 --eval-every 20 --patience 2 --learning-rate 1e-4 \
+        --option qbqtc.validationRows=300 --option walmart.validationRows=400 --option walmart.testRows=800
     # the whole issue-12 grid (many hours on 2 CPU cores)
     python bench/bench_quality.py --slices 500 2000 --seeds 1 2 3 4 5
     python bench/bench_quality.py --quick          # tiny, 1 seed, no LLM; prints only (CI)
