@@ -152,8 +152,9 @@ def _bars(title: str, categories: Sequence[str], series: Sequence[Series], *, un
     bar_h = 14.0
     row_h = (bar_h + 6 if stacked else bar_h * len(series) + 8)
     biggest = max((sum(col) for col in zip(*values, strict=True)) if stacked else (v for r in values for v in r))
-    ticks = nice_ticks(0.0, max(biggest, 1e-12))
-    top_value = ticks[-1]
+    # All zero (an augmenter that kept nothing): draw the empty bars on a 0..1 axis.
+    ticks = nice_ticks(0.0, biggest if biggest > 0 else 1.0)
+    top_value = ticks[-1] or 1.0
     plot_w = width - left - right
     height = top + row_h * len(categories) + 28
     parts = _open(title, width, height) + legend
@@ -201,8 +202,9 @@ def histogram(title: str, bins: Sequence[str], series: Sequence[Series], *, x_la
     top = 52.0 + extra
     height += extra
     plot_w, plot_h = width - left - right, height - top - bottom_pad
-    ticks = nice_ticks(0.0, max(max(v for r in values for v in r), 1e-12))
-    top_value = ticks[-1]
+    tallest = max(v for r in values for v in r)
+    ticks = nice_ticks(0.0, tallest if tallest > 0 else 1.0)
+    top_value = ticks[-1] or 1.0
     parts = _open(title, width, height) + legend
     bottom = top + plot_h
     for t in ticks:

@@ -96,6 +96,14 @@ class TestSvg:
         assert "nothing to show" in svg.grouped_bars("t", [], [])
         assert "no finite values" in svg.line_chart("t", [svg.Line("loss", [(1, float("nan"))])])
 
+    def test_all_zero_values_draw_on_a_unit_axis_instead_of_failing(self) -> None:
+        """An augmenter that kept no rows must not fail the run when its report is drawn."""
+        for chart in (svg.grouped_bars("t", ["kept"], [svg.Series("hardNegative", [0])]),
+                      svg.stacked_bars("t", ["a", "b"], [svg.Series("x", [0, 0]), svg.Series("y", [0, 0])]),
+                      svg.histogram("t", ["0-10", "10-20"], [svg.Series("query", [0, 0])])):
+            root = ET.fromstring(chart)  # drawn, and well-formed
+            assert root.get("aria-label") == "t" and ">0</text>" in chart  # an axis from 0
+
     def test_nice_ticks(self) -> None:
         assert svg.nice_ticks(0, 1300) == [0, 500, 1000, 1500]
         assert svg.nice_ticks(0.61, 0.93)[0] <= 0.61 and svg.nice_ticks(0.61, 0.93)[-1] >= 0.93
