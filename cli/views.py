@@ -99,8 +99,10 @@ def status_view(kind: Kind, run: Mapping[str, Any], now: datetime | None = None)
         parts.append(_progress_view(status.progress, now))
     if status.outputs:
         outputs = _kv_table()
-        for label, value in (("Output", status.outputs.uri), ("Manifest", status.outputs.manifest_uri),
-                             ("Model", status.outputs.model_uri), ("Rejected rows", status.outputs.rejected_rows_uri)):
+        out = status.outputs
+        for label, value in (("Output", out.uri), ("Manifest", out.manifest_uri), ("Report", out.report_uri),
+                             ("Metrics", out.metrics_uri), ("Model", out.model_uri), ("Model card", out.model_card_uri),
+                             ("Rejected rows", out.rejected_rows_uri)):
             if value:
                 outputs.add_row(label, value)
         parts.append(Panel(outputs, title="Outputs", title_align="left", expand=False))

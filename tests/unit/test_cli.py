@@ -104,12 +104,14 @@ class TestStatusView:
     def test_succeeded_augmentation_shows_counts_per_augmenter_and_filter(self) -> None:
         run = {"metadata": {"name": "shoes", "namespace": "ml"}, "status": {
             "phase": "Succeeded", "startTime": "2026-12-03T07:00:00Z", "completionTime": "2026-12-03T07:42:00Z",
-            "outputs": {"uri": "s3://d/out/", "manifestUri": "s3://d/out/manifest.json"},
+            "outputs": {"uri": "s3://d/out/", "manifestUri": "s3://d/out/manifest.json",
+                        "reportUri": "s3://d/out/report.html", "rejectedRowsUri": "s3://d/out/rejects/"},
             "results": {"samplesIn": 1000, "samplesOut": 2500, "perAugmenter": {"typo": 900, "synonym": 600},
                         "filtered": {"dedup": 42}, "rejectedRows": 3}}}
         text = re.sub("[│┃]", " ", render(status_view(Kind.AUGMENTATION_RUN, run, NOW)))
         assert "Succeeded" in text and "took 42m" in text
         assert "s3://d/out/manifest.json" in text
+        assert re.search(r"Report\s+s3://d/out/report.html", text) and "s3://d/out/rejects/" in text
         assert re.search(r"Samples in\s+1,000", text) and re.search(r"Samples out\s+2,500", text)
         assert "×2.50" in text
         assert re.search(r"augmenter typo \(kept\)\s+900", text) and re.search(r"filter dedup \(dropped\)\s+42", text)
