@@ -164,7 +164,7 @@ def success_summary(kind: Kind, status: dict[str, Any]) -> str:
     ``kubectl get events`` learns the outcome without opening the status."""
     results, outputs = status.get("results") or {}, status.get("outputs") or {}
     if kind is Kind.AUGMENTATION_RUN:
-        parts = [f"{results.get('samplesOut', '?')} rows out of {results.get('samplesIn', '?')} read"]
+        parts = [f"{results.get('samplesIn', '?')} rows in, {results.get('samplesOut', '?')} out"]
         where = outputs.get("uri")
     else:
         best = results.get("bestMetric") or {}

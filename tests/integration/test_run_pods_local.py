@@ -168,7 +168,7 @@ def test_a_chained_finetune_run_shows_exactly_what_both_runs_committed(local: Te
     with local.api_client() as api:
         success = [e.message for e in client.CoreV1Api(api).list_namespaced_event(
             NAMESPACE, field_selector="involvedObject.name=chain-aug,reason=Succeeded").items]
-    assert any(f"{manifest['rowsOut']} rows out of {manifest['rowsIn']} read" in m and outputs["uri"] in m
+    assert any(f"{manifest['rowsIn']} rows in, {manifest['rowsOut']} out" in m and outputs["uri"] in m
                for m in success), success
     ft_results = ft_done["status"]["results"]
     finite = {k: v for k, v in metrics["final"].items() if isinstance(v, float) and math.isfinite(v)}

@@ -98,7 +98,7 @@ class TestCommittedResults:
         aug = success_summary(Kind.AUGMENTATION_RUN, {
             "results": {"samplesIn": 990, "samplesOut": 5400},
             "outputs": {"uri": "s3://b/out/", "reportUri": "s3://b/out/report.html"}})
-        assert aug == "5400 rows out of 990 read; outputs at s3://b/out/; report s3://b/out/report.html"
+        assert aug == "990 rows in, 5400 out; outputs at s3://b/out/; report s3://b/out/report.html"
         ft = success_summary(Kind.FINE_TUNE_RUN, {
             "results": {"bestMetric": {"name": "ndcg@10", "value": 0.6312345, "step": 30}},
             "outputs": {"uri": "s3://b/ft/", "modelUri": "s3://b/ft/model/"}})
