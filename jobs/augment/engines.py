@@ -240,6 +240,19 @@ def answer_text(document: Any) -> str | None:
     return content if isinstance(content, str) else None
 
 
+def chat_input(tokenizer: Any, chat: bool, prompt: str, shots: Sequence[tuple[str, str]] = ()) -> str:
+    """The model input for a rendered prompt, the same for the in-pod engines (transformers, vLLM):
+    with a chat template, the last user turn after the example turns ``shots`` (rendered prompt,
+    answer); without one, the prompt itself."""
+    if not chat:
+        return prompt
+    messages: list[dict[str, str]] = []
+    for user, answer in shots:
+        messages += [{"role": "user", "content": user}, {"role": "assistant", "content": answer}]
+    messages.append({"role": "user", "content": prompt})
+    return str(tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
+
+
 class OpenAIClient:
     """HTTP to one endpoint with one key: retries, the budget, and errors that name spec fields."""
 

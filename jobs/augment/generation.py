@@ -68,7 +68,7 @@ from typing import Any
 from sampleforge.api import jobenv
 from sampleforge.jobs.common.storage import S3Uri
 
-from .engines import EngineStats, Failed, OpenAIGenerator, build_openai_generator
+from .engines import EngineStats, Failed, OpenAIGenerator, build_openai_generator, chat_input
 from .errors import ConfigError, ModelError
 from .gencache import CachedGenerator
 from .models import ModelLocation
@@ -256,15 +256,8 @@ class TextGenerator:
         return Prompt(defaults.chat, defaults.examples)
 
     def format(self, prompt: str, shots: Sequence[tuple[str, str]] = ()) -> str:
-        """The model input for a rendered prompt: the last user turn of a chat after the example
-        turns ``shots`` (rendered prompt, answer), or the prompt itself for other models."""
-        if not self.chat:
-            return prompt
-        messages = []
-        for user, answer in shots:
-            messages += [{"role": "user", "content": user}, {"role": "assistant", "content": answer}]
-        messages.append({"role": "user", "content": prompt})
-        return str(self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
+        """The model input for a rendered prompt (:func:`~.engines.chat_input`)."""
+        return chat_input(self.tokenizer, self.chat, prompt, shots)
 
     def _encode(self, text: str, max_new_tokens: int) -> list[int]:
         # A chat-formatted input already has its special tokens written out.

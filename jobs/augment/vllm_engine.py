@@ -41,7 +41,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .engines import EngineStats
+from .engines import EngineStats, chat_input
 from .errors import ConfigError, ModelError
 
 log = logging.getLogger(__name__)
@@ -276,14 +276,8 @@ class VllmGenerator:
         return Prompt(defaults.chat, defaults.examples) if self.chat else Prompt(defaults.plain)
 
     def format(self, prompt: str, shots: Sequence[tuple[str, str]] = ()) -> str:
-        """The model input for a rendered prompt, as :meth:`~.generation.TextGenerator.format`."""
-        if not self.chat:
-            return prompt
-        messages = []
-        for user, answer in shots:
-            messages += [{"role": "user", "content": user}, {"role": "assistant", "content": answer}]
-        messages.append({"role": "user", "content": prompt})
-        return str(self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
+        """The model input for a rendered prompt (:func:`~.engines.chat_input`), as the transformers engine's."""
+        return chat_input(self.tokenizer, self.chat, prompt, shots)
 
     def encode(self, text: str, max_new_tokens: int) -> list[int]:
         """Token ids of a formatted input, cut from the left to leave room for the answer."""
