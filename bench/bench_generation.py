@@ -37,7 +37,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from machine import cpu_model
+from machine import cpu_model, publish
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS_MD = REPO / "bench" / "results" / "generation.md"
@@ -230,13 +230,7 @@ def main(argv: list[str] | None = None) -> int:
         "",
     ]
     text = "\n".join(lines)
-    print(text)
-    print(json.dumps(report, indent=1, ensure_ascii=False))
-    if args.output is not None:
-        args.output.write_text(text)
-    elif not args.quick:
-        RESULTS_MD.write_text(text)
-        RESULTS_JSON.write_text(json.dumps(report, indent=1, ensure_ascii=False) + "\n")
+    publish(text, report, output=args.output, quick=args.quick, markdown=RESULTS_MD, results=RESULTS_JSON)
     return 0
 
 

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 import os
 import platform
 import sys
@@ -34,7 +33,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from machine import cpu_model
+from machine import cpu_model, publish
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS_MD = REPO / "bench" / "results" / "judge.md"
@@ -250,13 +249,7 @@ def main(argv: list[str] | None = None) -> int:
         "",
     ]
     text = "\n".join(lines)
-    print(text)
-    print(json.dumps(report, indent=1, ensure_ascii=False))
-    if args.output is not None:
-        args.output.write_text(text)
-    elif not args.quick:
-        RESULTS_MD.write_text(text)
-        RESULTS_JSON.write_text(json.dumps(report, indent=1, ensure_ascii=False) + "\n")
+    publish(text, report, output=args.output, quick=args.quick, markdown=RESULTS_MD, results=RESULTS_JSON)
     return 0
 
 
