@@ -160,9 +160,10 @@ def _create_secrets_for(api: client.ApiClient, namespace: str, docs: list[dict])
     wanted: dict[str, set[str]] = {}
     for doc in docs:
         storage = doc["spec"]["storage"]
-        keys = storage.get("credentialsKeys") or {}
-        wanted.setdefault(storage["credentialsSecret"], set()).update(
-            {keys.get("accessKey", "accessKey"), keys.get("secretKey", "secretKey")})
+        if storage.get("credentialsSecret"):  # not with webIdentity (finetunerun-complete.yaml)
+            keys = storage.get("credentialsKeys") or {}
+            wanted.setdefault(storage["credentialsSecret"], set()).update(
+                {keys.get("accessKey", "accessKey"), keys.get("secretKey", "secretKey")})
         hub = doc["spec"].get("hubToken")
         if hub:
             wanted.setdefault(hub["name"], set()).add(hub.get("key", "token"))
