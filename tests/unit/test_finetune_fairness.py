@@ -16,6 +16,7 @@ from sklearn.utils.class_weight import compute_class_weight
 
 from sampleforge.api.augmentation import Columns, Preprocess
 from sampleforge.api.finetune import Calibration, ClassWeights, FineTuneRunSpec, Task
+from sampleforge.api.manifest import CommittedData
 from sampleforge.jobs.augment.preprocess import fit_dense_stats
 from sampleforge.jobs.finetune.batches import (
     Collator,
@@ -416,7 +417,10 @@ class TestPreprocessCarryOver:
         written = transform.apply(raw).astype(np.float32)
         examples = Examples(["q"] * 50, ["i"] * 50, [1] * 50, dense=written)
         columns = Columns(query="query", item="item", label="label", dense_features=["price", "rating"])
-        dataset = Dataset(examples, Rejected(), "s3://b/aug/", [], columns, manifest={"preprocess": document})
+        manifest = {"files": [{"path": "data/part-00000-00000.parquet", "size": 1, "sha256": "0" * 64}],
+                    "preprocess": document}
+        dataset = Dataset(examples, Rejected(), "s3://b/aug/", [], columns, manifest=manifest,
+                          committed=CommittedData.model_validate(manifest))
         mapped, got = with_raw_dense(dataset, "data.fromAugmentationRun")
         assert got is not None and mapped.examples.dense is not None
         clipped = np.clip(raw, transform.low, transform.high)
