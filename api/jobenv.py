@@ -6,14 +6,22 @@ with the same models the CRD is generated from, so a pod can never run a configu
 server would have rejected. The operator delivers it as a file (``RUN_SPEC_FILE``, from a ConfigMap
 mounted read-only), never in the environment: Linux refuses to start a process with any one
 environment string above 128 KiB, and a spec within its fields' limits can be larger.
+
+A pod's variables are built in one place, :func:`pod_environment` from a :class:`JobEnvironment`:
+the operator's renderer turns them into the Job's ``env`` (Secrets by reference), and runs outside
+Kubernetes (tests, benchmarks, a laptop: ``sampleforge.testbed.localrun``) into a process
+environment (the same variables, credentials given literally).
 """
 
 from __future__ import annotations
 
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from enum import IntEnum
-from typing import Final
+from typing import Any, Final, TypeAlias
 
-from .constants import Reason
+from .constants import Kind, Reason
 
 _P: Final = "SAMPLEFORGE_"
 
@@ -142,3 +150,145 @@ class ExitCode(IntEnum):
         codes: dict[str, ExitCode] = {Reason.MODEL_UNAVAILABLE.value: cls.MODEL_UNAVAILABLE,
                                       Reason.DATASET_UNREADABLE.value: cls.DATASET_UNREADABLE}
         return codes.get(str(reason), cls.CONFIGURATION)
+
+
+# --- a pod's environment, built once -----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SecretRef:
+    """A value the pod reads from a Secret (``valueFrom.secretKeyRef``): the operator names the key
+    and never sees the value, so no credential ends up in the Job, its events or the operator's logs."""
+
+    name: str
+    key: str
+
+
+#: What a variable is set to: a literal, or (in the operator's pods) a Secret's key. Runs outside
+#: Kubernetes give even credentials literally.
+EnvValue: TypeAlias = str | SecretRef
+
+
+@dataclass(frozen=True)
+class StorageKeys:
+    """S3 keys: both or neither, so the type holds the pair."""
+
+    access_key: EnvValue
+    secret_key: EnvValue
+
+
+@dataclass(frozen=True)
+class WebIdentitySignIn:
+    """spec.storage.webIdentity as the pod's AWS SDK reads it: the projected token's file, the role to
+    assume, the session name and, outside AWS, the STS endpoint."""
+
+    token_file: str
+    role_arn: str
+    session_name: str
+    sts_endpoint: str | None = None
+
+
+@dataclass(frozen=True)
+class StorageAccess:
+    """Where the run's storage is and how its pods sign in (sampleforge.api.s3auth): with ``keys``,
+    with ``web_identity``, or with neither (the pods' own credential chain); ``ca_file`` holds the
+    certificates to trust for https."""
+
+    endpoint: str
+    secure: bool = False
+    region: str | None = None
+    keys: StorageKeys | None = None
+    web_identity: WebIdentitySignIn | None = None
+    ca_file: str | None = None
+
+
+@dataclass(frozen=True)
+class JobEnvironment:
+    """What a run's pod is told through its environment, field by field (each field's variable is
+    named above). The operator fills it from the run and its settings, with paths inside the pod and
+    Secrets by reference; a run outside Kubernetes with its own paths and literal keys. An unset
+    field sets no variable, and the job's default applies."""
+
+    kind: Kind
+    name: str
+    namespace: str
+    uid: str
+    storage: StorageAccess
+    #: The spec as a file (how the operator delivers it) or as a document (runs by hand): one of them.
+    spec_file: str | None = None
+    spec: Mapping[str, Any] | None = None
+    input_uri: str | None = None
+    hub_token: EnvValue | None = None
+    #: API keys of openai generation engines, by the augmenter's position in spec.augmenters.
+    llm_api_keys: Mapping[int, EnvValue] = field(default_factory=dict)
+    heartbeat_url: str | None = None
+    heartbeat_interval_seconds: float | None = None
+    heartbeat_token_file: str | None = None
+    cache_dir: str | None = None
+    tmp_dir: str | None = None
+    home_dir: str | None = None
+    hf_home: str | None = None
+    #: An AugmentationRun's shards, and this pod's one: Kubernetes sets the index in an Indexed Job's
+    #: pods itself, so only runs outside Kubernetes give it.
+    shard_count: int | None = None
+    completion_index: int | None = None
+    #: A FineTuneRun's nodes, GPUs per node and, with more than one node, rank 0's rendezvous.
+    num_nodes: int | None = None
+    gpus_per_node: int | None = None
+    master_addr: str | None = None
+    master_port: int | None = None
+    threads: int | None = None
+    #: Variables outside the contract (the operator's Settings.extra_job_env: proxies, NCCL tuning).
+    #: They never shadow a variable set from the fields above, nor JOB_COMPLETION_INDEX: a duplicate
+    #: name would silently win in the container. THREADS is the exception: set here, it wins over
+    #: ``threads``.
+    extra: Mapping[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if (self.spec_file is None) == (self.spec is None):
+            raise ValueError("a job environment gives the spec as a file or as a document: exactly one of them")
+
+
+def _text(value: float | None) -> str | None:
+    return None if value is None else str(value)
+
+
+def _sign_in(storage: StorageAccess) -> list[tuple[str, EnvValue | None]]:
+    env: list[tuple[str, EnvValue | None]] = []
+    if storage.keys is not None:
+        env += [(S3_ACCESS_KEY, storage.keys.access_key), (S3_SECRET_KEY, storage.keys.secret_key)]
+    identity = storage.web_identity
+    if identity is not None:
+        env += [(AWS_WEB_IDENTITY_TOKEN_FILE, identity.token_file), (AWS_ROLE_ARN, identity.role_arn),
+                (AWS_ROLE_SESSION_NAME, identity.session_name), (AWS_ENDPOINT_URL_STS, identity.sts_endpoint),
+                # The SDKs' STS client reads the region under its own name.
+                (AWS_REGION, storage.region)]
+    env.append((S3_CA_FILE, storage.ca_file))
+    return env
+
+
+def pod_environment(job: JobEnvironment) -> list[tuple[str, EnvValue]]:
+    """The variables of ``job``, in the order the pod lists them (the order is part of the rendered
+    Job: reordering it would change every run's Job)."""
+    storage = job.storage
+    env: list[tuple[str, EnvValue | None]] = [
+        (RUN_KIND, job.kind.value), (RUN_NAME, job.name), (RUN_NAMESPACE, job.namespace), (RUN_UID, job.uid),
+        (RUN_SPEC_FILE, job.spec_file), (RUN_SPEC, None if job.spec is None else json.dumps(dict(job.spec))),
+        (INPUT_URI, job.input_uri),
+        (S3_ENDPOINT, storage.endpoint), (S3_SECURE, "true" if storage.secure else "false"), (S3_REGION, storage.region),
+        *_sign_in(storage),
+        (HUB_TOKEN, job.hub_token),
+        *((llm_api_key_env(i), key) for i, key in sorted(job.llm_api_keys.items())),
+        (HEARTBEAT_URL, job.heartbeat_url), (HEARTBEAT_INTERVAL_SECONDS, _text(job.heartbeat_interval_seconds)),
+        (HEARTBEAT_TOKEN_FILE, job.heartbeat_token_file),
+        (CACHE_DIR, job.cache_dir), (TMPDIR, job.tmp_dir), (HOME, job.home_dir), (HF_HOME, job.hf_home),
+        (SHARD_COUNT, _text(job.shard_count)), (JOB_COMPLETION_INDEX, _text(job.completion_index)),
+        (NUM_NODES, _text(job.num_nodes)), (GPUS_PER_NODE, _text(job.gpus_per_node)),
+        (MASTER_ADDR, job.master_addr), (MASTER_PORT, _text(job.master_port)),
+    ]
+    contract = [(name, value) for name, value in env if value is not None]
+    taken = {name for name, _ in contract} | {JOB_COMPLETION_INDEX}
+    extras: list[tuple[str, EnvValue]] = [(k, v) for k, v in sorted(job.extra.items()) if k not in taken]
+    threads: list[tuple[str, EnvValue]] = [] if job.threads is None or THREADS in job.extra else [
+        (THREADS, str(job.threads))]
+    return [*contract, *extras, *threads]

@@ -6,8 +6,9 @@ pure functions like everything there. Rules this module keeps:
 * **Secrets by reference only.** MinIO keys and the hub token reach the container through
   ``valueFrom.secretKeyRef``; the operator never reads a Secret, so no credential can end up in
   the Job, its events or the operator's logs.
-* **The env-var names are** :mod:`sampleforge.api.jobenv`'s, the contract the job code reads; none
-  are invented here. Operator-wide extras (``Settings.extra_job_env``) can never shadow them.
+* **The environment is** :func:`sampleforge.api.jobenv.pod_environment`'s, the contract the job code
+  reads, filled in here with the pod's paths and Secrets; no name is invented here. Operator-wide
+  extras (``Settings.extra_job_env``) go through it too, so they can never shadow a contract variable.
 * **Least privilege**: non-root, no privilege escalation, no capabilities, the runtime's seccomp
   profile, a read-only root filesystem (writes go to emptyDirs: the cache, ``/tmp``, which is also
   ``HOME``, and ``/dev/shm``), no Kubernetes API token (pods authenticate heartbeats with an
@@ -25,9 +26,9 @@ from sampleforge.api import Kind, jobenv
 from sampleforge.api.constants import GPU_RESOURCE
 
 if TYPE_CHECKING:
-    from sampleforge.api.common import CommonRunSpec, Storage, Toleration
+    from sampleforge.api.common import CommonRunSpec, SecretKeySelector, Storage, Toleration
 
-    from .runobject import RunObject, Topology
+    from .runobject import RunObject, RunSpec, Topology
     from .settings import Settings
 
 #: The run container's name (podFailurePolicy's exit-code rule names it).
@@ -64,69 +65,44 @@ DEFAULT_GPU_SHARED_MEMORY: Final = "1Gi"
 TERMINATION_GRACE_SECONDS: Final[dict[Kind, int]] = {Kind.AUGMENTATION_RUN: 30, Kind.FINE_TUNE_RUN: 120}
 
 
-def _secret_env(name: str, secret: str, key: str) -> dict[str, Any]:
-    return {"name": name, "valueFrom": {"secretKeyRef": {"name": secret, "key": key}}}
+def _secret(selector: SecretKeySelector | None) -> jobenv.SecretRef | None:
+    return None if selector is None else jobenv.SecretRef(selector.name, selector.key)
+
+
+def _kube_env(name: str, value: jobenv.EnvValue) -> dict[str, Any]:
+    if isinstance(value, jobenv.SecretRef):
+        return {"name": name, "valueFrom": {"secretKeyRef": {"name": value.name, "key": value.key}}}
+    return {"name": name, "value": value}
+
+
+def _llm_api_keys(spec: RunSpec) -> dict[int, jobenv.EnvValue]:
+    """The openai engines' API keys, by augmenter position (an AugmentationRun's only)."""
+    keys = (getattr(getattr(a, "openai", None), "api_key_secret", None) for a in getattr(spec, "augmenters", ()))
+    return {i: ref for i, key in enumerate(keys) if (ref := _secret(key)) is not None}
 
 
 def _env(run: RunObject, settings: Settings, job: str, topo: Topology, input_uri: str | None) -> list[dict[str, Any]]:
+    """The container's ``env``: the contract's variables (:func:`jobenv.pod_environment`) with this
+    pod's paths, Secrets by reference, and the operator's extras."""
     spec = run.spec
-    storage = run.storage
-    env: list[dict[str, Any]] = [
-        {"name": jobenv.RUN_KIND, "value": run.kind.value},
-        {"name": jobenv.RUN_NAME, "value": run.name},
-        {"name": jobenv.RUN_NAMESPACE, "value": run.namespace},
-        {"name": jobenv.RUN_UID, "value": run.uid},
-        {"name": jobenv.RUN_SPEC_FILE, "value": f"{SPEC_DIR}/{SPEC_FILENAME}"},
-    ]
-    if input_uri is not None:
-        env.append({"name": jobenv.INPUT_URI, "value": input_uri})
-    env += [
-        {"name": jobenv.S3_ENDPOINT, "value": storage.endpoint},
-        {"name": jobenv.S3_SECURE, "value": "true" if storage.secure else "false"},
-    ]
-    if storage.region is not None:
-        env.append({"name": jobenv.S3_REGION, "value": storage.region})
-    env += _storage_sign_in_env(storage, run.name)
-    if spec.hub_token is not None:
-        env.append(_secret_env(jobenv.HUB_TOKEN, spec.hub_token.name, spec.hub_token.key))
-    for i, augmenter in enumerate(getattr(spec, "augmenters", ())):  # openai engines' API keys
-        key_ref = getattr(getattr(augmenter, "openai", None), "api_key_secret", None)
-        if key_ref is not None:
-            env.append(_secret_env(jobenv.llm_api_key_env(i), key_ref.name, key_ref.key))
-    if settings.heartbeat_url:
-        env.append({"name": jobenv.HEARTBEAT_URL, "value": settings.heartbeat_url})
-    env += [
-        {"name": jobenv.HEARTBEAT_INTERVAL_SECONDS, "value": str(settings.heartbeat_interval_seconds)},
-        {"name": jobenv.HEARTBEAT_TOKEN_FILE, "value": f"{HEARTBEAT_TOKEN_DIR}/{HEARTBEAT_TOKEN_FILENAME}"},
-        {"name": jobenv.CACHE_DIR, "value": CACHE_PATH},
-        {"name": jobenv.TMPDIR, "value": TMP_PATH},
-        {"name": jobenv.HOME, "value": TMP_PATH},
-        {"name": jobenv.HF_HOME, "value": HF_HOME_PATH},
-    ]
-    if run.kind is Kind.AUGMENTATION_RUN:
-        env.append({"name": jobenv.SHARD_COUNT, "value": str(topo.pods)})
-    else:
-        env += [
-            {"name": jobenv.NUM_NODES, "value": str(topo.pods)},
-            {"name": jobenv.GPUS_PER_NODE, "value": str(topo.gpus_per_pod)},
-        ]
-        if topo.service is not None:
-            # Rank 0's stable DNS name; "<ns>.svc" resolves through the pod's search domains
-            # whatever the cluster domain is.
-            env += [
-                {"name": jobenv.MASTER_ADDR, "value": f"{job}-0.{topo.service}.{run.namespace}.svc"},
-                {"name": jobenv.MASTER_PORT, "value": str(settings.rendezvous_port)},
-            ]
-    taken = {e["name"] for e in env} | {jobenv.JOB_COMPLETION_INDEX}
-    # Operator-wide extras (proxies, NCCL tuning, ...) last, and never over a contract variable:
-    # a duplicate name would silently win in the container.
-    env += [{"name": k, "value": v} for k, v in sorted(settings.extra_job_env.items()) if k not in taken]
+    fine_tune = run.kind is Kind.FINE_TUNE_RUN
     # A fine-tune pod runs one training process per GPU; an augmentation shard is one process.
-    processes = topo.gpus_per_pod if run.kind is Kind.FINE_TUNE_RUN else 1
-    threads = threads_per_process(spec.resources.cpu, processes)
-    if threads is not None and jobenv.THREADS not in settings.extra_job_env:
-        env.append({"name": jobenv.THREADS, "value": str(threads)})
-    return env
+    processes = topo.gpus_per_pod if fine_tune else 1
+    environment = jobenv.JobEnvironment(
+        kind=run.kind, name=run.name, namespace=run.namespace, uid=run.uid, storage=_storage_access(run.storage, run.name),
+        spec_file=f"{SPEC_DIR}/{SPEC_FILENAME}", input_uri=input_uri, hub_token=_secret(spec.hub_token),
+        llm_api_keys=_llm_api_keys(spec),
+        heartbeat_url=settings.heartbeat_url or None, heartbeat_interval_seconds=settings.heartbeat_interval_seconds,
+        heartbeat_token_file=f"{HEARTBEAT_TOKEN_DIR}/{HEARTBEAT_TOKEN_FILENAME}",
+        cache_dir=CACHE_PATH, tmp_dir=TMP_PATH, home_dir=TMP_PATH, hf_home=HF_HOME_PATH,
+        shard_count=None if fine_tune else topo.pods,
+        num_nodes=topo.pods if fine_tune else None, gpus_per_node=topo.gpus_per_pod if fine_tune else None,
+        # Rank 0's stable DNS name; "<ns>.svc" resolves through the pod's search domains whatever the
+        # cluster domain is.
+        master_addr=None if topo.service is None else f"{job}-0.{topo.service}.{run.namespace}.svc",
+        master_port=None if topo.service is None else settings.rendezvous_port,
+        threads=threads_per_process(spec.resources.cpu, processes), extra=settings.extra_job_env)
+    return [_kube_env(name, value) for name, value in jobenv.pod_environment(environment)]
 
 
 def cpu_cores(quantity: int | str) -> float:
@@ -162,26 +138,18 @@ def _resources(spec: CommonRunSpec, gpus: int) -> dict[str, Any]:
     return {"requests": dict(amounts), "limits": dict(amounts)}
 
 
-def _storage_sign_in_env(storage: Storage, run_name: str) -> list[dict[str, Any]]:
+def _storage_access(storage: Storage, run_name: str) -> jobenv.StorageAccess:
     """How the pods sign in to storage (sampleforge.api.s3auth): keys from the Secret, or web
     identity's token, role and STS, or nothing (the pod's own chain); and the CA bundle to trust."""
-    env: list[dict[str, Any]] = []
-    if storage.credentials_secret is not None:
-        env += [_secret_env(jobenv.S3_ACCESS_KEY, storage.credentials_secret, storage.access_key_key()),
-                _secret_env(jobenv.S3_SECRET_KEY, storage.credentials_secret, storage.secret_key_key())]
-    identity = storage.web_identity
-    if identity is not None:
-        env += [{"name": jobenv.AWS_WEB_IDENTITY_TOKEN_FILE,
-                 "value": f"{WEB_IDENTITY_TOKEN_DIR}/{WEB_IDENTITY_TOKEN_FILENAME}"},
-                {"name": jobenv.AWS_ROLE_ARN, "value": identity.role_arn},
-                {"name": jobenv.AWS_ROLE_SESSION_NAME, "value": f"sampleforge-{run_name}"[:64]}]
-        if identity.sts_endpoint is not None:
-            env.append({"name": jobenv.AWS_ENDPOINT_URL_STS, "value": identity.sts_endpoint})
-        if storage.region is not None:
-            env.append({"name": jobenv.AWS_REGION, "value": storage.region})
-    if storage.ca_bundle is not None:
-        env.append({"name": jobenv.S3_CA_FILE, "value": f"{S3_CA_DIR}/{S3_CA_FILENAME}"})
-    return env
+    secret, identity = storage.credentials_secret, storage.web_identity
+    return jobenv.StorageAccess(
+        endpoint=storage.endpoint, secure=storage.secure, region=storage.region,
+        keys=None if secret is None else jobenv.StorageKeys(jobenv.SecretRef(secret, storage.access_key_key()),
+                                                            jobenv.SecretRef(secret, storage.secret_key_key())),
+        web_identity=None if identity is None else jobenv.WebIdentitySignIn(
+            token_file=f"{WEB_IDENTITY_TOKEN_DIR}/{WEB_IDENTITY_TOKEN_FILENAME}", role_arn=identity.role_arn,
+            session_name=f"sampleforge-{run_name}"[:64], sts_endpoint=identity.sts_endpoint),
+        ca_file=None if storage.ca_bundle is None else f"{S3_CA_DIR}/{S3_CA_FILENAME}")
 
 
 def _storage_volumes(storage: Storage) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
