@@ -66,6 +66,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sampleforge.api import jobenv
+from sampleforge.jobs.common.hashing import fnv1a64, splitmix64
 from sampleforge.jobs.common.storage import S3Uri
 
 from .engines import EngineStats, Failed, OpenAIGenerator, build_openai_generator, chat_input
@@ -79,9 +80,7 @@ from .protocol import (
     GeneratedRow,
     LabelError,
     RowBatch,
-    fnv1a64,
     register_row_augmenter,
-    splitmix64,
 )
 from .vllm_engine import VllmGenerator, require_vllm
 

@@ -36,11 +36,12 @@ import numpy as np
 from numpy.typing import NDArray
 
 from sampleforge.api.augmentation import AugmentationRunSpec
+from sampleforge.jobs.common.hashing import splitmix64
 
 from .dedup import HashSet, hash64, item_repr, norm_key, pair_hashes
 from .itempool import ItemPool, ItemPoolBuilder, PoolItem
 from .preprocess import Cleaner, DenseStats, fit_dense_stats, label_kind
-from .protocol import ColumnRoles, Labels, RowBatch, RowRandomness, splitmix64
+from .protocol import ColumnRoles, Labels, RowBatch, RowRandomness
 from .source import RawBatch
 
 log = logging.getLogger(__name__)

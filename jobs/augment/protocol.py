@@ -80,6 +80,16 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 import numpy as np
 from numpy.typing import NDArray
 
+from sampleforge.jobs.common.hashing import (
+    fnv1a64,
+    row_key,
+    row_keys,
+    splitmix64,
+    splitmix64_array,
+    stream_base,
+    unit_floats,
+)
+
 if TYPE_CHECKING:  # only for annotations: keeps this module free of import cycles
     from sampleforge.api.augmentation import AugmentationRunSpec
     from sampleforge.jobs.common.storage import ObjectStore
@@ -100,11 +110,9 @@ __all__ = [
     "RowBatch",
     "RowRandomness",
     "SourceRowSelector",
-    "fnv1a64",
     "register_row_augmenter",
     "registered_types",
     "registration",
-    "splitmix64",
 ]
 
 # --- provenance columns written next to the source's own columns --------------------------------
@@ -121,38 +129,6 @@ PROVENANCE_COLUMNS: Mapping[str, str] = {
     "features' weight), judge (an llmJudge relabelled the row with its grade); null for source rows",
 }
 
-# --- deterministic hashing ----------------------------------------------------------------------
-
-_MASK = (1 << 64) - 1
-_GOLDEN = 0x9E3779B97F4A7C15
-_C1 = 0xBF58476D1CE4E5B9
-_C2 = 0x94D049BB133111EB
-_U64 = np.uint64
-
-
-def fnv1a64(text: str) -> int:
-    """FNV-1a 64 of ``text``: a salt that is the same in every process (unlike ``hash()``)."""
-    h = 0xCBF29CE484222325
-    for byte in text.encode("utf-8"):
-        h = ((h ^ byte) * 0x100000001B3) & _MASK
-    return h
-
-
-def splitmix64(z: int) -> int:
-    """SplitMix64 finaliser of one integer (bit-identical to :func:`_splitmix_array`)."""
-    z &= _MASK
-    z = ((z ^ (z >> 30)) * _C1) & _MASK
-    z = ((z ^ (z >> 27)) * _C2) & _MASK
-    return z ^ (z >> 31)
-
-
-def _splitmix_array(z: NDArray[np.uint64]) -> NDArray[np.uint64]:
-    z = (z ^ (z >> _U64(30))) * _U64(_C1)
-    z = (z ^ (z >> _U64(27))) * _U64(_C2)
-    out: NDArray[np.uint64] = z ^ (z >> _U64(31))
-    return out
-
-
 class RowRandomness:
     """Random numbers for one augmenter, keyed by ``(seed, name, global row id)``.
 
@@ -164,22 +140,20 @@ class RowRandomness:
     def __init__(self, seed: int, name: str) -> None:
         self.seed = seed
         self.name = name
-        self._base = splitmix64((seed & _MASK) ^ fnv1a64(name))
+        self._base = stream_base(seed, fnv1a64(name))
 
     def row_key(self, row: int) -> int:
         """The 64-bit key of row ``row``."""
-        return splitmix64((self._base + (row & _MASK) * _GOLDEN) & _MASK)
+        return row_key(self._base, row)
 
     def uniform(self, rows: Sequence[int] | NDArray[np.int64], stream: str = "") -> NDArray[np.float64]:
         """One float in [0, 1) per row, for the named ``stream`` (vectorised: a batch at a time)."""
-        ids = np.asarray(rows, dtype=np.int64).astype(np.uint64)
+        ids = np.asarray(rows, dtype=np.int64).astype(np.uint64)  # negative ids wrap, as row_key's do
         if ids.size == 0:
             return np.zeros(0, dtype=np.float64)
-        with np.errstate(over="ignore"):
-            keys = _splitmix_array(_U64(self._base) + ids * _U64(_GOLDEN))
-            mixed = _splitmix_array(keys ^ _U64(fnv1a64(stream)))
-        out: NDArray[np.float64] = (mixed >> _U64(11)).astype(np.float64) * (1.0 / (1 << 53))
-        return out
+        keys = row_keys(self._base, ids)
+        keys ^= np.uint64(fnv1a64(stream))
+        return unit_floats(splitmix64_array(keys))
 
     def generator(self, row: int, stream: str = "") -> np.random.Generator:
         """A numpy Generator for row ``row`` (about 20 us to create: fine per row, not per word)."""

@@ -15,10 +15,8 @@ from sampleforge.jobs.augment.protocol import (
     Labels,
     RowBatch,
     RowRandomness,
-    _splitmix_array,
     register_row_augmenter,
     registered_types,
-    splitmix64,
 )
 
 
@@ -54,10 +52,6 @@ class TestRowRandomness:
         assert a.generator(12, "x").random() != a.generator(12, "y").random()
         seeds = {a.derived_seed(p) for p in ("query", "item", "")}
         assert len(seeds) == 3 and all(0 <= s < 2**63 for s in seeds)
-
-    def test_scalar_and_vectorised_splitmix_agree(self) -> None:
-        values = np.array([0, 1, 2**63, 2**64 - 1, 123456789], dtype=np.uint64)
-        assert [int(v) for v in _splitmix_array(values)] == [splitmix64(int(v)) for v in values]
 
 
 ROLES = ColumnRoles(query="q", item="t", label="y", attributes=("brand",))

@@ -10,8 +10,19 @@ from __future__ import annotations
 import numpy as np
 
 from sampleforge.jobs.augment.generation import request_seed
-from sampleforge.jobs.augment.protocol import RowRandomness, _splitmix_array, fnv1a64, splitmix64
-from sampleforge.jobs.augment.text.rng import BatchRandom, stable_salt
+from sampleforge.jobs.augment.protocol import RowRandomness
+from sampleforge.jobs.augment.text import create_augmenter
+from sampleforge.jobs.augment.text.rng import BatchRandom
+from sampleforge.jobs.common.hashing import (
+    fnv1a64,
+    row_key,
+    row_keys,
+    splitmix64,
+    splitmix64_array,
+    stream_base,
+    unit_float,
+    unit_floats,
+)
 
 U64_MAX = 2**64 - 1
 
@@ -27,8 +38,27 @@ class TestHashes:
 
     def test_splitmix64_of_arrays(self) -> None:
         values = np.array([0, 1, U64_MAX, 123456789], dtype=np.uint64)
-        assert [int(v) for v in _splitmix_array(values)] == [
+        assert [int(v) for v in splitmix64_array(values)] == [
             0, 6238072747940578789, 13029008266876403067, 17445968401720671584]
+
+
+class TestScalarAndVectorisedFormsAgree:
+    values = (0, 1, 2**63, U64_MAX, 123456789, 0x9E3779B97F4A7C15)
+
+    def test_splitmix64(self) -> None:
+        mixed = splitmix64_array(np.array(self.values, dtype=np.uint64))
+        assert [int(v) for v in mixed] == [splitmix64(v) for v in self.values]
+
+    def test_row_keys(self) -> None:
+        base = stream_base(7, fnv1a64("x"))
+        rows = [0, 1, 5, 2**40, -1, -3]
+        keys = row_keys(base, np.array(rows, dtype=np.int64).astype(np.uint64))
+        assert [int(k) for k in keys] == [row_key(base, r) for r in rows]
+
+    def test_unit_floats(self) -> None:
+        floats = unit_floats(np.array(self.values, dtype=np.uint64))
+        assert floats.tolist() == [unit_float(v) for v in self.values]
+        assert unit_float(U64_MAX) < 1.0 and unit_float(0) == 0.0
 
 
 class TestRowRandomness:
@@ -57,11 +87,11 @@ class TestRowRandomness:
 class TestTextEditStreams:
     """The text-edit augmenters' counter-based streams, on their precomputed prefix and past it."""
 
-    def test_salt(self) -> None:
-        assert stable_salt("typo") == 12075329206510848815
+    def test_an_augmenters_salt_is_the_hash_of_its_name(self) -> None:
+        assert create_augmenter("typo")._salt == 12075329206510848815  # type: ignore[attr-defined]
 
     def test_streams(self) -> None:
-        batch = BatchRandom(3, stable_salt("typo"), [5, 6, 9, -2], [2, 1, 3, 1])
+        batch = BatchRandom(3, 12075329206510848815, [5, 6, 9, -2], [2, 1, 3, 1])
         assert batch.select(0).take(4) == [0.8108388669265723, 0.5508463617560467, 0.6867618831397421,
                                            0.7022152631644435]
         stream = batch.select(2)

@@ -21,8 +21,9 @@ from dataclasses import dataclass, field
 from itertools import compress, repeat
 from typing import Any, ClassVar, Generic, SupportsIndex, TypeVar, cast
 
-from sampleforge.jobs.augment.text.rng import BatchRandom, RowRandom, stable_salt
+from sampleforge.jobs.augment.text.rng import BatchRandom, RowRandom
 from sampleforge.jobs.augment.text.tokens import Doc, tokenize
+from sampleforge.jobs.common.hashing import fnv1a64
 
 __all__ = [
     "AugmentResult",
@@ -178,7 +179,7 @@ class TextAugmenter(ABC, Generic[P]):
 
     def __init__(self, params: P) -> None:
         self.params: P = params
-        self._salt = stable_salt(self.name)
+        self._salt = fnv1a64(self.name)
         # edits per variant by word count, looked up per row instead of recomputed
         self._edits_table = tuple(params.edits_for(n) for n in range(_EDITS_TABLE))
 

@@ -6,9 +6,10 @@ produce byte-identical rows. So the random numbers a row sees may depend only on
 
 Creating a ``numpy.random.Generator`` per row costs more than the edits themselves (tens of
 microseconds), so each row gets a counter-based stream instead: value ``j`` of row ``r`` is
-SplitMix64 of ``key(seed, salt, r) + (j + 1) * golden``. The first values of every row in a batch are
-computed at once with vectorised numpy; a row that needs more continues the same sequence in pure
-Python, so the values are identical whichever path produced them.
+SplitMix64 of ``key(seed, salt, r) + (j + 1) * golden``, with the row keys and mixing of
+:mod:`sampleforge.jobs.common.hashing` (which the other augmenters' ``RowRandomness`` uses too). The
+first values of every row in a batch are computed at once with vectorised numpy; a row that needs more
+continues the same sequence in pure Python, so the values are identical whichever path produced them.
 """
 
 from __future__ import annotations
@@ -17,51 +18,20 @@ from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["BatchRandom", "RowRandom", "stable_salt"]
+from sampleforge.jobs.common.hashing import (
+    GOLDEN,
+    MASK64,
+    row_keys,
+    splitmix64,
+    splitmix64_array,
+    stream_base,
+    unit_float,
+    unit_floats,
+)
 
-_MASK = (1 << 64) - 1
-_GOLDEN = 0x9E3779B97F4A7C15
-_C1 = 0xBF58476D1CE4E5B9
-_C2 = 0x94D049BB133111EB
-_INV_2_53 = 1.0 / (1 << 53)
+__all__ = ["BatchRandom", "RowRandom"]
 
-
-def _mix(z: int) -> int:
-    """SplitMix64 finaliser on a Python int (must agree bit for bit with :func:`_mix_array`)."""
-    z &= _MASK
-    z = ((z ^ (z >> 30)) * _C1) & _MASK
-    z = ((z ^ (z >> 27)) * _C2) & _MASK
-    return z ^ (z >> 31)
-
-
-# numpy scalars made once: building them per call costs more than the arithmetic on a short batch
-_U11, _U27, _U30, _U31 = np.uint64(11), np.uint64(27), np.uint64(30), np.uint64(31)
-_UC1, _UC2, _UGOLDEN = np.uint64(_C1), np.uint64(_C2), np.uint64(_GOLDEN)
-
-
-def _mix_array(z: np.ndarray) -> np.ndarray:
-    """SplitMix64 finaliser on a uint64 array, in place (numpy wraps on overflow, as the algorithm needs).
-
-    In place because a batch's fixed cost is mostly numpy call overhead and temporaries.
-    """
-    z ^= z >> _U30
-    z *= _UC1
-    z ^= z >> _U27
-    z *= _UC2
-    z ^= z >> _U31
-    return z
-
-
-def stable_salt(name: str) -> int:
-    """FNV-1a 64 of ``name``: a per-augmenter salt that, unlike ``hash()``, is the same in every process."""
-    h = 0xCBF29CE484222325
-    for byte in name.encode("utf-8"):
-        h = ((h ^ byte) * 0x100000001B3) & _MASK
-    return h
-
-
-def _row_key(seed: int, salt: int, row: int) -> int:
-    return _mix(_mix((seed & _MASK) ^ salt) + (row & _MASK) * _GOLDEN)
+_UGOLDEN = np.uint64(GOLDEN)
 
 
 class RowRandom:
@@ -112,7 +82,7 @@ class RowRandom:
 
 def _value(key: int, j: int) -> float:
     """Value ``j`` (0-based) of the stream with ``key``, computed directly."""
-    return (_mix(key + (j + 1) * _GOLDEN) >> 11) * _INV_2_53
+    return unit_float(splitmix64(key + (j + 1) * GOLDEN))
 
 
 class BatchRandom:
@@ -132,13 +102,9 @@ class BatchRandom:
             self._values: list[float] = []
             self._offsets: list[int] = [0]
             return
-        seed_part = _mix((seed & _MASK) ^ salt)
-        if min(rows) < 0 or max(rows) > _MASK:
-            rows = [r & _MASK for r in rows]  # two's complement wrap, as _row_key does
-        keys = np.array(rows, dtype=np.uint64)  # a copy: updated in place below
-        keys *= _UGOLDEN
-        keys += np.uint64(seed_part)
-        _mix_array(keys)
+        if min(rows) < 0 or max(rows) > MASK64:
+            rows = [r & MASK64 for r in rows]  # two's complement wrap, as row_key does
+        keys = row_keys(stream_base(seed, salt), np.array(rows, dtype=np.uint64))
         counts = np.array(draws, dtype=np.int64)
         np.maximum(counts, 1, out=counts)
         ends = counts.cumsum()
@@ -150,8 +116,7 @@ class BatchRandom:
         steps *= _UGOLDEN
         z = np.repeat(keys, counts)
         z += steps
-        z = _mix_array(z) >> _U11
-        self._values = (z.astype(np.float64) * _INV_2_53).tolist()
+        self._values = unit_floats(splitmix64_array(z)).tolist()
         self._keys = keys.tolist()
         self._offsets = starts.tolist() + [total]
 
