@@ -9,7 +9,7 @@ environment string above 128 KiB, and a spec within its fields' limits can be la
 
 A pod's variables are built in one place, :func:`pod_environment` from a :class:`JobEnvironment`:
 the operator's renderer turns them into the Job's ``env`` (Secrets by reference), and runs outside
-Kubernetes (tests, benchmarks, a laptop: ``sampleforge.testbed.localrun``) into a process
+Kubernetes (the tests and benchmarks: ``sampleforge.testbed.localrun``) into a process
 environment (the same variables, credentials given literally).
 """
 

@@ -112,23 +112,25 @@ def run_job(env: dict[str, str], mode: str = "run") -> tuple[int, float, str]:
 
 
 def measure(sizes: list[int], workdir: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    from sampleforge.api import jobenv
+    from sampleforge.api import Kind
     from sampleforge.testbed import Testbed, TestbedOptions
+    from sampleforge.testbed.localrun import job_environment
 
     results = []
     with Testbed(TestbedOptions(kubernetes=False, minio=True, workdir=workdir / "testbed")) as testbed:
         s3 = testbed.minio_client()
         s3.make_bucket("bench")
         base_env = {k: v for k, v in os.environ.items() if not k.startswith("SAMPLEFORGE_")}
-        base_env.update({jobenv.RUN_KIND: "AugmentationRun", jobenv.RUN_NAME: "bench", jobenv.RUN_NAMESPACE: "bench",
-                         jobenv.S3_ENDPOINT: testbed.minio.endpoint, jobenv.S3_ACCESS_KEY: testbed.minio.access_key,
-                         jobenv.S3_SECRET_KEY: testbed.minio.secret_key, jobenv.JOB_COMPLETION_INDEX: "0",
-                         jobenv.SHARD_COUNT: "1", jobenv.CACHE_DIR: str(workdir / "cache"),
-                         "SAMPLEFORGE_PROGRESS": "0", "SAMPLEFORGE_LOG_LEVEL": "WARNING"})
+        base_env.update(SAMPLEFORGE_PROGRESS="0", SAMPLEFORGE_LOG_LEVEL="WARNING")
+
+        def job_env(spec: dict[str, Any]) -> dict[str, str]:
+            return {**base_env, **job_environment(Kind.AUGMENTATION_RUN, spec, name="bench", namespace="bench",
+                                                  minio=testbed.minio, cache_dir=workdir / "cache")}
+
         baseline_spec = {"storage": {"endpoint": "bench:9000", "credentialsSecret": "x"},
                          "source": {"uri": "s3://bench/none.parquet"}, "augmenters": [{"type": "typo"}],
                          "output": {"uri": "s3://bench/none/"}}
-        rss, seconds, _ = run_job({**base_env, jobenv.RUN_SPEC: json.dumps(baseline_spec)}, "imports-only")
+        rss, seconds, _ = run_job(job_env(baseline_spec), "imports-only")
         baseline = {"peak_rss_mib": rss / 1024, "seconds": seconds}
         print(f"baseline (imports only): {rss / 1024:.0f} MiB", flush=True)
         for rows in sizes:
@@ -150,7 +152,7 @@ def measure(sizes: list[int], workdir: Path) -> tuple[dict[str, Any], list[dict[
                 "filters": {"dedup": {"method": "exact"}},
                 "output": {"uri": f"s3://bench/out-{rows}/"},
             }
-            rss, seconds, _ = run_job({**base_env, jobenv.RUN_SPEC: json.dumps(spec)})
+            rss, seconds, _ = run_job(job_env(spec))
             manifest = json.loads(s3.get_object("bench", f"out-{rows}/manifest.json").read())
             result = {
                 "rows": rows, "input_mib": input_bytes / 2**20, "peak_rss_mib": rss / 1024, "seconds": seconds,

@@ -157,7 +157,8 @@ class Harness:
     def augment(self, name: str, source_uri: str, columns: dict[str, Any], augmenters: list[dict[str, Any]],
                 filters: dict[str, Any], seed: int) -> tuple[str, dict[str, Any], list[dict[str, Any]], float]:
         """Run an AugmentationRun; its output prefix URI, manifest, rows and wall seconds."""
-        from sampleforge.api import jobenv
+        from sampleforge.api import Kind
+        from sampleforge.testbed.localrun import JOB_COMMAND, job_environment
 
         out = f"aug/{name}/"
         resolved = []
@@ -174,11 +175,9 @@ class Harness:
                 "source": {"uri": source_uri, "columns": columns}, "augmenters": resolved, "filters": filters,
                 "output": {"uri": f"s3://{BUCKET}/{out}", "format": "parquet"}, "parallelism": 1, "seed": seed}
         env = self.env()
-        env.update({jobenv.RUN_KIND: "AugmentationRun", jobenv.RUN_NAME: name, jobenv.RUN_NAMESPACE: "bench",
-                    jobenv.RUN_UID: "", jobenv.RUN_SPEC: json.dumps(spec), jobenv.S3_ENDPOINT: self.minio.endpoint,
-                    jobenv.S3_ACCESS_KEY: self.minio.access_key, jobenv.S3_SECRET_KEY: self.minio.secret_key,
-                    jobenv.JOB_COMPLETION_INDEX: "0", jobenv.SHARD_COUNT: "1", jobenv.CACHE_DIR: str(self.cache)})
-        seconds = self.run([sys.executable, "-m", "sampleforge.jobs.augment"], env, f"augment-{name}")
+        env.update(job_environment(Kind.AUGMENTATION_RUN, spec, name=name, namespace="bench", minio=self.minio,
+                                   cache_dir=self.cache))
+        seconds = self.run(list(JOB_COMMAND), env, f"augment-{name}")
         manifest = self.get_json(out + "manifest.json")
         return f"s3://{BUCKET}/{out}", manifest, self._read_output(out, manifest), seconds
 
@@ -196,7 +195,8 @@ class Harness:
 
     def finetune(self, name: str, spec: dict[str, Any], input_uri: str | None) -> tuple[str, float]:
         """Run a FineTuneRun with ``spec`` (its output.uri is set here); its output prefix and wall seconds."""
-        from sampleforge.jobs.finetune.localrun import job_environment
+        from sampleforge.api import Kind
+        from sampleforge.testbed.localrun import JOB_COMMAND, job_environment
 
         out = f"ft/{name}/"
         spec = {**spec, "storage": {"endpoint": "minio.bench:9000", "credentialsSecret": "minio"},
@@ -205,11 +205,10 @@ class Harness:
         # one cache per run: two jobs downloading the model into one cache directory would see each
         # other's half-written files (a pod has its own emptyDir)
         cache = self.cache / "finetune" / name
-        env.update(job_environment(spec, name=name, namespace="bench", endpoint=self.minio.endpoint,
-                                   access_key=self.minio.access_key, secret_key=self.minio.secret_key,
+        env.update(job_environment(Kind.FINE_TUNE_RUN, spec, name=name, namespace="bench", minio=self.minio,
                                    cache_dir=cache, input_uri=input_uri))
         try:
-            seconds = self.run([sys.executable, "-m", "sampleforge.jobs.finetune"], env, f"finetune-{name}")
+            seconds = self.run(list(JOB_COMMAND), env, f"finetune-{name}")
         finally:
             shutil.rmtree(cache, ignore_errors=True)
         return out, seconds

@@ -3,7 +3,8 @@
 llama.cpp's OpenAI-compatible server too, for the openai generation engine.
 
 Development and test tooling only: the operator never imports it. Used by the pytest fixtures, the
-demo and the benchmarks alike.
+demo and the benchmarks alike; :mod:`.localrun` runs either job outside Kubernetes with the
+environment its pod would get.
 """
 
 from sampleforge.testbed._errors import TestbedError

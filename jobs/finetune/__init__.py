@@ -9,5 +9,5 @@ bucketing, padding), :mod:`.model_source` (hub id or s3:// directory), :mod:`.mo
 per task and method), :mod:`.training` (optimizer, schedule, early stopping, SIGTERM flag),
 :mod:`.evaluate` and :mod:`.metrics`, :mod:`.checkpoint` (commit, keep, resume), :mod:`.publish`
 (model, metrics, model card), :mod:`.progress` (heartbeats, progress bar). :mod:`.published`
-loads a published model back; :mod:`.localrun` builds a pod's environment for a run elsewhere.
+loads a published model back.
 """

@@ -45,9 +45,8 @@ def _augmenters(server: LlamaCppServer, mode: str) -> list[dict[str, Any]]:
 
 
 def _run(testbed: Testbed, run_spec: dict[str, Any], cache: Path, key: str, shards: int = 1) -> None:
-    env = {jobenv.llm_api_key_env(1): key}
     for shard in range(shards):
-        assert run_job(job_env(testbed, run_spec, cache / str(shard), shard, shards, **env)) == 0
+        assert run_job(job_env(testbed, run_spec, cache / str(shard), shard, shards, llm_api_keys={1: key})) == 0
 
 
 def _graded(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:

@@ -66,12 +66,12 @@ class TestOpenAIEngine:
                   "maxRows": 4, "maxNewTokens": 16}
         augmenters = [{"type": "paraphrase", "temperature": 0.7, "perRow": 2, "fraction": 0.05, **common},
                       {"type": "doc2query", "label": "Exact", "temperature": 0, **common}]
-        key = {jobenv.llm_api_key_env(0): str(llm_server.api_key), jobenv.llm_api_key_env(1): str(llm_server.api_key)}
+        key = {0: str(llm_server.api_key), 1: str(llm_server.api_key)}
         logs = []
         for out in ("a/", "b/"):
             capsys.readouterr()
             run_spec = spec(bucket, {"uri": uri, "columns": ESCI_COLUMNS}, augmenters, out=out)
-            assert run_job(job_env(testbed, run_spec, tmp_path / out, **key)) == 0, capsys.readouterr().err[-3000:]
+            assert run_job(job_env(testbed, run_spec, tmp_path / out, llm_api_keys=key)) == 0, capsys.readouterr().err[-3000:]
             logs.append(capsys.readouterr().err)
 
         rows = output_rows(s3, bucket, "a/")
@@ -126,7 +126,7 @@ class TestOpenAIEngine:
         augmenters = [{"type": "doc2query", "model": llm_server.model, "engine": "openai", "temperature": 0,
                        "maxRows": 6, "maxNewTokens": 8, "openai": openai_settings(llm_server, maxRequests=3)}]
         run_spec = spec(bucket, {"uri": uri, "columns": ESCI_COLUMNS}, augmenters)
-        assert run_job(job_env(testbed, run_spec, tmp_path, **{jobenv.llm_api_key_env(0): str(llm_server.api_key)})) == 0
+        assert run_job(job_env(testbed, run_spec, tmp_path, llm_api_keys={0: str(llm_server.api_key)})) == 0
         entry = manifest(s3, bucket)["augmenters"]["doc2query"]
         summary = entry["summary"]
         assert summary["httpAttempts"] == 3 and summary["generated"] == 2, summary
@@ -141,9 +141,9 @@ class TestOpenAIEngine:
         uri = put(s3, bucket, "esci/esci.csv", esci_csv())
         augmenters = [{"type": "paraphrase", "model": llm_server.model, "engine": "openai", "temperature": 0.7,
                        "maxRows": 3, "maxNewTokens": 12, "openai": openai_settings(llm_server)}]
-        key = {jobenv.llm_api_key_env(0): str(llm_server.api_key)}
+        key = {0: str(llm_server.api_key)}
         first = spec(bucket, {"uri": uri, "columns": ESCI_COLUMNS}, augmenters)
-        assert run_job(job_env(testbed, first, tmp_path / "1", **key)) == 0
+        assert run_job(job_env(testbed, first, tmp_path / "1", llm_api_keys=key)) == 0
         before = manifest(s3, bucket)["augmenters"]["paraphrase"]["summary"]
         assert before["cache"]["hits"] == 0 and before["cache"]["misses"] == before["requests"] > 0, before
         made = sorted(r["query"] for r in generated(output_rows(s3, bucket)))
@@ -154,7 +154,7 @@ class TestOpenAIEngine:
         # every question it asks was asked before.
         s3.remove_object(bucket, "out/manifest.json")
         second = {**first, "output": {**first["output"], "format": "jsonl"}}
-        assert run_job(job_env(testbed, second, tmp_path / "2", **key)) == 0
+        assert run_job(job_env(testbed, second, tmp_path / "2", llm_api_keys=key)) == 0
         after = manifest(s3, bucket)["augmenters"]["paraphrase"]["summary"]
         assert after["cache"] == {**before["cache"], "hits": before["requests"], "misses": 0}, after
         assert after["httpAttempts"] == 1 and after["requests"] == 0  # only the /models probe
@@ -190,7 +190,7 @@ class TestOpenAIEngineFailures:
         if case == "hung":
             llm_server.process.pause()
         try:
-            code = run_job(job_env(testbed, run_spec, tmp_path, **{jobenv.llm_api_key_env(0): key}))
+            code = run_job(job_env(testbed, run_spec, tmp_path, llm_api_keys={0: key}))
         finally:
             llm_server.process.resume()
         err = capsys.readouterr().err

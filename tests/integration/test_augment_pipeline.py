@@ -9,7 +9,6 @@ import hashlib
 import io
 import json
 import subprocess
-import sys
 from collections import Counter
 from pathlib import Path
 
@@ -36,6 +35,7 @@ from sampleforge.api import jobenv
 from sampleforge.api.augmentation import Columns
 from sampleforge.jobs.common.storage import ObjectStore, S3Uri
 from sampleforge.testbed import Testbed
+from sampleforge.testbed.localrun import JOB_COMMAND
 
 pytestmark = pytest.mark.integration
 
@@ -252,8 +252,8 @@ class TestCsvAndParquet:
 
 class TestBadConfiguration:
     def _run_subprocess(self, testbed: Testbed, run_spec: dict, tmp_path: Path) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "sampleforge.jobs.augment"], env=job_env(testbed, run_spec,
-                              tmp_path), capture_output=True, text=True, timeout=300, check=False)
+        return subprocess.run(JOB_COMMAND, env=job_env(testbed, run_spec, tmp_path), capture_output=True, text=True,
+                              timeout=300, check=False)
 
     def test_missing_column_fails_as_dataset_unreadable_naming_the_field(self, testbed: Testbed, s3: Minio,
                                                                          bucket: str, tmp_path: Path) -> None:

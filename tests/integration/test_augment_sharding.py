@@ -73,10 +73,9 @@ def test_three_shards_killed_shard_resumes_to_the_uninterrupted_output(testbed: 
     expected = manifest(s3, bucket, "uninterrupted/")
 
     resumed = spec(bucket, {"uri": source, "columns": COLUMNS}, AUGMENTERS, out="resumed/", parallelism=3)
-    fast_beats = {"SAMPLEFORGE_HEARTBEAT_INTERVAL_SECONDS": "0.1"}
     logs = {i: tmp_path / f"shard-{i}.log" for i in range(3)}
-    procs = {i: start_subprocess(job_env(testbed, resumed, tmp_path / f"cache-{i}", i, 3, **fast_beats), logs[i])
-             for i in range(3)}
+    procs = {i: start_subprocess(job_env(testbed, resumed, tmp_path / f"cache-{i}", i, 3, heartbeat_interval=0.1),
+                                 logs[i]) for i in range(3)}
     beat = _wait_for_progress(logs[1], procs[1])
     procs[1].kill()
     assert procs[1].wait(timeout=60) != 0

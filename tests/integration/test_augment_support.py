@@ -4,7 +4,8 @@ The data are the real public datasets in ``../shared/data`` (never copied into t
 QBQTC (Chinese query-title relevance, JSON lines), the Amazon ESCI sample (English shopping queries,
 CSV with multi-line quoted fields) and Walmart-Amazon (English product pairs with brand, model number
 and price, turned into Parquet here). The job runs exactly as in a pod: configured by environment
-variables, against the testbed's real MinIO, in-process (``main(env)``) or as a subprocess.
+variables (``sampleforge.testbed.localrun``), against the testbed's real MinIO, in-process
+(``main(env)``) or as a subprocess.
 """
 
 from __future__ import annotations
@@ -13,8 +14,7 @@ import io
 import json
 import os
 import subprocess
-import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +23,9 @@ import pyarrow.parquet as pq
 import pytest
 from minio import Minio
 
-from sampleforge.api import jobenv
+from sampleforge.api.constants import Kind
 from sampleforge.testbed import Testbed
+from sampleforge.testbed.localrun import JOB_COMMAND, job_environment
 
 pytestmark = pytest.mark.integration
 
@@ -108,19 +109,15 @@ def spec(bucket: str, source: dict[str, Any], augmenters: list[dict[str, Any]], 
     return document
 
 
-def job_env(testbed: Testbed, run_spec: dict[str, Any], cache: Path, shard: int = 0, shards: int = 1,
-            **extra: str) -> dict[str, str]:
-    """The environment the operator renders for one pod of the run."""
-    minio = testbed.minio
+def job_env(testbed: Testbed, run_spec: dict[str, Any], cache: Path, shard: int = 0, shards: int = 1, *,
+            llm_api_keys: Mapping[int, str] | None = None, heartbeat_interval: float | None = None) -> dict[str, str]:
+    """The environment the operator renders for one pod of the run (shard ``shard`` of ``shards``),
+    over this process's without its own SAMPLEFORGE_ variables, and without a progress bar."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("SAMPLEFORGE_")}
-    env.update({
-        jobenv.RUN_KIND: "AugmentationRun", jobenv.RUN_NAME: "augment-test", jobenv.RUN_NAMESPACE: "search-ml",
-        jobenv.RUN_UID: "uid-1", jobenv.RUN_SPEC: json.dumps(run_spec),
-        jobenv.S3_ENDPOINT: minio.endpoint, jobenv.S3_ACCESS_KEY: minio.access_key,
-        jobenv.S3_SECRET_KEY: minio.secret_key, jobenv.JOB_COMPLETION_INDEX: str(shard),
-        jobenv.SHARD_COUNT: str(shards), jobenv.CACHE_DIR: str(cache), "SAMPLEFORGE_PROGRESS": "0",
-    })
-    env.update(extra)
+    env.update(job_environment(Kind.AUGMENTATION_RUN, run_spec, name="augment-test", namespace="search-ml",
+                               uid="uid-1", minio=testbed.minio, cache_dir=cache, shard=shard, shards=shards,
+                               llm_api_keys=llm_api_keys, heartbeat_interval=heartbeat_interval))
+    env["SAMPLEFORGE_PROGRESS"] = "0"
     return env
 
 
@@ -137,10 +134,9 @@ def run_all_shards(testbed: Testbed, run_spec: dict[str, Any], cache: Path, shar
 
 
 def start_subprocess(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
-    """``python -m sampleforge.jobs.augment`` as a pod runs it; stdout and stderr go to ``log``."""
+    """The job as a pod runs it (its command, :data:`JOB_COMMAND`); stdout and stderr go to ``log``."""
     with log.open("wb") as handle:  # the child has its own descriptor; ours is closed at once
-        return subprocess.Popen([sys.executable, "-m", "sampleforge.jobs.augment"], env=env, stdout=handle,
-                                stderr=subprocess.STDOUT)
+        return subprocess.Popen(JOB_COMMAND, env=env, stdout=handle, stderr=subprocess.STDOUT)
 
 
 def manifest(s3: Minio, bucket: str, out: str = "out/") -> dict[str, Any]:

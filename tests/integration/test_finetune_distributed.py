@@ -10,7 +10,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -21,10 +20,11 @@ from finetune_support import upload_model_and_qbqtc_slice
 from minio import Minio
 from safetensors.numpy import load_file
 
+from sampleforge.api import Kind
 from sampleforge.jobs.common.storage import ObjectStore, S3Uri
 from sampleforge.jobs.finetune.errors import ExitCode
-from sampleforge.jobs.finetune.localrun import job_environment
 from sampleforge.testbed import Testbed
+from sampleforge.testbed.localrun import JOB_COMMAND, job_environment
 
 pytestmark = pytest.mark.integration
 
@@ -45,9 +45,8 @@ def test_two_processes_preempted_and_resumed(testbed: Testbed, s3: Minio, bucket
                 "training": {"epochs": 2, "maxSteps": 9, "batchSize": 2, "maxLength": 32, "learningRate": 1e-4},
                 "checkpoint": {"everySteps": 2, "keep": 2}, "evaluation": {"metrics": ["ndcg@5", "accuracy"]},
                 "output": {"uri": f"s3://{bucket}/{out}/"}}
-        return {**os.environ, **job_environment(
-            spec, name=f"dist-{out}", uid=f"uid-{out}", endpoint=testbed.minio.endpoint,
-            access_key=testbed.minio.access_key, secret_key=testbed.minio.secret_key, cache_dir=tmp_path / "cache")}
+        return {**os.environ, **job_environment(Kind.FINE_TUNE_RUN, spec, name=f"dist-{out}", uid=f"uid-{out}",
+                                                minio=testbed.minio, cache_dir=tmp_path / "cache")}
 
     store = ObjectStore(s3)
 
@@ -55,8 +54,7 @@ def test_two_processes_preempted_and_resumed(testbed: Testbed, s3: Minio, bucket
         return [json.loads(store.read_bytes(u)) for u, _, _ in store.list(S3Uri(bucket, f"{out}/checkpoints/"))
                 if u.key.endswith("/manifest.json")]
 
-    interrupted = subprocess.Popen([sys.executable, "-m", "sampleforge.jobs.finetune"], env=env("b"), text=True,
-                                   stderr=subprocess.PIPE)
+    interrupted = subprocess.Popen(JOB_COMMAND, env=env("b"), text=True, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 300
     while not checkpoints("b"):
         assert interrupted.poll() is None, interrupted.communicate()[1][-4000:]
@@ -76,8 +74,7 @@ def test_two_processes_preempted_and_resumed(testbed: Testbed, s3: Minio, bucket
             "state/optimizer.bin", "state/scheduler.bin", "checkpoint.json"} <= files
 
     for out in ("b", "a"):  # the retried pod, then the uninterrupted reference
-        run = subprocess.run([sys.executable, "-m", "sampleforge.jobs.finetune"], env=env(out), text=True,
-                             stderr=subprocess.PIPE, timeout=480, check=False)
+        run = subprocess.run(JOB_COMMAND, env=env(out), text=True, stderr=subprocess.PIPE, timeout=480, check=False)
         assert run.returncode == ExitCode.SUCCESS, run.stderr[-4000:]
         if out == "b":
             resumed = [e for e in json_lines(run.stderr) if e["message"] == "resumed"]

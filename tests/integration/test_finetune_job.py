@@ -41,6 +41,7 @@ from sklearn import metrics as skm
 from sklearn.utils.class_weight import compute_class_weight
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+from sampleforge.api import Kind
 from sampleforge.api.augmentation import Preprocess
 from sampleforge.api.finetune import Calibration
 from sampleforge.jobs.augment.preprocess import fit_dense_stats
@@ -48,10 +49,10 @@ from sampleforge.jobs.common.storage import ObjectStore, S3Uri
 from sampleforge.jobs.finetune.calibration import cross_fit
 from sampleforge.jobs.finetune.entrypoint import main
 from sampleforge.jobs.finetune.errors import ExitCode
-from sampleforge.jobs.finetune.localrun import job_environment
 from sampleforge.jobs.finetune.modeling import TwoTower
 from sampleforge.jobs.finetune.published import load_published
 from sampleforge.testbed import Testbed
+from sampleforge.testbed.localrun import job_environment
 
 pytestmark = [
     pytest.mark.integration,
@@ -168,9 +169,8 @@ def run_job(testbed: Testbed, cache: Path, spec: dict[str, Any], capsys: pytest.
             input_uri: str | None = None, name: str = "ft") -> tuple[int, str]:
     """Run the job in this process exactly as the pod would (environment only); return the exit
     code and the detail of its final JSON log line."""
-    env = job_environment(spec, name=name, uid=f"uid-{name}", endpoint=testbed.minio.endpoint,
-                          access_key=testbed.minio.access_key, secret_key=testbed.minio.secret_key,
-                          cache_dir=cache, input_uri=input_uri)
+    env = job_environment(Kind.FINE_TUNE_RUN, spec, name=name, uid=f"uid-{name}", minio=testbed.minio, cache_dir=cache,
+                          input_uri=input_uri)
     root = logging.getLogger()
     handlers, level = root.handlers[:], root.level
     try:
@@ -784,9 +784,7 @@ class TestInputs:
                   "from sampleforge.jobs.common.storage import ObjectStore; "
                   "from sampleforge.jobs.finetune.model_source import resolve_model; "
                   "print(resolve_model(sys.argv[1], ObjectStore.from_env(), Path(sys.argv[2])).location)")
-        env = {**os.environ, **job_environment({}, name="x", endpoint=testbed.minio.endpoint,
-                                               access_key=testbed.minio.access_key,
-                                               secret_key=testbed.minio.secret_key, cache_dir=tmp_path)}
+        env = {**os.environ, **job_environment(Kind.FINE_TUNE_RUN, {}, name="x", minio=testbed.minio, cache_dir=tmp_path)}
         procs = [subprocess.Popen([sys.executable, "-c", script, model_uri, str(tmp_path)], env=env,
                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
         outputs = [p.communicate(timeout=300) for p in procs]

@@ -14,7 +14,6 @@ import logging
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -27,10 +26,11 @@ from finetune_support import upload_model_and_qbqtc_slice
 from minio import Minio
 from safetensors.numpy import load_file
 
+from sampleforge.api import Kind
 from sampleforge.jobs.common.storage import ObjectStore, S3Uri
 from sampleforge.jobs.finetune.errors import ExitCode
-from sampleforge.jobs.finetune.localrun import job_environment
 from sampleforge.testbed import Testbed
+from sampleforge.testbed.localrun import JOB_COMMAND, job_environment
 
 pytestmark = pytest.mark.integration
 
@@ -97,8 +97,7 @@ def setup(testbed: Testbed, s3: Minio, bucket: str, tmp_path: Path) -> dict[str,
 
     def env(out: str, heartbeat_url: str | None = None, **changes: Any) -> dict[str, str]:
         return {**os.environ, "HF_HUB_OFFLINE": "1", **job_environment(
-            spec(out, **changes), name=f"resume-{out}", uid=f"uid-{out}", endpoint=testbed.minio.endpoint,
-            access_key=testbed.minio.access_key, secret_key=testbed.minio.secret_key,
+            Kind.FINE_TUNE_RUN, spec(out, **changes), name=f"resume-{out}", uid=f"uid-{out}", minio=testbed.minio,
             cache_dir=tmp_path / "cache", heartbeat_url=heartbeat_url, heartbeat_token_file=token,
             heartbeat_interval=0.5)}
 
@@ -106,8 +105,7 @@ def setup(testbed: Testbed, s3: Minio, bucket: str, tmp_path: Path) -> dict[str,
 
 
 def job(env: dict[str, str]) -> subprocess.Popen[str]:
-    return subprocess.Popen([sys.executable, "-m", "sampleforge.jobs.finetune"], env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    return subprocess.Popen(JOB_COMMAND, env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 
 def json_lines(stderr: str) -> list[dict[str, Any]]:
