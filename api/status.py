@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import math
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, TypeAlias
 
 from pydantic import Field
 
 from ._base import ApiModel
 from .common import Storage
-from .constants import ConditionStatus, Phase
+from .constants import ConditionStatus, Kind, Phase
 from .fields import MAX_URI_LENGTH, Metric
 
 Uri = Annotated[str, Field(max_length=MAX_URI_LENGTH)]
@@ -172,3 +172,11 @@ class FineTuneRunStatus(_RunStatus):
     """Status of a FineTuneRun."""
 
     results: FineTuneResults | None = Field(default=None, description="Training state and evaluation results.")
+
+
+#: Either kind's status, and either kind's results: what the operator composes and writes.
+RunStatus: TypeAlias = AugmentationRunStatus | FineTuneRunStatus
+RunResults: TypeAlias = AugmentationResults | FineTuneResults
+#: The status model of each kind.
+STATUS_MODELS: dict[Kind, type[RunStatus]] = {
+    Kind.AUGMENTATION_RUN: AugmentationRunStatus, Kind.FINE_TUNE_RUN: FineTuneRunStatus}

@@ -25,7 +25,7 @@ from pydantic import ValidationError
 from sampleforge.api import Kind, s3auth
 from sampleforge.api.common import Storage
 from sampleforge.api.manifest import CommittedCounts, describe
-from sampleforge.api.status import AugmentationResults, FineTuneResults
+from sampleforge.api.status import AugmentationResults, FineTuneResults, RunOutputs
 
 MANIFEST = "manifest.json"
 METRICS = "metrics.json"
@@ -47,10 +47,10 @@ class Unreachable(Exception):
 class Committed:
     """A finished run's results, as committed: status.results and the progress totals."""
 
-    results: dict[str, Any]
+    results: AugmentationResults | FineTuneResults
     rows: int | None = None
     #: status.outputs entries for what the manifest vouches for (report, metrics, model card, rejects).
-    outputs: dict[str, str] = field(default_factory=dict)
+    outputs: RunOutputs = field(default_factory=RunOutputs)
 
 
 def split_uri(uri: str) -> tuple[str, str]:
@@ -100,9 +100,9 @@ def _listed(entries: Any) -> set[str]:
     return {str(e["path"]) for e in entries or [] if isinstance(e, dict) and "path" in e}
 
 
-def _report(prefix: str, listed: set[str]) -> dict[str, str]:
+def _report(prefix: str, listed: set[str]) -> str | None:
     name = next((name for name in REPORTS if name in listed), None)
-    return {"reportUri": prefix + name} if name else {}
+    return prefix + name if name else None
 
 
 def augmentation_counts(manifest: dict[str, Any]) -> CommittedCounts:
@@ -113,21 +113,23 @@ def augmentation_counts(manifest: dict[str, Any]) -> CommittedCounts:
         raise NotCommitted(f"{MANIFEST} is not an augmentation manifest: {describe(err)}") from err
 
 
-def augmentation_outputs(prefix: str, manifest: dict[str, Any]) -> dict[str, str]:
+def augmentation_outputs(prefix: str, manifest: dict[str, Any]) -> RunOutputs:
     """Where an AugmentationRun's report and rejected rows are, as its manifest vouches for them."""
     counts = augmentation_counts(manifest)
-    outputs = _report(prefix, {a.path for a in counts.artifacts})
-    if counts.rejects is not None and counts.rejects.rows > 0:
-        outputs["rejectedRowsUri"] = prefix + "rejects/"
-    return outputs
+    rejected = counts.rejects is not None and counts.rejects.rows > 0
+    return RunOutputs(report_uri=_report(prefix, {a.path for a in counts.artifacts}),
+                      rejected_rows_uri=prefix + "rejects/" if rejected else None)
 
 
-def finetune_outputs(prefix: str, manifest: dict[str, Any]) -> dict[str, str]:
+def finetune_outputs(prefix: str, manifest: dict[str, Any]) -> RunOutputs:
     """Where a FineTuneRun's metrics, model card, report and rejected rows are (only what it committed)."""
     listed = _listed(manifest.get("files"))
-    wanted = {"metricsUri": METRICS, "modelCardUri": "model/README.md", "rejectedRowsUri": "rejected_rows.jsonl"}
-    outputs = {key: prefix + path for key, path in wanted.items() if path in listed}
-    return {**outputs, **_report(prefix, listed)}
+
+    def committed(path: str) -> str | None:
+        return prefix + path if path in listed else None
+
+    return RunOutputs(metrics_uri=committed(METRICS), model_card_uri=committed("model/README.md"),
+                      rejected_rows_uri=committed("rejected_rows.jsonl"), report_uri=_report(prefix, listed))
 
 
 def augmentation_results(manifest: dict[str, Any]) -> Committed:
@@ -137,7 +139,7 @@ def augmentation_results(manifest: dict[str, Any]) -> Committed:
                                   per_augmenter={name: a.kept for name, a in counts.augmenters.items()},
                                   filtered={name: _count(value) for name, value in counts.filters.items()},
                                   rejected_rows=counts.rejected_rows)
-    return Committed(results.model_dump(mode="json", by_alias=True, exclude_none=True), counts.rows_read)
+    return Committed(results, counts.rows_read)
 
 
 def finetune_results(manifest: dict[str, Any], metrics: dict[str, Any]) -> Committed:
@@ -158,8 +160,7 @@ def finetune_results(manifest: dict[str, Any], metrics: dict[str, Any]) -> Commi
     }
     validated = FineTuneResults.model_validate({k: v for k, v in results.items() if v is not None})
     step = metrics.get("totalSteps") or metrics.get("step")
-    return Committed(validated.model_dump(mode="json", by_alias=True, exclude_none=True),
-                     int(step) if isinstance(step, int) else None)
+    return Committed(validated, int(step) if isinstance(step, int) else None)
 
 
 def _count(value: Any) -> int:

@@ -7,11 +7,12 @@ health (kstatus, Flux, Argo CD) and people reading ``kubectl describe`` rely on 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
 
 from sampleforge.api import ConditionStatus, ConditionType, Reason
+from sampleforge.api.status import Condition
 
 
 @dataclass(frozen=True)
@@ -22,32 +23,22 @@ class ConditionUpdate:
     message: str
 
 
-def rfc3339(moment: datetime) -> str:
-    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def set_conditions(current: list[dict[str, Any]], updates: list[ConditionUpdate], generation: int,
-                   now: datetime) -> list[dict[str, Any]]:
+def set_conditions(current: Sequence[Condition], updates: Sequence[ConditionUpdate], generation: int,
+                   now: datetime) -> list[Condition]:
     """Merge ``updates`` into ``current`` (a status.conditions list), apimachinery-style.
 
     Conditions not mentioned in ``updates`` are kept as they are. The result is ordered by type
     name, so an unchanged status serialises identically and produces no write.
     """
-    by_type = {c["type"]: dict(c) for c in current}
+    by_type = {c.type: c for c in current}
     for update in updates:
         previous = by_type.get(update.type)
-        transitioned = previous is None or previous.get("status") != update.status
-        by_type[update.type] = {
-            "type": str(update.type),
-            "status": str(update.status),
-            "reason": str(update.reason),
-            "message": update.message,
-            "observedGeneration": generation,
-            "lastTransitionTime": rfc3339(now) if transitioned or previous is None
-            else previous.get("lastTransitionTime", rfc3339(now)),
-        }
+        since = now if previous is None or previous.status != update.status else previous.last_transition_time
+        by_type[update.type] = Condition(type=str(update.type), status=update.status, reason=str(update.reason),
+                                         message=update.message, observed_generation=generation,
+                                         last_transition_time=since)
     return [by_type[t] for t in sorted(by_type)]
 
 
-def find(conditions: list[dict[str, Any]], type_: ConditionType) -> dict[str, Any] | None:
-    return next((c for c in conditions if c.get("type") == type_), None)
+def find(conditions: Sequence[Condition], type_: ConditionType) -> Condition | None:
+    return next((c for c in conditions if c.type == type_), None)

@@ -19,6 +19,14 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from sampleforge.api.status import (
+    AugmentationResults,
+    AugmentationRunStatus,
+    FineTuneResults,
+    FineTuneRunStatus,
+    Progress,
+)
+
 NAMESPACE = "sampleforge"
 
 _RUN_LABELS = ("kind", "namespace", "name")
@@ -124,31 +132,33 @@ class OperatorMetrics:
             if child._value.get() < oldest:
                 self._remove(self.run_failed, values)
 
-    def observe_run(self, kind: str, namespace: str, name: str, status: dict[str, Any],
+    def observe_run(self, kind: str, namespace: str, name: str, status: AugmentationRunStatus | FineTuneRunStatus,
                     heartbeat_age: float | None) -> None:
         labels = {"kind": kind, "namespace": namespace, "name": name}
-        progress = status.get("progress") or {}
+        progress = status.progress or Progress()
         if heartbeat_age is not None:
             self.heartbeat_age.labels(**labels).set(heartbeat_age)
-        if progress.get("total"):
-            self.progress_ratio.labels(**labels).set(progress.get("done", 0) / progress["total"])
-        if progress.get("etaSeconds") is not None:
-            self.eta_seconds.labels(**labels).set(progress["etaSeconds"])
-        if progress.get("rate") is not None:
-            self.rate.labels(**labels).set(progress["rate"])
-        results = status.get("results") or {}
-        if "samplesOut" in results:
-            self.samples_out.labels(**labels).set(results["samplesOut"])
-        for augmenter, count in (results.get("perAugmenter") or {}).items():
-            self.augmenter_samples.labels(**labels, augmenter=augmenter).set(count)
-        for filter_name, count in (results.get("filtered") or {}).items():
-            self.filtered_samples.labels(**labels, filter=filter_name).set(count)
-        if results.get("loss") is not None:
-            self.train_loss.labels(**labels).set(results["loss"])
-        if results.get("step") is not None:
-            self.train_step.labels(**labels).set(results["step"])
-        for metric, value in (results.get("latestMetrics") or {}).items():
-            self.eval_metric.labels(**labels, metric=metric).set(value)
+        if progress.total:
+            self.progress_ratio.labels(**labels).set((progress.done or 0) / progress.total)
+        if progress.eta_seconds is not None:
+            self.eta_seconds.labels(**labels).set(progress.eta_seconds)
+        if progress.rate is not None:
+            self.rate.labels(**labels).set(progress.rate)
+        results = status.results
+        if isinstance(results, AugmentationResults):
+            if results.samples_out is not None:
+                self.samples_out.labels(**labels).set(results.samples_out)
+            for augmenter, count in results.per_augmenter.items():
+                self.augmenter_samples.labels(**labels, augmenter=augmenter).set(count)
+            for filter_name, count in results.filtered.items():
+                self.filtered_samples.labels(**labels, filter=filter_name).set(count)
+        elif isinstance(results, FineTuneResults):
+            if results.loss is not None:
+                self.train_loss.labels(**labels).set(results.loss)
+            if results.step is not None:
+                self.train_step.labels(**labels).set(results.step)
+            for metric, value in results.latest_metrics.items():
+                self.eval_metric.labels(**labels, metric=metric).set(value)
 
     def forget_run(self, kind: str, namespace: str, name: str) -> None:
         """Drop every series of a deleted run."""

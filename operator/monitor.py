@@ -28,6 +28,7 @@ from urllib3.exceptions import HTTPError
 
 from sampleforge.api import Kind, Phase, Reason
 from sampleforge.api.constants import TERMINAL_PHASES
+from sampleforge.api.status import Progress, RunOutputs, RunStatus
 from sampleforge.operator import committed as committed_output
 from sampleforge.operator import status as run_status
 from sampleforge.operator.context import OperatorContext
@@ -119,7 +120,7 @@ class _Monitor:
 
     # -- what the status should be ----------------------------------------------------------------
 
-    async def desired(self, snapshot: dict[str, Any], now_loop: float) -> tuple[dict[str, Any], Observation] | None:
+    async def desired(self, snapshot: dict[str, Any], now_loop: float) -> tuple[RunStatus, Observation] | None:
         """The status to write now and the observation behind it, or None to write nothing yet."""
         ctx, kind = self.ctx, self.kind
         status = snapshot.get("status") or {}
@@ -132,7 +133,7 @@ class _Monitor:
                 return await self._job_missing(snapshot, now_loop, now)
             if note is None:
                 return None  # reconcile has not said anything yet: it will wake us
-            return run_status.compose(snapshot, note, now), note
+            return run_status.compose(kind, snapshot, note, now), note
         self.missing_since = None
         spec = snapshot.get("spec") or {}
         entry = ctx.progress.get(self.key, self.uid)
@@ -148,20 +149,22 @@ class _Monitor:
             # A pod replaced after a failure, or a cache not yet filled after a restart: the run has
             # not gone back to waiting for its first pod.
             obs = Observation(Phase.RUNNING, Reason.JOB_RUNNING, obs.message, obs.start_time, None, obs.events)
-        results: dict[str, Any] | None = entry.results(kind) if entry else None
-        progress: dict[str, Any] | None = entry.progress(kind) if entry else None
+        results = entry.results(kind) if entry else None
+        progress = entry.progress(kind) if entry else None
         committed = False
-        outputs = self._outputs(snapshot)
+        run = self._run(snapshot)
+        outputs = outputs_for(kind, run) if run is not None else None
         if obs.phase is Phase.SUCCEEDED:
             obs, found = await self._collect(snapshot, obs, now_loop)
             if found is not None:
                 results, committed = found.results, True
-                progress = {**(progress or {}), **({"done": found.rows, "total": found.rows} if found.rows else {})}
-                outputs = {**(outputs or {}), **found.outputs}
+                if found.rows:
+                    progress = (progress or Progress()).model_copy(update={"done": found.rows, "total": found.rows})
+                outputs = (outputs or RunOutputs()).model_copy(update=found.outputs.model_dump(exclude_none=True))
         drift = [run_status.spec_change_condition(ignored_fields(job, spec), terminal=False)]
-        desired = run_status.compose(snapshot, obs, now, job_name=job["metadata"]["name"], progress=progress,
-                                     results=results, committed=committed,
-                                     outputs=outputs, storage=self._storage(snapshot), extra_conditions=drift)
+        desired = run_status.compose(kind, snapshot, obs, now, job_name=job["metadata"]["name"], progress=progress,
+                                     results=results, committed=committed, outputs=outputs,
+                                     storage=run.storage if run is not None else None, extra_conditions=drift)
         heartbeat_age = (now - entry.received_at).total_seconds() if entry and entry.received_at else None
         ctx.metrics.observe_run(str(kind), self.namespace, self.name, desired, heartbeat_age)
         if obs.reason is Reason.HEARTBEAT_TIMEOUT and not (job.get("spec") or {}).get("suspend"):
@@ -177,16 +180,8 @@ class _Monitor:
         except (ValidationError, StorageUnset):
             return None
 
-    def _storage(self, snapshot: dict[str, Any]) -> dict[str, Any] | None:
-        run = self._run(snapshot)
-        return run.storage.model_dump(mode="json", by_alias=True, exclude_none=True) if run is not None else None
-
-    def _outputs(self, snapshot: dict[str, Any]) -> dict[str, str] | None:
-        run = self._run(snapshot)
-        return outputs_for(self.kind, run) if run is not None else None
-
     async def _job_missing(self, snapshot: dict[str, Any], now_loop: float,
-                           now: datetime) -> tuple[dict[str, Any], Observation] | None:
+                           now: datetime) -> tuple[RunStatus, Observation] | None:
         """The run had a Job and it is gone (deleted by hand, or not yet in a fresh cache): after a
         grace period, say so and recreate it; the pods resume from what was committed."""
         status = snapshot.get("status") or {}
@@ -204,7 +199,7 @@ class _Monitor:
         except (kopf.TemporaryError, kopf.PermanentError, KubeError) as err:
             log.info("could not recreate the Job yet", extra={"run": self.name, "error": str(err)})
         self.missing_since = now_loop
-        return run_status.compose(snapshot, obs, now, job_name=job_name), obs
+        return run_status.compose(self.kind, snapshot, obs, now, job_name=job_name), obs
 
     async def _collect(self, snapshot: dict[str, Any], obs: Observation,
                        now_loop: float) -> tuple[Observation, committed_output.Committed | None]:
@@ -243,7 +238,7 @@ class _Monitor:
 
     # -- writing ------------------------------------------------------------------------------------
 
-    async def write(self, snapshot: dict[str, Any], desired: dict[str, Any], events: tuple[RunEvent, ...],
+    async def write(self, snapshot: dict[str, Any], desired: RunStatus, events: tuple[RunEvent, ...],
                     now_loop: float) -> bool:
         """Write what changed; False when the API server could not take it (retried soon)."""
         if not self.ctx.serving:
@@ -260,7 +255,7 @@ class _Monitor:
                                                                 "retry_in": self.write_retry, "error": str(err)})
             return False
         self.write_retry = 0.0
-        self.written.update(run_status.changed_fields(snapshot, desired))
+        self.written.update(run_status.changed_fields(snapshot, desired.to_kube()))
         self.last_write = now_loop
         return True
 
@@ -303,7 +298,7 @@ async def monitor_run(ctx: OperatorContext, kind: Kind, body: kopf.Body, stopped
         found = await monitor.desired(snapshot, now_loop)
         if found is not None:
             desired, obs = found
-            delta = run_status.changed_fields(snapshot, desired)
+            delta = run_status.changed_fields(snapshot, desired.to_kube())
             wait = settings.status_min_interval_seconds - (now_loop - monitor.last_write)
             # Phase changes go out at once; progress-only changes respect the write budget.
             if delta and ("phase" in delta or wait <= 0):

@@ -14,11 +14,10 @@ import threading
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
 
 from sampleforge.api import Kind
 from sampleforge.api.heartbeat import Heartbeat
-from sampleforge.api.status import format_eta
+from sampleforge.api.status import AugmentationResults, FineTuneResults, Progress, format_eta
 
 RunKey = tuple[str, str, str]  # (kind, namespace, name)
 
@@ -33,61 +32,59 @@ class RunProgress:
     shards: dict[int, Heartbeat] = field(default_factory=dict)
     received_at: datetime | None = None
 
-    def progress(self, kind: str) -> dict[str, Any]:
+    def _beats(self, kind: Kind) -> list[Heartbeat]:
         beats = [self.shards[i] for i in sorted(self.shards)]
-        if kind == Kind.FINE_TUNE_RUN and beats:
-            beats = beats[:1]
+        return beats[:1] if kind is Kind.FINE_TUNE_RUN else beats
+
+    def progress(self, kind: Kind) -> Progress:
+        beats = self._beats(kind)
         done = sum(b.done for b in beats)
         totals = [b.total for b in beats]
-        expected = 1 if kind == Kind.FINE_TUNE_RUN else max((b.shards for b in beats), default=1)
-        out: dict[str, Any] = {"done": done}
+        expected = 1 if kind is Kind.FINE_TUNE_RUN else max((b.shards for b in beats), default=1)
         rates = [b.rate for b in beats if b.rate is not None]
-        rate = sum(rates) if rates else None
-        if rate is not None:
-            out["rate"] = round(rate, 3)
+        rate = round(sum(rates), 3) if rates else None
+        total = percent = eta_seconds = eta = None
         # A total is only meaningful once every shard has reported one.
         if len(beats) >= expected and all(t is not None for t in totals):
             total = sum(t for t in totals if t is not None)
-            out["total"] = total
             if total > 0:
-                out["percent"] = min(100, int(100 * done / total))
+                percent = min(100, int(100 * done / total))
                 if rate:
-                    eta = max(0.0, (total - done) / rate)
-                    out["etaSeconds"] = int(eta)
-                    out["eta"] = format_eta(eta)
-        if self.received_at is not None:
-            out["lastHeartbeatTime"] = self.received_at.strftime("%Y-%m-%dT%H:%M:%SZ")
+                    remaining = max(0.0, (total - done) / rate)
+                    eta_seconds, eta = int(remaining), format_eta(remaining)
         stages = [b.message for b in beats if b.message]
+        stage = None
         if stages:
-            out["stage"] = stages[0] if len(stages) == 1 or len(set(stages)) == 1 \
-                else f"{stages[0]} (+{len(beats) - 1} more shard(s))"
-        return out
+            stage = stages[0] if len(set(stages)) == 1 else f"{stages[0]} (+{len(beats) - 1} more shard(s))"
+        heartbeat = self.received_at.replace(microsecond=0) if self.received_at is not None else None
+        return Progress(done=done, total=total, percent=percent, rate=rate, eta_seconds=eta_seconds, eta=eta,
+                        last_heartbeat_time=heartbeat, stage=stage)
 
-    def results(self, kind: str) -> dict[str, Any] | None:
-        beats = [self.shards[i] for i in sorted(self.shards)]
-        if kind == Kind.FINE_TUNE_RUN:
-            latest = next((b.finetune for b in beats if b.finetune is not None), None)
-            return latest.model_dump(mode="json", by_alias=True, exclude_none=True) if latest else None
+    def results(self, kind: Kind) -> AugmentationResults | FineTuneResults | None:
+        beats = self._beats(kind)
+        if kind is Kind.FINE_TUNE_RUN:
+            return next((b.finetune for b in beats if b.finetune is not None), None)
         parts = [b.augmentation for b in beats if b.augmentation is not None]
-        if not parts:
-            return None
-        summed: dict[str, Any] = {}
-        for name in ("samples_in", "samples_out", "rejected_rows"):
-            values = [getattr(p, name) for p in parts if getattr(p, name) is not None]
-            if values:
-                summed[name] = sum(values)
-        per_augmenter: Counter[str] = Counter()
-        filtered: Counter[str] = Counter()
-        for p in parts:
-            per_augmenter.update(p.per_augmenter)
-            filtered.update(p.filtered)
-        camel = {"samples_in": "samplesIn", "samples_out": "samplesOut", "rejected_rows": "rejectedRows"}
-        out = {camel[k]: v for k, v in summed.items()}
-        if per_augmenter:
-            out["perAugmenter"] = dict(sorted(per_augmenter.items()))
-        if filtered:
-            out["filtered"] = dict(sorted(filtered.items()))
-        return out
+        return sum_shards(parts) if parts else None
+
+
+def _sum_known(values: list[int | None]) -> int | None:
+    known = [v for v in values if v is not None]
+    return sum(known) if known else None
+
+
+def sum_shards(parts: list[AugmentationResults]) -> AugmentationResults:
+    """The run's counts so far: every shard's added up (a count no shard has reported stays unset)."""
+    per_augmenter: Counter[str] = Counter()
+    filtered: Counter[str] = Counter()
+    for part in parts:
+        per_augmenter.update(part.per_augmenter)
+        filtered.update(part.filtered)
+    return AugmentationResults(samples_in=_sum_known([p.samples_in for p in parts]),
+                               samples_out=_sum_known([p.samples_out for p in parts]),
+                               rejected_rows=_sum_known([p.rejected_rows for p in parts]),
+                               per_augmenter=dict(sorted(per_augmenter.items())),
+                               filtered=dict(sorted(filtered.items())))
 
 
 class ProgressStore:

@@ -21,6 +21,7 @@ from pydantic import ValidationError
 
 from sampleforge.api import FineTuneRunSpec, Kind, Phase, Reason
 from sampleforge.api.constants import TERMINAL_PHASES
+from sampleforge.api.status import RunOutputs
 from sampleforge.operator import allowlist
 from sampleforge.operator import status as run_status
 from sampleforge.operator.context import OperatorContext
@@ -48,12 +49,11 @@ def _report(ctx: OperatorContext, body: dict[str, Any], obs: Observation) -> Non
     ctx.children.wake(uid)
 
 
-def outputs_for(kind: Kind, run: RunObject) -> dict[str, str]:
+def outputs_for(kind: Kind, run: RunObject) -> RunOutputs:
+    """Where the run writes, known from its spec before anything is committed."""
     uri = str(run.spec.output.uri)
-    out = {"uri": uri, "manifestUri": f"{uri}manifest.json"}
-    if kind is Kind.FINE_TUNE_RUN:
-        out["modelUri"] = f"{uri}model/"
-    return out
+    return RunOutputs(uri=uri, manifest_uri=f"{uri}manifest.json",
+                      model_uri=f"{uri}model/" if kind is Kind.FINE_TUNE_RUN else None)
 
 
 def upstream_input(ctx: OperatorContext, body: dict[str, Any], run: RunObject) -> str | None:

@@ -99,9 +99,7 @@ def main(env: Mapping[str, str] | None = None) -> int:
         store = ObjectStore.from_env(env)
     except StorageError as err:
         return _terminate(jobenv.EXIT_INVALID_CONFIG, Reason.INVALID_SPEC, str(err))
-    identity = {"kind": ctx.kind, "namespace": ctx.namespace, "name": ctx.name, "uid": ctx.uid or "local",
-                "shard": ctx.shard, "shards": ctx.shards}
-    heartbeat = HeartbeatSender.from_env(identity, env).start()
+    heartbeat = HeartbeatSender.from_env(ctx.pod_identity(), env).start()
     in_main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _on_sigterm) if in_main_thread else None
     try:

@@ -38,6 +38,7 @@ from tqdm.auto import tqdm
 
 from sampleforge.api.augmentation import AugmentationRunSpec, Columns
 from sampleforge.api.constants import Reason
+from sampleforge.api.status import AugmentationResults
 from sampleforge.jobs.common.context import RunContext
 from sampleforge.jobs.common.heartbeat import HeartbeatSender
 from sampleforge.jobs.common.storage import ObjectStore, S3Uri, StorageError
@@ -563,8 +564,10 @@ class ShardJob:
         filtered = {name: sum(r.values()) for name, r in counts.filtered.items()}
         self.heartbeat.update(
             done=min(counts.rows_read, total), total=total, rate=counts.rows_read / elapsed,
-            augmentation={"samplesIn": counts.rows_in, "samplesOut": counts.rows_in + counts.generated_kept,
-                          "perAugmenter": dict(counts.kept), "filtered": filtered, "rejectedRows": rejected})
+            augmentation=AugmentationResults(samples_in=counts.rows_in,
+                                             samples_out=counts.rows_in + counts.generated_kept,
+                                             per_augmenter=dict(counts.kept), filtered=filtered,
+                                             rejected_rows=rejected))
 
     # -- 6. commit the run ---------------------------------------------------------------------------
 

@@ -18,6 +18,7 @@ from pydantic import BaseModel, ValidationError
 
 from sampleforge.api import jobenv
 from sampleforge.api.fields import s3_locations_overlap
+from sampleforge.api.heartbeat import PodIdentity
 
 SpecT = TypeVar("SpecT", bound=BaseModel)
 
@@ -55,7 +56,7 @@ class RunContext(Generic[SpecT]):
             raise ConfigurationError(f"the run spec in {where} is invalid:\n{err}") from err
         input_uri = env.get(jobenv.INPUT_URI) or None
         _check_input_output(spec, input_uri)
-        return cls(
+        ctx = cls(
             kind=env[jobenv.RUN_KIND],
             name=env[jobenv.RUN_NAME],
             namespace=env[jobenv.RUN_NAMESPACE],
@@ -65,6 +66,19 @@ class RunContext(Generic[SpecT]):
             shards=int(env.get(jobenv.SHARD_COUNT, "1")),
             input_uri=input_uri,
         )
+        ctx.pod_identity()  # the names a heartbeat carries: refused here, naming the variable, not later
+        return ctx
+
+    def pod_identity(self, shard: int | None = None, shards: int | None = None) -> PodIdentity:
+        """Who this pod reports progress as: its shard by default; a fine-tune node passes its rank."""
+        try:
+            return PodIdentity.model_validate({
+                "kind": self.kind, "namespace": self.namespace, "name": self.name, "uid": self.uid or "local",
+                "shard": self.shard if shard is None else shard, "shards": self.shards if shards is None else shards})
+        except ValidationError as err:
+            raise ConfigurationError(
+                f"the run's identity ({jobenv.RUN_KIND}, {jobenv.RUN_NAME}, {jobenv.RUN_NAMESPACE}, {jobenv.RUN_UID}, "
+                f"{jobenv.JOB_COMPLETION_INDEX}, {jobenv.SHARD_COUNT}) is invalid: {err}") from err
 
 
 def read_spec(env: Mapping[str, str]) -> tuple[str, str]:

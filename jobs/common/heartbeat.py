@@ -23,12 +23,12 @@ import urllib.request
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 from pydantic import ValidationError
 
 from sampleforge.api import jobenv
-from sampleforge.api.heartbeat import Heartbeat
+from sampleforge.api.heartbeat import Heartbeat, PodIdentity, ProgressReport
+from sampleforge.api.status import AugmentationResults, FineTuneResults
 
 log = logging.getLogger(__name__)
 
@@ -36,16 +36,16 @@ log = logging.getLogger(__name__)
 class HeartbeatSender:
     """Coalescing, background heartbeat sender. Without a configured URL it only logs progress."""
 
-    def __init__(self, identity: Mapping[str, Any], url: str | None, token_file: Path | None,
+    def __init__(self, identity: PodIdentity, url: str | None, token_file: Path | None,
                  interval: float = 10.0) -> None:
-        self.identity = dict(identity)
+        self.identity = identity
         self.url = url
         self.token_file = token_file
         self.interval = interval
-        self._latest: dict[str, Any] | None = None
+        self._latest: ProgressReport | None = None
         #: What was last sent (or tried): a keep-alive repeats it, so the operator never sees
         #: progress go backwards because a pod had nothing new to say.
-        self._last: dict[str, Any] = {"done": 0}
+        self._last = ProgressReport(done=0)
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._stopped = threading.Event()
@@ -54,7 +54,7 @@ class HeartbeatSender:
         self.failures = 0
 
     @classmethod
-    def from_env(cls, identity: Mapping[str, Any], env: Mapping[str, str] | None = None) -> HeartbeatSender:
+    def from_env(cls, identity: PodIdentity, env: Mapping[str, str] | None = None) -> HeartbeatSender:
         env = os.environ if env is None else env
         token = env.get(jobenv.HEARTBEAT_TOKEN_FILE)
         return cls(identity, env.get(jobenv.HEARTBEAT_URL) or None, Path(token) if token else None,
@@ -64,17 +64,29 @@ class HeartbeatSender:
         self._thread.start()
         return self
 
-    def update(self, **fields: Any) -> None:
-        """Record the latest progress (``done``, ``total``, ``rate``, ``augmentation``, ...)."""
+    def update(self, *, done: int, total: int | None = None, rate: float | None = None,
+               augmentation: AugmentationResults | None = None, finetune: FineTuneResults | None = None,
+               message: str | None = None) -> None:
+        """Record the latest progress. A value out of range (a NaN rate, a negative count) is a bug
+        in the reporting, not in the work: this one report is dropped, naming the field, and the
+        work goes on."""
+        try:
+            report = ProgressReport(done=done, total=total, rate=rate, augmentation=augmentation, finetune=finetune,
+                                    message=message)
+        except ValidationError as err:
+            self.failures += 1
+            log.warning("heartbeat dropped: invalid progress fields",
+                        extra={"errors": [f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors()]})
+            return
         with self._lock:
-            self._latest = fields
+            self._latest = report
 
     def stage(self, message: str) -> None:
         """Say what the pod is doing now (shown in status.progress.stage), keeping the last
         progress; sent with the next heartbeat, and repeated by every keep-alive after it."""
         with self._lock:
             base = self._latest if self._latest is not None else self._last
-            self._latest = {**base, "message": message}
+            self._latest = base.model_copy(update={"message": message[:1024]})
 
     def flush(self) -> None:
         """Send the latest state now (at the end of a run, or before a checkpoint's long pause)."""
@@ -95,23 +107,16 @@ class HeartbeatSender:
 
     def _send_latest(self, keepalive: bool = False) -> None:
         with self._lock:
-            fields, self._latest = self._latest, None
-            if fields is None and keepalive:
-                fields = self._last
-            if fields is not None:
-                self._last = fields
-        if fields is None:
+            report, self._latest = self._latest, None
+            if report is None and keepalive:
+                report = self._last
+            if report is not None:
+                self._last = report
+        if report is None:
             return
-        try:
-            message = Heartbeat.model_validate({**self.identity, **fields, "sentAt": datetime.now(UTC)})
-        except ValidationError as err:
-            # A progress field out of range (a NaN loss, a negative ETA) is a bug in the reporting,
-            # not in the work: drop this one heartbeat, say which field, and keep training.
-            self.failures += 1
-            log.warning("heartbeat dropped: invalid progress fields",
-                        extra={"errors": [f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors()]})
-            return
-        body = message.model_dump(mode="json", by_alias=True, exclude_none=True)
+        message = Heartbeat.model_validate({**self.identity.model_dump(), **report.model_dump(),
+                                            "sent_at": datetime.now(UTC)})
+        body = message.to_kube()
         if not self.url:
             log.info("progress", extra={"heartbeat": body})
             return
@@ -129,4 +134,4 @@ class HeartbeatSender:
             log.warning("heartbeat not delivered", extra={"error": str(err), "url": self.url})
             with self._lock:
                 if self._latest is None:
-                    self._latest = fields
+                    self._latest = report

@@ -70,9 +70,7 @@ def main(env: Mapping[str, str] | None = None) -> int:
     node, nodes = node_layout(env)
     heartbeat = None
     if env.get("LOCAL_RANK", "0") == "0":
-        identity = {"kind": ctx.kind, "namespace": ctx.namespace, "name": ctx.name, "uid": ctx.uid or "local",
-                    "shard": node, "shards": nodes}
-        heartbeat = HeartbeatSender.from_env(identity, env).start()
+        heartbeat = HeartbeatSender.from_env(ctx.pod_identity(node, nodes), env).start()
     recipe = FineTuneRecipe(ctx, store, cache_dir(env), heartbeat)
     try:
         manifest = recipe.run()

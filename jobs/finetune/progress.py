@@ -14,11 +14,12 @@ import logging
 import math
 import sys
 import time
-from typing import Any
 
+from pydantic import ValidationError
 from tqdm.auto import tqdm
 
-from sampleforge.api.status import FineTuneResults, format_eta
+from sampleforge.api.manifest import describe
+from sampleforge.api.status import BestMetric, FineTuneResults, format_eta
 from sampleforge.jobs.common.heartbeat import HeartbeatSender
 
 from .training import TrainingState
@@ -87,33 +88,30 @@ class Progress:
               message: str | None = None) -> None:
         if self.heartbeat is None:
             return
-        fields: dict[str, Any] = {"done": state.step, "total": self.total}
-        if steps_per_second is not None and math.isfinite(steps_per_second):
-            fields["rate"] = steps_per_second
-        if self.is_main:
-            fields["finetune"] = self.results(state)
-            eta = self.eta_seconds(state.step)
-            fields["message"] = message or (
-                f"step {state.step}/{self.total}, {samples_per_second or 0:.1f} samples/s, ETA {format_eta(eta)}")
-        self.heartbeat.update(**fields)
+        rate = steps_per_second if steps_per_second is not None and math.isfinite(steps_per_second) else None
+        if not self.is_main:
+            self.heartbeat.update(done=state.step, total=self.total, rate=rate)
+            return
+        eta = self.eta_seconds(state.step)
+        self.heartbeat.update(
+            done=state.step, total=self.total, rate=rate, finetune=self.results(state),
+            message=message or f"step {state.step}/{self.total}, {samples_per_second or 0:.1f} samples/s, "
+                               f"ETA {format_eta(eta)}")
 
-    def results(self, state: TrainingState) -> dict[str, Any]:
-        """status.results as the heartbeat carries it (camelCase), validated here so that a bad
-        value is caught in the training loop rather than killing the sender thread."""
-        latest = {k: v for k, v in self.latest_metrics.items() if math.isfinite(v)}
-        results = {
-            "step": state.step,
-            "epoch": state.epoch + (state.batches_in_epoch / self._epoch_batches if self._epoch_batches else 0.0),
-            "latestMetrics": latest,
-            "checkpointUri": self.checkpoint_uri,
-        }
-        if state.loss is not None and math.isfinite(state.loss):
-            results["loss"] = state.loss
-        if state.best is not None and math.isfinite(state.best.value):
-            results["bestMetric"] = {"name": state.best.name, "value": state.best.value, "step": state.best.step}
-        validated: dict[str, Any] = FineTuneResults.model_validate(results).model_dump(
-            mode="json", by_alias=True, exclude_none=True)
-        return validated
+    def results(self, state: TrainingState) -> FineTuneResults | None:
+        """status.results as the heartbeat carries it; None (this report goes without) when a value
+        is out of range, which is a bug in the reporting, never a reason to stop training."""
+        epoch = state.epoch + (state.batches_in_epoch / self._epoch_batches if self._epoch_batches else 0.0)
+        best = state.best if state.best is not None and math.isfinite(state.best.value) else None
+        try:
+            return FineTuneResults(
+                step=state.step, epoch=epoch, checkpoint_uri=self.checkpoint_uri,
+                latest_metrics={k: v for k, v in self.latest_metrics.items() if math.isfinite(v)},
+                loss=state.loss if state.loss is not None and math.isfinite(state.loss) else None,
+                best_metric=BestMetric(name=best.name, value=best.value, step=best.step) if best else None)
+        except ValidationError as err:
+            log.warning("training state left out of the heartbeat", extra={"error": describe(err)})
+            return None
 
     def set_epoch_batches(self, batches: int) -> None:
         self._epoch_batches = batches

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import time
-from datetime import datetime
 from typing import Any
 
 import kopf
 
 from sampleforge.api import ConditionType, Kind, Phase, Reason
 from sampleforge.api.constants import TERMINAL_PHASES
+from sampleforge.api.status import RunStatus
 from sampleforge.operator.conditions import find
 from sampleforge.operator.context import OperatorContext
 from sampleforge.operator.kube import Transient
@@ -17,7 +17,7 @@ from sampleforge.operator.metrics import FAILED_RUN_WINDOW_SECONDS
 from sampleforge.operator.monitor import monitor_run
 from sampleforge.operator.progress import run_key
 from sampleforge.operator.reconcile import reconcile
-from sampleforge.operator.status import publish_phase_counts
+from sampleforge.operator.status import current_status, publish_phase_counts
 
 #: How long kopf lets a run's monitor finish on its own once the run stops matching the daemon's
 #: filter (it reached a terminal phase) before cancelling it: the monitor's last iteration, which
@@ -80,21 +80,20 @@ def seen_handler(kind: Kind, event: dict[str, Any], memo: kopf.Memo) -> None:
         if phase:
             ctx.phases[key] = phase
         if phase == Phase.FAILED:
-            _remember_failure(ctx, kind, meta, status)
+            _remember_failure(ctx, kind, meta, current_status(kind, obj))
     publish_phase_counts(ctx)
 
 
-def _remember_failure(ctx: OperatorContext, kind: Kind, meta: Any, status: dict[str, Any]) -> None:
+def _remember_failure(ctx: OperatorContext, kind: Kind, meta: Any, status: RunStatus) -> None:
     """A failed run seen by this replica (after a restart or a change of leader) keeps its per-run
     failure series, so its alert does not resolve just because another process is leading now."""
-    ended = status.get("completionTime")
-    if not ended:
+    if status.completion_time is None:
         return
-    at = datetime.fromisoformat(str(ended)).timestamp()
+    at = status.completion_time.timestamp()
     if time.time() - at > FAILED_RUN_WINDOW_SECONDS:
         return
-    ready = find(status.get("conditions") or [], ConditionType.READY)
-    reason = str(ready.get("reason")) if ready else str(Reason.FAILED)
+    ready = find(status.conditions, ConditionType.READY)
+    reason = ready.reason if ready else str(Reason.FAILED)
     ctx.metrics.record_failure(str(kind), meta.get("namespace", ""), meta.get("name", ""), reason, at=at)
 
 

@@ -13,9 +13,11 @@ from typing import Any
 
 import pytest
 
+from sampleforge.api.heartbeat import PodIdentity
+from sampleforge.api.status import AugmentationResults
 from sampleforge.jobs.common.heartbeat import HeartbeatSender
 
-IDENTITY = {"kind": "FineTuneRun", "namespace": "ml", "name": "ranker", "uid": "u-1"}
+IDENTITY = PodIdentity.model_validate({"kind": "FineTuneRun", "namespace": "ml", "name": "ranker", "uid": "u-1"})
 
 
 class Receiver:
@@ -76,6 +78,13 @@ def test_invalid_progress_is_dropped_not_raised(receiver: Receiver, caplog: pyte
     assert sender.failures == 1
     dropped = [r for r in caplog.records if r.getMessage().startswith("heartbeat dropped")]
     assert dropped and any("done" in e for e in dropped[0].errors)  # type: ignore[attr-defined]
+
+
+def test_results_travel_as_the_status_models_camel_cased(receiver: Receiver) -> None:
+    sender = HeartbeatSender(IDENTITY, receiver.url, None, interval=3600)
+    sender.update(done=3, augmentation=AugmentationResults(samples_in=3, per_augmenter={"typo": 2}))
+    sender.flush()
+    assert receiver.bodies[0]["augmentation"] == {"samplesIn": 3, "perAugmenter": {"typo": 2}, "filtered": {}}
 
 
 def test_an_undelivered_heartbeat_is_kept_for_the_next_send(receiver: Receiver) -> None:

@@ -10,13 +10,13 @@ import pytest
 
 from sampleforge.api import ConditionStatus, ConditionType, Kind, Phase, Reason
 from sampleforge.api.heartbeat import Heartbeat
-from sampleforge.api.status import format_eta
+from sampleforge.api.status import Condition, format_eta
 from sampleforge.operator.conditions import ConditionUpdate, find, set_conditions
 from sampleforge.operator.lifecycle import event_time, observe
 from sampleforge.operator.podcreate import FailedCreateProbe, waiting_for_pods
 from sampleforge.operator.progress import ProgressStore, run_key
 from sampleforge.operator.settings import Settings
-from sampleforge.operator.status import compose
+from sampleforge.operator.status import compose, current_status, status_patch
 from sampleforge.operator.watchcheck import WatchLagTracker
 
 NOW = datetime(2026, 11, 28, 12, 0, 0, tzinfo=UTC)
@@ -40,18 +40,18 @@ class TestConditions:
                                                              Reason.JOB_RUNNING, "running")], 2, later)
         ready = find(same_status, ConditionType.READY)
         assert ready is not None
-        assert ready["lastTransitionTime"] == "2026-11-28T12:00:00Z"
-        assert (ready["reason"], ready["message"], ready["observedGeneration"]) == ("JobRunning", "running", 2)
+        assert ready.to_kube()["lastTransitionTime"] == "2026-11-28T12:00:00Z"
+        assert (ready.reason, ready.message, ready.observed_generation) == ("JobRunning", "running", 2)
         flipped = set_conditions(same_status, [ConditionUpdate(ConditionType.READY, ConditionStatus.TRUE,
                                                                Reason.SUCCEEDED, "done")], 2, later)
-        assert find(flipped, ConditionType.READY)["lastTransitionTime"] == "2026-11-28T12:05:00Z"
+        assert find(flipped, ConditionType.READY).to_kube()["lastTransitionTime"] == "2026-11-28T12:05:00Z"  # type: ignore[union-attr]
 
     def test_unmentioned_conditions_are_kept_and_order_is_stable(self) -> None:
-        current = [{"type": "Waiting", "status": "True", "reason": "X", "message": "", "lastTransitionTime": "t",
-                    "observedGeneration": 1}]
+        current = [Condition.model_validate({"type": "Waiting", "status": "True", "reason": "X", "message": "",
+                                             "lastTransitionTime": "2026-11-28T11:00:00Z", "observedGeneration": 1})]
         out = set_conditions(current, [ConditionUpdate(ConditionType.READY, ConditionStatus.FALSE, Reason.JOB_PENDING,
                                                        "")], 1, NOW)
-        assert [c["type"] for c in out] == ["Ready", "Waiting"]
+        assert [c.type for c in out] == ["Ready", "Waiting"] and out[1] == current[0]
 
 
 class TestObserve:
@@ -279,14 +279,15 @@ class TestProgress:
                      NOW)
         entry = store.get(run_key(Kind.AUGMENTATION_RUN, "ns", "r"), "u1")
         assert entry is not None
-        assert "total" not in entry.progress(Kind.AUGMENTATION_RUN)  # one shard of two: no meaningful total yet
+        assert entry.progress(Kind.AUGMENTATION_RUN).total is None  # one shard of two: no meaningful total yet
         store.record(self.beat(1, 300, 400, 30.0, augmentation={"samplesOut": 450, "perAugmenter": {"typo": 150,
                                                                                                "synonym": 5}}), NOW)
         progress = entry.progress(Kind.AUGMENTATION_RUN)
-        assert (progress["done"], progress["total"], progress["percent"], progress["rate"]) == (400, 800, 50, 40.0)
-        assert progress["etaSeconds"] == 10 and progress["eta"] == "10s"
-        assert entry.results(Kind.AUGMENTATION_RUN) == {"samplesOut": 600, "perAugmenter": {"synonym": 5,
-                                                                                            "typo": 200}}
+        assert (progress.done, progress.total, progress.percent, progress.rate) == (400, 800, 50, 40.0)
+        assert progress.eta_seconds == 10 and progress.eta == "10s"
+        results = entry.results(Kind.AUGMENTATION_RUN)
+        assert results is not None and results.to_kube() == {
+            "samplesOut": 600, "perAugmenter": {"synonym": 5, "typo": 200}, "filtered": {}}
 
     def test_a_recreated_run_starts_from_nothing(self) -> None:
         store = ProgressStore()
@@ -295,7 +296,7 @@ class TestProgress:
         store.record(fresh, NOW)
         key = run_key(Kind.AUGMENTATION_RUN, "ns", "r")
         assert store.get(key, "u1") is None
-        assert store.get(key, "u2").progress(Kind.AUGMENTATION_RUN)["done"] == 5  # type: ignore[union-attr]
+        assert store.get(key, "u2").progress(Kind.AUGMENTATION_RUN).done == 5  # type: ignore[union-attr]
 
     @pytest.mark.parametrize(("seconds", "text"), [(45, "45s"), (3060, "51m"), (7800, "2h10m")])
     def test_eta_format(self, seconds: int, text: str) -> None:
@@ -307,9 +308,26 @@ class TestStatusCompose:
         body = {"metadata": {"generation": 3}, "status": {"progress": {"done": 90, "total": 100, "percent": 90}}}
         obs = observe(job([{"type": "Complete", "status": "True"}]), [], suspended=False, last_heartbeat=None,
                       heartbeat_timeout=600, now=NOW)
-        status = compose(body, obs, NOW, job_name="r-aug")
-        assert status["progress"]["percent"] == 100 and status["progress"]["done"] == 100
-        assert status["observedGeneration"] == 3 and status["completionTime"]
+        status = compose(Kind.AUGMENTATION_RUN, body, obs, NOW, job_name="r-aug")
+        assert status.progress is not None and (status.progress.percent, status.progress.done) == (100, 100)
+        assert status.observed_generation == 3 and status.completion_time is not None
+
+    def test_a_finished_run_sends_its_stale_stage_as_null(self) -> None:
+        body = {"metadata": {"generation": 1},
+                "status": {"phase": "Running", "progress": {"done": 90, "total": 100, "stage": "training"}}}
+        obs = observe(job([{"type": "Complete", "status": "True"}]), [], suspended=False, last_heartbeat=None,
+                      heartbeat_timeout=600, now=NOW)
+        status = compose(Kind.AUGMENTATION_RUN, body, obs, NOW)
+        assert status.progress is not None and status.progress.stage is None
+        patch = status_patch(body, status)
+        assert patch["progress"]["stage"] is None, "a JSON merge patch keeps what it does not null"
+        assert patch["progress"]["done"] == 100 and "startTime" in patch
+
+    def test_a_status_edited_by_hand_keeps_only_what_validates(self) -> None:
+        body = {"metadata": {"generation": 2, "name": "r"},
+                "status": {"startTime": "2026-11-28T11:00:00Z", "progress": {"done": -5}, "jobName": "r-aug"}}
+        current = current_status(Kind.AUGMENTATION_RUN, body)
+        assert current.to_kube() == {"conditions": [], "startTime": "2026-11-28T11:00:00Z", "jobName": "r-aug"}
 
 
 class TestWatchLag:

@@ -21,6 +21,7 @@ import yaml
 from kopf._core.engines import posting
 
 from sampleforge.api import Kind, Phase
+from sampleforge.api.status import AugmentationRunStatus
 from sampleforge.operator.context import OperatorContext
 from sampleforge.operator.handlers._common import seen_handler
 from sampleforge.operator.metrics import FAILED_RUN_WINDOW_SECONDS, OperatorMetrics
@@ -88,8 +89,10 @@ def transition(ctx: OperatorContext, body: dict[str, Any], new: Phase, reason: s
         posting.settings_var.set(kopf.OperatorSettings())
         posting.event_queue_loop_var.set(loop)
         posting.event_queue_var.set(queue)
-        ready = {"type": "Ready", "status": "False", "reason": reason, "message": "it broke"}
-        _on_transition(ctx, Kind.AUGMENTATION_RUN, body, "Running", new, {"phase": str(new), "conditions": [ready]})
+        ready = {"type": "Ready", "status": "False", "reason": reason, "message": "it broke",
+                 "lastTransitionTime": "2026-12-03T12:00:00Z"}
+        status = AugmentationRunStatus.model_validate({"phase": str(new), "conditions": [ready]})
+        _on_transition(ctx, Kind.AUGMENTATION_RUN, body, "Running", status)
 
     try:
         contextvars.copy_context().run(call)
@@ -129,7 +132,8 @@ def test_a_replica_that_starts_after_a_failure_keeps_the_runs_alert() -> None:
         return {"type": "ADDED", "object": {
             "metadata": {"name": name, "namespace": "search-ml", "uid": name, "resourceVersion": "1"},
             "status": {"phase": "Failed", "completionTime": ended.strftime("%Y-%m-%dT%H:%M:%SZ"),
-                       "conditions": [{"type": "Ready", "status": "False", "reason": "OOMKilled"}]}}}
+                       "conditions": [{"type": "Ready", "status": "False", "reason": "OOMKilled", "message": "",
+                                       "lastTransitionTime": ended.strftime("%Y-%m-%dT%H:%M:%SZ")}]}}}
 
     recent = datetime.now(UTC) - timedelta(minutes=10)
     seen_handler(Kind.AUGMENTATION_RUN, failed_run("recent", recent), kopf.Memo(ctx=ctx))

@@ -13,6 +13,7 @@ from kubernetes.client.exceptions import ApiException
 
 from sampleforge.api import ConditionStatus, ConditionType, Kind, Phase, Reason
 from sampleforge.api.heartbeat import Heartbeat
+from sampleforge.api.status import AugmentationRunStatus, FineTuneResults, FineTuneRunStatus, Progress
 from sampleforge.operator.committed import (
     NotCommitted,
     augmentation_outputs,
@@ -28,7 +29,6 @@ from sampleforge.operator.progress import ProgressStore, run_key
 from sampleforge.operator.specdrift import ANNOTATION_APPLIED_SPEC, applied_spec_annotation, ignored_fields
 from sampleforge.operator.status import (
     EVENT_MESSAGE_LIMIT,
-    checked,
     compose,
     event_message,
     spec_change_condition,
@@ -62,7 +62,7 @@ class TestCommittedResults:
 
     def test_augmentation_results_are_the_manifests_counts(self) -> None:
         found = augmentation_results(self.MANIFEST)
-        assert found.results == {"samplesIn": 990, "samplesOut": 5400, "rejectedRows": 10,
+        assert found.results.to_kube() == {"samplesIn": 990, "samplesOut": 5400, "rejectedRows": 10,
                                  "perAugmenter": {"typo": 3000, "synonym": 1410},
                                  "filtered": {"dedup": 150, "similarity": 7}}
         assert found.rows == 1000
@@ -72,7 +72,7 @@ class TestCommittedResults:
                    "epochs": 3.0, "loss": 0.21, "best": {"name": "ndcg@10", "value": 0.63, "step": 30},
                    "rejectedRows": {"emptyQuery": 2, "badLabel": 1}}
         found = finetune_results({"run": {"uid": "u"}}, metrics)
-        assert found.results == {"step": 37, "epoch": 3.0, "loss": 0.21, "latestMetrics": {"ndcg@10": 0.61, "auc": 0.8},
+        assert found.results.to_kube() == {"step": 37, "epoch": 3.0, "loss": 0.21, "latestMetrics": {"ndcg@10": 0.61, "auc": 0.8},
                                  "bestMetric": {"name": "ndcg@10", "value": 0.63, "step": 30}, "rejectedRows": 3}
         assert found.rows == 37
 
@@ -84,34 +84,35 @@ class TestCommittedResults:
     def test_output_uris_point_only_at_what_the_manifest_vouches_for(self) -> None:
         prefix = "s3://b/out/"
         aug = {"artifacts": [{"path": "report.md"}, {"path": "report.html"}], "rejects": {"rows": 3}}
-        assert augmentation_outputs(prefix, aug) == {"reportUri": prefix + "report.html",
+        assert augmentation_outputs(prefix, aug).to_kube() == {"reportUri": prefix + "report.html",
                                                      "rejectedRowsUri": prefix + "rejects/"}
-        assert augmentation_outputs(prefix, {"artifacts": [{"path": "report.md"}], "rejects": {"rows": 0}}) == {
+        assert augmentation_outputs(prefix, {"artifacts": [{"path": "report.md"}], "rejects": {"rows": 0}}).to_kube() == {
             "reportUri": prefix + "report.md"}
         files = [{"path": p} for p in ("metrics.json", "model/README.md", "model/config.json")]
-        assert finetune_outputs(prefix, {"files": files}) == {"metricsUri": prefix + "metrics.json",
+        assert finetune_outputs(prefix, {"files": files}).to_kube() == {"metricsUri": prefix + "metrics.json",
                                                               "modelCardUri": prefix + "model/README.md"}
         with_rejects = finetune_outputs(prefix, {"files": [*files, {"path": "rejected_rows.jsonl"}]})
-        assert with_rejects["rejectedRowsUri"] == prefix + "rejected_rows.jsonl"
+        assert with_rejects.rejected_rows_uri == prefix + "rejected_rows.jsonl"
 
     def test_the_success_event_says_what_was_produced_and_where(self) -> None:
-        aug = success_summary(Kind.AUGMENTATION_RUN, {
+        aug = success_summary(AugmentationRunStatus.model_validate({
             "results": {"samplesIn": 990, "samplesOut": 5400},
-            "outputs": {"uri": "s3://b/out/", "reportUri": "s3://b/out/report.html"}})
+            "outputs": {"uri": "s3://b/out/", "reportUri": "s3://b/out/report.html"}}))
         assert aug == "990 rows in, 5400 out; outputs at s3://b/out/; report s3://b/out/report.html"
-        ft = success_summary(Kind.FINE_TUNE_RUN, {
+        ft = success_summary(FineTuneRunStatus.model_validate({
             "results": {"bestMetric": {"name": "ndcg@10", "value": 0.6312345, "step": 30}},
-            "outputs": {"uri": "s3://b/ft/", "modelUri": "s3://b/ft/model/"}})
+            "outputs": {"uri": "s3://b/ft/", "modelUri": "s3://b/ft/model/"}}))
         assert ft == "best ndcg@10 0.6312 at step 30; outputs at s3://b/ft/model/"
 
     def test_committed_results_replace_what_heartbeats_said(self) -> None:
         body = {"metadata": {"generation": 1},
                 "status": {"results": {"step": 9, "latestMetrics": {}, "checkpointUri": "s3://b/c/"}}}
         obs = see(job([{"type": "Complete", "status": "True"}], completionTime="2026-12-03T11:30:00Z"), [])
-        status = compose(body, obs, NOW, results={"step": 37, "latestMetrics": {"ndcg@10": 0.6}}, committed=True)
-        assert status["results"] == {"step": 37, "latestMetrics": {"ndcg@10": 0.6}}
-        merged = compose(body, obs, NOW, results={"step": 10})
-        assert merged["results"]["checkpointUri"] == "s3://b/c/", "heartbeats merge over the progress so far"
+        committed = FineTuneResults(step=37, latest_metrics={"ndcg@10": 0.6})
+        status = compose(Kind.FINE_TUNE_RUN, body, obs, NOW, results=committed, committed=True)
+        assert status.to_kube()["results"] == {"step": 37, "latestMetrics": {"ndcg@10": 0.6}}
+        merged = compose(Kind.FINE_TUNE_RUN, body, obs, NOW, results=FineTuneResults(step=10))
+        assert merged.to_kube()["results"]["checkpointUri"] == "s3://b/c/", "heartbeats merge over the progress so far"
 
 
 class TestHeartbeatSenders:
@@ -153,8 +154,8 @@ class TestMultiNodeProgress:
         entry = store.get(run_key(Kind.FINE_TUNE_RUN, "ns", "r"), "u")
         assert entry is not None
         progress = entry.progress(Kind.FINE_TUNE_RUN)
-        assert (progress["done"], progress["total"], progress["percent"], progress["rate"]) == (40, 100, 40, 2.0)
-        assert progress["stage"] == "training"
+        assert (progress.done, progress.total, progress.percent, progress.rate) == (40, 100, 40, 2.0)
+        assert progress.stage == "training"
 
 
 class TestTimesAndPhases:
@@ -168,7 +169,7 @@ class TestTimesAndPhases:
                    completionTime="2026-12-03T11:41:59Z")
         obs = see(done, [])
         assert obs.phase is Phase.SUCCEEDED and obs.completion_time == "2026-12-03T11:41:59Z"
-        status = compose({"metadata": {"generation": 1}}, obs, NOW)
+        status = compose(Kind.AUGMENTATION_RUN, {"metadata": {"generation": 1}}, obs, NOW).to_kube()
         assert (status["startTime"], status["completionTime"]) == (START, "2026-12-03T11:41:59Z")
 
     def test_between_a_pods_exit_and_the_jobs_completion_the_run_stays_running(self) -> None:
@@ -177,7 +178,7 @@ class TestTimesAndPhases:
 
     def test_the_run_keeps_its_first_start_time_when_the_job_is_recreated(self) -> None:
         body = {"metadata": {"generation": 1}, "status": {"startTime": "2026-12-03T10:00:00Z"}}
-        status = compose(body, see(job(), [pod("p", "job-uid")]), NOW)
+        status = compose(Kind.AUGMENTATION_RUN, body, see(job(), [pod("p", "job-uid")]), NOW).to_kube()
         assert status["startTime"] == "2026-12-03T10:00:00Z"
 
     def test_a_missing_upstream_run_is_stalled(self) -> None:
@@ -208,11 +209,12 @@ class TestSpecChanges:
     def test_the_condition_says_what_was_ignored_and_observed_generation_advances(self) -> None:
         body = {"metadata": {"generation": 5}, "status": {"observedGeneration": 4}}
         update = spec_change_condition(["spec.parallelism"], terminal=False)
-        status = compose(body, see(job(), [pod("p", "job-uid")]), NOW, extra_conditions=[update])
-        condition = find(status["conditions"], ConditionType.SPEC_CHANGE_IGNORED)
-        assert condition is not None and condition["status"] == "True"
-        assert "spec.parallelism" in condition["message"] and condition["observedGeneration"] == 5
-        assert status["observedGeneration"] == 5
+        status = compose(Kind.AUGMENTATION_RUN, body, see(job(), [pod("p", "job-uid")]), NOW,
+                         extra_conditions=[update])
+        condition = find(status.conditions, ConditionType.SPEC_CHANGE_IGNORED)
+        assert condition is not None and condition.status == ConditionStatus.TRUE
+        assert "spec.parallelism" in condition.message and condition.observed_generation == 5
+        assert status.observed_generation == 5
 
 
 class TestWhatTheApiServerAccepts:
@@ -224,10 +226,10 @@ class TestWhatTheApiServerAccepts:
         assert isinstance(translated, Invalid)
         assert "spec.template.spec.affinity.nodeAffinity" in translated.detail
 
-    def test_status_is_checked_against_the_typed_models(self) -> None:
-        status = compose({"metadata": {"generation": 1}}, see(job(), [pod("p", "job-uid")]), NOW,
-                         progress={"done": 3, "stage": "loading model"})
-        assert checked(Kind.FINE_TUNE_RUN, status) == status
+    def test_status_is_built_from_the_typed_models(self) -> None:
+        status = compose(Kind.FINE_TUNE_RUN, {"metadata": {"generation": 1}}, see(job(), [pod("p", "job-uid")]), NOW,
+                         progress=Progress(done=3, stage="loading model"))
+        assert FineTuneRunStatus.model_validate(status.to_kube()) == status
 
 
 class TestChildIndexLifecycle:
