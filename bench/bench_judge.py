@@ -120,7 +120,9 @@ def main(argv: list[str] | None = None) -> int:
     from sampleforge.jobs.augment.filters import Candidate
     from sampleforge.jobs.augment.generation import TOP_P, GenerationSettings
     from sampleforge.jobs.augment.judge import DEFAULT_RUBRIC, LlmJudge, cohens_kappa, label_scale
-    from sampleforge.jobs.augment.protocol import ColumnRoles, Labels, RowRandomness
+    from sampleforge.jobs.augment.labels import Labels
+    from sampleforge.jobs.augment.randomness import RowRandomness
+    from sampleforge.jobs.augment.rows import ColumnRoles
     from sampleforge.testbed import start_llamacpp
 
     pairs = walmart_slice(args.split, rows)

@@ -7,10 +7,13 @@ Modules, in the order a shard uses them:
 * :mod:`.source` -- listing and streaming JSONL, CSV and Parquet from MinIO; row ids and sharding;
 * :mod:`.preprocess`, :mod:`.pii` -- cleaning, dense-feature statistics, PII redaction;
 * :mod:`.knowledge` -- the first pass: whole-source facts every shard learns identically;
-* :mod:`.protocol` -- the **row-augmenter protocol** every augmenter follows, and its registry;
-* :mod:`.catalog` -- the registered augmenter families: :mod:`.textedit` (adapter for the text-edit
-  package :mod:`.text`), :mod:`.attributes`, :mod:`.hardnegative` (with :mod:`.bm25`,
-  :mod:`.embedding`), :mod:`.rebalance`;
+* :mod:`.rows`, :mod:`.labels`, :mod:`.randomness` -- cleaned rows and their column roles, the
+  source's label type, and each augmenter's per-row random numbers;
+* :mod:`.protocol` -- the **row-augmenter protocol** every augmenter follows;
+* :mod:`.registry`, :mod:`.catalog` -- the augmenter types this image can build, and the families
+  that register them: :mod:`.textedit` (adapter for the text-edit package :mod:`.text`),
+  :mod:`.attributes`, :mod:`.hardnegative` (with :mod:`.bm25`, :mod:`.embedding`), :mod:`.rebalance`,
+  :mod:`.generation`, :mod:`.judge`, :mod:`.gan`, :mod:`.mixup`, :mod:`.image`;
 * :mod:`.filters`, :mod:`.dedup` -- quality filters for generated rows;
 * :mod:`.output`, :mod:`.report`, :mod:`.htmlreport` -- parts, shard markers, the manifest, ``report.md``
   and ``report.html``.
@@ -32,7 +35,7 @@ Rows: the columns mapped in ``spec.source.columns`` under their source names (id
 item as text, label in the source's type -- int64, double or string -- attributes as text or null,
 dense features as double after clipping and normalisation, image as text) followed by the provenance
 columns ``sf_origin`` ('source' / 'generated'), ``sf_augmenter``, ``sf_source_row`` (global source row
-id) and ``sf_label_rule`` (every rule and its meaning: ``protocol.PROVENANCE_COLUMNS``, which the
+id) and ``sf_label_rule`` (every rule and its meaning: ``rows.PROVENANCE_COLUMNS``, which the
 manifest's ``provenanceColumns`` repeats); a run with an ``llmJudge``
 (:mod:`.judge`) adds ``sf_judge_label`` (its grade, in the label's type) and ``sf_judge_agrees``.
 Unmapped source columns are not carried: a

@@ -26,9 +26,14 @@ import re
 from functools import lru_cache
 from typing import Any
 
+from sampleforge.api.augmenters import AttributeDropAugmenter, AttributeReorderAugmenter, AttributeSwapAugmenter
+
 from .dedup import norm_key
 from .errors import ConfigError
-from .protocol import BatchPlan, BuildContext, GeneratedRow, LabelError, RowBatch, register_row_augmenter
+from .labels import LabelError
+from .protocol import BatchPlan, GeneratedRow
+from .registry import BuildContext, register_row_augmenter
+from .rows import RowBatch
 
 __all__ = ["AttributeDrop", "AttributeReorder", "AttributeSwap", "find_mention", "remove_span"]
 
@@ -238,18 +243,18 @@ def _attributes(entry: Any, build: BuildContext) -> list[str]:
     return names
 
 
-@register_row_augmenter("attributeDrop")
-def _build_drop(entry: Any, build: BuildContext) -> AttributeDrop:
+@register_row_augmenter(AttributeDropAugmenter)
+def _build_drop(entry: AttributeDropAugmenter, build: BuildContext) -> AttributeDrop:
     return AttributeDrop(entry.display_name(), _attributes(entry, build), entry.per_row, entry.max_attributes)
 
 
-@register_row_augmenter("attributeReorder")
-def _build_reorder(entry: Any, build: BuildContext) -> AttributeReorder:
+@register_row_augmenter(AttributeReorderAugmenter)
+def _build_reorder(entry: AttributeReorderAugmenter, build: BuildContext) -> AttributeReorder:
     return AttributeReorder(entry.display_name(), _attributes(entry, build), entry.per_row)
 
 
-@register_row_augmenter("attributeSwap", needs=("attributeValues",))
-def _build_swap(entry: Any, build: BuildContext) -> AttributeSwap:
+@register_row_augmenter(AttributeSwapAugmenter, needs=("attributeValues",))
+def _build_swap(entry: AttributeSwapAugmenter, build: BuildContext) -> AttributeSwap:
     try:
         label = build.labels.coerce(entry.label, f"{build.field_path}.label")
     except LabelError as err:

@@ -1,6 +1,6 @@
 """The augmenter types this job can run, and building them from ``spec.augmenters``.
 
-Each family registers its types with :func:`~.protocol.register_row_augmenter` when its module is
+Each family registers its types with :func:`~.registry.register_row_augmenter` when its module is
 imported; importing them here is what makes them available. A new family adds its module to the
 imports below.
 """
@@ -23,7 +23,8 @@ from . import (  # noqa: F401 -- each family registers its types on import
     textedit,
 )
 from .errors import ConfigError
-from .protocol import BuildContext, RowAugmenter, registered_types, registration
+from .protocol import RowAugmenter
+from .registry import BuildContext, Need, registered_types, registration
 
 __all__ = ["build_augmenters", "check_supported", "needs_of"]
 
@@ -37,9 +38,9 @@ def check_supported(spec: AugmentationRunSpec) -> None:
                 f"(available: {', '.join(registered_types())}); remove it or use an image that has it")
 
 
-def needs_of(spec: AugmentationRunSpec) -> frozenset[str]:
+def needs_of(spec: AugmentationRunSpec) -> frozenset[Need]:
     """Whole-source facts the configured augmenters need from the first pass."""
-    needs: set[str] = set()
+    needs: set[Need] = set()
     for entry in spec.augmenters:
         found = registration(entry.type)
         if found is not None:
@@ -54,7 +55,7 @@ def build_augmenters(spec: AugmentationRunSpec, context: dict[str, Any]) -> list
     for index, entry in enumerate(spec.augmenters):
         found = registration(entry.type)
         assert found is not None
-        augmenter = found.factory(entry, BuildContext(spec=spec, index=index, **context))
+        augmenter = found.build(entry, BuildContext(spec=spec, index=index, **context))
         if not isinstance(augmenter, RowAugmenter):
             raise TypeError(f"the factory of {entry.type!r} returned {type(augmenter).__name__}, which does not "
                             "follow the RowAugmenter protocol")

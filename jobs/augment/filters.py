@@ -49,8 +49,9 @@ from sampleforge.api.augmentation import Filters
 from .dedup import HashSet, NearDuplicateIndex, item_repr, minhashes, norm_key, pair_hash
 from .embedding import PairClassifier, TextEncoder
 from .errors import ConfigError
+from .labels import Labels
 from .modelcache import ModelCache
-from .protocol import ColumnRoles, Labels
+from .rows import ColumnRoles
 
 log = logging.getLogger(__name__)
 

@@ -53,17 +53,15 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from numpy.typing import NDArray
 
+from sampleforge.api.augmenters import GanAugmenter as GanSpec
+
 from .errors import ConfigError
+from .labels import Labels
 from .mixup import features_of, sample_matrix
-from .protocol import (
-    BatchPlan,
-    BuildContext,
-    GeneratedRow,
-    Labels,
-    RowBatch,
-    RowRandomness,
-    register_row_augmenter,
-)
+from .protocol import BatchPlan, GeneratedRow
+from .randomness import RowRandomness
+from .registry import BuildContext, register_row_augmenter
+from .rows import RowBatch
 
 if TYPE_CHECKING:  # torch is imported on first use: a run without a gan never pays for it
     import torch
@@ -423,8 +421,8 @@ def selected_rows(build: BuildContext, name: str, row_ids: NDArray[np.int64]) ->
     return chosen
 
 
-@register_row_augmenter("gan", needs=("sample",))
-def _build(entry: Any, build: BuildContext) -> GanAugmenter:
+@register_row_augmenter(GanSpec, needs=("sample",))
+def _build(entry: GanSpec, build: BuildContext) -> GanAugmenter:
     import torch
 
     name = entry.display_name()

@@ -66,22 +66,19 @@ from dataclasses import dataclass
 from typing import Any
 
 from sampleforge.api import jobenv
+from sampleforge.api.augmenters import BackTranslationAugmenter, Doc2QueryAugmenter, ParaphraseAugmenter
 from sampleforge.jobs.common.hashing import fnv1a64, splitmix64
 from sampleforge.jobs.common.storage import S3Uri
 
 from .engines import EngineStats, Failed, OpenAIGenerator, build_openai_generator, chat_input
 from .errors import ConfigError, ModelError
 from .gencache import CachedGenerator
+from .labels import LabelError
 from .models import ModelLocation
 from .prompts import DEFAULT_TEMPLATES, Templates, clean_output, judge, normalized, render, script_language
-from .protocol import (
-    BatchPlan,
-    BuildContext,
-    GeneratedRow,
-    LabelError,
-    RowBatch,
-    register_row_augmenter,
-)
+from .protocol import BatchPlan, GeneratedRow
+from .registry import BuildContext, register_row_augmenter
+from .rows import RowBatch
 from .vllm_engine import VllmGenerator, require_vllm
 
 log = logging.getLogger(__name__)
@@ -662,15 +659,15 @@ def _generator(entry: Any, build: BuildContext, ref: str, field: str) -> Generat
     return _cached(_engine(entry, build, ref, field), build)
 
 
-@register_row_augmenter("paraphrase")
-def _build_paraphrase(entry: Any, build: BuildContext) -> Paraphrase:
+@register_row_augmenter(ParaphraseAugmenter)
+def _build_paraphrase(entry: ParaphraseAugmenter, build: BuildContext) -> Paraphrase:
     generator = _generator(entry, build, entry.model, "model")
     return Paraphrase(entry.display_name(), generator, _settings(entry), entry.per_row, entry.fields,
                       entry.prompt_template)
 
 
-@register_row_augmenter("doc2query")
-def _build_doc2query(entry: Any, build: BuildContext) -> Doc2Query:
+@register_row_augmenter(Doc2QueryAugmenter)
+def _build_doc2query(entry: Doc2QueryAugmenter, build: BuildContext) -> Doc2Query:
     try:
         label = build.labels.coerce(entry.label, f"{build.field_path}.label") if entry.label is not None else None
     except LabelError as err:
@@ -680,8 +677,8 @@ def _build_doc2query(entry: Any, build: BuildContext) -> Doc2Query:
                      "keep" if label is None else "assign")
 
 
-@register_row_augmenter("backTranslation")
-def _build_back_translation(entry: Any, build: BuildContext) -> BackTranslation:
+@register_row_augmenter(BackTranslationAugmenter)
+def _build_back_translation(entry: BackTranslationAugmenter, build: BuildContext) -> BackTranslation:
     forward = _generator(entry, build, entry.model, "model")
     back = forward
     if entry.reverse_model is not None and entry.reverse_model != entry.model:

@@ -24,13 +24,18 @@ from __future__ import annotations
 from collections import OrderedDict
 from typing import Any
 
+from sampleforge.api.augmenters import HardNegativeAugmenter
+
 from .bm25 import BM25Index
 from .dedup import hash64, item_repr, norm_key, normalized_pair_hashes
 from .embedding import TextEncoder
 from .errors import ConfigError
 from .itempool import ItemPool
-from .protocol import BatchPlan, BuildContext, GeneratedRow, LabelError, RowBatch, register_row_augmenter
+from .labels import LabelError
+from .protocol import BatchPlan, GeneratedRow
+from .registry import BuildContext, register_row_augmenter
 from .retrieval import VectorIndex, build_item_index
+from .rows import RowBatch
 
 __all__ = ["HardNegativeMiner"]
 
@@ -105,8 +110,8 @@ class HardNegativeMiner:
         return rows
 
 
-@register_row_augmenter("hardNegative", needs=("itemPool",))
-def _build(entry: Any, build: BuildContext) -> HardNegativeMiner:
+@register_row_augmenter(HardNegativeAugmenter, needs=("itemPool",))
+def _build(entry: HardNegativeAugmenter, build: BuildContext) -> HardNegativeMiner:
     path = f"{build.field_path}.label"
     try:
         if entry.label is not None:
@@ -117,6 +122,8 @@ def _build(entry: Any, build: BuildContext) -> HardNegativeMiner:
         raise ConfigError(str(err)) from err
     encoder = None
     if entry.method == "embedding":
+        if entry.model is None:  # the API server rejects this already; a spec read from elsewhere may not be checked
+            raise ConfigError(f"{build.field_path}.model is required when method is embedding")
         encoder = build.models.encoder(entry.model, f"{build.field_path}.model")
     return HardNegativeMiner(entry.display_name(), build.knowledge.item_pool, method=entry.method,
                              per_query=entry.per_query, skip_top=entry.skip_top, label=label, label_rule=rule,

@@ -36,10 +36,13 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageEnhance, ImageFilter, ImageOps, UnidentifiedImageError
 
+from sampleforge.api.augmenters import ImageAugmenter as ImageSpec
 from sampleforge.jobs.common.storage import ObjectStore, S3Uri, StorageError
 
 from .errors import ConfigError
-from .protocol import BatchPlan, BuildContext, GeneratedRow, RowBatch, register_row_augmenter
+from .protocol import BatchPlan, GeneratedRow
+from .registry import BuildContext, register_row_augmenter
+from .rows import RowBatch
 
 log = logging.getLogger(__name__)
 
@@ -178,8 +181,8 @@ class ImageAugmenter:
         return out
 
 
-@register_row_augmenter("image")
-def _build(entry: Any, build: BuildContext) -> ImageAugmenter:
+@register_row_augmenter(ImageSpec)
+def _build(entry: ImageSpec, build: BuildContext) -> ImageAugmenter:
     column = build.roles.image
     if column is None:  # the API server rejects this already; a spec read from elsewhere may not be checked
         raise ConfigError(f"{build.field_path} has type image but spec.source.columns.image is unset; name the "

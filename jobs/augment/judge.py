@@ -45,23 +45,19 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from sampleforge.api.augmenters import LlmJudgeAugmenter
+
 from .engines import EngineStats, Failed
 from .errors import ConfigError
 from .filters import Candidate
 from .gencache import CachedGenerator
 from .generation import GenerationSettings, _generator, request_seed
+from .labels import LabelError, Labels
 from .prompts import MAX_SOURCE_CHARS, normalized
-from .protocol import (
-    BatchPlan,
-    BuildContext,
-    ColumnRoles,
-    GeneratedRow,
-    LabelError,
-    Labels,
-    RowBatch,
-    RowRandomness,
-    register_row_augmenter,
-)
+from .protocol import BatchPlan, GeneratedRow
+from .randomness import RowRandomness
+from .registry import BuildContext, register_row_augmenter
+from .rows import ColumnRoles, RowBatch
 
 log = logging.getLogger(__name__)
 
@@ -427,8 +423,8 @@ def _assigned_labels(build: BuildContext) -> list[Any]:
             if getattr(entry, "label", None) is not None]
 
 
-@register_row_augmenter("llmJudge")
-def _build_llm_judge(entry: Any, build: BuildContext) -> LlmJudge:
+@register_row_augmenter(LlmJudgeAugmenter)
+def _build_llm_judge(entry: LlmJudgeAugmenter, build: BuildContext) -> LlmJudge:
     scale = label_scale(build.labels, _assigned_labels(build), build.field_path)
     judged = frozenset(entry.judged) if entry.judged else frozenset(
         a.display_name() for a in build.spec.augmenters if a.type != "llmJudge")

@@ -40,8 +40,10 @@ from sampleforge.jobs.common.hashing import splitmix64
 
 from .dedup import HashSet, hash64, item_repr, norm_key, pair_hashes
 from .itempool import ItemPool, ItemPoolBuilder, PoolItem
+from .labels import Labels
 from .preprocess import Cleaner, DenseStats, fit_dense_stats, label_kind
-from .protocol import ColumnRoles, Labels, RowBatch, RowRandomness
+from .randomness import RowRandomness
+from .rows import ColumnRoles, RowBatch
 from .source import RawBatch
 
 log = logging.getLogger(__name__)

@@ -29,8 +29,13 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from sampleforge.api.augmenters import MixupAugmenter
+
 from .errors import ConfigError
-from .protocol import BatchPlan, BuildContext, GeneratedRow, LabelError, Labels, RowBatch, register_row_augmenter
+from .labels import LabelError, Labels
+from .protocol import BatchPlan, GeneratedRow
+from .registry import BuildContext, register_row_augmenter
+from .rows import RowBatch
 
 __all__ = ["Mixup", "features_of", "sample_matrix"]
 
@@ -115,8 +120,8 @@ class Mixup:
         return out
 
 
-@register_row_augmenter("mixup", needs=("sample",))
-def _build(entry: Any, build: BuildContext) -> Mixup:
+@register_row_augmenter(MixupAugmenter, needs=("sample",))
+def _build(entry: MixupAugmenter, build: BuildContext) -> Mixup:
     features, positions = features_of(entry, build)
     row_ids, matrix, labels = sample_matrix(build, positions)
     return Mixup(entry.display_name(), float(entry.alpha), features, build.roles.label, build.labels, row_ids,

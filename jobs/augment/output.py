@@ -45,7 +45,7 @@ from sampleforge.jobs.common.storage import ObjectStore, S3Uri, sha256_file
 
 from .judge import judge_rates
 from .preprocess import Reject
-from .protocol import PROVENANCE_COLUMNS, ColumnRoles
+from .rows import PROVENANCE_COLUMNS, ColumnRoles
 
 __all__ = ["PART_ROWS", "ROW_GROUP_ROWS", "TEXT_LENGTH_EDGES", "PartWriter", "RejectsWriter", "assemble_manifest", "combine_engine_summaries",
            "committed_manifest", "length_bin", "marker_uri", "output_schema", "read_markers"]

@@ -38,7 +38,6 @@ from tqdm.auto import tqdm
 
 from sampleforge.api.augmentation import AugmentationRunSpec, Columns
 from sampleforge.api.constants import Reason
-from sampleforge.api.status import AugmentationResults
 from sampleforge.jobs.common.context import RunContext
 from sampleforge.jobs.common.heartbeat import HeartbeatSender
 from sampleforge.jobs.common.storage import ObjectStore, S3Uri, StorageError
@@ -64,18 +63,10 @@ from .output import (
 )
 from .pii import PiiRedactor
 from .preprocess import Cleaner, clean_text
-from .protocol import (
-    PROVENANCE_COLUMNS,
-    AugmenterSummary,
-    BatchPlan,
-    ColumnRoles,
-    GeneratedRow,
-    RowAugmenter,
-    RowBatch,
-    RowRandomness,
-    SourceRowSelector,
-)
+from .protocol import AugmenterSummary, BatchPlan, GeneratedRow, RowAugmenter, SourceRowSelector
+from .randomness import RowRandomness
 from .report import render_report
+from .rows import PROVENANCE_COLUMNS, ColumnRoles, RowBatch
 from .source import SourceObject, SourceReader, list_objects, shard_range
 
 log = logging.getLogger("sampleforge.jobs.augment")
@@ -564,10 +555,8 @@ class ShardJob:
         filtered = {name: sum(r.values()) for name, r in counts.filtered.items()}
         self.heartbeat.update(
             done=min(counts.rows_read, total), total=total, rate=counts.rows_read / elapsed,
-            augmentation=AugmentationResults(samples_in=counts.rows_in,
-                                             samples_out=counts.rows_in + counts.generated_kept,
-                                             per_augmenter=dict(counts.kept), filtered=filtered,
-                                             rejected_rows=rejected))
+            augmentation={"samplesIn": counts.rows_in, "samplesOut": counts.rows_in + counts.generated_kept,
+                          "perAugmenter": dict(counts.kept), "filtered": filtered, "rejectedRows": rejected})
 
     # -- 6. commit the run ---------------------------------------------------------------------------
 

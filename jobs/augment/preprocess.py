@@ -1,4 +1,4 @@
-"""Cleaning source records into :class:`~.protocol.RowBatch` es, as ``spec.preprocess`` declares.
+"""Cleaning source records into :class:`~.rows.RowBatch` es, as ``spec.preprocess`` declares.
 
 The same code runs in the first pass over the whole source (:mod:`.knowledge`) and in each shard's
 pass, so the statistics, pools and hashes learnt in the first pass describe exactly the rows the
@@ -29,7 +29,7 @@ from numpy.typing import NDArray
 from sampleforge.api.augmentation import Preprocess
 
 from .pii import PiiRedactor
-from .protocol import ColumnRoles, RowBatch
+from .rows import ColumnRoles, RowBatch
 from .source import RawBatch
 
 __all__ = ["Cleaner", "DenseStats", "FeatureStats", "Reject", "clean_text", "fit_dense_stats"]
@@ -183,7 +183,7 @@ def label_kind(kinds: set[type]) -> str:
 
 @dataclass
 class Cleaner:
-    """Turns :class:`~.source.RawBatch` es into :class:`~.protocol.RowBatch` es plus rejects."""
+    """Turns :class:`~.source.RawBatch` es into :class:`~.rows.RowBatch` es plus rejects."""
 
     roles: ColumnRoles
     options: Preprocess

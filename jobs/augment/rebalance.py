@@ -27,24 +27,19 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 
+from sampleforge.api.augmenters import RebalanceAugmenter
 from sampleforge.jobs.augment.text import create_augmenter
 
 from .errors import ConfigError
-from .protocol import (
-    BatchPlan,
-    BuildContext,
-    GeneratedRow,
-    LabelError,
-    Labels,
-    RowBatch,
-    RowRandomness,
-    register_row_augmenter,
-)
+from .labels import LabelError, Labels
+from .protocol import BatchPlan, GeneratedRow
+from .randomness import RowRandomness
+from .registry import BuildContext, register_row_augmenter
+from .rows import RowBatch
 from .textedit import TEXT_EDIT_TYPES, TextEditAugmenter, build_text_augmenter
 
 log = logging.getLogger(__name__)
@@ -152,8 +147,8 @@ def _editors(build: BuildContext, name: str) -> list[TextEditAugmenter]:
             for type_name, options, fields in DEFAULT_EDITORS]
 
 
-@register_row_augmenter("rebalance")
-def _build(entry: Any, build: BuildContext) -> Rebalance:
+@register_row_augmenter(RebalanceAugmenter)
+def _build(entry: RebalanceAugmenter, build: BuildContext) -> Rebalance:
     labels = build.labels
     target: dict[str, float] = {}
     for key, share in entry.target_distribution.items():

@@ -2,7 +2,7 @@
 
 The text augmenters work on lists of strings and key their randomness by ``first_row + i``; this
 adapter feeds them the query and/or item column of each run of consecutive row ids (see
-:meth:`~.protocol.RowBatch.contiguous_runs`), with unselected rows blanked so they get nothing, and
+:meth:`~.rows.RowBatch.contiguous_runs`), with unselected rows blanked so they get nothing, and
 turns their variants into :class:`~.protocol.GeneratedRow` s. Decisions made here:
 
 * **One seed per augmenter name and field.** The text augmenters salt their streams with their type
@@ -23,6 +23,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from sampleforge.api.augmenters import (
+    CharNoiseAugmenter,
+    RandomDeleteAugmenter,
+    RandomInsertAugmenter,
+    RandomSwapAugmenter,
+    SynonymAugmenter,
+    TypoAugmenter,
+)
 from sampleforge.jobs.augment.text import (
     LexiconError,
     TextAugmenterProtocol,
@@ -33,12 +41,16 @@ from sampleforge.jobs.augment.text import (
 from sampleforge.jobs.common.storage import S3Uri, StorageError
 
 from .errors import ConfigError
-from .protocol import BatchPlan, BuildContext, GeneratedRow, RowBatch, register_row_augmenter
+from .protocol import BatchPlan, GeneratedRow
+from .registry import BuildContext, register_row_augmenter
+from .rows import RowBatch
 
 __all__ = ["TEXT_EDIT_TYPES", "TextEditAugmenter", "build_text_augmenter", "text_options"]
 
-#: Spec types served by the text-edit package.
+#: Spec types served by the text-edit package: their ``type`` values, and their classes.
 TEXT_EDIT_TYPES = ("synonym", "randomInsert", "randomSwap", "randomDelete", "typo", "charNoise")
+TextEditSpec = (SynonymAugmenter | RandomInsertAugmenter | RandomSwapAugmenter | RandomDeleteAugmenter
+                | TypoAugmenter | CharNoiseAugmenter)
 
 
 def text_options(entry: Any) -> dict[str, Any]:
@@ -125,9 +137,13 @@ def _user_lexicon(uri: str, build: BuildContext) -> Any:
     return default_lexicon().merged(user)
 
 
-def _factory(entry: Any, build: BuildContext) -> TextEditAugmenter:
+def _build(entry: TextEditSpec, build: BuildContext) -> TextEditAugmenter:
     return build_text_augmenter(entry, build)
 
 
-for _type in TEXT_EDIT_TYPES:
-    register_row_augmenter(_type)(_factory)
+register_row_augmenter(SynonymAugmenter)(_build)
+register_row_augmenter(RandomInsertAugmenter)(_build)
+register_row_augmenter(RandomSwapAugmenter)(_build)
+register_row_augmenter(RandomDeleteAugmenter)(_build)
+register_row_augmenter(TypoAugmenter)(_build)
+register_row_augmenter(CharNoiseAugmenter)(_build)

@@ -46,7 +46,7 @@ from .errors import DatasetError
 __all__ = ["SUFFIX_FORMATS", "Dataset", "Examples", "QuerySplit", "Rejected", "committed_data", "data_formats",
            "query_groups", "read_committed", "read_dataset", "split_by_query"]
 
-#: Provenance columns an AugmentationRun writes next to the data (see jobs/augment/protocol.py).
+#: Provenance columns an AugmentationRun writes next to the data (see jobs/augment/rows.py).
 ORIGIN: Final = "sf_origin"
 SOURCE_ROW: Final = "sf_source_row"
 LABEL_RULE: Final = "sf_label_rule"

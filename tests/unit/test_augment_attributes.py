@@ -11,7 +11,9 @@ from sampleforge.jobs.augment.attributes import (
     find_mention,
     remove_span,
 )
-from sampleforge.jobs.augment.protocol import BatchPlan, ColumnRoles, RowBatch, RowRandomness
+from sampleforge.jobs.augment.protocol import BatchPlan
+from sampleforge.jobs.augment.randomness import RowRandomness
+from sampleforge.jobs.augment.rows import ColumnRoles, RowBatch
 
 ROLES = ColumnRoles(query="q", item="t", label="y", attributes=("brand", "color"))
 

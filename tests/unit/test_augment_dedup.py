@@ -10,7 +10,7 @@ import pytest
 from sampleforge.jobs.augment import dedup
 from sampleforge.jobs.augment.dedup import HashSet, item_repr, norm_key, pair_hash, pair_hashes, sorted_unique
 from sampleforge.jobs.augment.filters import Candidate, ExactDedup, NearDedup, char_ngram_cosine
-from sampleforge.jobs.augment.protocol import ColumnRoles
+from sampleforge.jobs.augment.rows import ColumnRoles
 
 ROLES = ColumnRoles(query="q", item="t", label="y", attributes=("brand",))
 

@@ -15,8 +15,11 @@ from sampleforge.jobs.augment.catalog import build_augmenters, needs_of
 from sampleforge.jobs.augment.errors import ConfigError
 from sampleforge.jobs.augment.gan import Condition, fidelity, roc_auc, shares, train_gan
 from sampleforge.jobs.augment.knowledge import DatasetKnowledge, learn
+from sampleforge.jobs.augment.labels import Labels
 from sampleforge.jobs.augment.preprocess import Cleaner
-from sampleforge.jobs.augment.protocol import BatchPlan, ColumnRoles, Labels, RowBatch, RowRandomness
+from sampleforge.jobs.augment.protocol import BatchPlan
+from sampleforge.jobs.augment.randomness import RowRandomness
+from sampleforge.jobs.augment.rows import ColumnRoles, RowBatch
 from sampleforge.jobs.augment.source import RawBatch
 
 ROLES = ColumnRoles(query="q", item="t", label="y", dense=("price", "ctr", "age"))

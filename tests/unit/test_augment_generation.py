@@ -37,7 +37,9 @@ from sampleforge.jobs.augment.prompts import (
     render,
     script_language,
 )
-from sampleforge.jobs.augment.protocol import BatchPlan, ColumnRoles, RowBatch, RowRandomness
+from sampleforge.jobs.augment.protocol import BatchPlan
+from sampleforge.jobs.augment.randomness import RowRandomness
+from sampleforge.jobs.augment.rows import ColumnRoles, RowBatch
 
 FIELD = "spec.augmenters[0].model"
 
@@ -322,7 +324,7 @@ class TestAugmenters:
 
 def test_factories_register_the_three_types() -> None:
     from sampleforge.jobs.augment import catalog  # noqa: F401 -- registration on import
-    from sampleforge.jobs.augment.protocol import registration
+    from sampleforge.jobs.augment.registry import registration
 
     specs: list[Any] = [ParaphraseAugmenter(type="paraphrase", model="org/m"),
                         Doc2QueryAugmenter(type="doc2query", model="org/m"),

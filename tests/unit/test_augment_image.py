@@ -10,7 +10,7 @@ import pytest
 from PIL import Image, ImageDraw
 
 from sampleforge.jobs.augment.image import OPERATIONS, _encode, apply_operations, image_key
-from sampleforge.jobs.augment.protocol import RowRandomness
+from sampleforge.jobs.augment.randomness import RowRandomness
 from sampleforge.jobs.common.storage import S3Uri
 
 

@@ -34,9 +34,11 @@ from sampleforge.jobs.augment.judge import (
     parse_grade,
     render_rubric,
 )
+from sampleforge.jobs.augment.labels import Labels
 from sampleforge.jobs.augment.output import output_schema
 from sampleforge.jobs.augment.pipeline import _with_judges
-from sampleforge.jobs.augment.protocol import ColumnRoles, Labels, RowRandomness
+from sampleforge.jobs.augment.randomness import RowRandomness
+from sampleforge.jobs.augment.rows import ColumnRoles
 
 GRADES = Scale(("0", "1", "2"), numeric=True)
 ESCI = Scale(("Complement", "Exact", "Irrelevant", "Substitute"), numeric=False)

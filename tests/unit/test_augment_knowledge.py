@@ -12,8 +12,9 @@ from sampleforge.api.augmentation import Preprocess
 from sampleforge.jobs.augment.knowledge import HISTOGRAM_BINS, BottomK, _MaxRowsHistogram
 from sampleforge.jobs.augment.pii import PiiRedactor
 from sampleforge.jobs.augment.preprocess import Cleaner, fit_dense_stats
-from sampleforge.jobs.augment.protocol import ColumnRoles, RowRandomness
+from sampleforge.jobs.augment.randomness import RowRandomness
 from sampleforge.jobs.augment.rebalance import rebalance_rates
+from sampleforge.jobs.augment.rows import ColumnRoles
 from sampleforge.jobs.augment.source import Malformed, RawBatch
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from sampleforge.jobs.augment.filters import Candidate, LeakageGuard, eval_split
-from sampleforge.jobs.augment.protocol import ColumnRoles
+from sampleforge.jobs.augment.rows import ColumnRoles
 
 ROLES = ColumnRoles(query="q", item="t", label="y")
 EVAL_QUERIES = ["wireless noise cancelling headphones", "red leather handbag large"]

@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 
 from sampleforge.jobs.augment.output import assemble_manifest, digest, output_schema
-from sampleforge.jobs.augment.protocol import PROVENANCE_COLUMNS, ColumnRoles
 from sampleforge.jobs.augment.report import render_report
+from sampleforge.jobs.augment.rows import PROVENANCE_COLUMNS, ColumnRoles
 
 SHARED: dict[str, Any] = {
     "run": {"kind": "AugmentationRun", "name": "shoes", "namespace": "search-ml", "uid": "u"},

@@ -14,7 +14,9 @@ from sampleforge.jobs.augment.catalog import build_augmenters, needs_of
 from sampleforge.jobs.augment.knowledge import DatasetKnowledge, learn
 from sampleforge.jobs.augment.mixup import Mixup
 from sampleforge.jobs.augment.preprocess import Cleaner
-from sampleforge.jobs.augment.protocol import BatchPlan, ColumnRoles, GeneratedRow, RowBatch, RowRandomness
+from sampleforge.jobs.augment.protocol import BatchPlan, GeneratedRow
+from sampleforge.jobs.augment.randomness import RowRandomness
+from sampleforge.jobs.augment.rows import ColumnRoles, RowBatch
 from sampleforge.jobs.augment.source import RawBatch
 
 ROLES = ColumnRoles(query="q", item="t", label="y", dense=("price", "ctr", "age"))

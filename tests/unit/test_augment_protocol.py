@@ -1,5 +1,5 @@
-"""The row-augmenter contract: row randomness that depends only on (seed, name, row), batches and
-their runs of consecutive row ids, label coercion, and the registry of augmenter types."""
+"""What every augmenter is built on: row randomness that depends only on (seed, name, row), batches
+and their runs of consecutive row ids, label coercion, and the registry of augmenter types."""
 
 from __future__ import annotations
 
@@ -7,17 +7,13 @@ import numpy as np
 import pytest
 
 from sampleforge.api.augmentation import AugmentationRunSpec
+from sampleforge.api.augmenters import GanAugmenter, MixupAugmenter, TypoAugmenter
 from sampleforge.jobs.augment.catalog import check_supported, needs_of
 from sampleforge.jobs.augment.errors import ConfigError
-from sampleforge.jobs.augment.protocol import (
-    ColumnRoles,
-    LabelError,
-    Labels,
-    RowBatch,
-    RowRandomness,
-    register_row_augmenter,
-    registered_types,
-)
+from sampleforge.jobs.augment.labels import LabelError, Labels
+from sampleforge.jobs.augment.randomness import RowRandomness
+from sampleforge.jobs.augment.registry import register_row_augmenter, registered_types, registration
+from sampleforge.jobs.augment.rows import ColumnRoles, RowBatch
 
 
 class TestRowRandomness:
@@ -104,22 +100,30 @@ class TestRegistry:
         assert {"typo", "synonym", "randomInsert", "randomSwap", "randomDelete", "charNoise", "attributeDrop",
                 "attributeReorder", "attributeSwap", "hardNegative", "rebalance"} <= set(registered_types())
 
-    def test_registration_rejects_unknown_needs_and_double_registration(self) -> None:
+    def test_registration_rejects_unknown_needs_classes_and_double_registration(self) -> None:
         with pytest.raises(ValueError, match="unknown needs"):
-            register_row_augmenter("gan", needs=("gpu",))
+            register_row_augmenter(GanAugmenter, needs=("gpu",))  # type: ignore[arg-type]
+        with pytest.raises(ValueError, match="not an augmenter of the schema"):
+            register_row_augmenter(AugmentationRunSpec)  # type: ignore[type-var]
 
         def factory(entry: object, build: object) -> object:
             raise AssertionError
 
         with pytest.raises(ValueError, match="registered twice"):
-            register_row_augmenter("typo")(factory)  # type: ignore[arg-type]
+            register_row_augmenter(TypoAugmenter)(factory)  # type: ignore[arg-type]
+
+    def test_a_factory_gets_only_entries_of_its_spec_class(self) -> None:
+        found = registration("typo")
+        assert found is not None and found.needs == frozenset()
+        with pytest.raises(TypeError, match="builds from TypoAugmenter, not MixupAugmenter"):
+            found.build(MixupAugmenter(type="mixup"), None)  # type: ignore[arg-type]
 
     def test_types_without_an_implementation_are_a_configuration_error(self, monkeypatch: pytest.MonkeyPatch
                                                                         ) -> None:
         # A job image older than the operator's CRD: the schema knows the type, the image does not.
-        from sampleforge.jobs.augment import protocol
+        from sampleforge.jobs.augment import registry
 
-        monkeypatch.delitem(protocol._REGISTRY, "mixup")
+        monkeypatch.delitem(registry._REGISTRY, "mixup")
         spec = AugmentationRunSpec.model_validate({
             "storage": {"endpoint": "minio:9000", "credentialsSecret": "s"},
             "source": {"uri": "s3://data/train.parquet", "columns": {"denseFeatures": ["f1"]}},

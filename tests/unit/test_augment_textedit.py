@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from sampleforge.jobs.augment.protocol import BatchPlan, ColumnRoles, RowBatch, RowRandomness
+from sampleforge.jobs.augment.protocol import BatchPlan
+from sampleforge.jobs.augment.randomness import RowRandomness
+from sampleforge.jobs.augment.rows import ColumnRoles, RowBatch
 from sampleforge.jobs.augment.text import create_augmenter
 from sampleforge.jobs.augment.textedit import TextEditAugmenter, text_options
 

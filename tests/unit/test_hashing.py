@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from sampleforge.jobs.augment.generation import request_seed
-from sampleforge.jobs.augment.protocol import RowRandomness
+from sampleforge.jobs.augment.randomness import RowRandomness
 from sampleforge.jobs.augment.text import create_augmenter
 from sampleforge.jobs.augment.text.rng import BatchRandom
 from sampleforge.jobs.common.hashing import (
