@@ -173,6 +173,14 @@ class ItemPoolBuilder:
         if self._images is not None:
             self._images.extend([images[i] for i in picked] if images is not None else [None] * len(picked))
 
+    def merge(self, other: ItemPoolBuilder) -> None:
+        """Add ``other``'s items (``other`` is used up), as if its batches had come after this one's:
+        its winner of a key this builder has not seen is the row one pass over both would keep."""
+        pool = other.build()
+        items = list(pool)
+        self.add(pool.keys, [p.row_id for p in items], [p.item for p in items],
+                 {a: [p.attributes[a] for p in items] for a in self.attributes}, [p.image for p in items])
+
     def __len__(self) -> int:
         return sum(len(k) for k in self._keys)
 

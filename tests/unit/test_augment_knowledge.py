@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 
 from sampleforge.api.augmentation import Preprocess
-from sampleforge.jobs.augment.knowledge import HISTOGRAM_BINS, BottomK, _MaxRowsHistogram
 from sampleforge.jobs.augment.pii import PiiRedactor
 from sampleforge.jobs.augment.preprocess import Cleaner, fit_dense_stats
 from sampleforge.jobs.augment.randomness import RowRandomness
 from sampleforge.jobs.augment.rebalance import rebalance_rates
+from sampleforge.jobs.augment.reducers import HISTOGRAM_BINS, BottomK, MaxRowsHistogram
 from sampleforge.jobs.augment.rows import ColumnRoles
 from sampleforge.jobs.augment.source import Malformed, RawBatch
 
@@ -43,7 +43,7 @@ def test_bottom_k_keeps_the_first_payload_of_a_key() -> None:
 @pytest.mark.parametrize(("max_rows", "per_row"), [(1, 1), (100, 1), (1000, 3), (50_000, 1)])
 def test_max_rows_threshold_never_exceeds_the_cap_and_nearly_reaches_it(max_rows: int, per_row: int) -> None:
     random_ = RowRandomness(9, "typo")
-    hist = _MaxRowsHistogram(random_, fraction=0.8, max_rows=max_rows, per_row=per_row)
+    hist = MaxRowsHistogram(random_, fraction=0.8, max_rows=max_rows, per_row=per_row)
     rows = np.arange(40_000)
     for start in range(0, len(rows), 7000):
         hist.add(rows[start : start + 7000])
