@@ -1,6 +1,6 @@
 """The augmentation manifest: ``manifest.json``, the commit of an AugmentationRun's output.
 
-One process writes it (the augmentation job, ``jobs/augment/output.py``) and two read it (the
+One process writes it (the augmentation job, ``jobs/augment/commit.py``) and two read it (the
 fine-tune job, ``jobs/finetune/data.py``, and the operator, ``operator/committed.py``). The writer
 builds :class:`AugmentationManifest`, every field required, so it cannot commit a manifest that lacks
 one. Each reader validates only the part it relies on, its *view*: :class:`CommittedData` (what a

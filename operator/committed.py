@@ -133,7 +133,7 @@ def finetune_outputs(prefix: str, manifest: dict[str, Any]) -> RunOutputs:
 
 
 def augmentation_results(manifest: dict[str, Any]) -> Committed:
-    """status.results of an AugmentationRun from its manifest (jobs/augment/output.py writes it)."""
+    """status.results of an AugmentationRun from its manifest (jobs/augment/commit.py writes it)."""
     counts = augmentation_counts(manifest)
     results = AugmentationResults(samples_in=counts.rows_in, samples_out=counts.rows_out,
                                   per_augmenter={name: a.kept for name, a in counts.augmenters.items()},

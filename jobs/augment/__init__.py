@@ -3,10 +3,12 @@
 Modules, in the order a shard uses them:
 
 * :mod:`.entrypoint` -- ``main(env) -> exit status``, configured only by the environment;
-* :mod:`.pipeline` -- one shard from plan to commit (:class:`~.pipeline.ShardJob`);
+* :mod:`.pipeline` -- one shard from plan to commit (:class:`~.pipeline.ShardJob`), each batch of its pass
+  processed by :mod:`.shardbatch`;
 * :mod:`.source` -- listing and streaming JSONL, CSV and Parquet from MinIO; row ids and sharding;
 * :mod:`.preprocess`, :mod:`.pii` -- cleaning, dense-feature statistics, PII redaction;
-* :mod:`.knowledge` -- the first pass: whole-source facts every shard learns identically;
+* :mod:`.knowledge` -- the first pass: whole-source facts every shard learns identically, one reducer
+  per fact (:mod:`.reducers`);
 * :mod:`.rows`, :mod:`.labels`, :mod:`.randomness` -- cleaned rows and their column roles, the
   source's label type, and each augmenter's per-row random numbers;
 * :mod:`.protocol` -- the **row-augmenter protocol** every augmenter follows;
@@ -15,8 +17,8 @@ Modules, in the order a shard uses them:
   :mod:`.attributes`, :mod:`.hardnegative` (with :mod:`.bm25`, :mod:`.embedding`), :mod:`.rebalance`,
   :mod:`.generation`, :mod:`.judge`, :mod:`.gan`, :mod:`.mixup`, :mod:`.image`;
 * :mod:`.filters`, :mod:`.dedup` -- quality filters for generated rows;
-* :mod:`.output`, :mod:`.report`, :mod:`.htmlreport` -- parts, shard markers, the manifest, ``report.md``
-  and ``report.html``.
+* :mod:`.output`, :mod:`.commit`, :mod:`.report`, :mod:`.htmlreport` -- parts and rejects, shard markers
+  and the manifest, ``report.md`` and ``report.html``.
 
 The committed output (what :mod:`sampleforge.jobs.finetune.data` and anyone else may rely on)
 ----------------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Writing a shard's rows, its commit marker, and the run's manifest.
+"""Writing a shard's rows and rejects (the shard markers and the manifest: :mod:`.commit`).
 
 Layout under ``spec.output.uri`` (every path in a manifest is relative to it)::
 
@@ -14,45 +14,32 @@ Layout under ``spec.output.uri`` (every path in a manifest is relative to it)::
 dictionary encoding, format 2.6, data page v1, row groups of :data:`ROW_GROUP_ROWS`, parts of
 :data:`PART_ROWS`); parts contain no timestamps, hostnames or paths. The same input, configuration,
 seed and code therefore give the same bytes, which the manifest's sha256 values make checkable.
-
-**Shard markers.** A shard that has uploaded its parts and rejects writes ``_shards/<i>.json`` with
-their sizes, checksums and row counts, its counts, and the fingerprint of the configuration and code
-it ran with. A retried Job skips a shard whose marker has the current fingerprint and whose parts
-are all present. After writing its marker, a shard lists the markers; when all of them carry the
-current fingerprint it assembles and writes ``manifest.json`` (the last shard to finish does this;
-two shards finishing together both write equivalent manifests, which is harmless).
 """
 
 from __future__ import annotations
 
 import bisect
-import hashlib
 import json
-import math
 import shutil
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from sampleforge.api.manifest import AugmentationManifest
 from sampleforge.jobs.common.records import reason_class
 from sampleforge.jobs.common.storage import ObjectStore, S3Uri, sha256_file
 
-from .judge import judge_rates
 from .preprocess import Reject
-from .rows import PROVENANCE_COLUMNS, ColumnRoles
+from .rows import ColumnRoles
 
-__all__ = ["PART_ROWS", "ROW_GROUP_ROWS", "TEXT_LENGTH_EDGES", "PartWriter", "RejectsWriter", "assemble_manifest", "combine_engine_summaries",
-           "committed_manifest", "length_bin", "marker_uri", "output_schema", "read_markers"]
+__all__ = ["PART_ROWS", "ROW_GROUP_ROWS", "TEXT_LENGTH_EDGES", "PartWriter", "RejectsWriter", "clear_directory",
+           "length_bin", "output_schema"]
 
 PART_ROWS = 1_000_000
 ROW_GROUP_ROWS = 50_000
-MARKER_DIR = "_shards"
 
 _LABEL_TYPES = {"int": pa.int64(), "float": pa.float64(), "string": pa.string()}
 
@@ -84,10 +71,6 @@ def output_schema(roles: ColumnRoles, label_kind: str, judged: bool = False) -> 
     if judged:
         fields += [pa.field("sf_judge_label", _LABEL_TYPES[label_kind]), pa.field("sf_judge_agrees", pa.bool_())]
     return pa.schema(fields)
-
-
-def marker_uri(prefix: S3Uri, shard: int) -> S3Uri:
-    return prefix.join(f"{MARKER_DIR}/{shard}.json")
 
 
 def _json_line(row: Mapping[str, Any]) -> str:
@@ -233,192 +216,3 @@ def _reason_class(reason: str) -> str:
 def clear_directory(path: Path) -> None:
     shutil.rmtree(path, ignore_errors=True)
     path.mkdir(parents=True, exist_ok=True)
-
-
-def read_markers(store: ObjectStore, prefix: S3Uri) -> dict[int, dict[str, Any]]:
-    """Shard markers under ``prefix`` by shard index."""
-    found: dict[int, dict[str, Any]] = {}
-    for uri, _, _ in store.list(prefix.join(MARKER_DIR + "/")):
-        name = uri.name
-        if name.endswith(".json") and name[:-5].isdigit():
-            document = json.loads(store.read_bytes(uri))
-            if isinstance(document, dict):
-                found[int(name[:-5])] = document
-    return found
-
-
-def _add(total: dict[str, Any], part: Mapping[str, Any]) -> None:
-    """Nested sum of count dictionaries."""
-    for key, value in part.items():
-        if isinstance(value, Mapping):
-            _add(total.setdefault(key, {}), value)
-        elif isinstance(value, int | float) and not isinstance(value, bool):
-            total[key] = total.get(key, 0) + value
-        else:
-            total.setdefault(key, value)
-
-
-def _sorted(d: Mapping[str, Any]) -> dict[str, Any]:
-    return {k: (_sorted(v) if isinstance(v, Mapping) else v) for k, v in sorted(d.items())}
-
-
-def _label_sort_key(label: str) -> tuple[int, float, str]:
-    try:
-        return (0, float(label), label)
-    except ValueError:
-        return (1, math.inf, label)
-
-
-def _latency(summaries: Sequence[Mapping[str, Any]], key: str) -> float | None:
-    values = [float(s["latencySeconds"][key]) for s in summaries
-              if isinstance(s.get("latencySeconds"), Mapping) and s["latencySeconds"].get(key) is not None]
-    return max(values) if values else None
-
-
-def combine_engine_summaries(summaries: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    """One engine summary for the run from each shard's (in shard order).
-
-    Counts (requests, generated, HTTP attempts, retries, completion tokens, failures per reason, cache
-    hits and misses) are summed; ``generationSeconds`` is the engine time of all shards together and
-    ``generatedPerSecond`` the rate over it (what one pod generates per second: total generated /
-    total generation seconds); ``loadSeconds`` is the slowest shard's, with every shard's in
-    ``loadSecondsPerShard``; request latency percentiles cannot be merged from percentiles, so
-    ``latencySeconds`` holds the worst shard's p50 and p99. Strings (engine, model, cache prefix) are
-    shard 0's; anything else numeric is summed and nested mappings are combined the same way.
-    """
-    if not summaries:
-        return {}
-    if len(summaries) == 1:
-        return dict(summaries[0])
-    out: dict[str, Any] = {}
-    for key in dict.fromkeys(k for s in summaries for k in s):
-        values = [s[key] for s in summaries if key in s]
-        if key == "loadSeconds":
-            loads = [float(s.get("loadSeconds") or 0.0) for s in summaries]
-            out[key] = round(max(loads), 3)
-            out["loadSecondsPerShard"] = [round(v, 3) for v in loads]
-        elif key == "generatedPerSecond":
-            continue  # from the totals, below
-        elif key == "latencySeconds":
-            out[key] = {q: (round(v, 3) if (v := _latency(summaries, q)) is not None else None) for q in ("p50", "p99")}
-        elif all(isinstance(v, Mapping) for v in values):
-            out[key] = combine_engine_summaries([dict(v) for v in values]) if key in ("cache", "reverse") else \
-                _sum_mappings(values)
-        elif all(isinstance(v, int | float) and not isinstance(v, bool) for v in values):
-            total = sum(values)
-            out[key] = round(total, 3) if isinstance(total, float) else total
-        else:
-            out[key] = values[0]
-    if "generated" in out and "generationSeconds" in out:
-        seconds = float(out["generationSeconds"])
-        out["generatedPerSecond"] = round(out["generated"] / seconds, 3) if seconds > 0 else None
-    out["shards"] = len(summaries)
-    return out
-
-
-def _sum_mappings(values: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    total: dict[str, Any] = {}
-    for value in values:
-        _add(total, value)
-    return _sorted(total)
-
-
-def assemble_manifest(markers: Sequence[Mapping[str, Any]], *, committed_at: datetime | None = None) -> dict[str, Any]:
-    """The run's manifest from every shard's marker (in shard order).
-
-    Per-shard counts are summed; what every shard learnt identically (first pass, configuration,
-    source objects) is taken from shard 0's marker. Engine figures (``augmenters.<name>.summary`` of
-    the model-based types) are combined over every shard (:func:`combine_engine_summaries`), and an
-    llmJudge's counts get its agreement rate and kappa (``augmenters.<name>.judge``). ``files`` lists only data parts, which is what
-    readers (the fine-tune job) load; everything else the manifest vouches for is in ``rejects`` and
-    ``artifacts``. The document is validated as an :class:`~sampleforge.api.manifest.AugmentationManifest`
-    (a field missing or malformed is an error here, not in a reader) and dumped from the model
-    with exactly the keys it was given, so the bytes written are unchanged; the pipeline then lists
-    its ``artifacts`` (reports, preprocess.json) in it and commits it.
-    """
-    if not markers:
-        raise ValueError("no shard markers to assemble")
-    first = markers[0]
-    shared = first["shared"]
-    totals: dict[str, Any] = {}
-    for marker in markers:
-        _add(totals, marker["counts"])
-    files = [f for marker in markers for f in marker["files"]]
-    rejects = [marker["rejects"] for marker in markers if marker.get("rejects")]
-    labels_before = {k: totals.get("labelsBefore", {})[k]
-                     for k in sorted(totals.get("labelsBefore", {}), key=_label_sort_key)}
-    labels_after = {k: totals.get("labelsAfter", {})[k]
-                    for k in sorted(totals.get("labelsAfter", {}), key=_label_sort_key)}
-    augmenters = {}
-    for name, info in shared["augmenters"].items():
-        counts = totals.get("augmenters", {}).get(name, {})
-        augmenters[name] = {**info, "produced": counts.get("produced", 0), "kept": counts.get("kept", 0),
-                            "dropped": _sorted(counts.get("dropped", {})),
-                            "sourceRowsRemoved": counts.get("sourceRowsRemoved", 0)}
-        engines = [m.get("engines", {}).get(name) for m in markers]
-        if "summary" in info and all(isinstance(e, Mapping) for e in engines):
-            augmenters[name]["summary"] = combine_engine_summaries([dict(e) for e in engines if e is not None])
-        judged = totals.get("judges", {}).get(name)
-        if judged is not None:
-            augmenters[name]["judge"] = judge_rates(judged)
-    examples = [e for marker in markers for e in marker.get("examples", [])]
-    manifest = {
-        "apiVersion": "sampleforge.io/v1alpha1",
-        "kind": "AugmentationOutput",
-        "run": shared["run"],
-        "committedAt": (committed_at or datetime.now(UTC)).isoformat(timespec="seconds"),
-        "format": shared["format"],
-        "columns": shared["columns"],
-        "provenanceColumns": dict(shared.get("provenanceColumns") or PROVENANCE_COLUMNS),
-        "files": files,
-        "rowsRead": totals.get("rowsRead", 0),
-        "rowsIn": totals.get("rowsIn", 0),
-        "rowsOut": sum(int(f["rows"]) for f in files),
-        "generatedRows": totals.get("generatedKept", 0),
-        "rejectedRows": totals.get("rejectedRows", 0),
-        "rejects": {"rows": sum(int(r["rows"]) for r in rejects),
-                    "reasons": _sorted(totals.get("rejectReasons", {})), "files": rejects},
-        "augmenters": augmenters,
-        "filters": _sorted(totals.get("filtered", {})),
-        "filterNotes": shared.get("filterNotes", {}),
-        "redactions": _sorted(totals.get("redactions", {})),
-        "labelDistribution": {"before": labels_before, "after": labels_after},
-        # Rows per length of their query and item text (characters), in bins named by their lower edge:
-        # the source rows read, and the rows written.
-        "textLengths": {"unit": "characters", "edges": list(TEXT_LENGTH_EDGES),
-                        **{when: {f: {k: n for k, n in sorted(counts.items(), key=lambda kv: int(kv[0]))}
-                                  for f, counts in sorted(totals.get("textLengths", {}).get(when, {}).items())}
-                           for when in ("before", "after")}},
-        # sourceRowsInEvalSplit: source rows that leak what the split holds out; sourceRowsDropped: those
-        # the guard dropped, per reason (a row undersampling removed first is not counted twice).
-        "evalSplit": ({**shared["evalSplit"], "sourceRowsInEvalSplit": totals.get("sourceRowsInEvalSplit", 0),
-                       "sourceRowsDropped": _sorted(totals.get("sourceRowsDropped", {}))}
-                      if shared.get("evalSplit") else None),
-        "source": shared["source"],
-        "firstPass": shared["firstPass"],
-        "preprocess": shared.get("preprocess"),
-        "config": shared["config"],
-        "seed": shared["seed"],
-        "shards": len(markers),
-        "sharding": shared["sharding"],
-        "fingerprint": first["fingerprint"],
-        "configFingerprint": first["configFingerprint"],
-        "codeVersion": shared["codeVersion"],
-        "timings": {"shards": [{"shard": m["shard"], **m.get("timings", {})} for m in markers],
-                    "slowestShardSeconds": max(float(m.get("timings", {}).get("totalSeconds", 0.0))
-                                               for m in markers)},
-        "examples": examples,
-        "artifacts": [],
-    }
-    return committed_manifest(manifest)
-
-
-def committed_manifest(document: Mapping[str, Any]) -> dict[str, Any]:
-    """``document`` checked against the manifest model and dumped from it: the same keys and values
-    (so the same bytes once written), or a ValidationError naming what is missing or wrong."""
-    return AugmentationManifest.model_validate(document).document()
-
-
-def digest(document: Any) -> str:
-    """sha256 of a JSON document in canonical form (sorted keys, no whitespace)."""
-    return hashlib.sha256(json.dumps(document, sort_keys=True, separators=(",", ":"), default=str).encode()).hexdigest()

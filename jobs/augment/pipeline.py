@@ -12,76 +12,51 @@ Read top to bottom, :meth:`ShardJob.run` is the whole job:
 3. **First pass** over the whole source (:mod:`.knowledge`), identical in every shard.
 4. **Build** the augmenters (:mod:`.catalog`) and filters (:mod:`.filters`).
 5. **Shard pass** over the shard's row range (:mod:`.source`): clean each batch, keep its source rows,
-   run every augmenter on it within its budget, redact and filter what they generate, and write.
-6. **Commit the shard** (parts, rejects, marker), then **commit the run** if every shard has.
+   run every augmenter on it within its budget, redact and filter what they generate, and write
+   (:class:`~.shardbatch.BatchProcessor`).
+6. **Commit the shard** (parts, rejects, marker), then **commit the run** if every shard has
+   (:mod:`.commit`).
 """
 
 from __future__ import annotations
 
-import hashlib
-import importlib.metadata
 import json
 import logging
 import sys
 import time
-from collections import Counter, defaultdict
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from functools import lru_cache
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import pyarrow as pa
 from minio.error import S3Error
 from tqdm.auto import tqdm
 
 from sampleforge.api.augmentation import AugmentationRunSpec, Columns
 from sampleforge.api.constants import Reason
+from sampleforge.api.status import AugmentationResults
 from sampleforge.jobs.common.context import RunContext
 from sampleforge.jobs.common.heartbeat import HeartbeatSender
 from sampleforge.jobs.common.storage import ObjectStore, S3Uri, StorageError
 
 from .catalog import build_augmenters, check_supported, needs_of
-from .errors import AugmentError, ConfigError, SourceError
-from .filters import Candidate, EvalSplit, Filter, LeakageGuard, build_filters, eval_split
-from .htmlreport import render_html_report
-from .judge import JUDGE_COLUMNS, JUDGE_LABEL_RULE, LlmJudge
+from .commit import code_version, commit_run, digest, engine_summaries, marker_uri, shared_section
+from .errors import ConfigError, SourceError
+from .filters import EvalSplit, Filter, build_filters, eval_split
+from .judge import JUDGE_COLUMNS, LlmJudge
 from .knowledge import DatasetKnowledge, learn
 from .modelcache import ModelCache
-from .output import (
-    PartWriter,
-    RejectsWriter,
-    assemble_manifest,
-    clear_directory,
-    committed_manifest,
-    digest,
-    length_bin,
-    marker_uri,
-    output_schema,
-    read_markers,
-)
+from .output import PartWriter, RejectsWriter, clear_directory, output_schema
 from .pii import PiiRedactor
 from .preprocess import Cleaner, clean_text
-from .protocol import AugmenterSummary, BatchPlan, GeneratedRow, RowAugmenter, SourceRowSelector
-from .randomness import RowRandomness
-from .report import render_report
-from .rows import PROVENANCE_COLUMNS, ColumnRoles, RowBatch
+from .rows import PROVENANCE_COLUMNS, ColumnRoles
+from .shardbatch import BatchProcessor, ShardCounts
 from .source import SourceObject, SourceReader, list_objects, shard_range
 
 log = logging.getLogger("sampleforge.jobs.augment")
 
-__all__ = ["BATCH_ROWS", "Outcome", "ShardJob", "code_version", "roles_of"]
+__all__ = ["BATCH_ROWS", "Outcome", "ShardJob", "roles_of"]
 
 BATCH_ROWS = 2048
-EXAMPLES_PER_AUGMENTER = 3
-#: The manifest's filter name for rows an augmenter could not make (GeneratedRow.unusable): a
-#: missing image, a language model's answer that was empty or lost the source's brand.
-UNUSABLE = "notGenerated"
-#: The kinds of change a generated row can have, in the order Candidate.changed lists them.
-_CHANGED_ORDER = ("query", "item", "dense", "image", "label")
-SHARDING = ("contiguous row ranges: shard i of n takes the global row ids [i*N//n, (i+1)*N//n), N = well-formed "
-            "records of the whole source counted in object-key order")
 
 
 def roles_of(columns: Columns) -> ColumnRoles:
@@ -100,21 +75,6 @@ def roles_of(columns: Columns) -> ColumnRoles:
     return roles
 
 
-@lru_cache(maxsize=1)
-def code_version() -> dict[str, str]:
-    """The package version and a digest of this job's source files (and the Parquet writer version,
-    which the bytes of the parts depend on)."""
-    root = Path(__file__).resolve().parent
-    h = hashlib.sha256()
-    for path in sorted(p for p in root.rglob("*") if p.suffix in (".py", ".tsv") and "__pycache__" not in p.parts):
-        h.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
-    try:
-        package = importlib.metadata.version("sampleforge")
-    except importlib.metadata.PackageNotFoundError:
-        package = "unknown"
-    return {"package": package, "sourceDigest": h.hexdigest(), "pyarrow": pa.__version__}
-
-
 @dataclass(frozen=True)
 class Outcome:
     """How a shard's run ended: ``committed`` (this shard wrote the manifest), ``shardCommitted`` (others
@@ -123,41 +83,6 @@ class Outcome:
     state: str
     manifest_uri: str | None
     message: str
-
-
-@dataclass
-class _Counts:
-    rows_read: int = 0
-    rows_in: int = 0
-    generated_kept: int = 0
-    labels_before: Counter[str] = field(default_factory=Counter)
-    labels_after: Counter[str] = field(default_factory=Counter)
-    filtered: dict[str, Counter[str]] = field(default_factory=lambda: defaultdict(Counter))
-    produced: Counter[str] = field(default_factory=Counter)
-    kept: Counter[str] = field(default_factory=Counter)
-    dropped: dict[str, dict[str, Counter[str]]] = field(default_factory=lambda: defaultdict(lambda: defaultdict(Counter)))
-    source_removed: Counter[str] = field(default_factory=Counter)
-    in_eval: int = 0
-    #: Source rows the leakage guard dropped, per reason.
-    source_in_eval: Counter[str] = field(default_factory=Counter)
-    examples: dict[str, list[dict[str, Any]]] = field(default_factory=lambda: defaultdict(list))
-    #: Rows per text-length bin: ("before" | "after", "query" | "item") -> bin -> rows.
-    lengths: dict[tuple[str, str], Counter[str]] = field(default_factory=lambda: defaultdict(Counter))
-
-    def count_lengths(self, when: str, row: dict[str, Any], roles: ColumnRoles) -> None:
-        self.lengths[when, "query"][length_bin(row[roles.query])] += 1
-        self.lengths[when, "item"][length_bin(row[roles.item])] += 1
-
-    def text_lengths(self) -> dict[str, dict[str, dict[str, int]]]:
-        found: dict[str, dict[str, dict[str, int]]] = {}
-        for (when, text), bins in self.lengths.items():
-            found.setdefault(when, {})[text] = dict(bins)
-        return found
-
-    def augmenters(self, names: list[str]) -> dict[str, Any]:
-        return {n: {"produced": self.produced[n], "kept": self.kept[n],
-                    "dropped": {f: dict(r) for f, r in self.dropped[n].items()},
-                    "sourceRowsRemoved": self.source_removed[n]} for n in names}
 
 
 class ShardJob:
@@ -176,14 +101,6 @@ class ShardJob:
             raise ConfigError(f"shard {ctx.shard} does not exist: the run has {ctx.shards} shard(s) "
                               "(JOB_COMPLETION_INDEX must be below SAMPLEFORGE_SHARD_COUNT)")
         self.roles = roles_of(self.spec.source.columns)
-        # What each mapped column is, for deciding which texts a generated row changed.
-        self._fields = {self.roles.query: "query", self.roles.item: "item", self.roles.label: "label",
-                        **dict.fromkeys(self.roles.attributes, "item"), **dict.fromkeys(self.roles.dense, "dense")}
-        if self.roles.image:
-            self._fields[self.roles.image] = "image"
-        if self.roles.id:
-            self._fields[self.roles.id] = "id"
-        self._redact = self.spec.filters.pii_redaction
 
     # -- 1. plan ------------------------------------------------------------------------------
 
@@ -216,7 +133,7 @@ class ShardJob:
             log.info("shard already committed; skipping to the run commit", extra={"shard": self.ctx.shard})
         else:
             self._process(objects, config_fp, fp, started)
-        manifest = self.try_commit(fp)
+        manifest = commit_run(self.store, self.prefix, self.ctx.shards, fp)
         if manifest is not None:
             return Outcome("committed", str(manifest), "every shard has committed; manifest written")
         return Outcome("shardCommitted", None, f"shard {self.ctx.shard} committed; waiting for other shards")
@@ -311,10 +228,11 @@ class ShardJob:
         writer = PartWriter(self.store, self.prefix, shard, spec.output.format,
                             output_schema(roles, knowledge.labels.kind, judged=bool(judges)), workdir)
         rejects = RejectsWriter(self.store, self.prefix, shard, workdir)
-        cleaner = Cleaner(roles, spec.preprocess, spec.filters.pii_redaction, knowledge.labels.kind, knowledge.dense)
         redactor = PiiRedactor()
-        counts = _Counts()
-        randomness = {a.name: RowRandomness(spec.seed, a.name) for _, a in augmenters}
+        cleaner = Cleaner(roles, spec.preprocess, spec.filters.pii_redaction, knowledge.labels.kind, knowledge.dense)
+        processor = BatchProcessor(roles, knowledge, augmenters, chain, redactor, writer, spec.seed,
+                                   spec.filters.pii_redaction)
+        counts = processor.counts
         process_started = time.monotonic()
         with self._bar(hi - lo, f"shard {shard}/{shards}") as bar:
             for raw in reader.read_range(knowledge.object_rows, lo, hi, last=shard == shards - 1):
@@ -322,34 +240,22 @@ class ShardJob:
                 rejects.add(bad)
                 counts.rows_read += raw.size
                 if len(batch):
-                    self._batch(batch, augmenters, randomness, knowledge, chain, redactor, writer, counts)
+                    processor.process(batch)
                 bar.update(raw.size)
                 self._beat(counts, rejects.rows, hi - lo, process_started)
         parts = writer.close()
         rejects_entry = rejects.close()
-        names = [a.name for _, a in augmenters]
         marker = {
             "shard": shard, "shards": shards, "fingerprint": fp, "configFingerprint": config_fp,
             "rowRange": [lo, hi], "files": parts, "rejects": rejects_entry,
-            "counts": {
-                "rowsRead": counts.rows_read, "rowsIn": counts.rows_in, "generatedKept": counts.generated_kept,
-                "rejectedRows": rejects.rows, "rejectReasons": dict(rejects.reasons),
-                "augmenters": counts.augmenters(names),
-                "filtered": {f: dict(r) for f, r in counts.filtered.items()},
-                "redactions": dict(redactor.counts),
-                "labelsBefore": dict(counts.labels_before), "labelsAfter": dict(counts.labels_after),
-                "textLengths": counts.text_lengths(),
-                "sourceRowsInEvalSplit": counts.in_eval,
-                "sourceRowsDropped": dict(counts.source_in_eval),
-                **({"judges": {j.name: j.counts() for j in judges}} if judges else {}),
-            },
-            "examples": [e for n in names for e in counts.examples.get(n, [])],
+            "counts": processor.marker_counts(rejects.rows, rejects.reasons),
+            "examples": processor.examples(),
             # This pod's engine figures, which the manifest combines over every shard.
-            "engines": _engine_summaries(augmenters),
+            "engines": engine_summaries(augmenters),
             "timings": {"firstPassSeconds": round(first_pass_seconds, 3),
                         "processSeconds": round(time.monotonic() - process_started, 3),
                         "totalSeconds": round(time.monotonic() - started, 3)},
-            "shared": self._shared(objects, knowledge, augmenters, notes, split),
+            "shared": shared_section(self.ctx, objects, knowledge, augmenters, notes, split),
         }
         self.store.write_json(marker_uri(self.prefix, shard), marker)
         if self.heartbeat is not None:
@@ -359,231 +265,22 @@ class ShardJob:
         log.info("shard committed", extra={"shard": shard, "parts": len(parts), "rows_out": sum(p["rows"] for p in parts),
                                            "rejected_rows": rejects.rows})
 
-    def _shared(self, objects: list[SourceObject], knowledge: DatasetKnowledge,
-                augmenters: list[tuple[Any, RowAugmenter]], notes: dict[str, str],
-                split: EvalSplit | None) -> dict[str, Any]:
-        spec = self.spec
-        return {
-            "run": {"kind": self.ctx.kind, "name": self.ctx.name, "namespace": self.ctx.namespace,
-                    "uid": self.ctx.uid},
-            "format": spec.output.format,
-            "columns": spec.source.columns.to_kube(),
-            "augmenters": {a.name: _augmenter_info(entry, a) for entry, a in augmenters},
-            "filterNotes": notes,
-            "provenanceColumns": {**PROVENANCE_COLUMNS,
-                                  **(JUDGE_COLUMNS if any(isinstance(a, LlmJudge) for _, a in augmenters) else {})},
-            "evalSplit": {"uri": split.uri, "rows": split.rows} if split is not None else None,
-            "source": {"uri": spec.source.uri, "format": spec.source.format,
-                       "objects": [{"uri": str(o.uri), "etag": o.etag, "size": o.size, "format": o.format,
-                                    "records": n} for o, n in zip(objects, knowledge.object_rows, strict=True)]},
-            "firstPass": knowledge.summary(),
-            "preprocess": {"statsFile": "preprocess.json", **knowledge.dense.to_json()} if knowledge.dense else None,
-            "config": spec.to_kube(),
-            "seed": spec.seed,
-            "sharding": SHARDING,
-            "codeVersion": code_version(),
-        }
-
-    def _plan(self, batch: RowBatch, knowledge: DatasetKnowledge, random: RowRandomness) -> BatchPlan:
-        budget = knowledge.selection[random.name]
-        limit = min(budget.fraction, budget.threshold)
-        selected = random.uniform(batch.row_ids, "select") < limit
-        return BatchPlan(selected, budget.per_row, random)
-
-    def _batch(self, batch: RowBatch, augmenters: list[tuple[Any, RowAugmenter]],
-               randomness: dict[str, RowRandomness], knowledge: DatasetKnowledge,
-               filters: Sequence[Filter | LlmJudge],
-               redactor: PiiRedactor, writer: PartWriter, counts: _Counts) -> None:
-        roles, labels = self.roles, knowledge.labels
-        plans = {a.name: self._plan(batch, knowledge, randomness[a.name]) for _, a in augmenters}
-        keep = np.ones(len(batch), dtype=bool)
-        for _, aug in augmenters:
-            if isinstance(aug, SourceRowSelector):
-                stays = aug.keep_source_rows(batch, plans[aug.name])
-                counts.source_removed[aug.name] += int((keep & ~stays).sum())
-                keep &= stays
-        source_rows = [batch.row(i) for i in range(len(batch))]
-        guard = next((f for f in filters if isinstance(f, LeakageGuard)), None)
-        # The leakage guard judges source rows as it judges generated ones: a source row that
-        # leaks the evaluation split is dropped (and, in the filter, every row generated from it).
-        leaks = guard.check_sources(source_rows, batch.row_ids.tolist()) if guard is not None \
-            else [None] * len(source_rows)
-        out = []
-        for i, row in enumerate(source_rows):
-            counts.labels_before[labels.key(row[roles.label])] += 1
-            counts.count_lengths("before", row, roles)
-            if leaks[i] is not None:
-                counts.in_eval += 1
-                if keep[i]:
-                    keep[i] = False
-                    counts.source_in_eval[str(leaks[i])] += 1
-            if keep[i]:
-                out.append({**row, "sf_origin": "source", "sf_augmenter": None,
-                            "sf_source_row": int(batch.row_ids[i]), "sf_label_rule": None})
-                counts.labels_after[labels.key(row[roles.label])] += 1
-        counts.rows_in += len(out)
-        position = {int(r): i for i, r in enumerate(batch.row_ids.tolist())}
-        candidates: list[Candidate] = []
-        for _, aug in augmenters:
-            plan = plans[aug.name]
-            if not plan.selected.any():
-                continue
-            made: Counter[int] = Counter()
-            for generated in aug.augment(batch, plan):
-                candidate = self._candidate(aug, generated, plan, position, source_rows, made, redactor, counts)
-                if candidate is not None:
-                    candidates.append(candidate)
-        alive = candidates
-        for flt in filters:
-            if not alive:
-                break
-            if isinstance(flt, LlmJudge):
-                alive = self._judge(flt, alive, counts)
-                continue
-            reasons = flt.check(alive)
-            survivors = []
-            for c, reason in zip(alive, reasons, strict=True):
-                if reason is None:
-                    survivors.append(c)
-                else:
-                    counts.filtered[flt.name][reason] += 1
-                    counts.dropped[c.augmenter][flt.name][reason] += 1
-            alive = survivors
-        for c in alive:
-            counts.kept[c.augmenter] += 1
-            counts.labels_after[labels.key(c.row[roles.label])] += 1
-            if len(counts.examples[c.augmenter]) < EXAMPLES_PER_AUGMENTER:
-                counts.examples[c.augmenter].append(self._example(c))
-            out.append(c.row)
-        counts.generated_kept += len(alive)
-        for row in out:
-            counts.count_lengths("after", row, roles)
-        writer.add(out)
-
-    def _judge(self, judge: LlmJudge, alive: list[Candidate], counts: _Counts) -> list[Candidate]:
-        """Apply an llmJudge's verdicts: provenance on every row it graded, then keep, drop or relabel."""
-        label = self.roles.label
-        survivors = []
-        for c, verdict in zip(alive, judge.review(alive), strict=True):
-            if verdict is None:
-                survivors.append(c)
-                continue
-            grade = judge.grade_value(verdict.grade) if verdict.grade is not None else None
-            c.row["sf_judge_label"] = grade
-            c.row["sf_judge_agrees"] = verdict.agrees
-            if verdict.action == "drop":
-                reason = verdict.reason or "judge"
-                counts.filtered[judge.name][reason] += 1
-                counts.dropped[c.augmenter][judge.name][reason] += 1
-                continue
-            if verdict.action == "relabel":
-                c.row[label] = grade
-                c.row["sf_label_rule"] = JUDGE_LABEL_RULE
-                c.label_rule = JUDGE_LABEL_RULE
-                changed = set(c.changed) | {"label"} if grade != c.source[label] else set(c.changed) - {"label"}
-                c.changed = tuple(f for f in _CHANGED_ORDER if f in changed)
-            survivors.append(c)
-        return survivors
-
-    def _candidate(self, aug: RowAugmenter, generated: GeneratedRow, plan: BatchPlan, position: dict[int, int],
-                   source_rows: list[dict[str, Any]], made: Counter[int], redactor: PiiRedactor,
-                   counts: _Counts) -> Candidate | None:
-        """Check a generated row against the protocol and its budget; merge, redact, stamp it."""
-        roles, fields = self.roles, self._fields
-        i = position.get(generated.source_row)
-        if i is None:
-            raise AugmentError(f"augmenter {aug.name} returned a row for source row {generated.source_row}, which is "
-                               "not in the batch it was given (a bug in the augmenter)")
-        if generated.unusable is not None:
-            # The augmenter could not work on this source row (e.g. its image is missing): count it
-            # where the manifest shows drops, so broken inputs are visible, and write nothing.
-            counts.filtered[UNUSABLE][generated.unusable] += 1
-            counts.dropped[aug.name][UNUSABLE][generated.unusable] += 1
-            return None
-        changes = generated.changes
-        if not changes.keys() <= fields.keys():
-            raise AugmentError(f"augmenter {aug.name} changed columns {sorted(set(changes) - set(fields))} that are "
-                               "not mapped in spec.source.columns (a bug in the augmenter)")
-        source = source_rows[i]
-        made[i] += 1
-        if not plan.selected[i] or (plan.per_row is not None and made[i] > plan.per_row):
-            counts.filtered["budget"]["over the augmenter's budget"] += 1
-            counts.dropped[aug.name]["budget"]["over the augmenter's budget"] += 1
-            return None
-        counts.produced[aug.name] += 1
-        row = {**source, **changes}
-        changed: set[str] = set()
-        for column, value in changes.items():
-            if value != source[column]:
-                field = fields[column]
-                if field == "label" and generated.label_rule == "keep":
-                    raise AugmentError(f"augmenter {aug.name} changed the label of a row whose label rule is 'keep'")
-                if self._redact and field in ("query", "item") and isinstance(value, str):
-                    row[column] = redactor.redact(value)
-                changed.add(field)
-        if not changed:
-            counts.filtered["unchanged"]["identical to its source row"] += 1
-            counts.dropped[aug.name]["unchanged"]["identical to its source row"] += 1
-            return None
-        if roles.id:
-            source_id = source[roles.id]
-            row[roles.id] = None if source_id is None else f"{source_id}~{aug.name}~{generated.variant}"
-        row["sf_origin"] = "generated"
-        row["sf_augmenter"] = aug.name
-        row["sf_source_row"] = generated.source_row
-        row["sf_label_rule"] = generated.label_rule
-        return Candidate(row, source, aug.name, generated.label_rule, generated.source_row, generated.variant,
-                         tuple(f for f in _CHANGED_ORDER if f in changed))
-
-    def _example(self, c: Candidate) -> dict[str, Any]:
-        roles = self.roles
-        pick: Callable[[dict[str, Any]], dict[str, Any]] = lambda r: {
-            "query": r[roles.query], "item": r[roles.item], "label": r[roles.label],
-            **({"attributes": {a: r[a] for a in roles.attributes}} if roles.attributes else {})}
-        return {"augmenter": c.augmenter, "sourceRow": c.source_row, "source": pick(c.source),
-                "generated": pick(c.row)}
-
     def _stage(self, message: str) -> None:
         """What the shard does now; the sender repeats it as a keep-alive through long silent steps."""
         if self.heartbeat is not None:
             self.heartbeat.stage(message)
 
-    def _beat(self, counts: _Counts, rejected: int, total: int, started: float) -> None:
+    def _beat(self, counts: ShardCounts, rejected: int, total: int, started: float) -> None:
         if self.heartbeat is None:
             return
         elapsed = max(time.monotonic() - started, 1e-6)
         filtered = {name: sum(r.values()) for name, r in counts.filtered.items()}
         self.heartbeat.update(
             done=min(counts.rows_read, total), total=total, rate=counts.rows_read / elapsed,
-            augmentation={"samplesIn": counts.rows_in, "samplesOut": counts.rows_in + counts.generated_kept,
-                          "perAugmenter": dict(counts.kept), "filtered": filtered, "rejectedRows": rejected})
-
-    # -- 6. commit the run ---------------------------------------------------------------------------
-
-    def try_commit(self, fp: str) -> S3Uri | None:
-        """Write the manifest if every shard's marker carries ``fp``; the manifest's URI, else None."""
-        markers = read_markers(self.store, self.prefix)
-        shards = self.ctx.shards
-        if any(markers.get(i, {}).get("fingerprint") != fp for i in range(shards)):
-            return None
-        manifest = assemble_manifest([markers[i] for i in range(shards)])
-        artifacts = []
-        if manifest.get("preprocess"):
-            stats = {k: v for k, v in manifest["preprocess"].items() if k != "statsFile"}
-            artifacts.append(self._artifact("preprocess.json", _canonical_json(stats), "application/json"))
-        manifest["artifacts"] = artifacts
-        report = render_report(manifest).encode("utf-8")
-        artifacts.append(self._artifact("report.md", report, "text/markdown; charset=utf-8"))
-        page = render_html_report(manifest).encode("utf-8")
-        artifacts.append(self._artifact("report.html", page, "text/html; charset=utf-8"))
-        uri = self.store.commit(self.prefix, committed_manifest(manifest))
-        log.info("run committed", extra={"manifest": str(uri), "rows_out": manifest["rowsOut"],
-                                         "parts": len(manifest["files"])})
-        return uri
-
-    def _artifact(self, rel: str, data: bytes, content_type: str) -> dict[str, Any]:
-        self.store.write_bytes(self.prefix.join(rel), data, content_type)
-        return {"path": rel, "size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+            augmentation=AugmentationResults(samples_in=counts.rows_in,
+                                             samples_out=counts.rows_in + counts.generated_kept,
+                                             per_augmenter=dict(counts.kept), filtered=filtered,
+                                             rejected_rows=rejected))
 
 
 def _check_usable(uri: str, knowledge: DatasetKnowledge) -> None:
@@ -603,27 +300,3 @@ def _with_judges(filters: list[Filter], judges: list[LlmJudge]) -> list[Filter |
     row they drop costs no request, and before dedup, which remembers the rows it keeps."""
     at = next((i for i, f in enumerate(filters) if f.name in ("dedup", "nearDedup")), len(filters))
     return [*filters[:at], *judges, *filters[at:]]
-
-
-def _engine_summaries(augmenters: list[tuple[Any, RowAugmenter]]) -> dict[str, Any]:
-    """Each model-based augmenter's engine figures in this pod (load time, rate, requests, cache)."""
-    out: dict[str, Any] = {}
-    for _, augmenter in augmenters:
-        if isinstance(augmenter, AugmenterSummary):
-            summary = dict(augmenter.summary())
-            if "engine" in summary:
-                out[augmenter.name] = summary
-    return out
-
-
-def _augmenter_info(entry: Any, augmenter: RowAugmenter) -> dict[str, Any]:
-    """What the manifest says about an augmenter besides its counts: type, label rule, and its
-    :class:`~.protocol.AugmenterSummary` when it has one."""
-    info: dict[str, Any] = {"type": entry.type, "labelRule": augmenter.label_rule}
-    if isinstance(augmenter, AugmenterSummary):
-        info["summary"] = dict(augmenter.summary())
-    return info
-
-
-def _canonical_json(document: Any) -> bytes:
-    return json.dumps(document, indent=2, sort_keys=True, ensure_ascii=False).encode("utf-8")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from sampleforge.jobs.augment.output import assemble_manifest, combine_engine_summaries
+from sampleforge.jobs.augment.commit import assemble_manifest, combine_engine_summaries
 from sampleforge.jobs.augment.report import render_report
 
 SHARED: dict[str, Any] = {

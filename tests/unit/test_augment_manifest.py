@@ -7,7 +7,8 @@ from typing import Any
 
 import pytest
 
-from sampleforge.jobs.augment.output import assemble_manifest, digest, output_schema
+from sampleforge.jobs.augment.commit import assemble_manifest, digest
+from sampleforge.jobs.augment.output import output_schema
 from sampleforge.jobs.augment.report import render_report
 from sampleforge.jobs.augment.rows import PROVENANCE_COLUMNS, ColumnRoles
 

@@ -11,8 +11,9 @@ from typing import Any
 
 import pytest
 
+from sampleforge.jobs.augment.commit import assemble_manifest
 from sampleforge.jobs.augment.htmlreport import render_html_report, word_diff
-from sampleforge.jobs.augment.output import TEXT_LENGTH_EDGES, assemble_manifest, length_bin
+from sampleforge.jobs.augment.output import TEXT_LENGTH_EDGES, length_bin
 from sampleforge.jobs.common import svg
 from sampleforge.jobs.common.htmlpage import CHECK_SCRIPT, page
 

@@ -11,7 +11,7 @@ import pytest
 from pydantic import ValidationError
 
 from sampleforge.api.manifest import AugmentationManifest, CommittedCounts, CommittedData, describe
-from sampleforge.jobs.augment.output import assemble_manifest, committed_manifest
+from sampleforge.jobs.augment.commit import assemble_manifest, committed_manifest
 
 from .test_augment_manifest import SHARED, _marker
 
