@@ -3,6 +3,9 @@
 The stages run in the order the spec lists them: ``preprocess`` cleans the source, ``augmenters``
 run one after another (in list order) and each adds rows, ``filters`` decide which generated rows
 are kept, ``output`` says where the result and its manifest go.
+
+Kept in one module although it is long: it is the kind's schema (the augmenter types have their
+own module, :mod:`.augmenters`), read top to bottom in the order the CRD lists its fields.
 """
 
 from __future__ import annotations

@@ -7,6 +7,10 @@ object with every parameter; see ``_unions``).
 
 Every augmenter has a budget: ``fraction`` of the input rows it is applied to, ``perRow`` new rows
 per selected row (where that makes sense) and an overall ``maxRows`` cap.
+
+Kept in one module although it is long: the types share the annotated parameter types and the
+budget above, and the discriminated union (and so the CRD's one flat augmenter object) is built
+from this module's list of them.
 """
 
 from __future__ import annotations

@@ -3,6 +3,10 @@
 The data comes either straight from a URI or from an AugmentationRun in the same namespace (the
 operator waits until that run has succeeded and then reads its committed output). ``method`` picks
 full fine-tuning or a parameter-efficient method; ``distribution`` says how many GPUs and nodes.
+
+Kept in one module although it is long: it is the kind's whole schema, and the field descriptions
+here are what ``kubectl explain`` and docs/reference.md show, so a reviewer reads one kind's
+contract top to bottom, in the order the CRD lists it.
 """
 
 from __future__ import annotations

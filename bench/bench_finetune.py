@@ -51,8 +51,9 @@ from sampleforge.jobs.common.context import RunContext
 from sampleforge.jobs.finetune.data import Dataset, Examples, Rejected
 from sampleforge.jobs.finetune.inputs import Inputs, build_loaders, split_and_encode
 from sampleforge.jobs.finetune.labels import LabelSpace
+from sampleforge.jobs.finetune.methods import uses_token_types
 from sampleforge.jobs.finetune.model_source import ModelSource
-from sampleforge.jobs.finetune.modeling import HeadConfig, build_model, uses_token_types
+from sampleforge.jobs.finetune.modeling import HeadConfig, build_model
 from sampleforge.jobs.finetune.recipe import FineTuneRecipe
 from sampleforge.jobs.finetune.training import make_optimizer, make_scheduler
 

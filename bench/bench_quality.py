@@ -26,6 +26,8 @@ Everything runs through the product as a cluster would run it, minus Kubernetes 
 Each run's metrics.json, validation predictions, test predictions and logs are kept in
 ``--results-dir`` (printed; outside the repository) after the temporary MinIO is deleted; rerunning
 with the same directory reuses finished runs, ``--from-runs`` rewrites the report without training.
+The benchmark reads as one script on purpose; data, harness, scoring, statistics and report live
+in the quality_*.py modules beside it.
 
     # what bench/results/quality.{md,json} record (64 min on a shared 2-core machine; the exact
     # commands, three processes sharing one --results-dir, are in quality.md and quality.json)

@@ -27,6 +27,9 @@ team=search``), except bookkeeping labels that belong to the tool that manages t
 Copying those would make that tool claim the Job: Argo CD tracks what it owns by
 ``app.kubernetes.io/instance`` and prunes or flags "extraneous" objects carrying it; ``kubectl
 apply --prune`` with ApplySets deletes whatever carries ``applyset.kubernetes.io/part-of``.
+
+Slightly over 400 lines on purpose: the names, labels, owner references and the Job skeleton must
+be read together to see that rendering is idempotent; the pod itself already lives apart.
 """
 
 from __future__ import annotations

@@ -8,6 +8,9 @@ ConfigMap's keys as files, the emptyDirs as temporary directories; environment v
 into a mount are rewritten to the local path), runs the container's command and arguments, and reports Running, then Succeeded or
 Failed with the exit code back to the API server. Deleting a Pod stops its process. The operator
 cannot tell the difference: this is development tooling, and never part of the operator.
+
+Slightly over 400 lines on purpose: a minimal kubelet's loop (register, bind, start, report, stop)
+is checked against the real kubelet's contract more easily in one place.
 """
 
 from __future__ import annotations

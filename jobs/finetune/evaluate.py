@@ -27,7 +27,8 @@ from sampleforge.api.finetune import Task
 from . import metrics as M
 from .errors import SpecError
 from .labels import LabelSpace
-from .modeling import TwoTower, task_loss
+from .losses import task_loss
+from .modeling import TwoTower
 
 _CLASSIFICATION = {"accuracy", "f1", "macroF1", "logLoss"}
 _REGRESSION = {"mse", "rmse", "mae", "pearson", "spearman"}

@@ -26,82 +26,35 @@ from __future__ import annotations
 import copy
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Self, TypeAlias
+from typing import Any, Self
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from numpy.typing import NDArray
-from peft import AdaLoraConfig, AdaLoraModel, LoraConfig, PeftModel, PrefixTuningConfig, TaskType, get_peft_model
+from peft import AdaLoraModel, PeftModel
 from torch import nn
 from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification, PreTrainedModel
 from transformers.models.auto.modeling_auto import MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES
 from transformers.utils import logging as hf_logging
 
 from sampleforge.api.finetune import (
-    AdaLoraMethod,
-    FullMethod,
-    LoraMethod,
-    PrefixTuningMethod,
     Task,
     TwoTowerOptions,
 )
 from sampleforge.jobs.common.pooling import PoolingConfigError, model_pooling, pool
 
+from .methods import MethodSpec, apply_method, freeze_unused_pooler, load_config_hidden
 from .model_source import ModelSource, load_failure
 
 #: Defaults of spec.twoTower (api.finetune.TwoTowerOptions), for models published before it existed.
 TWO_TOWER_TEMPERATURE = TwoTowerOptions().temperature
 TWO_TOWER_SHARED = TwoTowerOptions().shared_encoder
 
-MethodSpec: TypeAlias = FullMethod | LoraMethod | AdaLoraMethod | PrefixTuningMethod
-
 #: CrossEncoder heads: [CLS] + linear (dense features can be appended), or the architecture's own
 #: sequence-classification head (what AutoModelForSequenceClassification runs).
 LINEAR_HEAD = "linear"
 SEQUENCE_CLASSIFICATION_HEAD = "sequenceClassification"
-
-
-def freeze_unused_pooler(encoder: nn.Module) -> None:
-    """BERT-style encoders carry a pooler no head here uses; freeze it so that DDP does not wait for
-    gradients that never come (and AdamW does not decay weights nobody trains)."""
-    pooler = getattr(encoder, "pooler", None)
-    if isinstance(pooler, nn.Module):
-        pooler.requires_grad_(False)
-
-
-def apply_method(encoder: nn.Module, method: MethodSpec, total_steps: int) -> nn.Module:
-    """Wrap ``encoder`` for the fine-tuning method in spec.method (full: unchanged)."""
-    if isinstance(method, FullMethod):
-        return encoder
-    config: Any
-    if isinstance(method, LoraMethod | AdaLoraMethod):
-        # Empty target_modules: peft's usual choice for the model type (query and value for BERT).
-        targets = list(method.target_modules) or None
-    # peft annotates lora_alpha as int, but only divides by it (scaling = lora_alpha / r): the spec's float is right.
-    if isinstance(method, LoraMethod):
-        config = LoraConfig(task_type=TaskType.FEATURE_EXTRACTION, r=method.rank,
-                            lora_alpha=method.alpha,  # type: ignore[arg-type]  # see above
-                            lora_dropout=method.dropout, target_modules=targets)
-    elif isinstance(method, AdaLoraMethod):
-        # AdaLoRA's budget schedule: full rank for the first 10 % of steps, final rank for the last 20 %.
-        steps = max(total_steps, 10)
-        config = AdaLoraConfig(task_type=TaskType.FEATURE_EXTRACTION, init_r=method.initial_rank,
-                               target_r=method.rank, lora_alpha=method.alpha,  # type: ignore[arg-type]  # see above
-                               lora_dropout=method.dropout,
-                               target_modules=targets, total_step=steps, tinit=steps // 10,
-                               tfinal=steps // 5)
-    else:
-        config = PrefixTuningConfig(task_type=TaskType.FEATURE_EXTRACTION,
-                                    num_virtual_tokens=method.num_virtual_tokens,
-                                    prefix_projection=method.projection)
-    wrapped: nn.Module = get_peft_model(encoder, config)
-    return wrapped
-
-
-def uses_token_types(method: MethodSpec) -> bool:
-    """peft's prefix tuning drops token_type_ids (with a warning per call); do not send them."""
-    return not isinstance(method, PrefixTuningMethod)
 
 
 @dataclass(frozen=True)
@@ -304,99 +257,6 @@ class TwoTower(nn.Module):
         return self.encode_queries(query), self.encode_items(item), self.encode_items(negative)
 
 
-def info_nce_loss(queries: torch.Tensor, items: torch.Tensor, query_keys: torch.Tensor, item_keys: torch.Tensor,
-                  temperature: float, negatives: torch.Tensor | None = None,
-                  negative_keys: torch.Tensor | None = None) -> torch.Tensor:
-    """In-batch negatives: row i's positive is item i, every other item in the batch a negative,
-    except items that are not negatives at all: the same item text again, or an item paired with the
-    same query elsewhere in the batch (a second positive). Those are masked out.
-
-    ``negatives`` (twoTower.hardNegatives: judged-irrelevant items of the batch's queries) join the
-    softmax of every row, as sentence-transformers' MultipleNegativesRankingLoss does with hard
-    negatives, except where a negative is the same item as a positive of the row's query in the batch.
-    """
-    logits = queries @ items.T / temperature
-    same_query = query_keys[None, :] == query_keys[:, None]
-    same = (item_keys[None, :] == item_keys[:, None]) | same_query
-    diagonal = torch.eye(len(queries), dtype=torch.bool, device=queries.device)
-    logits = logits.masked_fill(same & ~diagonal, torch.finfo(logits.dtype).min)
-    if negatives is not None and len(negatives):
-        assert negative_keys is not None, "pass the negatives' item keys with them"
-        hard = queries @ negatives.T / temperature
-        is_positive = (item_keys[:, None] == negative_keys[None, :]).to(hard.dtype)  # (rows, negatives)
-        blocked = (same_query.to(hard.dtype) @ is_positive) > 0
-        logits = torch.cat([logits, hard.masked_fill(blocked, torch.finfo(hard.dtype).min)], dim=1)
-    return F.cross_entropy(logits, torch.arange(len(queries), device=queries.device))
-
-
-def task_loss(task: Task, outputs: torch.Tensor, targets: torch.Tensor,
-              class_weights: torch.Tensor | None = None) -> torch.Tensor:
-    """The cross-encoder loss of each task, computed in fp32 for stability under mixed precision.
-
-    ``class_weights`` (training.classWeights; relevance and ctr) multiply each row's loss by its
-    class's weight, and the mean is over rows, as scikit-learn weighs samples. Not torch's
-    ``cross_entropy(weight=...)``, which divides by the batch's summed weights: a batch of one class
-    would then weigh as much as a balanced one, and the weighting would fade with small batches.
-    """
-    logits = outputs.float()
-    if task == Task.RELEVANCE:
-        if class_weights is None:
-            return F.cross_entropy(logits, targets.long())
-        per_row = F.cross_entropy(logits, targets.long(), reduction="none")
-        return (per_row * class_weights.to(per_row)[targets.long()]).mean()
-    if task == Task.RELEVANCE_REGRESSION:
-        return F.mse_loss(logits.squeeze(-1), targets.float())
-    if task == Task.CTR:
-        if class_weights is None:
-            return F.binary_cross_entropy_with_logits(logits.squeeze(-1), targets.float())
-        per_row = F.binary_cross_entropy_with_logits(logits.squeeze(-1), targets.float(), reduction="none")
-        return (per_row * class_weights.to(per_row)[targets.long()]).mean()
-    raise ValueError(f"task {task} has no cross-encoder loss")
-
-
-def ranking_scores(task: Task, outputs: torch.Tensor, class_grades: torch.Tensor | None) -> torch.Tensor:
-    """The score the grouped losses rank by, the same one the ranking metrics use: the expected grade
-    under the class probabilities (relevance), the prediction (regression) or the click logit (ctr)."""
-    logits = outputs.float()
-    if task == Task.RELEVANCE:
-        assert class_grades is not None, "grouped losses need ordered labels (checked at setup)"
-        return torch.softmax(logits, dim=-1) @ class_grades.to(logits)
-    return logits[:, 0]
-
-
-def grouped_loss(kind: str, scores: torch.Tensor, grades: torch.Tensor, query_keys: torch.Tensor) -> torch.Tensor:
-    """training.loss pairwise or listwise over the queries of one batch.
-
-    * pairwise (RankNet): for every pair (i, j) of one query with grade_i > grade_j,
-      ``log(1 + exp(-(s_i - s_j)))``, averaged over the pairs.
-    * listwise (ListNet, top-one): for every query with at least two rows and unequal grades, the
-      cross-entropy between ``softmax(grades)`` and ``softmax(scores)`` over its rows, averaged over
-      those queries.
-
-    A batch with no such pair or query (only single-row or equal-grade queries) gives 0, still
-    attached to the graph so that every rank runs the same backward.
-    """
-    scores = scores.float()
-    grades = grades.to(scores)
-    same = query_keys[:, None] == query_keys[None, :]
-    if kind == "pairwise":
-        better = same & (grades[:, None] > grades[None, :])
-        if not bool(better.any()):
-            return scores.sum() * 0.0
-        differences = scores[:, None] - scores[None, :]
-        return F.softplus(-differences[better]).mean()
-    if kind == "listwise":
-        losses = []
-        for key in torch.unique(query_keys):
-            rows = query_keys == key
-            if int(rows.sum()) < 2 or bool((grades[rows] == grades[rows][0]).all()):
-                continue
-            target = torch.softmax(grades[rows], dim=0)
-            losses.append(-(target * torch.log_softmax(scores[rows], dim=0)).sum())
-        return torch.stack(losses).mean() if losses else scores.sum() * 0.0
-    raise ValueError(f"training.loss {kind!r} is not a grouped loss")
-
-
 def encoders(model: nn.Module) -> dict[str, nn.Module]:
     """The model's encoders by the name they are published under."""
     if isinstance(model, TwoTower):
@@ -405,10 +265,6 @@ def encoders(model: nn.Module) -> dict[str, nn.Module]:
         return {"query_encoder": model.query_encoder, "item_encoder": model.item_encoder}
     assert isinstance(model, CrossEncoder)
     return {"encoder": model.encoder}
-
-
-def is_adapter(encoder: nn.Module) -> bool:
-    return isinstance(encoder, PeftModel)
 
 
 def load_encoder(source: ModelSource) -> PreTrainedModel:
@@ -461,12 +317,6 @@ def build_model(source: ModelSource, config: HeadConfig, method: MethodSpec, tot
     first = encoder()
     hidden = int(load_config_hidden(first).hidden_size)
     return CrossEncoder(first, config, hidden, classifier)
-
-
-def load_config_hidden(encoder: nn.Module) -> Any:
-    """The transformers config of an encoder, through a peft wrapper if there is one."""
-    base = encoder.get_base_model() if isinstance(encoder, PeftModel) else encoder
-    return base.config
 
 
 def adalora_update(model: nn.Module, step: int) -> None:

@@ -44,7 +44,8 @@ from safetensors.torch import save_file
 from sampleforge.api.finetune import FineTuneRunSpec
 from sampleforge.jobs.common.storage import ObjectStore, S3Uri
 
-from .modeling import SEQUENCE_CLASSIFICATION_HEAD, CrossEncoder, DenseTransform, HeadConfig, encoders, is_adapter
+from .methods import is_adapter
+from .modeling import SEQUENCE_CLASSIFICATION_HEAD, CrossEncoder, DenseTransform, HeadConfig, encoders
 from .standard import write_standard_formats
 
 log = logging.getLogger(__name__)

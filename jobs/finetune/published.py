@@ -22,15 +22,8 @@ from transformers import AutoModel, AutoTokenizer
 from sampleforge.api.finetune import Task
 
 from .calibration import Decision
-from .modeling import (
-    SEQUENCE_CLASSIFICATION_HEAD,
-    CrossEncoder,
-    HeadConfig,
-    TwoTower,
-    freeze_unused_pooler,
-    load_config_hidden,
-    sequence_classifier_shell,
-)
+from .methods import freeze_unused_pooler, load_config_hidden
+from .modeling import SEQUENCE_CLASSIFICATION_HEAD, CrossEncoder, HeadConfig, TwoTower, sequence_classifier_shell
 from .publish import HEAD_FILE, MODEL_CONFIG
 
 

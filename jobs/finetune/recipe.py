@@ -41,6 +41,8 @@ from .evaluate import CrossEvalSet, EvalResult, check_metrics, evaluate_cross, e
 from .htmlreport import render_html_report
 from .inputs import Inputs, Split, build_loaders, dense_stats, resolve_inputs, split_and_encode
 from .labels import LabelSpace
+from .losses import grouped_loss, info_nce_loss, ranking_scores, task_loss
+from .methods import uses_token_types
 from .model_source import load_failure
 from .modeling import (
     LINEAR_HEAD,
@@ -50,12 +52,7 @@ from .modeling import (
     adalora_update,
     build_model,
     encoder_pooling,
-    grouped_loss,
-    info_nce_loss,
-    ranking_scores,
     supports_sequence_classification,
-    task_loss,
-    uses_token_types,
 )
 from .progress import Progress
 from .training import EarlyStopper, LossCurve, PreemptionFlag, TrainingState, make_optimizer, make_scheduler

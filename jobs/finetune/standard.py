@@ -36,7 +36,8 @@ from torch import nn
 from sampleforge.api.finetune import FineTuneRunSpec, Task
 from sampleforge.jobs.common.pooling import Pooling, pool, sentence_transformers_files
 
-from .modeling import SEQUENCE_CLASSIFICATION_HEAD, CrossEncoder, HeadConfig, TwoTower, is_adapter, load_config_hidden
+from .methods import is_adapter, load_config_hidden
+from .modeling import SEQUENCE_CLASSIFICATION_HEAD, CrossEncoder, HeadConfig, TwoTower
 
 log = logging.getLogger(__name__)
 

@@ -40,16 +40,9 @@ from sampleforge.jobs.finetune.data import Dataset, Examples, Rejected
 from sampleforge.jobs.finetune.errors import SpecError
 from sampleforge.jobs.finetune.inputs import Inputs, pair_negatives, split_and_encode, with_raw_dense
 from sampleforge.jobs.finetune.labels import LabelSpace
+from sampleforge.jobs.finetune.losses import grouped_loss, info_nce_loss, ranking_scores, task_loss
 from sampleforge.jobs.finetune.model_source import ModelSource
-from sampleforge.jobs.finetune.modeling import (
-    CrossEncoder,
-    DenseTransform,
-    HeadConfig,
-    grouped_loss,
-    info_nce_loss,
-    ranking_scores,
-    task_loss,
-)
+from sampleforge.jobs.finetune.modeling import CrossEncoder, DenseTransform, HeadConfig
 
 
 def spec(**parts: Any) -> FineTuneRunSpec:

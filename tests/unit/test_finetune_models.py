@@ -9,8 +9,9 @@ import torch
 from transformers import AutoTokenizer
 
 from sampleforge.api.finetune import FullMethod, LoraMethod, PrefixTuningMethod, Task
+from sampleforge.jobs.finetune.losses import info_nce_loss
 from sampleforge.jobs.finetune.model_source import ModelSource
-from sampleforge.jobs.finetune.modeling import CrossEncoder, HeadConfig, TwoTower, build_model, encoders, info_nce_loss
+from sampleforge.jobs.finetune.modeling import CrossEncoder, HeadConfig, TwoTower, build_model, encoders
 
 pytestmark = pytest.mark.filterwarnings("ignore:`is_gradient_checkpointing` is deprecated:FutureWarning")
 

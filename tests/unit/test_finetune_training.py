@@ -19,7 +19,7 @@ from sampleforge.jobs.finetune.errors import ExitCode, SpecError
 from sampleforge.jobs.finetune.evaluate import check_metrics
 from sampleforge.jobs.finetune.labels import LabelSpace
 from sampleforge.jobs.finetune.launch import needs_launch, worst
-from sampleforge.jobs.finetune.modeling import info_nce_loss, task_loss
+from sampleforge.jobs.finetune.losses import info_nce_loss, task_loss
 from sampleforge.jobs.finetune.training import (
     EarlyStopper,
     PreemptionFlag,
