@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -26,7 +26,7 @@ import kopf
 from pydantic import ValidationError
 from urllib3.exceptions import HTTPError
 
-from sampleforge.api import Kind, Phase, Reason
+from sampleforge.api import ConditionStatus, Kind, Phase, Reason
 from sampleforge.api.constants import TERMINAL_PHASES
 from sampleforge.api.status import Progress, RunOutputs, RunStatus
 from sampleforge.operator import committed as committed_output
@@ -161,10 +161,13 @@ class _Monitor:
                 if found.rows:
                     progress = (progress or Progress()).model_copy(update={"done": found.rows, "total": found.rows})
                 outputs = (outputs or RunOutputs()).model_copy(update=found.outputs.model_dump(exclude_none=True))
-        drift = [run_status.spec_change_condition(ignored_fields(job, spec), terminal=False)]
+        drift = run_status.spec_change_condition(ignored_fields(job, spec), terminal=False)
+        if drift.status is ConditionStatus.TRUE:
+            # Said once per distinct message (``posted``), as for a finished run's ignored edit.
+            obs = replace(obs, events=(*obs.events, RunEvent("Warning", drift.reason, drift.message)))
         desired = run_status.compose(kind, snapshot, obs, now, job_name=job["metadata"]["name"], progress=progress,
                                      results=results, committed=committed, outputs=outputs,
-                                     storage=run.storage if run is not None else None, extra_conditions=drift)
+                                     storage=run.storage if run is not None else None, extra_conditions=[drift])
         heartbeat_age = (now - entry.received_at).total_seconds() if entry and entry.received_at else None
         ctx.metrics.observe_run(str(kind), self.namespace, self.name, desired, heartbeat_age)
         if obs.reason is Reason.HEARTBEAT_TIMEOUT and not (job.get("spec") or {}).get("suspend"):

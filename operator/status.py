@@ -38,8 +38,9 @@ from sampleforge.operator.context import OperatorContext
 from sampleforge.operator.lifecycle import Observation
 
 log = logging.getLogger(__name__)
-#: The API server refuses Events whose message is longer than this.
+#: The API server refuses Events whose message is longer than this many bytes.
 EVENT_MESSAGE_LIMIT = 1024
+_ELLIPSIS = "…"
 M = TypeVar("M", bound=BaseModel)
 
 
@@ -228,9 +229,14 @@ def success_summary(status: RunStatus) -> str:
 
 
 def event_message(message: str) -> str:
-    """``message`` cut to what the API server accepts in an Event: a long termination message would
-    otherwise get the whole Event refused, and lost."""
-    return message if len(message) <= EVENT_MESSAGE_LIMIT else message[:EVENT_MESSAGE_LIMIT - 1] + "…"
+    """``message`` cut to what the API server accepts in an Event: at most 1024 *bytes* of UTF-8
+    (kopf cuts at 1024 characters, which a message with "→" or non-Latin text exceeds), or the
+    whole Event is refused, and lost. The cut never splits a character."""
+    encoded = message.encode("utf-8")
+    if len(encoded) <= EVENT_MESSAGE_LIMIT:
+        return message
+    room = EVENT_MESSAGE_LIMIT - len(_ELLIPSIS.encode("utf-8"))
+    return encoded[:room].decode("utf-8", errors="ignore") + _ELLIPSIS
 
 
 def post_event(body: Mapping[str, Any], type_: str, reason: str, message: str) -> None:

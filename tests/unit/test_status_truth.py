@@ -187,9 +187,12 @@ class TestTimesAndPhases:
         assert stalled == ConditionStatus.TRUE
 
     def test_long_event_messages_are_cut_to_what_the_api_server_accepts(self) -> None:
-        message = event_message("x" * 5000)
-        assert len(message) == EVENT_MESSAGE_LIMIT and message.endswith("…")
-        assert event_message("short") == "short"
+        for long in ("x" * 5000, "Job r-aug: Running → Failed (" + "→" * 2000 + ")", "训练失败" * 400):
+            message = event_message(long)
+            size = len(message.encode("utf-8"))
+            assert EVENT_MESSAGE_LIMIT - 3 <= size <= EVENT_MESSAGE_LIMIT, "the API server counts bytes"
+            assert message.endswith("…") and long.startswith(message[:-1])
+        assert event_message("short → fine") == "short → fine"
 
 
 class TestSpecChanges:
