@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
+import kopf
 import pytest
 
+from sampleforge.api import Phase, Reason
 from sampleforge.operator.allowlist import describe, parse, refused, uris_in
+from sampleforge.operator.context import OperatorContext
+from sampleforge.operator.metrics import OperatorMetrics
+from sampleforge.operator.reconcile import check_storage_prefixes
+from sampleforge.operator.settings import Settings
 
 SPEC = {"source": {"uri": "s3://datasets/search/train.parquet"},
         "augmenters": [{"type": "synonym", "lexicon": "s3://datasets/lexicons/shoes.tsv"},
@@ -45,3 +53,18 @@ def test_other_namespaces_get_the_star_entry_and_no_list_means_no_limit() -> Non
 def test_a_malformed_setting_is_refused_at_startup(raw: str) -> None:
     with pytest.raises(ValueError, match="SAMPLEFORGE_OPERATOR_STORAGE_ALLOW_LIST"):
         parse(raw)
+
+
+def test_an_upstream_runs_output_outside_the_list_fails_the_run_naming_the_field() -> None:
+    """A FineTuneRun reads its AugmentationRun's committed output: that prefix is checked too, so a
+    run cannot reach another team's data by chaining onto a run whose output is elsewhere."""
+    ctx = OperatorContext(settings=Settings(leader_election=False, storage_allow_list=ALLOW), kube=None,  # type: ignore[arg-type]
+                          metrics=OperatorMetrics())
+    body = {"metadata": {"name": "ranker", "namespace": "search-ml", "uid": "u-ft", "generation": 1},
+            "spec": {"data": {"fromAugmentationRun": "aug"}, "output": {"uri": "s3://datasets/search/models/r/"}}}
+    run = SimpleNamespace(namespace="search-ml")
+    check_storage_prefixes(ctx, body, run, "s3://datasets/search/augmented/")  # type: ignore[arg-type]  # inside
+    with pytest.raises(kopf.PermanentError, match=r"spec\.data\.fromAugmentationRun"):
+        check_storage_prefixes(ctx, body, run, "s3://other-team/augmented/")  # type: ignore[arg-type]
+    note = ctx.preflight["u-ft"]
+    assert (note.phase, note.reason) == (Phase.FAILED, Reason.INVALID_SPEC) and "s3://other-team/" in note.message
