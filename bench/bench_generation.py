@@ -6,7 +6,7 @@ augmenters; serving engines are what production teams use. Three engines are mea
 * ``transformers``: the job's TextGenerator (the GGUF de-quantised to fp32, batches of ``--batch``);
 * ``server-direct``: llama.cpp's OpenAI-compatible server driven by a plain urllib client at
   ``--concurrency``: the physical reference, what the server itself can do;
-* ``openai``: the job's own engine (:class:`~sampleforge.jobs.augment.engines.OpenAIGenerator`:
+* ``openai``: the job's own engine (:class:`~sampleforge.jobs.augment.openai_engine.OpenAIGenerator`:
   retries, budget, seeds, counting) against the same server at the same concurrency.
 
 Targets (issue 14): the job's openai path reaches >= 0.9x the direct client's rows/s (the job adds at
@@ -93,7 +93,9 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from sampleforge.jobs.augment.engines import (
+    from sampleforge.jobs.augment.generation import TOP_P, GenerationSettings, TextGenerator, request_seed
+    from sampleforge.jobs.augment.models import ModelLocation
+    from sampleforge.jobs.augment.openai_engine import (
         EngineStats,
         OpenAIClient,
         OpenAIGenerator,
@@ -102,8 +104,6 @@ def main(argv: list[str] | None = None) -> int:
         answer_text,
         chat_body,
     )
-    from sampleforge.jobs.augment.generation import TOP_P, GenerationSettings, TextGenerator, request_seed
-    from sampleforge.jobs.augment.models import ModelLocation
     from sampleforge.jobs.augment.prompts import DEFAULT_TEMPLATES
     from sampleforge.testbed import start_llamacpp
     from sampleforge.testbed._llamacpp import smollm2_gguf

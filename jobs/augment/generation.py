@@ -41,7 +41,7 @@ Decisions, and why:
 * **Engines** (``engine``): ``transformers`` (the default) runs the model in the pod, as described
   above; ``vllm`` runs it with vLLM's offline batch engine on the pod's GPU (:mod:`.vllm_engine`:
   the same formatted prompts, one request per text with its own seed); ``openai`` sends the same
-  prompts as chat requests to an OpenAI-compatible endpoint (:mod:`.engines`). Either way the
+  prompts as chat requests to an OpenAI-compatible endpoint (:mod:`.openai_engine`). Either way the
   augmenters build requests, clean and judge answers the same; a request the endpoint could not
   answer is dropped and counted like any other unusable answer. Each
   engine records its load time apart from its generation time and rate (log line ``model loaded``,
@@ -70,11 +70,11 @@ from sampleforge.api.augmenters import BackTranslationAugmenter, Doc2QueryAugmen
 from sampleforge.jobs.common.hashing import fnv1a64, splitmix64
 from sampleforge.jobs.common.storage import S3Uri
 
-from .engines import EngineStats, Failed, OpenAIGenerator, build_openai_generator, chat_input
 from .errors import ConfigError, ModelError
 from .gencache import CachedGenerator
 from .labels import LabelError
 from .models import ModelLocation
+from .openai_engine import EngineStats, Failed, OpenAIGenerator, build_openai_generator, chat_input
 from .prompts import DEFAULT_TEMPLATES, Templates, clean_output, judge, normalized, render, script_language
 from .protocol import BatchPlan, GeneratedRow
 from .registry import BuildContext, register_row_augmenter
@@ -252,7 +252,7 @@ class TextGenerator:
         return Prompt(defaults.chat, defaults.examples)
 
     def format(self, prompt: str, shots: Sequence[tuple[str, str]] = ()) -> str:
-        """The model input for a rendered prompt (:func:`~.engines.chat_input`)."""
+        """The model input for a rendered prompt (:func:`~.openai_engine.chat_input`)."""
         return chat_input(self.tokenizer, self.chat, prompt, shots)
 
     def _encode(self, text: str, max_new_tokens: int) -> list[int]:

@@ -41,8 +41,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .engines import EngineStats, chat_input
 from .errors import ConfigError, ModelError
+from .openai_engine import EngineStats, chat_input
 
 log = logging.getLogger(__name__)
 
@@ -276,7 +276,7 @@ class VllmGenerator:
         return Prompt(defaults.chat, defaults.examples) if self.chat else Prompt(defaults.plain)
 
     def format(self, prompt: str, shots: Sequence[tuple[str, str]] = ()) -> str:
-        """The model input for a rendered prompt (:func:`~.engines.chat_input`), as the transformers engine's."""
+        """The model input for a rendered prompt (:func:`~.openai_engine.chat_input`), as the transformers engine's."""
         return chat_input(self.tokenizer, self.chat, prompt, shots)
 
     def encode(self, text: str, max_new_tokens: int) -> list[int]:

@@ -20,7 +20,9 @@ import yaml
 
 from sampleforge.api import AugmentationRunSpec, jobenv
 from sampleforge.api.constants import Reason
-from sampleforge.jobs.augment.engines import (
+from sampleforge.jobs.augment.errors import ConfigError, ModelError
+from sampleforge.jobs.augment.generation import GenerationSettings, Prompt, request_seed
+from sampleforge.jobs.augment.openai_engine import (
     BUDGET_EXHAUSTED,
     EngineStats,
     Failed,
@@ -34,8 +36,6 @@ from sampleforge.jobs.augment.engines import (
     parse_retry_after,
     wire_seed,
 )
-from sampleforge.jobs.augment.errors import ConfigError, ModelError
-from sampleforge.jobs.augment.generation import GenerationSettings, Prompt, request_seed
 from sampleforge.jobs.augment.prompts import DEFAULT_TEMPLATES
 
 REPO = Path(__file__).resolve().parents[2]
