@@ -101,3 +101,28 @@ def test_a_status_write_refused_with_504_is_retried_within_seconds_backing_off(
     assert max(waits) <= WRITE_RETRY_SECONDS[1] <= 10.0, "a refused write is retried in seconds, not on the next resync"
     assert asyncio.run(monitor.write(body, desired, (), now_loop=1.0))
     assert monitor.write_retry == 0.0 and flaky.writes and flaky.writes[0]["phase"] == "Pending"
+
+
+def test_a_running_run_whose_pod_is_replaced_stays_running(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The monitor's guard: a pod replaced after a failure (or a cache not yet filled after a
+    restart) leaves the Job without a running pod for a moment; the run has not gone back to
+    Pending (the flicker Running -> Pending -> Running the issue saw)."""
+    ctx = OperatorContext(settings=Settings(leader_election=False), kube=FlakyKube(0),  # type: ignore[arg-type]
+                          metrics=OperatorMetrics(), serving=True)
+    job = {"metadata": {"name": "r-aug", "namespace": "ns", "uid": "job-uid",
+                        "labels": {"sampleforge.io/run-uid": "u"}},
+           "spec": {}, "status": {"active": 1, "startTime": "2026-12-03T11:00:00Z"}}
+    ctx.children.on_job_event("ADDED", job)
+    ctx.children.on_pod_event("ADDED", {"metadata": {"name": "r-aug-0-new", "namespace": "ns",
+                                                     "labels": {"sampleforge.io/run-uid": "u"}},
+                                        "status": {"phase": "Pending"}})
+    body = {"metadata": {"name": "r", "namespace": "ns", "uid": "u", "generation": 1},
+            "spec": {}, "status": {"phase": "Running", "jobName": "r-aug"}}
+    monitor = _Monitor(ctx, Kind.AUGMENTATION_RUN, kopf.Body(body))  # type: ignore[arg-type]
+    found = asyncio.run(monitor.desired(body, now_loop=0.0))
+    assert found is not None
+    status, obs = found
+    assert (status.phase, obs.reason) == (Phase.RUNNING, Reason.JOB_RUNNING)
+    fresh = {**body, "status": {}}
+    found = asyncio.run(_Monitor(ctx, Kind.AUGMENTATION_RUN, kopf.Body(fresh)).desired(fresh, now_loop=0.0))  # type: ignore[arg-type]
+    assert found is not None and found[0].phase is Phase.PENDING, "a run that never ran is still Pending"
