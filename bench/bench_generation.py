@@ -93,10 +93,10 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from sampleforge.jobs.augment.generation import TOP_P, GenerationSettings, TextGenerator, request_seed
+    from sampleforge.jobs.augment.engines import TOP_P, EngineStats, GenerationSettings
+    from sampleforge.jobs.augment.generation import request_seed
     from sampleforge.jobs.augment.models import ModelLocation
     from sampleforge.jobs.augment.openai_engine import (
-        EngineStats,
         OpenAIClient,
         OpenAIGenerator,
         RequestBudget,
@@ -105,6 +105,7 @@ def main(argv: list[str] | None = None) -> int:
         chat_body,
     )
     from sampleforge.jobs.augment.prompts import DEFAULT_TEMPLATES
+    from sampleforge.jobs.augment.transformers_engine import TextGenerator
     from sampleforge.testbed import start_llamacpp
     from sampleforge.testbed._llamacpp import smollm2_gguf
 

@@ -116,17 +116,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     rows = 6 if args.quick else args.rows
 
+    from sampleforge.jobs.augment.engines import TOP_P, EngineStats, GenerationSettings
     from sampleforge.jobs.augment.filters import Candidate
-    from sampleforge.jobs.augment.generation import TOP_P, GenerationSettings
     from sampleforge.jobs.augment.judge import DEFAULT_RUBRIC, LlmJudge, cohens_kappa, label_scale
     from sampleforge.jobs.augment.labels import Labels
-    from sampleforge.jobs.augment.openai_engine import (
-        EngineStats,
-        OpenAIClient,
-        OpenAIGenerator,
-        RequestBudget,
-        RetryPolicy,
-    )
+    from sampleforge.jobs.augment.openai_engine import OpenAIClient, OpenAIGenerator, RequestBudget, RetryPolicy
     from sampleforge.jobs.augment.randomness import RowRandomness
     from sampleforge.jobs.augment.rows import ColumnRoles
     from sampleforge.testbed import start_llamacpp

@@ -1,7 +1,7 @@
 """Generation on a GPU: the job's vllm engine against its transformers engine, same prompts and model.
 
 Both engines are the job's own classes (:class:`~sampleforge.jobs.augment.vllm_engine.VllmGenerator`,
-:class:`~sampleforge.jobs.augment.generation.TextGenerator`), driven as the paraphrase augmenter
+:class:`~sampleforge.jobs.augment.transformers_engine.TextGenerator`), driven as the paraphrase augmenter
 drives them: the built-in chat prompt, one row-keyed seed per request, all of a shard's requests in
 one ``generate`` call (transformers cuts them into token-budget batches; vLLM schedules them itself).
 Load time is measured apart from generation; each engine generates a warm-up set first.
@@ -134,9 +134,11 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     import transformers
 
+    from sampleforge.jobs.augment.engines import GenerationSettings
     from sampleforge.jobs.augment.errors import ConfigError
-    from sampleforge.jobs.augment.generation import GenerationSettings, TextGenerator, request_seed
+    from sampleforge.jobs.augment.generation import request_seed
     from sampleforge.jobs.augment.models import ModelLocation
+    from sampleforge.jobs.augment.transformers_engine import TextGenerator
     from sampleforge.jobs.augment.vllm_engine import VllmGenerator, require_vllm
 
     texts = queries(args.rows)

@@ -26,7 +26,7 @@ from typing import Any
 
 from sampleforge.jobs.common.storage import ObjectStore, S3Uri
 
-from .openai_engine import Failed
+from .engines import Failed
 
 log = logging.getLogger(__name__)
 

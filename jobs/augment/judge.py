@@ -47,12 +47,12 @@ from typing import Any, Protocol
 
 from sampleforge.api.augmenters import LlmJudgeAugmenter
 
+from .engines import EngineStats, Failed, GenerationSettings
 from .errors import ConfigError
 from .filters import Candidate
 from .gencache import CachedGenerator
-from .generation import GenerationSettings, _generator, request_seed
+from .generation import _generator, request_seed
 from .labels import LabelError, Labels
-from .openai_engine import EngineStats, Failed
 from .prompts import MAX_SOURCE_CHARS, normalized
 from .protocol import BatchPlan, GeneratedRow
 from .randomness import RowRandomness

@@ -14,8 +14,8 @@ from typing import Any
 from sampleforge.jobs.common.storage import ObjectStore
 
 from .embedding import PairClassifier, TextEncoder
-from .generation import TextGenerator
 from .models import locate_model
+from .transformers_engine import TextGenerator
 from .vllm_engine import VllmGenerator
 
 log = logging.getLogger(__name__)

@@ -3,7 +3,7 @@
 Teams serve their models behind such an endpoint (vLLM, SGLang, TGI, llama.cpp, KServe, a gateway,
 a hosted model); a serving engine batches across requests far better than ``generate()`` in the pod,
 and the pod then needs no accelerator and loads nothing. :class:`OpenAIGenerator` has the interface
-of :class:`~.generation.TextGenerator` (``kind``, ``prompt``, ``format``, ``generate``), so the three
+of :class:`~.transformers_engine.TextGenerator` (``kind``, ``prompt``, ``format``, ``generate``), so the three
 generation augmenters run unchanged on either engine.
 
 Decisions, and why:
@@ -34,29 +34,26 @@ import email.utils
 import http.client
 import json
 import logging
-import math
 import os
 import random
 import threading
 import time
 import urllib.error
 import urllib.request
-from collections import Counter
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from sampleforge.api import jobenv
 
+from .engines import EngineStats, Failed
 from .errors import ConfigError, ModelError
-from .prompts import Templates
+from .prompts import Prompt, Templates
 
 log = logging.getLogger(__name__)
 __all__ = [
     "CONNECTION_REASONS",
-    "EngineStats",
-    "Failed",
     "OpenAIClient",
     "OpenAIGenerator",
     "RequestBudget",
@@ -72,13 +69,6 @@ CONNECTION_REASONS = frozenset({"connection error", "timeout"})
 BUDGET_EXHAUSTED = "request budget exhausted (openai.maxRequests)"
 #: Longest piece of an error answer quoted in a message (bodies can be whole HTML pages).
 _QUOTE = 200
-
-
-@dataclass(frozen=True)
-class Failed:
-    """A request that produced no text, and why (a short, low-cardinality reason to count)."""
-
-    reason: str
 
 
 @dataclass(frozen=True)
@@ -147,66 +137,6 @@ class RequestBudget:
             return True
 
 
-@dataclass
-class EngineStats:
-    """What the manifest says about an engine's work in this pod (``augmenters.<name>.summary``)."""
-
-    engine: str
-    model: str
-    load_seconds: float = 0.0
-    generation_seconds: float = 0.0
-    #: Texts asked for (after identical requests were merged) and texts that came back.
-    requests: int = 0
-    generated: int = 0
-    #: HTTP attempts (openai only), retries among them, and failures by reason.
-    attempts: int = 0
-    retries: int = 0
-    failed: Counter[str] = field(default_factory=Counter)
-    #: Seconds each answered request took, retries included (openai), for p50 / p99.
-    latencies: list[float] = field(default_factory=list)
-    #: Completion tokens the endpoint reported (``usage``), where it reports them.
-    completion_tokens: int = 0
-    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
-
-    def add(self, **counts: int) -> None:
-        with self._lock:
-            for name, value in counts.items():
-                setattr(self, name, getattr(self, name) + value)
-
-    def fail(self, reason: str) -> None:
-        with self._lock:
-            self.failed[reason] += 1
-
-    def answered(self, seconds: float, tokens: int) -> None:
-        with self._lock:
-            self.latencies.append(seconds)
-            self.completion_tokens += tokens
-
-    def percentile(self, q: float) -> float | None:
-        """The ``q`` quantile (0..1) of request latency, nearest rank; None before any answer."""
-        if not self.latencies:
-            return None
-        ordered = sorted(self.latencies)
-        return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered) - 1e-9) - 1))]
-
-    def summary(self) -> dict[str, Any]:
-        rate = self.generated / self.generation_seconds if self.generation_seconds > 0 else None
-        out: dict[str, Any] = {
-            "engine": self.engine, "model": self.model, "loadSeconds": round(self.load_seconds, 3),
-            "generationSeconds": round(self.generation_seconds, 3), "requests": self.requests,
-            "generated": self.generated, "generatedPerSecond": round(rate, 3) if rate is not None else None,
-        }
-        if self.engine == "vllm":  # vLLM reports the tokens it generated, like an endpoint's usage
-            out["completionTokens"] = self.completion_tokens
-        if self.engine == "openai":
-            p50, p99 = self.percentile(0.5), self.percentile(0.99)
-            out.update({"httpAttempts": self.attempts, "retries": self.retries,
-                        "failed": dict(sorted(self.failed.items())), "completionTokens": self.completion_tokens,
-                        "latencySeconds": {"p50": round(p50, 3) if p50 is not None else None,
-                                           "p99": round(p99, 3) if p99 is not None else None}})
-        return out
-
-
 def wire_seed(seed: int) -> int:
     """The seed as sent: 31 bits, which every server's seed type holds (llama.cpp's is 32-bit), with
     every bit counting (modulo the prime 2^31 - 1), so seeds that differ only in high bits still differ."""
@@ -238,19 +168,6 @@ def answer_text(document: Any) -> str | None:
     except (KeyError, IndexError, TypeError):
         return None
     return content if isinstance(content, str) else None
-
-
-def chat_input(tokenizer: Any, chat: bool, prompt: str, shots: Sequence[tuple[str, str]] = ()) -> str:
-    """The model input for a rendered prompt, the same for the in-pod engines (transformers, vLLM):
-    with a chat template, the last user turn after the example turns ``shots`` (rendered prompt,
-    answer); without one, the prompt itself."""
-    if not chat:
-        return prompt
-    messages: list[dict[str, str]] = []
-    for user, answer in shots:
-        messages += [{"role": "user", "content": user}, {"role": "assistant", "content": answer}]
-    messages.append({"role": "user", "content": prompt})
-    return str(tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
 
 
 class OpenAIClient:
@@ -371,7 +288,7 @@ def api_key_from_env(index: int, field_path: str, expected: bool) -> str | None:
 
 
 class OpenAIGenerator:
-    """A model behind an OpenAI-compatible endpoint, driven like :class:`~.generation.TextGenerator`.
+    """A model behind an OpenAI-compatible endpoint, driven like :class:`~.transformers_engine.TextGenerator`.
 
     Prompts go to ``/chat/completions`` as messages: the server applies the model's chat template,
     so the built-in chat prompts (with their example turns) are used.
@@ -387,8 +304,6 @@ class OpenAIGenerator:
         self.stats = client.stats
 
     def prompt(self, spec_template: str | None, defaults: Templates) -> Any:
-        from .generation import Prompt
-
         return Prompt(spec_template) if spec_template else Prompt(defaults.chat, defaults.examples)
 
     def format(self, prompt: str, shots: Sequence[tuple[str, str]] = ()) -> tuple[tuple[str, str], ...]:

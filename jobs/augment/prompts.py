@@ -24,10 +24,15 @@ import re
 import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol
+
+from .engines import ModelInput
 
 __all__ = [
     "DEFAULT_TEMPLATES",
     "MAX_SOURCE_CHARS",
+    "Formats",
+    "Prompt",
     "Templates",
     "clean_output",
     "judge",
@@ -53,6 +58,34 @@ class Templates:
     chat: str
     plain: str
     examples: tuple[tuple[str, str], ...] = ()
+
+
+class Formats(Protocol):
+    """An engine as a prompt sees it: it turns a rendered prompt, after example turns (rendered
+    prompt, answer), into its model input."""
+
+    def format(self, prompt: str, shots: Sequence[tuple[str, str]] = ()) -> ModelInput: ...
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """A template and the example conversation turns (source text, answer) shown before it."""
+
+    template: str
+    examples: tuple[tuple[str, str], ...] = ()
+
+    def model_input(self, generator: Formats, text: str, language: str | None = None) -> ModelInput:
+        shots = [(render(self.template, source, language), answer) for source, answer in self.examples]
+        return generator.format(render(self.template, text, language), shots)
+
+    def instruction(self, language: str | None = None) -> str:
+        """The prompt without the source text: a line of the answer found in it is an echo."""
+        return render(self.template, "", language)
+
+    @property
+    def echoes(self) -> tuple[str, ...]:
+        """Texts of the examples: an answer that repeats one is copied, not generated."""
+        return tuple(t for pair in self.examples for t in pair)
 
 
 DEFAULT_TEMPLATES: dict[str, Templates] = {

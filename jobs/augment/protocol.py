@@ -48,7 +48,7 @@ How the families that need more than a batch are built:
   own ``torch.Generator`` seeded from ``plan.random.row_key(row)`` (with the field and variant), so
   a row's text does not depend on its batch, the batch size or the shard count. Answers that are
   empty, identical to their source or lose an attribute value are dropped there and counted in the
-  job log. A new model-based type reuses :class:`~.generation.TextGenerator` and its ``generate``.
+  job log. A new model-based type reuses :class:`~.transformers_engine.TextGenerator` and its ``generate``.
 * **GAN / mixup** (dense features, :mod:`.gan`, :mod:`.mixup`): declare ``needs=("sample",)`` and fit
   on ``build.knowledge.sample`` (a uniform sample of whole source rows, identical in every shard) in
   the factory, so every shard trains the same model. The sample holds the first pass's values: dense

@@ -2,7 +2,7 @@
 
 vLLM schedules every prompt of a call at once with continuous batching and paged attention, so one
 GPU generates many times what ``generate()`` of transformers does on it. :class:`VllmGenerator` has
-the interface of :class:`~.generation.TextGenerator` (``kind``, ``prompt``, ``format``,
+the interface of :class:`~.transformers_engine.TextGenerator` (``kind``, ``prompt``, ``format``,
 ``generate``, ``stats``): the three generation augmenters run unchanged on it.
 
 Decisions, and why:
@@ -41,8 +41,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from .engines import END_OF_TURN, TOP_P, EngineStats, chat_input
 from .errors import ConfigError, ModelError
-from .openai_engine import EngineStats, chat_input
+from .prompts import Prompt
 
 log = logging.getLogger(__name__)
 
@@ -192,7 +193,7 @@ def _config(path: str) -> dict[str, Any]:
 
 
 class VllmGenerator:
-    """A model loaded into vLLM's offline engine, driven like :class:`~.generation.TextGenerator`."""
+    """A model loaded into vLLM's offline engine, driven like :class:`~.transformers_engine.TextGenerator`."""
 
     def __init__(self, llm: Any, sampling_params: Any, tokenizer: Any, model: str, top_p: float,
                  load_seconds: float = 0.0, max_positions: int | None = None) -> None:
@@ -208,8 +209,6 @@ class VllmGenerator:
     @classmethod
     def load(cls, location: Any, field_path: str) -> VllmGenerator:
         """Load ``location`` (a :class:`~.models.ModelLocation`) into a new ``vllm.LLM``."""
-        from .generation import TOP_P
-
         vllm = require_vllm(field_path)
         import torch
 
@@ -256,27 +255,23 @@ class VllmGenerator:
         return "chat" if self.chat else "plain"
 
     def _stop_ids(self) -> list[int]:
-        from .generation import _END_OF_TURN
-
         ids: list[int] = []
         eos = getattr(self.tokenizer, "eos_token_id", None)
         if isinstance(eos, int):
             ids.append(eos)
         if self.chat:
             vocab = self.tokenizer.get_vocab()
-            ids += [vocab[t] for t in _END_OF_TURN if t in vocab and vocab[t] not in ids]
+            ids += [vocab[t] for t in END_OF_TURN if t in vocab and vocab[t] not in ids]
         return ids
 
     def prompt(self, spec_template: str | None, defaults: Any) -> Any:
         """The spec's template, else the built-in one (with its examples for a chat model)."""
-        from .generation import Prompt
-
         if spec_template:
             return Prompt(spec_template)
         return Prompt(defaults.chat, defaults.examples) if self.chat else Prompt(defaults.plain)
 
     def format(self, prompt: str, shots: Sequence[tuple[str, str]] = ()) -> str:
-        """The model input for a rendered prompt (:func:`~.openai_engine.chat_input`), as the transformers engine's."""
+        """The model input for a rendered prompt (:func:`~.engines.chat_input`), as the transformers engine's."""
         return chat_input(self.tokenizer, self.chat, prompt, shots)
 
     def encode(self, text: str, max_new_tokens: int) -> list[int]:

@@ -13,23 +13,15 @@ import pytest
 from test_augment_generation import corpus_texts, tiny_causal_lm, tiny_marian
 
 from sampleforge.api.augmenters import BackTranslationAugmenter, Doc2QueryAugmenter, ParaphraseAugmenter
+from sampleforge.jobs.augment.engines import GenerationSettings
 from sampleforge.jobs.augment.errors import ConfigError, ModelError
-from sampleforge.jobs.augment.generation import (
-    BackTranslation,
-    Doc2Query,
-    GenerationSettings,
-    Paraphrase,
-    Prompt,
-    RowSampler,
-    TextGenerator,
-    item_text,
-    request_seed,
-)
+from sampleforge.jobs.augment.generation import BackTranslation, Doc2Query, Paraphrase, item_text, request_seed
 from sampleforge.jobs.augment.modelcache import ModelCache
 from sampleforge.jobs.augment.models import ModelLocation, locate_model
 from sampleforge.jobs.augment.prompts import (
     DEFAULT_TEMPLATES,
     MAX_SOURCE_CHARS,
+    Prompt,
     clean_output,
     judge,
     language_name,
@@ -40,6 +32,7 @@ from sampleforge.jobs.augment.prompts import (
 from sampleforge.jobs.augment.protocol import BatchPlan
 from sampleforge.jobs.augment.randomness import RowRandomness
 from sampleforge.jobs.augment.rows import ColumnRoles, RowBatch
+from sampleforge.jobs.augment.transformers_engine import RowSampler, TextGenerator
 
 FIELD = "spec.augmenters[0].model"
 

@@ -14,9 +14,9 @@ from typing import Any
 import pytest
 
 from sampleforge.api import AugmentationRunSpec
+from sampleforge.jobs.augment.engines import EngineStats, Failed, GenerationSettings
 from sampleforge.jobs.augment.errors import ConfigError
 from sampleforge.jobs.augment.filters import Candidate
-from sampleforge.jobs.augment.generation import GenerationSettings
 from sampleforge.jobs.augment.judge import (
     DEFAULT_RUBRIC,
     DISAGREES,
@@ -34,7 +34,6 @@ from sampleforge.jobs.augment.judge import (
     render_rubric,
 )
 from sampleforge.jobs.augment.labels import Labels
-from sampleforge.jobs.augment.openai_engine import EngineStats, Failed
 from sampleforge.jobs.augment.output import output_schema
 from sampleforge.jobs.augment.pipeline import _with_judges
 from sampleforge.jobs.augment.randomness import RowRandomness

@@ -20,12 +20,11 @@ import yaml
 
 from sampleforge.api import AugmentationRunSpec, jobenv
 from sampleforge.api.constants import Reason
+from sampleforge.jobs.augment.engines import EngineStats, Failed, GenerationSettings
 from sampleforge.jobs.augment.errors import ConfigError, ModelError
-from sampleforge.jobs.augment.generation import GenerationSettings, Prompt, request_seed
+from sampleforge.jobs.augment.generation import request_seed
 from sampleforge.jobs.augment.openai_engine import (
     BUDGET_EXHAUSTED,
-    EngineStats,
-    Failed,
     OpenAIClient,
     OpenAIGenerator,
     RequestBudget,
@@ -36,7 +35,7 @@ from sampleforge.jobs.augment.openai_engine import (
     parse_retry_after,
     wire_seed,
 )
-from sampleforge.jobs.augment.prompts import DEFAULT_TEMPLATES
+from sampleforge.jobs.augment.prompts import DEFAULT_TEMPLATES, Prompt
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -24,13 +24,14 @@ from test_augment_generation import corpus_texts, tiny_causal_lm
 from sampleforge.api import AugmentationRunSpec, jobenv
 from sampleforge.api.constants import GPU_RESOURCE, Reason
 from sampleforge.jobs.augment.catalog import build_augmenters
+from sampleforge.jobs.augment.engines import TOP_P, EngineStats, GenerationSettings
 from sampleforge.jobs.augment.errors import ConfigError
 from sampleforge.jobs.augment.gencache import cache_key
-from sampleforge.jobs.augment.generation import TOP_P, GenerationSettings, TextGenerator, request_seed, token_batches
+from sampleforge.jobs.augment.generation import request_seed
 from sampleforge.jobs.augment.modelcache import ModelCache
 from sampleforge.jobs.augment.models import ModelLocation
-from sampleforge.jobs.augment.openai_engine import EngineStats
 from sampleforge.jobs.augment.prompts import DEFAULT_TEMPLATES
+from sampleforge.jobs.augment.transformers_engine import TextGenerator, token_batches
 from sampleforge.jobs.augment.vllm_engine import (
     MAX_GPU_SHARE,
     VllmGenerator,
