@@ -372,14 +372,21 @@ class TestWhatStatusMayClaim:
 
         running = wait_for(lambda: said("Running"), what="SpecChangeIgnored on the running run")
         assert "spec.resources" in condition(running, "SpecChangeIgnored")["message"]
+
+        def warnings() -> list[str]:
+            return [e.message for e in client.CoreV1Api(kube_api).list_namespaced_event(
+                ns, field_selector=f"involvedObject.uid={uid}").items
+                if e.reason == "SpecChangeIgnored" and e.type == "Warning"]
+
+        live = wait_for(lambda: [m for m in warnings() if "spec.resources" in m], what="the running run's Warning")
+        assert len(live) == 1, "said once, not on every pass of the monitor"
         commit_output(s3, run)
         release(kube_api, ns, uid)
         wait_phase(kube_api, AR, ns, name, "Succeeded", timeout=90)
         patch_run(kube_api, AR, ns, name, {"spec": {"parallelism": 3}})
         finished = wait_for(lambda: said("Succeeded"), what="the finished run to record the new generation")
         assert "spec.parallelism" in condition(finished, "SpecChangeIgnored")["message"]
-        wait_for(lambda: "SpecChangeIgnored" in {e.reason for e in client.CoreV1Api(kube_api).list_namespaced_event(
-            ns, field_selector=f"involvedObject.uid={uid}").items}, what="a SpecChangeIgnored Warning")
+        wait_for(lambda: any("spec.parallelism" in m for m in warnings()), what="the finished run's Warning")
 
     def test_a_deleted_job_is_reported_and_recreated_with_the_runs_start_time(
             self, kube_api: client.ApiClient, ns: str) -> None:
