@@ -34,10 +34,10 @@ from sampleforge.api.manifest import AugmentationManifest
 from sampleforge.jobs.common.context import RunContext
 from sampleforge.jobs.common.storage import ObjectStore, S3Uri
 
-from .filters import EvalSplit
 from .htmlreport import render_html_report
 from .judge import JUDGE_COLUMNS, LlmJudge, judge_rates
 from .knowledge import DatasetKnowledge
+from .leakage import EvalSplit
 from .output import TEXT_LENGTH_EDGES
 from .protocol import AugmenterSummary, RowAugmenter
 from .report import render_report

@@ -41,9 +41,10 @@ from sampleforge.jobs.common.storage import ObjectStore, S3Uri, StorageError
 from .catalog import build_augmenters, check_supported, needs_of
 from .commit import code_version, commit_run, digest, engine_summaries, marker_uri, shared_section
 from .errors import ConfigError, SourceError
-from .filters import EvalSplit, Filter, build_filters, eval_split
+from .filters import Filter, build_filters
 from .judge import JUDGE_COLUMNS, LlmJudge
 from .knowledge import DatasetKnowledge, learn
+from .leakage import EvalSplit, eval_split
 from .modelcache import ModelCache
 from .output import PartWriter, RejectsWriter, clear_directory, output_schema
 from .pii import PiiRedactor

@@ -17,9 +17,10 @@ from typing import Any
 import numpy as np
 
 from .errors import AugmentError
-from .filters import Candidate, Filter, LeakageGuard
+from .filters import Candidate, Filter
 from .judge import JUDGE_LABEL_RULE, LlmJudge
 from .knowledge import DatasetKnowledge
+from .leakage import LeakageGuard
 from .output import PartWriter, length_bin
 from .pii import PiiRedactor
 from .protocol import BatchPlan, GeneratedRow, RowAugmenter, SourceRowSelector

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import pytest
 
-from sampleforge.jobs.augment.filters import Candidate, LeakageGuard, eval_split
+from sampleforge.jobs.augment.filters import Candidate
+from sampleforge.jobs.augment.leakage import LeakageGuard, eval_split
 from sampleforge.jobs.augment.rows import ColumnRoles
 
 ROLES = ColumnRoles(query="q", item="t", label="y")
