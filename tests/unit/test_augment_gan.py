@@ -13,7 +13,7 @@ import pytest
 from sampleforge.api.augmentation import AugmentationRunSpec
 from sampleforge.jobs.augment.catalog import build_augmenters, needs_of
 from sampleforge.jobs.augment.errors import ConfigError
-from sampleforge.jobs.augment.gan import Condition, fidelity, roc_auc, shares, train_gan
+from sampleforge.jobs.augment.gan import Condition, shares
 from sampleforge.jobs.augment.knowledge import DatasetKnowledge, learn
 from sampleforge.jobs.augment.labels import Labels
 from sampleforge.jobs.augment.preprocess import Cleaner
@@ -21,6 +21,7 @@ from sampleforge.jobs.augment.protocol import BatchPlan
 from sampleforge.jobs.augment.randomness import RowRandomness
 from sampleforge.jobs.augment.rows import ColumnRoles, RowBatch
 from sampleforge.jobs.augment.source import RawBatch
+from sampleforge.jobs.augment.tabulargan import fidelity, roc_auc, train_gan
 
 ROLES = ColumnRoles(query="q", item="t", label="y", dense=("price", "ctr", "age"))
 
