@@ -68,7 +68,7 @@ class AugmenterCounts(ApiModel):
     # rates, cache, fidelity...), combined over shards by output.combine_engine_summaries; the report
     # prints them as they are and no program reads a particular key.
     summary: dict[str, Any] | None = None
-    # An llmJudge's counts with its agreement rate and kappa (jobs/augment/judge.judge_rates), shown
+    # An llmJudge's counts with its agreement rate and kappa (jobs/augment/grading.judge_rates), shown
     # in the report only.
     judge: dict[str, Any] | None = None
 

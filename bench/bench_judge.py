@@ -118,7 +118,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from sampleforge.jobs.augment.engines import TOP_P, EngineStats, GenerationSettings
     from sampleforge.jobs.augment.filters import Candidate
-    from sampleforge.jobs.augment.judge import DEFAULT_RUBRIC, LlmJudge, cohens_kappa, label_scale
+    from sampleforge.jobs.augment.grading import cohens_kappa, label_scale
+    from sampleforge.jobs.augment.judge import DEFAULT_RUBRIC, LlmJudge
     from sampleforge.jobs.augment.labels import Labels
     from sampleforge.jobs.augment.openai_engine import OpenAIClient, OpenAIGenerator, RequestBudget, RetryPolicy
     from sampleforge.jobs.augment.randomness import RowRandomness

@@ -35,7 +35,8 @@ from sampleforge.jobs.common.context import RunContext
 from sampleforge.jobs.common.storage import ObjectStore, S3Uri
 
 from .htmlreport import render_html_report
-from .judge import JUDGE_COLUMNS, LlmJudge, judge_rates
+from .grading import judge_rates
+from .judge import JUDGE_COLUMNS, LlmJudge
 from .knowledge import DatasetKnowledge
 from .leakage import EvalSplit
 from .output import TEXT_LENGTH_EDGES

@@ -30,7 +30,7 @@ from test_augment_support import (
 )
 
 from sampleforge.api import jobenv
-from sampleforge.jobs.augment.judge import DISAGREES
+from sampleforge.jobs.augment.grading import DISAGREES
 from sampleforge.testbed import LlamaCppServer, Testbed
 
 pytestmark = pytest.mark.integration

@@ -17,14 +17,12 @@ from sampleforge.api import AugmentationRunSpec
 from sampleforge.jobs.augment.engines import EngineStats, Failed, GenerationSettings
 from sampleforge.jobs.augment.errors import ConfigError
 from sampleforge.jobs.augment.filters import Candidate
-from sampleforge.jobs.augment.judge import (
-    DEFAULT_RUBRIC,
+from sampleforge.jobs.augment.grading import (
     DISAGREES,
     EMPTY,
     MAX_SCALE,
     NO_GRADE,
     OFF_SCALE,
-    LlmJudge,
     Scale,
     cohens_kappa,
     decide,
@@ -33,6 +31,7 @@ from sampleforge.jobs.augment.judge import (
     parse_grade,
     render_rubric,
 )
+from sampleforge.jobs.augment.judge import DEFAULT_RUBRIC, LlmJudge
 from sampleforge.jobs.augment.labels import Labels
 from sampleforge.jobs.augment.output import output_schema
 from sampleforge.jobs.augment.pipeline import _with_judges
