@@ -1,22 +1,25 @@
-"""From rows to batches: tokenise once, bucket by length, pad per batch.
+"""From rows to batches: bucket by length, pad per batch (tokenising is :mod:`.tokens`).
 
-* Tokenising happens once, up front, with the fast tokenizer's batch call: the data loader then
-  only slices and pads integer arrays, so it never starves the step (``bench/bench_finetune.py``
-  measures that).
+* The data loader only slices and pads integer arrays: token ids were written once, up front
+  (:func:`.tokens.tokenize_to_files`), so it never starves the step (``bench/bench_finetune.py``
+  measures that). Datasets read them by row, from memory-mapped files or, for small sets and
+  tests, from lists (:class:`Tokenized`).
 * Length bucketing: rows are shuffled, cut into pools of ``pool_batches`` batches, sorted by length
   inside a pool and cut into batches, whose order is shuffled again. Batches hold rows of similar
   length, so dynamic padding wastes little, while the order stays random across the epoch.
 * The order is a pure function of (seed, epoch): every rank computes the same batches, and a
   resumed run skips exactly the batches it had already trained on
   (``accelerator.skip_first_batches``) and continues with the same ones an uninterrupted run sees.
+* The samplers hold an epoch's order as numpy arrays and hand out one batch list at a time, so
+  their memory is a few bytes per row, not a Python list per batch.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -24,9 +27,30 @@ from numpy.typing import NDArray
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 
+class Ragged(Protocol):
+    """Row ``i`` of a tokenised column, unpadded."""
+
+    def __getitem__(self, i: int, /) -> NDArray[Any]: ...
+
+    def __len__(self) -> int: ...
+
+
+class Tokens(Protocol):
+    """Token ids per row and their lengths: :class:`Tokenized` or :class:`.tokens.MappedTokens`."""
+
+    @property
+    def input_ids(self) -> Ragged: ...
+
+    @property
+    def token_type_ids(self) -> Ragged | None: ...
+
+    @property
+    def lengths(self) -> NDArray[Any]: ...
+
+
 @dataclass(frozen=True)
 class Tokenized:
-    """Token ids per row, unpadded, and their lengths."""
+    """Token ids per row, unpadded, in memory, and their lengths."""
 
     input_ids: list[NDArray[np.int32]]
     token_type_ids: list[NDArray[np.int8]] | None
@@ -36,34 +60,10 @@ class Tokenized:
         return np.fromiter((len(x) for x in self.input_ids), dtype=np.int64, count=len(self.input_ids))
 
 
-def tokenize(tokenizer: Any, texts: Sequence[str], pairs: Sequence[str] | None, max_length: int,
-             chunk: int = 4096) -> Tokenized:
-    """Tokenise ``texts`` (or ``(texts, pairs)`` for a cross-encoder), truncated to ``max_length``.
-    For pairs, the longer side is cut first, so a long product description never pushes out the
-    query."""
-    ids: list[NDArray[np.int32]] = []
-    types: list[NDArray[np.int8]] = []
-    has_types = True
-    for start in range(0, len(texts), chunk):
-        encoded = tokenizer(
-            list(texts[start:start + chunk]),
-            list(pairs[start:start + chunk]) if pairs is not None else None,
-            truncation="longest_first" if pairs is not None else True,
-            max_length=max_length,
-            padding=False,
-        )
-        ids.extend(np.asarray(x, dtype=np.int32) for x in encoded["input_ids"])
-        if "token_type_ids" in encoded:
-            types.extend(np.asarray(x, dtype=np.int8) for x in encoded["token_type_ids"])
-        else:
-            has_types = False
-    return Tokenized(ids, types if has_types else None)
-
-
 class PairDataset(Dataset[dict[str, Any]]):
     """Cross-encoder rows: one (query, item) sequence, a target, optional dense features."""
 
-    def __init__(self, tokens: Tokenized, targets: NDArray[Any], dense: NDArray[np.float32] | None,
+    def __init__(self, tokens: Tokens, targets: NDArray[Any], dense: NDArray[np.float32] | None,
                  use_token_types: bool = True, grades: NDArray[np.float64] | None = None,
                  query_keys: NDArray[np.int64] | None = None) -> None:
         self.tokens = tokens
@@ -97,7 +97,7 @@ class HardNegatives:
     """Judged-irrelevant items that train beside the in-batch negatives (twoTower.hardNegatives):
     their tokens and item keys, and which one each dataset row carries (-1: none)."""
 
-    tokens: Tokenized
+    tokens: Tokens
     keys: NDArray[np.int64]
     #: Per dataset row: the index into ``tokens`` of its negative, or -1.
     per_row: NDArray[np.int64]
@@ -111,7 +111,7 @@ class TwoTowerDataset(Dataset[dict[str, Any]]):
     outnumber a query's positives); ``negatives`` gives some rows a hard negative, which the
     collator gathers into ``negative`` / ``negative_key`` with ``negative_index`` naming the rows."""
 
-    def __init__(self, queries: Tokenized, items: Tokenized, query_keys: NDArray[np.int64],
+    def __init__(self, queries: Tokens, items: Tokens, query_keys: NDArray[np.int64],
                  item_keys: NDArray[np.int64], pairs: NDArray[np.int64] | None = None,
                  negatives: HardNegatives | None = None) -> None:
         self.queries, self.items = queries, items
@@ -142,12 +142,12 @@ class TwoTowerDataset(Dataset[dict[str, Any]]):
 class TextDataset(Dataset[dict[str, Any]]):
     """One text per row (two-tower evaluation encodes queries and the corpus separately)."""
 
-    def __init__(self, tokens: Tokenized) -> None:
+    def __init__(self, tokens: Tokens) -> None:
         self.tokens = tokens
         self.lengths = tokens.lengths
 
     def __len__(self) -> int:
-        return len(self.tokens.input_ids)
+        return len(self.lengths)
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         return {"row": i, "inputs": {"input_ids": self.tokens.input_ids[i]}}
@@ -182,24 +182,35 @@ class BucketBatchSampler(Sampler[list[int]]):
     def __len__(self) -> int:
         return math.ceil(len(self.lengths) / self.batch_size)
 
-    def batches(self) -> list[list[int]]:
-        """This epoch's batches, as lists of row indices."""
+    def _order(self) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
+        """This epoch's rows in batch order: the rows arranged in batches of ``batch_size`` (the
+        last one possibly short), and the order in which the full batches are dealt out."""
+        n, size = len(self.lengths), self.batch_size
         if not self.shuffle:
-            order = np.argsort(-self.lengths, kind="stable")
-            return [order[i:i + self.batch_size].tolist() for i in range(0, len(order), self.batch_size)]
+            return np.argsort(-self.lengths, kind="stable"), np.arange(n // size)
         rng = np.random.default_rng([self.seed, self.epoch])
-        order = rng.permutation(len(self.lengths))
-        batches: list[list[int]] = []
-        for start in range(0, len(order), self.pool):
-            pool = order[start:start + self.pool]
-            pool = pool[np.argsort(-self.lengths[pool], kind="stable")]
-            batches.extend(pool[i:i + self.batch_size].tolist() for i in range(0, len(pool), self.batch_size))
-        full = [b for b in batches if len(b) == self.batch_size]
-        short = [b for b in batches if len(b) != self.batch_size]
-        return [full[i] for i in rng.permutation(len(full))] + short
+        order = rng.permutation(n)
+        # Sort each pool by length, longest first (stable: ties keep the shuffled order). Pools
+        # hold whole batches, so only the last pool's last batch can be short.
+        pools = np.arange(n, dtype=np.int64) // self.pool
+        arranged = order[np.lexsort((-self.lengths[order], pools))]
+        return arranged, rng.permutation(n // size)
 
     def __iter__(self) -> Iterator[list[int]]:
-        return iter(self.batches())
+        arranged, full = self._order()
+        size = self.batch_size
+        if not self.shuffle:  # longest first, in order
+            for start in range(0, len(arranged), size):
+                yield arranged[start:start + size].tolist()
+            return
+        for k in full:
+            yield arranged[k * size:(k + 1) * size].tolist()
+        if len(arranged) % size:
+            yield arranged[len(full) * size:].tolist()
+
+    def batches(self) -> list[list[int]]:
+        """This epoch's batches, as lists of row indices."""
+        return list(self)
 
 
 class QueryBatchSampler(Sampler[list[int]]):
@@ -213,6 +224,9 @@ class QueryBatchSampler(Sampler[list[int]]):
     the batches' order from (seed, epoch). Batches differ in size, so ``batch_size`` reads None,
     which tells accelerate's ``BatchSamplerShard`` to deal them out to the ranks as they are
     instead of expecting equal ones.
+
+    Packed batches are consecutive runs of one array of rows (queries in drawn order, each query's
+    rows longest first), so the packing is that array and where each batch starts.
     """
 
     drop_last = False
@@ -226,37 +240,41 @@ class QueryBatchSampler(Sampler[list[int]]):
         keys = np.asarray(query_keys)
         lengths = np.asarray(lengths)
         rng = np.random.default_rng([seed, 2**31])  # apart from the per-epoch streams
-        distinct, inverse = np.unique(keys, return_inverse=True)
-        groups: list[list[int]] = [[] for _ in range(len(distinct))]
-        for row, group in enumerate(inverse):
-            groups[group].append(row)
-        packed: list[list[int]] = []
-        current: list[int] = []
-        for g in rng.permutation(len(groups)):
-            rows = sorted(groups[g], key=lambda r: -int(lengths[r]))
-            pieces = [rows[i:i + batch_size] for i in range(0, len(rows), batch_size)]
-            for piece in pieces:
-                if current and len(current) + len(piece) > batch_size:
-                    packed.append(current)
-                    current = []
-                current = current + piece
-        if current:
-            packed.append(current)
-        self.packed = packed
+        _, group = np.unique(keys, return_inverse=True)
+        group = group.reshape(-1)
+        count = int(group.max()) + 1 if len(group) else 0
+        drawn = np.empty(count, dtype=np.int64)
+        drawn[rng.permutation(count)] = np.arange(count)
+        # Rows by (query's draw, longest first, row): stable, as the sort of each query's rows was.
+        self.rows = np.lexsort((-lengths.astype(np.int64), drawn[group])).astype(np.int64)
+        sizes = np.bincount(drawn[group], minlength=count)
+        starts: list[int] = []
+        filled = batch_size  # rows in the open batch; none is open yet
+        position = 0
+        for size in sizes.tolist():
+            whole, rest = divmod(size, batch_size)
+            for piece in [batch_size] * whole + ([rest] if rest else []):
+                if filled + piece > batch_size:
+                    starts.append(position)
+                    filled = 0
+                filled += piece
+                position += piece
+        self.starts = np.asarray([*starts, position], dtype=np.int64)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def __len__(self) -> int:
-        return len(self.packed)
+        return len(self.starts) - 1
+
+    def __iter__(self) -> Iterator[list[int]]:
+        rng = np.random.default_rng([self.seed, self.epoch])
+        for b in rng.permutation(len(self)):
+            yield self.rows[self.starts[b]:self.starts[b + 1]].tolist()
 
     def batches(self) -> list[list[int]]:
         """This epoch's batches, as lists of row indices."""
-        rng = np.random.default_rng([self.seed, self.epoch])
-        return [list(self.packed[i]) for i in rng.permutation(len(self.packed))]
-
-    def __iter__(self) -> Iterator[list[int]]:
-        return iter(self.batches())
+        return list(self)
 
 
 class Collator:

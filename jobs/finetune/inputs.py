@@ -8,11 +8,13 @@ files, and so the recipe reads as a sequence of steps rather than of URI handlin
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 import torch
 from numpy.typing import NDArray
 
@@ -28,14 +30,19 @@ from .batches import (
     TextDataset,
     TwoTowerDataset,
     make_loader,
-    tokenize,
 )
-from .data import Dataset, Examples, Rejected, read_committed, read_dataset, split_by_query
+from .data import Dataset, read_committed, read_dataset
 from .errors import DatasetError, SpecError
 from .evaluate import CrossEvalSet, TowerEvalSet
+from .examples import Examples, TextColumn
 from .labels import LabelSpace, Targets
-from .model_source import ModelSource, resolve_model
+from .model_source import ModelSource
 from .modeling import DenseTransform
+from .ranks import ranks
+from .rejected import Rejected
+from .split import split_examples
+from .team import Team
+from .tokens import tokenize_to_files
 
 log = logging.getLogger(__name__)
 
@@ -55,25 +62,26 @@ class Inputs:
     preprocess: DenseTransform | None = None
 
 
-def resolve_inputs(spec: FineTuneRunSpec, input_uri: str | None, store: ObjectStore, cache_dir: Path,
-                   show_progress: bool) -> Inputs:
-    """Read the data the spec names and fetch the model; errors name the spec field."""
+def read_inputs(spec: FineTuneRunSpec, input_uri: str | None, store: ObjectStore, model: ModelSource,
+                data_dir: Path, team: Team) -> Inputs:
+    """Read the data the spec names into Arrow files under ``data_dir`` (each process of ``team``
+    its share of the files); errors name the spec field."""
     need_label = spec.task != Task.TWO_TOWER
     if spec.data.uri is not None:
         field = "data.uri"
-        train = read_dataset(store, spec.data.uri, spec.data.format, spec.data.columns, field, need_label)
+        train = read_dataset(store, spec.data.uri, spec.data.format, spec.data.columns, field, need_label,
+                             data_dir, team)
     else:
         field = "data.fromAugmentationRun"
         if not input_uri:
             raise SpecError(f"data.fromAugmentationRun is {spec.data.from_augmentation_run!r} but "
                             "SAMPLEFORGE_INPUT_URI is not set: the operator sets it to that run's committed output "
                             "once it has succeeded; set it by hand when running the job yourself")
-        train = read_committed(store, S3Uri.parse(input_uri), field, need_label)
+        train = read_committed(store, S3Uri.parse(input_uri), field, need_label, None, data_dir, team)
     train, preprocess = with_raw_dense(train, field)
     evaluation = None
     if spec.data.eval is not None:
-        evaluation = read_dataset(store, spec.data.eval, None, train.columns, "data.eval", need_label)
-    model = resolve_model(spec.model, store, cache_dir, show_progress)
+        evaluation = read_dataset(store, spec.data.eval, None, train.columns, "data.eval", need_label, data_dir, team)
     return Inputs(model, train, evaluation, field, preprocess)
 
 
@@ -94,7 +102,7 @@ def with_raw_dense(train: Dataset, field: str) -> tuple[Dataset, DenseTransform 
     if transform is None:
         return train, None
     raw = transform.invert(train.examples.dense).astype(np.float32)
-    return replace(train, examples=replace(train.examples, dense=raw)), transform
+    return replace(train, examples=train.examples.with_dense(raw)), transform
 
 
 @dataclass(frozen=True)
@@ -125,8 +133,7 @@ def split_and_encode(spec: FineTuneRunSpec, inputs: Inputs, space: LabelSpace) -
     if inputs.eval is None:
         fraction = spec.eval_fraction()
         assert fraction is not None
-        split = split_by_query(train.queries, fraction, spec.training.seed, source_rows=train.source_rows,
-                               generated=train.generated(), include_synthetic=synthetic)
+        split = split_examples(train, fraction, spec.training.seed, synthetic)
         train, evaluation = train.take(split.train), train.take(split.eval)
         held_out = len(split.held_out)
     else:
@@ -163,31 +170,49 @@ def split_and_encode(spec: FineTuneRunSpec, inputs: Inputs, space: LabelSpace) -
     return Split(train, train_targets, evaluation, eval_targets, rejected, held_out, negatives)
 
 
-def pair_negatives(queries: list[str], negative_queries: list[str]) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
+def pair_negatives(queries: Sequence[Any] | NDArray[Any],
+                   negative_queries: Sequence[Any] | NDArray[Any]) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
     """Dataset rows for two-tower training with hard negatives: (positive pair, negative or -1) per
     row. A query with P positives and N negatives gets max(P, N) rows, the j-th pairing positive
     j mod P with negative j mod N, so every negative is used once an epoch; negatives of a query
-    without a training positive have no anchor and are left out."""
-    by_query: dict[str, list[int]] = {}
-    for i, q in enumerate(negative_queries):
-        by_query.setdefault(q, []).append(i)
-    positives: dict[str, list[int]] = {}
-    for i, q in enumerate(queries):
-        positives.setdefault(q, []).append(i)
-    pairs: list[int] = []
-    chosen: list[int] = []
-    for q, rows in positives.items():
-        negs = by_query.get(q, [])
-        for j in range(max(len(rows), len(negs))):
-            pairs.append(rows[j % len(rows)])
-            chosen.append(negs[j % len(negs)] if negs else -1)
-    return np.asarray(pairs, dtype=np.int64), np.asarray(chosen, dtype=np.int64)
+    without a training positive have no anchor and are left out. Queries come in the order of their
+    first positive; they may be texts or keys (:func:`text_keys`)."""
+    positives, negatives = np.asarray(queries), np.asarray(negative_queries)
+    if len(positives) == 0:
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+    distinct, first, of_positive = np.unique(positives, return_index=True, return_inverse=True)
+    appearance = np.empty(len(distinct), dtype=np.int64)
+    appearance[np.argsort(first, kind="stable")] = np.arange(len(distinct))
+    query = appearance[of_positive.reshape(-1)]
+    at = np.clip(np.searchsorted(distinct, negatives), 0, len(distinct) - 1) if len(negatives) else \
+        np.zeros(0, dtype=np.int64)
+    anchored = np.flatnonzero(distinct[at] == negatives) if len(negatives) else np.zeros(0, dtype=np.int64)
+    negative_query = appearance[at[anchored]]
+    by_positive = np.argsort(query, kind="stable")
+    by_negative = anchored[np.argsort(negative_query, kind="stable")]
+    p = np.bincount(query, minlength=len(distinct))
+    n = np.bincount(negative_query, minlength=len(distinct))
+    rows = np.maximum(p, n)
+    owner = np.repeat(np.arange(len(distinct)), rows)
+    j = np.arange(int(rows.sum())) - np.repeat(np.cumsum(rows) - rows, rows)
+    pairs = by_positive[(np.cumsum(p) - p)[owner] + j % p[owner]]
+    has = n[owner] > 0
+    chosen = np.full(len(owner), -1, dtype=np.int64)
+    chosen[has] = by_negative[(np.cumsum(n) - n)[owner[has]] + j[has] % n[owner[has]]]
+    return pairs.astype(np.int64), chosen
 
 
-def _keys(texts: list[str]) -> NDArray[np.int64]:
-    """An integer per distinct text (the same text, the same key)."""
-    _, inverse = np.unique(np.asarray(texts, dtype=object), return_inverse=True)
-    return inverse.astype(np.int64)
+def text_keys(*columns: Sequence[str]) -> NDArray[np.int64]:
+    """An integer per distinct text over ``columns`` one after the other (the same text, the same
+    key), numbered in sorted order; read a chunk at a time (:func:`.ranks.ranks`)."""
+    def arrays() -> Iterator[pa.Array]:
+        for column in columns:
+            if isinstance(column, TextColumn):
+                yield from column.arrays()
+            elif len(column):
+                yield pa.array(list(column), pa.string())
+
+    return ranks(arrays)
 
 
 @dataclass(frozen=True)
@@ -203,57 +228,65 @@ class Loaders:
 
 
 def build_loaders(spec: FineTuneRunSpec, split: Split, tokenizer: Any, use_token_types: bool,
-                  on_gpu: bool) -> Loaders:
-    """Tokenise once and build the task's training loader and evaluation set."""
+                  on_gpu: bool, *, directory: Path | None = None, team: Team | None = None) -> Loaders:
+    """Tokenise once, into Arrow files under ``directory`` (each process of ``team`` its share;
+    temporary files when None), and build the task's training loader and evaluation set."""
     t = spec.training
     collator = Collator(tokenizer.pad_token_id or 0, pad_to_multiple_of=8 if on_gpu else None)
     workers = 2 if on_gpu else 0
     counts: dict[str, int] | None = None
 
+    def tokens(texts: Sequence[str], pairs: Sequence[str] | None = None) -> Any:
+        return tokenize_to_files(tokenizer, texts, pairs, t.max_length, directory, team)
+
     def loader(dataset: Any, shuffle: bool, batch_size: int) -> Any:
         sampler = BucketBatchSampler(dataset.lengths, batch_size, t.seed, shuffle=shuffle)
         return make_loader(dataset, sampler, collator, num_workers=workers if shuffle else 0, pin_memory=on_gpu)
 
+    train, evaluation_rows = split.train, split.eval
     if spec.task == Task.TWO_TOWER:
         negatives = split.negatives
         hard = None
         counts = {"rows": 0, "trained": 0}
-        item_keys = _keys(split.train.items)
         pairs = None
         if negatives is not None and len(negatives):
             # One key space for positive and negative items: the same text is the same item.
-            all_keys = _keys(split.train.items + negatives.items)
-            item_keys = all_keys[:len(split.train)]
-            pairs, per_row = pair_negatives(split.train.queries, negatives.queries)
-            hard = HardNegatives(tokenize(tokenizer, negatives.items, None, t.max_length),
-                                 all_keys[len(split.train):], per_row)
+            all_items = text_keys(train.items, negatives.items)
+            all_queries = text_keys(train.queries, negatives.queries)
+            item_keys = all_items[:len(train)]
+            pairs, per_row = pair_negatives(all_queries[:len(train)], all_queries[len(train):])
+            hard = HardNegatives(tokens(negatives.items), all_items[len(train):], per_row)
             counts = {"rows": len(negatives), "trained": int(np.unique(per_row[per_row >= 0]).size)}
             log.info("two-tower hard negatives", extra=counts)
-        train_ds: Any = TwoTowerDataset(tokenize(tokenizer, split.train.queries, None, t.max_length),
-                                        tokenize(tokenizer, split.train.items, None, t.max_length),
-                                        _keys(split.train.queries), item_keys, pairs, hard)
-        queries = list(dict.fromkeys(split.eval.queries))
-        corpus = list(dict.fromkeys(split.eval.items))
+        else:
+            item_keys = text_keys(train.items)
+        train_ds: Any = TwoTowerDataset(tokens(train.queries), tokens(train.items), text_keys(train.queries),
+                                        item_keys, pairs, hard)
+        queries = list(dict.fromkeys(evaluation_rows.queries))
+        corpus = list(dict.fromkeys(evaluation_rows.items))
         q_index = {q: i for i, q in enumerate(queries)}
         c_index = {c: i for i, c in enumerate(corpus)}
         relevance = np.zeros((len(queries), len(corpus)))
-        for q, item, grade in zip(split.eval.queries, split.eval.items, split.eval_targets.grades, strict=True):
+        for q, item, grade in zip(evaluation_rows.queries, evaluation_rows.items, split.eval_targets.grades,
+                                  strict=True):
             relevance[q_index[q], c_index[item]] = max(relevance[q_index[q], c_index[item]], grade)
         evaluation: CrossEvalSet | TowerEvalSet = TowerEvalSet(
-            loader(TextDataset(tokenize(tokenizer, queries, None, t.max_length)), False, t.batch_size * 2),
-            loader(TextDataset(tokenize(tokenizer, corpus, None, t.max_length)), False, t.batch_size * 2),
+            loader(TextDataset(tokens(queries)), False, t.batch_size * 2),
+            loader(TextDataset(tokens(corpus)), False, t.batch_size * 2),
             queries, corpus, relevance)
     else:
         grouped = t.loss != "pointwise"  # pairwise / listwise: each row's grade and query travel with it
-        train_ds = PairDataset(tokenize(tokenizer, split.train.queries, split.train.items, t.max_length),
-                               split.train_targets.targets, split.train.dense, use_token_types,
-                               grades=split.train_targets.grades if grouped else None,
-                               query_keys=_keys(split.train.queries) if grouped else None)
-        eval_ds = PairDataset(tokenize(tokenizer, split.eval.queries, split.eval.items, t.max_length),
-                              split.eval_targets.targets, split.eval.dense, use_token_types)
-        evaluation = CrossEvalSet(loader(eval_ds, False, t.batch_size * 2), split.eval.queries, split.eval.items,
-                                  split.eval.labels or [None] * len(split.eval), split.eval_targets.targets,
-                                  split.eval_targets.grades)
+        train_ds = PairDataset(tokens(train.queries, train.items), split.train_targets.targets, train.dense,
+                               use_token_types, grades=split.train_targets.grades if grouped else None,
+                               query_keys=text_keys(train.queries) if grouped else None)
+        eval_ds = PairDataset(tokens(evaluation_rows.queries, evaluation_rows.items), split.eval_targets.targets,
+                              evaluation_rows.dense, use_token_types)
+        # The evaluation rows' texts and labels are kept for the predictions (one list each).
+        labels = evaluation_rows.labels
+        evaluation = CrossEvalSet(loader(eval_ds, False, t.batch_size * 2), list(evaluation_rows.queries),
+                                  list(evaluation_rows.items),
+                                  list(labels) if labels is not None else [None] * len(evaluation_rows),
+                                  split.eval_targets.targets, split.eval_targets.grades)
     sampler: BucketBatchSampler | QueryBatchSampler
     if spec.task != Task.TWO_TOWER and t.loss != "pointwise":
         assert train_ds.query_keys is not None

@@ -14,6 +14,7 @@ metrics are refused at setup with a message saying how to fix it.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,8 +23,9 @@ from numpy.typing import NDArray
 
 from sampleforge.api.finetune import ClassWeights, Task
 
-from .data import Examples, Rejected
 from .errors import DatasetError, SpecError
+from .examples import CHUNK_ROWS, Examples
+from .rejected import Rejected
 
 #: ESCI label names (full and one-letter), lower-cased, and their KDD Cup 2022 gains.
 ESCI_GRADES: dict[str, float] = {
@@ -84,8 +86,8 @@ class LabelSpace:
         return self.task != Task.RELEVANCE or self.class_grades is not None
 
     @classmethod
-    def learn(cls, task: Task, labels: list[Any] | None) -> LabelSpace:
-        """The label space of ``task`` given the training labels."""
+    def learn(cls, task: Task, labels: Iterable[Any] | None) -> LabelSpace:
+        """The label space of ``task`` given the training labels (each distinct one is enough)."""
         if task != Task.RELEVANCE:
             return cls(task)
         assert labels is not None  # the reader requires a label column for relevance
@@ -103,25 +105,33 @@ class LabelSpace:
         return cls(task, tuple(names), None)
 
     def encode(self, examples: Examples, rejected: Rejected, source: str) -> tuple[Examples, Targets]:
-        """Encode the labels of ``examples``; rows whose label this space cannot read are set aside."""
+        """Encode the labels of ``examples``, a chunk at a time; rows whose label this space cannot
+        read are set aside."""
         labels = examples.labels
-        keep: list[int] = []
-        targets: list[float] = []
-        grades: list[float] = []
+        n = len(examples)
+        keep = np.zeros(n, dtype=bool)
+        targets = np.zeros(n, dtype=np.float64)
+        grades = np.zeros(n, dtype=np.float64)
         index = {name: i for i, name in enumerate(self.classes)}
-        for row in range(len(examples)):
-            raw = labels[row] if labels is not None else None
-            decoded = self._decode(raw, index, labels is None)
-            if isinstance(decoded, str):
-                rejected.add(source, decoded, {"query": examples.queries[row], "item": examples.items[row],
-                                               "label": raw if raw is None or isinstance(raw, int | float | str)
-                                               else str(raw)})
-                continue
-            keep.append(row)
-            targets.append(decoded[0])
-            grades.append(decoded[1])
+
+        def unlabelled() -> Iterator[list[Any]]:
+            for start in range(0, n, CHUNK_ROWS):
+                yield [None] * min(CHUNK_ROWS, n - start)
+
+        row = 0
+        for chunk in (labels.chunks() if labels is not None else unlabelled()):
+            for raw in chunk:
+                decoded = self._decode(raw, index, labels is None)
+                if isinstance(decoded, str):
+                    rejected.add(source, decoded, {"query": examples.queries[row], "item": examples.items[row],
+                                                   "label": raw if raw is None or isinstance(raw, int | float | str)
+                                                   else str(raw)})
+                else:
+                    keep[row] = True
+                    targets[row], grades[row] = decoded
+                row += 1
         dtype = np.int64 if self.task == Task.RELEVANCE else np.float32
-        return examples.take(keep), Targets(np.asarray(targets, dtype=dtype), np.asarray(grades, dtype=np.float64))
+        return examples.take(np.flatnonzero(keep)), Targets(targets[keep].astype(dtype), grades[keep])
 
     def _decode(self, raw: Any, index: dict[str, int], unlabelled: bool) -> tuple[float, float] | str:
         """(target, grade) or the reason the label is unusable."""

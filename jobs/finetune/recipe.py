@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import shutil
 import time
 from dataclasses import replace
@@ -39,11 +40,11 @@ from .checkpoint import STATE, Checkpoints, Committed, describe_config
 from .errors import Preempted, SpecError
 from .evaluate import CrossEvalSet, EvalResult, check_metrics, evaluate_cross, evaluate_towers
 from .htmlreport import render_html_report
-from .inputs import Inputs, Split, build_loaders, dense_stats, resolve_inputs, split_and_encode
+from .inputs import Inputs, Split, build_loaders, dense_stats, read_inputs, split_and_encode
 from .labels import LabelSpace
 from .losses import grouped_loss, info_nce_loss, ranking_scores, task_loss
 from .methods import uses_token_types
-from .model_source import load_failure
+from .model_source import load_failure, resolve_model
 from .modeling import (
     LINEAR_HEAD,
     SEQUENCE_CLASSIFICATION_HEAD,
@@ -55,6 +56,7 @@ from .modeling import (
     supports_sequence_classification,
 )
 from .progress import Progress
+from .team import Team
 from .training import EarlyStopper, LossCurve, PreemptionFlag, TrainingState, make_optimizer, make_scheduler
 
 log = logging.getLogger(__name__)
@@ -104,15 +106,19 @@ class FineTuneRecipe:
             self.already_published = True
             return
 
-        # Inputs: the model is downloaded once per node (local main first), the data read by every rank.
+        # Inputs: the model is downloaded once per node (local main first); the data is read into
+        # Arrow files that the pod's processes share, each reading its share of the files.
+        self.team = Team.from_env(os.environ, acc.wait_for_everyone)
         if inputs is None:
             assert self.store is not None
             if self.heartbeat is not None:  # a keep-alive repeats it through a long download
                 self.heartbeat.stage("downloading the model and reading the data")
             with acc.local_main_process_first():
-                inputs = resolve_inputs(spec, self.ctx.input_uri, self.store, self.cache_dir,
-                                        acc.is_local_main_process)
+                base = resolve_model(spec.model, self.store, self.cache_dir, acc.is_local_main_process)
+            inputs = read_inputs(spec, self.ctx.input_uri, self.store, base, self.work_dir / "data", self.team)
         self.inputs = inputs
+        if self.heartbeat is not None:  # tokenising and building the model report nothing either
+            self.heartbeat.stage("setting up training: tokenizing the data and building the model")
 
         # Resume: the newest committed checkpoint decides the label space (it is part of the model).
         self.checkpoints = (Checkpoints(self.store, self.output, self.work_dir / "checkpoints",
@@ -126,8 +132,10 @@ class FineTuneRecipe:
                 log.warning("resuming with a configuration that differs from the checkpoint's; the spec wins",
                             extra={"difference": line, "checkpoint": str(resume.prefix)})
         need_labels = spec.task == Task.RELEVANCE
+        labels = inputs.train.examples.labels
         self.space = (LabelSpace.from_json(saved["labels"]) if saved
-                      else LabelSpace.learn(spec.task, inputs.train.examples.labels if need_labels else None))
+                      else LabelSpace.learn(spec.task, labels.distinct() if need_labels and labels is not None
+                                            else None))
         self.metric_names = spec.effective_metrics()
         check_metrics(spec.task, self.space, self.metric_names)
         if t.loss != "pointwise" and not self.space.ordered:
@@ -143,12 +151,13 @@ class FineTuneRecipe:
         self.class_weights = None if weights is None else torch.as_tensor(weights, dtype=torch.float32,
                                                                           device=acc.device)
 
-        # Tokenise once; batches of similar length, padded per batch.
+        # Tokenise once, into files the pod's processes share; batches of similar length, padded per batch.
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(inputs.model.location)
         except (OSError, ValueError) as err:
             raise load_failure(inputs.model, err) from err
-        loaders = build_loaders(spec, self.split, self.tokenizer, uses_token_types(spec.method), on_gpu)
+        loaders = build_loaders(spec, self.split, self.tokenizer, uses_token_types(spec.method), on_gpu,
+                                directory=self.work_dir / "data", team=self.team)
         self.sampler = loaders.sampler
         self.hard_negatives = loaders.hard_negatives
         # The training loader first: its length per rank (after sharding) sets the step count,
@@ -215,6 +224,7 @@ class FineTuneRecipe:
 
     def _resume(self, checkpoint: Committed) -> None:
         assert self.checkpoints is not None
+        self.progress.stage(f"resuming from the checkpoint {checkpoint.prefix}")
         local = self.checkpoints.fetch(checkpoint)
         self.accelerator.load_state(str(local / "state"))
         self.last_checkpoint = str(checkpoint.prefix)
@@ -349,6 +359,7 @@ class FineTuneRecipe:
 
     def evaluate(self) -> EvalResult:
         """Evaluate, record the result, and update early stopping (and the best checkpoint)."""
+        self.progress.stage(f"evaluating at step {self.state.step}")
         result = self._measure()
         self.last_eval, self._last_eval_step = result, self.state.step
         best_before = self.state.best
@@ -409,6 +420,7 @@ class FineTuneRecipe:
                        "labels": self.space.to_json(), "totalSteps": self.total_steps,
                        "best": state.best.__dict__ if state.best else None}
         protect = state.best.step if self._keeps_best() and state.best is not None else None
+        self.progress.stage(f"saving a checkpoint at step {state.step}")
         self.last_checkpoint = str(self.checkpoints.save(state.step, description, protect))
         self.progress.checkpointed(state, self.last_checkpoint)
         return self.last_checkpoint
@@ -422,6 +434,7 @@ class FineTuneRecipe:
         if not acc.is_main_process or self.store is None:
             acc.wait_for_everyone()
             return str(self.output.join(MANIFEST_NAME)) if self.store is not None else None
+        self.progress.stage("publishing the model, metrics and predictions")
         staging = self.work_dir / "publish"
         shutil.rmtree(staging, ignore_errors=True)
         model_dir = staging / publish.MODEL_DIR

@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import math
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -18,28 +19,18 @@ from sampleforge.api.augmentation import Columns
 from sampleforge.api.finetune import Task
 from sampleforge.jobs.common.storage import S3Uri
 from sampleforge.jobs.finetune.batches import BucketBatchSampler, Collator, PairDataset, Tokenized, make_loader
-from sampleforge.jobs.finetune.data import (
-    Examples,
-    Rejected,
-    _concat,
-    _read_columns,
-    _to_examples,
-    committed_data,
-    data_formats,
-    query_groups,
-    split_by_query,
-)
+from sampleforge.jobs.finetune.data import committed_data, data_formats
 from sampleforge.jobs.finetune.errors import DatasetError
+from sampleforge.jobs.finetune.examples import Examples
 from sampleforge.jobs.finetune.labels import LabelSpace
+from sampleforge.jobs.finetune.rejected import Rejected
+from sampleforge.jobs.finetune.split import query_groups, split_by_query
 
-
-def columns(data: bytes, fmt: str) -> tuple[dict[str, list[object]], Rejected]:
-    rejected = Rejected()
-    return _read_columns(data, fmt, "s3://b/f", rejected), rejected
+QT = Columns(query="q", item="title", label="label")
 
 
 class TestReadingFiles:
-    def test_the_three_formats_give_the_same_columns(self) -> None:
+    def test_the_three_formats_give_the_same_columns(self, read_rows: Any) -> None:
         rows = [{"q": "red shoes", "title": "Nike, \"Air\"\nmax", "label": 2}, {"q": "bag", "title": "tote", "label": 0}]
         jsonl = "\n".join(json.dumps(r) for r in rows).encode()
         text = io.StringIO()
@@ -47,42 +38,44 @@ class TestReadingFiles:
         sink = io.BytesIO()
         pq.write_table(pa.Table.from_pylist(rows), sink)
         for data, fmt in ((jsonl, "jsonl"), (text.getvalue().encode(), "csv"), (sink.getvalue(), "parquet")):
-            cols, rejected = columns(data, fmt)
-            assert cols["q"] == ["red shoes", "bag"] and cols["title"][0] == 'Nike, "Air"\nmax', fmt
-            assert [str(v) for v in cols["label"]] == ["2", "0"] and rejected.count == 0
+            examples, rejected = read_rows(data, QT, fmt=fmt)
+            assert list(examples.queries) == ["red shoes", "bag"] and examples.items[0] == 'Nike, "Air"\nmax', fmt
+            assert examples.labels is not None and [str(v) for v in examples.labels] == ["2", "0"]
+            assert rejected.count == 0
 
-    def test_malformed_records_are_set_aside_with_the_reason(self) -> None:
-        cols, rejected = columns(b'{"q": "a", "title": "b"}\n{not json\n[1, 2]\n', "jsonl")
-        assert cols["q"] == ["a"]
+    def test_malformed_records_are_set_aside_with_the_reason(self, read_rows: Any) -> None:
+        examples, rejected = read_rows(b'{"q": "a", "title": "b"}\n{not json\n[1, 2]\n', QT, False, fmt="jsonl")
+        assert list(examples.queries) == ["a"]
         assert rejected.count == 2
         # Counted per reason (a short table however many lines are bad); each row keeps its line.
         assert rejected.reasons == {"invalid JSON": 1, "not a JSON object": 1}
         assert rejected.rows[0]["reason"].startswith("invalid JSON (line 2): ")
         assert rejected.rows[1]["reason"] == "not a JSON object (line 3)"
-        _, rejected = columns(b"q,title\na,b\nc,d,e,f\n", "csv")
+        _, rejected = read_rows(b"q,title\na,b\nc,d,e,f\n", QT, False, fmt="csv")
         assert rejected.reasons["malformed CSV row"] == 1
 
-    def test_a_line_that_is_not_utf8_is_set_aside_not_trained_on(self) -> None:
+    def test_a_line_that_is_not_utf8_is_set_aside_not_trained_on(self, read_rows: Any) -> None:
         data = ('{"q": "红色 连衣裙", "title": "a"}\n'.encode() + b'{"q": "caf\xe9", "title": "latin-1"}\n'
                 + b'{"q": "bag", "title": "tote"}\n')
-        cols, rejected = columns(data, "jsonl")
-        assert cols["q"] == ["红色 连衣裙", "bag"], "never decoded with replacement characters"
+        examples, rejected = read_rows(data, QT, False, fmt="jsonl")
+        assert list(examples.queries) == ["红色 连衣裙", "bag"], "never decoded with replacement characters"
         assert rejected.reasons == {"invalid UTF-8": 1}
         assert rejected.rows[0]["reason"].startswith("invalid UTF-8 (line 2)")
         assert "\\xe9" in rejected.rows[0]["row"], "the bytes are shown as they are"
 
-    def test_a_csv_row_that_is_not_utf8_is_set_aside_and_the_rest_is_read(self) -> None:
-        cols, rejected = columns(b"q,title\nred,shoe\ncaf\xe9,latin-1\nbag,tote\n", "csv")
-        assert cols == {"q": ["red", "bag"], "title": ["shoe", "tote"]}
+    def test_a_csv_row_that_is_not_utf8_is_set_aside_and_the_rest_is_read(self, read_rows: Any) -> None:
+        examples, rejected = read_rows(b"q,title\nred,shoe\ncaf\xe9,latin-1\nbag,tote\n", QT, False, fmt="csv")
+        assert list(examples.queries) == ["red", "bag"] and list(examples.items) == ["shoe", "tote"]
         assert rejected.reasons == {"invalid UTF-8": 1}
         assert rejected.rows[0]["reason"] == "invalid UTF-8 (row 2): column 'q'"
 
-    def test_a_json_row_holding_a_unicode_line_separator_stays_one_row(self) -> None:
+    def test_a_json_row_holding_a_unicode_line_separator_stays_one_row(self, read_rows: Any) -> None:
         rows = [{"q": "a\u2028b", "title": "para\u2029graph\x85 next\x0c"}, {"q": "c", "title": "d"}]
         data = "\n".join(json.dumps(r, ensure_ascii=False) for r in rows).encode()
-        cols, rejected = columns(data, "jsonl")
+        examples, rejected = read_rows(data, QT, False, fmt="jsonl")
         assert rejected.count == 0
-        assert cols["q"] == ["a\u2028b", "c"] and cols["title"][0] == "para\u2029graph\x85 next\x0c"
+        # The item text is stripped of surrounding whitespace, as every item is.
+        assert list(examples.queries) == ["a\u2028b", "c"] and examples.items[0] == "para\u2029graph\x85 next"
 
 
 PREFIX = S3Uri("b", "aug/")
@@ -141,27 +134,27 @@ class TestCommittedManifests:
 
 
 class TestRoles:
-    def test_rows_lacking_something_are_rejected_and_attributes_appended(self) -> None:
+    def test_rows_lacking_something_are_rejected_and_attributes_appended(self, read_rows: Any) -> None:
         cols = {"q": ["red shoes", "", "bag", "hat"], "t": ["Air Max", "x", None, "cap"],
                 "y": ["1", "0", "1", None], "brand": ["Nike", "a", "b", None], "price": [9.5, 1, 2, 3]}
-        rejected = Rejected()
         spec = Columns(query="q", item="t", label="y", attributes=["brand"], dense_features=["price"])
-        examples = _to_examples(cols, spec, "f", "data", need_label=True, rejected=rejected)
-        assert examples.queries == ["red shoes"]
-        assert examples.items == ["Air Max | brand: Nike"]
+        examples, rejected = read_rows([{k: v[i] for k, v in cols.items()} for i in range(4)], spec)
+        assert list(examples.queries) == ["red shoes"]
+        assert list(examples.items) == ["Air Max | brand: Nike"]
         assert examples.dense is not None and examples.dense.tolist() == [[9.5]]
         assert dict(rejected.reasons) == {"empty query (q)": 1, "empty item (t)": 1, "no label (y)": 1}
 
-    def test_a_non_numeric_dense_feature_rejects_the_row(self) -> None:
-        rejected = Rejected()
+    def test_a_non_numeric_dense_feature_rejects_the_row(self, read_rows: Any) -> None:
         spec = Columns(dense_features=["price"])
-        cols = {"query": ["a", "b"], "item": ["x", "y"], "label": [1, 0], "price": ["12", "n/a"]}
-        examples = _to_examples(cols, spec, "f", "data", need_label=True, rejected=rejected)
+        rows = [{"query": "a", "item": "x", "label": 1, "price": "12"}, {"query": "b", "item": "y", "label": 0,
+                                                                        "price": "n/a"}]
+        examples, rejected = read_rows(rows, spec)
         assert len(examples) == 1 and rejected.reasons == {"dense feature price is missing or not a finite number": 1}
+        assert examples.dense is not None and examples.dense.tolist() == [[12.0]]
 
-    def test_a_missing_column_names_the_spec_field(self) -> None:
+    def test_a_missing_column_names_the_spec_field(self, read_rows: Any) -> None:
         with pytest.raises(DatasetError, match=r"no column 'title' \(data.columns.item\).*Fix data.columns"):
-            _to_examples({"query": ["a"], "label": [1]}, Columns(item="title"), "s3://b/f", "data", True, Rejected())
+            read_rows([{"query": "a", "label": 1}], Columns(item="title"))
 
 
 class TestSplitByQuery:
@@ -278,19 +271,17 @@ class TestLineageSplit:
             split = split_by_query(queries, 0.4, seed, source_rows=sources, generated=made)
             assert {10, 11} <= set(split.train)
 
-    def test_provenance_is_read_from_the_data_and_kept_through_concat_and_take(self) -> None:
+    def test_provenance_is_read_from_the_data_and_kept_across_files_and_take(self, read_rows: Any) -> None:
         rows = augmented_rows()[:3] + augmented_rows()[-3:]
-        cols = {k: [r[k] for r in rows] for k in rows[0]}
-        part = _to_examples(cols, Columns(item="title"), "f", "data.fromAugmentationRun", True, Rejected())
-        plain = Examples(["x"], ["y"], [1])
-        both = _concat([part, plain])
-        assert both.origins == ["source"] * 3 + ["generated"] * 3 + ["source"]
-        assert both.source_rows == [r["sf_source_row"] for r in rows] + [None]
+        both, _ = read_rows(rows, Columns(item="title"), extra=[{"query": "x", "title": "y", "label": 1}])
+        assert both.origins is not None and list(both.origins) == ["source"] * 3 + ["generated"] * 3 + ["source"]
+        assert both.source_rows is not None
+        assert both.source_rows.tolist() == [r["sf_source_row"] for r in rows] + [-1]  # -1: none
         assert both.generated().tolist() == [False] * 3 + [True] * 3 + [False]
         assert both.take([3, 6]).label_rules == ["keep", None]
-        csv_like = _to_examples({**cols, "sf_source_row": [str(v) for v in cols["sf_source_row"]]},
-                                Columns(item="title"), "f", "data.uri", True, Rejected())
-        assert csv_like.source_rows == part.source_rows
+        text = [{**r, "sf_source_row": str(r["sf_source_row"])} for r in rows]
+        csv_like, _ = read_rows(text, Columns(item="title"))
+        assert csv_like.source_rows is not None and csv_like.source_rows.tolist() == both.source_rows[:6].tolist()
 
 
 def examples(labels: list[object]) -> Examples:

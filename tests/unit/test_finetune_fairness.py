@@ -336,9 +336,9 @@ class TestTwoTowerHardNegatives:
         space = LabelSpace.learn(Task.TWO_TOWER, None)
         run, inputs = _two_tower_inputs("generated")
         split = split_and_encode(run, inputs, space)
-        assert split.train.items == ["red sneaker", "2-person tent", "desk lamp"]
+        assert list(split.train.items) == ["red sneaker", "2-person tent", "desk lamp"]
         assert split.negatives is not None
-        assert split.negatives.items == ["red sock", "red hat", "camping stove", "tea pot"]
+        assert list(split.negatives.items) == ["red sock", "red hat", "camping stove", "tea pot"]
         run_all, inputs_all = _two_tower_inputs("all")
         every = split_and_encode(run_all, inputs_all, space).negatives
         assert every is not None and "blue sandal" in every.items and len(every) == 5
