@@ -21,7 +21,7 @@ turns their variants into :class:`~.protocol.GeneratedRow` s. Decisions made her
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, get_args
 
 from sampleforge.api.augmenters import (
     CharNoiseAugmenter,
@@ -47,10 +47,11 @@ from .rows import RowBatch
 
 __all__ = ["TEXT_EDIT_TYPES", "TextEditAugmenter", "build_text_augmenter", "text_options"]
 
-#: Spec types served by the text-edit package: their ``type`` values, and their classes.
-TEXT_EDIT_TYPES = ("synonym", "randomInsert", "randomSwap", "randomDelete", "typo", "charNoise")
+#: Spec types served by the text-edit package: their classes, and (read off them) their ``type`` values.
 TextEditSpec = (SynonymAugmenter | RandomInsertAugmenter | RandomSwapAugmenter | RandomDeleteAugmenter
                 | TypoAugmenter | CharNoiseAugmenter)
+TEXT_EDIT_TYPES: tuple[str, ...] = tuple(
+    get_args(cls.model_fields["type"].annotation)[0] for cls in get_args(TextEditSpec))
 
 
 def text_options(entry: Any) -> dict[str, Any]:
