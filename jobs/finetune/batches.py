@@ -190,11 +190,12 @@ class BucketBatchSampler(Sampler[list[int]]):
             return np.argsort(-self.lengths, kind="stable"), np.arange(n // size)
         rng = np.random.default_rng([self.seed, self.epoch])
         order = rng.permutation(n)
-        # Sort each pool by length, longest first (stable: ties keep the shuffled order). Pools
-        # hold whole batches, so only the last pool's last batch can be short.
-        pools = np.arange(n, dtype=np.int64) // self.pool
-        arranged = order[np.lexsort((-self.lengths[order], pools))]
-        return arranged, rng.permutation(n // size)
+        # Sort each pool by length, longest first (stable: ties keep the shuffled order), in place.
+        # Pools hold whole batches, so only the last pool's last batch can be short.
+        for start in range(0, n, self.pool):
+            pool = order[start:start + self.pool]
+            pool[:] = pool[np.argsort(-self.lengths[pool], kind="stable")]
+        return order, rng.permutation(n // size)
 
     def __iter__(self) -> Iterator[list[int]]:
         arranged, full = self._order()
