@@ -34,8 +34,8 @@ from sampleforge.api.manifest import AugmentationManifest
 from sampleforge.jobs.common.context import RunContext
 from sampleforge.jobs.common.storage import ObjectStore, S3Uri
 
-from .htmlreport import render_html_report
 from .grading import judge_rates
+from .htmlreport import render_html_report
 from .judge import JUDGE_COLUMNS, LlmJudge
 from .knowledge import DatasetKnowledge
 from .leakage import EvalSplit
