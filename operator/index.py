@@ -15,6 +15,21 @@ from typing import Any
 from sampleforge.api.constants import LABEL_RUN_UID
 
 
+def _slim(obj: dict[str, Any], drop_template: bool) -> dict[str, Any]:
+    """What the monitors read of a Job or Pod: its metadata without ``managedFields`` and, for a
+    Job, its spec without the pod template (containers, environment, volumes). Those are most of
+    the object and nothing here reads them; with thousands of runs they were most of the
+    operator's memory."""
+    slim = dict(obj)
+    meta = slim.get("metadata")
+    if isinstance(meta, dict) and "managedFields" in meta:
+        slim["metadata"] = {k: v for k, v in meta.items() if k != "managedFields"}
+    spec = slim.get("spec")
+    if drop_template and isinstance(spec, dict) and "template" in spec:
+        slim["spec"] = {k: v for k, v in spec.items() if k != "template"}
+    return slim
+
+
 @dataclass
 class RunChildren:
     job: dict[str, Any] | None = None
@@ -48,7 +63,7 @@ class ChildIndex:
         if not uid or (event_type == "DELETED" and uid not in self._runs):
             return  # a deletion of a run already forgotten must not bring an empty record back
         entry = self._entry(uid)
-        entry.job = None if event_type == "DELETED" else job
+        entry.job = None if event_type == "DELETED" else _slim(job, drop_template=True)
         self.wake(uid)
 
     def on_pod_event(self, event_type: str, pod: dict[str, Any]) -> None:
@@ -60,7 +75,7 @@ class ChildIndex:
         if event_type == "DELETED":
             entry.pods.pop(name, None)
         else:
-            entry.pods[name] = pod
+            entry.pods[name] = _slim(pod, drop_template=False)
         self.wake(uid)
 
     def job(self, uid: str) -> dict[str, Any] | None:

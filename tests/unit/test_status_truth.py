@@ -244,6 +244,26 @@ class TestChildIndexLifecycle:
         index.on_pod_event("ADDED", pod("p", "job-uid"))
         assert index.knows("run-uid", "p")
 
+    def test_the_index_keeps_what_the_monitors_read_and_not_the_pod_template(self) -> None:
+        """Thousands of runs' Jobs are held here: their pod templates and managedFields, most of
+        each object and read by nothing, are left out."""
+        index = ChildIndex()
+        meta = {**job()["metadata"], "labels": {"sampleforge.io/run-uid": "run-uid"},
+                "managedFields": [{"manager": "sampleforge-operator"}], "annotations": {ANNOTATION_APPLIED_SPEC: "{}"}}
+        full = {**job(), "metadata": meta, "spec": {"suspend": True, "parallelism": 2,
+                                                    "template": {"spec": {"containers": [{"name": "main"}]}}}}
+        index.on_job_event("ADDED", full)
+        kept = index.job("run-uid")
+        assert kept is not None
+        assert kept["spec"] == {"suspend": True, "parallelism": 2}
+        assert "managedFields" not in kept["metadata"]
+        assert kept["metadata"]["annotations"] == meta["annotations"] and kept["status"] == full["status"]
+        assert "template" in full["spec"] and "managedFields" in full["metadata"], "the event itself is not changed"
+        index.on_pod_event("ADDED", {**pod("p", "job-uid"), "metadata": {**pod("p", "job-uid")["metadata"],
+                                                                        "managedFields": [{}]}})
+        assert index.pod_belongs_to("ns", "p", "run-uid")
+        assert "managedFields" not in index.pods("run-uid")[0]["metadata"]
+
     def test_deletions_after_a_run_is_forgotten_leave_nothing_behind(self) -> None:
         index = ChildIndex()
         labelled = {**job(), "metadata": {**job()["metadata"], "labels": {"sampleforge.io/run-uid": "gone"}}}
