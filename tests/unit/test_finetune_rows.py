@@ -276,3 +276,34 @@ class TestKeysAndSamplers:
             assert len(got) == len(sampler) == math.ceil(rows / 8)
             assert sorted(i for b in got for i in b) == list(range(rows))
             assert all(len(b) == 8 for b in got[:-1])
+
+
+def _rss_file_mib() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("RssFile:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no RssFile in /proc/self/status")
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads the resident set from /proc")
+def test_a_pass_over_a_mapped_store_leaves_little_of_it_resident(tmp_path: Path) -> None:
+    """Reading every row of a 40 MB rows file, in order and by random chunks, keeps at most a chunk's
+    pages mapped: the file is not counted in the process's resident set afterwards."""
+    from sampleforge.jobs.finetune.examples import RowStore, TextColumn
+    from sampleforge.jobs.finetune.mapped import MappedFile, write_ipc
+
+    n = 200_000
+    text = pa.array([f"{i:012d} " + "x" * 88 for i in range(n)], pa.string())
+    columns = {"query": text, "item": text, "key": text, "label": pa.nulls(n, pa.string()),
+               "origin": pa.array(["source"] * n, pa.string()), "source_row": pa.nulls(n, pa.int64()),
+               "label_rule": pa.nulls(n, pa.string())}
+    table = pa.table([columns[f.name] for f in ingest.schema(0)], schema=ingest.schema(0))
+    write_ipc(tmp_path / "rows.arrow", ingest.schema(0), table.to_batches(max_chunksize=ingest.BATCH_ROWS))
+    del table, text, columns
+    store = RowStore([MappedFile(tmp_path / "rows.arrow")], labelled=False, traced=False, dense_width=0)
+    before = _rss_file_mib()
+    seen = sum(len(chunk) for chunk in TextColumn(store, "item", None).chunks())
+    shuffled = np.random.default_rng(0).permutation(n).astype(np.int64)
+    seen += sum(len(chunk) for chunk in TextColumn(store, "query", shuffled).chunks())
+    assert seen == 2 * n
+    assert _rss_file_mib() - before < 8, "the pages read stayed mapped"
