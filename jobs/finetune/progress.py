@@ -113,6 +113,13 @@ class Progress:
             log.warning("training state left out of the heartbeat", extra={"error": describe(err)})
             return None
 
+    def stage(self, message: str) -> None:
+        """Say what the run does now, before a step that reports nothing for a while (an evaluation,
+        a checkpoint upload, publishing the model): the heartbeat's keep-alives repeat it until the
+        next report, so a long pause reads as work in progress, not as a pod gone silent."""
+        if self.report and self.heartbeat is not None:
+            self.heartbeat.stage(message)
+
     def set_epoch_batches(self, batches: int) -> None:
         self._epoch_batches = batches
 
