@@ -11,8 +11,9 @@ the shard (and, if it was the last, the run) is committed or was already; 4 when
 read or holds no rows (DatasetUnreadable), 3 when a model does not load (ModelUnavailable), 2 when
 the configuration cannot work otherwise (invalid spec, missing column, unknown augmenter type), none
 of which the Job retries; 143 after SIGTERM; 1 for anything else, which the Job retries, resuming
-from the shards already committed. In a pod the reason and message also go to
-``/dev/termination-log``.
+from the shards already committed. MinIO down or busy for longer than the storage calls retry
+(:mod:`sampleforge.jobs.common.storage`) is "anything else", even while a dataset or a model is
+read. In a pod the reason and message also go to ``/dev/termination-log``.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from sampleforge.api.constants import Reason
 from sampleforge.api.logs import redact, setup_logging
 from sampleforge.jobs.common.context import ConfigurationError, RunContext
 from sampleforge.jobs.common.heartbeat import HeartbeatSender
-from sampleforge.jobs.common.storage import ObjectStore, StorageError
+from sampleforge.jobs.common.storage import ObjectStore, StorageError, caused_by_outage
 
 from .errors import AugmentError, ConfigError
 from .pipeline import ShardJob
@@ -107,6 +108,10 @@ def main(env: Mapping[str, str] | None = None) -> int:
         outcome = job.run()
         return _terminate(0, Reason.SUCCEEDED, outcome.message)
     except ConfigError as err:
+        if caused_by_outage(err):
+            # A dataset or model that could not be read because MinIO was down or busy for longer
+            # than the storage calls retry: a retry of the pod may well succeed.
+            return _terminate(EXIT_FAILED, Reason.FAILED, f"{type(err).__name__}: {err}")
         return _terminate(err.exit_code, err.reason, str(err))
     except Terminated:
         return _terminate(jobenv.EXIT_TERMINATED, Reason.FAILED, "terminated by SIGTERM; committed shards are kept")

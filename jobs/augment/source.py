@@ -108,7 +108,7 @@ def list_objects(store: ObjectStore, uri: str, declared_format: str | None, fiel
         if fmt is None:
             raise SourceError(f"cannot tell the format of {field_path}.uri {uri}; set {field_path}.format "
                               "(jsonl, csv or parquet)")
-        stat = store.client.stat_object(location.bucket, location.key)
+        stat = store.call("stat", location, lambda: store.client.stat_object(location.bucket, location.key))
     except S3Error as err:
         if err.code in ("NoSuchKey", "NoSuchObject", "ResourceNotFound"):
             raise SourceError(f"{field_path}.uri {uri} does not exist; check the URI and that the upload "
@@ -174,15 +174,7 @@ class _RangedObject(io.RawIOBase):
         return self._pos
 
     def _get(self, offset: int, length: int) -> bytes:
-        try:
-            response = self._store.client.get_object(self._uri.bucket, self._uri.key, offset=offset, length=length)
-        except S3Error as err:
-            raise StorageError(f"cannot read {self._uri} (bytes {offset}..{offset + length}): {err.code}") from err
-        try:
-            return bytes(response.read())
-        finally:
-            response.close()
-            response.release_conn()
+        return self._store.read_range(self._uri, offset, length)
 
     def readinto(self, buffer: Any) -> int:
         view = memoryview(buffer).cast("B")

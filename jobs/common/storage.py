@@ -5,29 +5,48 @@ The commit protocol: a job writes its data objects first and its ``manifest.json
 manifest lists every object it vouches for (key, size, sha256). Readers trust a prefix only when
 its manifest exists, and read only the objects the manifest lists, so a job killed half-way leaves
 nothing that looks finished, and leftovers of a failed attempt are never read.
+
+Outages: every call rides through a MinIO that is restarting or briefly unreachable. A refused or
+dropped connection, a timeout or a "try again" answer (5xx, throttling) is retried with exponential
+backoff (1 s doubling to 30 s) for up to :attr:`RetryPolicy.seconds` (five minutes unless
+``SAMPLEFORGE_S3_RETRY_SECONDS`` says otherwise), each retry logged; a streaming read that breaks
+half-way resumes at the byte it reached, pinned to the object's ETag. Past the budget the call
+raises a :class:`StorageError` with ``transient`` set: the pod exits with an ordinary code and the
+Job's backoff retries it, resuming from what was committed, never with a do-not-retry code.
 """
 
 from __future__ import annotations
 
 import builtins
+import contextlib
 import hashlib
+import http.client
 import io
 import json
+import logging
 import os
-from collections.abc import Iterator, Mapping
+import time
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, TypeVar
 
 import urllib3
 from minio import Minio
-from minio.error import S3Error
+from minio.error import InvalidResponseError, S3Error, ServerError
 
 from sampleforge.api import jobenv, s3auth
 from sampleforge.api.common import Storage
 
+log = logging.getLogger(__name__)
+
 MANIFEST_NAME = "manifest.json"
 _PART_SIZE = 16 * 1024 * 1024
+#: How long (seconds) a storage call keeps retrying through an outage before the job gives up with
+#: an ordinary, retryable exit code. Not rendered by the operator (the default suits a pod); for
+#: tests and runs by hand.
+RETRY_SECONDS_ENV = "SAMPLEFORGE_S3_RETRY_SECONDS"
+_T = TypeVar("_T")
 
 
 class StorageError(RuntimeError):
@@ -44,6 +63,106 @@ class StorageError(RuntimeError):
 #: S3 error codes that mean the server is busy or failing, not that the request is wrong.
 TRANSIENT_S3_CODES = frozenset({"InternalError", "ServiceUnavailable", "SlowDown", "RequestTimeout",
                                 "XMinioServerNotInitialized"})
+#: Failures of the connection rather than answers: refused, reset, cut half-way through a body,
+#: timed out. urllib3 raises its own HTTPError subclasses for all of them (MaxRetryError once its
+#: few quick retries are spent, ProtocolError for a body cut short, ReadTimeoutError).
+_CONNECTION_ERRORS: tuple[type[Exception], ...] = (urllib3.exceptions.HTTPError, ConnectionError, TimeoutError,
+                                                   http.client.HTTPException)
+#: What a call may raise when the storage is unavailable (and, for S3 errors, also when the request is
+#: wrong: :func:`is_transient` tells them apart).
+_MAYBE_TRANSIENT: tuple[type[Exception], ...] = (S3Error, ServerError, InvalidResponseError, *_CONNECTION_ERRORS)
+_UNAVAILABLE: tuple[type[Exception], ...] = (ServerError, InvalidResponseError, *_CONNECTION_ERRORS)
+
+
+def is_transient(err: BaseException) -> bool:
+    """Whether ``err`` is the storage being unavailable (busy, restarting, unreachable) rather than
+    the request being wrong, so that a retry later can succeed."""
+    if isinstance(err, StorageError):
+        return err.transient
+    if isinstance(err, S3Error):
+        return err.code in TRANSIENT_S3_CODES
+    if isinstance(err, ServerError):
+        return err.status_code >= 500 or err.status_code == 429
+    if isinstance(err, InvalidResponseError):  # e.g. a proxy's HTML 502 page
+        code = getattr(err, "_code", 0)
+        return isinstance(code, int) and (code >= 500 or code == 429)
+    return isinstance(err, _CONNECTION_ERRORS)
+
+
+def caused_by_outage(err: BaseException) -> bool:
+    """Whether ``err`` or anything in its chain of causes (``raise ... from``) is storage being
+    unavailable: a job wraps storage errors in its own (a dataset that cannot be read, a model that
+    cannot be downloaded), and must not turn an outage into a do-not-retry exit code."""
+    seen: set[int] = set()
+    current: BaseException | None = err
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if is_transient(current):
+            return True
+        current = current.__cause__
+    return False
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How a storage call rides through an outage: exponential backoff from ``first_delay`` to
+    ``max_delay`` seconds, for at most ``seconds`` in all, then a transient :class:`StorageError`."""
+
+    seconds: float = 300.0
+    first_delay: float = 1.0
+    max_delay: float = 30.0
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> RetryPolicy:
+        value = env.get(RETRY_SECONDS_ENV)
+        if not value:
+            return cls()
+        try:
+            seconds = float(value)
+        except ValueError:
+            raise StorageError(f"{RETRY_SECONDS_ENV}={value!r} is not a number of seconds") from None
+        if not seconds >= 0:
+            raise StorageError(f"{RETRY_SECONDS_ENV}={value!r} must be 0 or more seconds")
+        return cls(seconds=seconds)
+
+
+class _Backoff:
+    """One call's retries: :meth:`wait` sleeps before the next attempt, or raises once the policy's
+    time is spent."""
+
+    def __init__(self, policy: RetryPolicy, endpoint: str, action: str, uri: object) -> None:
+        self.policy = policy
+        self.endpoint = endpoint
+        self.action = action
+        self.uri = uri
+        self.started = time.monotonic()
+        self.delay = policy.first_delay
+        self.attempts = 0
+
+    def wait(self, err: BaseException) -> None:
+        self.attempts += 1
+        elapsed = time.monotonic() - self.started
+        left = self.policy.seconds - elapsed
+        why = _describe(err)
+        if left <= 0:
+            raise StorageError(
+                f"cannot {self.action} {self.uri}: MinIO at {self.endpoint} did not answer for {elapsed:.0f}s "
+                f"({self.attempts} attempts; last: {why}); check that it is up and reachable from the pod. Nothing "
+                "half-written is committed: a retry of the pod resumes from what was", transient=True) from err
+        pause = min(self.delay, left)
+        log.warning("storage unavailable; retrying", extra={
+            "action": self.action, "uri": str(self.uri), "endpoint": self.endpoint, "error": why,
+            "attempt": self.attempts, "retry_in_seconds": round(pause, 2), "gives_up_in_seconds": round(left, 1)})
+        time.sleep(pause)
+        self.delay = min(self.delay * 2, self.policy.max_delay)
+
+
+def _describe(err: BaseException) -> str:
+    if isinstance(err, S3Error):
+        return f"{err.code}: {err.message}"
+    if isinstance(err, urllib3.exceptions.MaxRetryError) and err.reason is not None:
+        return f"{type(err.reason).__name__}: {err.reason}"
+    return f"{type(err).__name__}: {err}"
 
 
 @dataclass(frozen=True)
@@ -85,8 +204,9 @@ def sha256_file(path: Path) -> str:
 class ObjectStore:
     """A thin, intention-revealing layer over the minio client; errors name the object."""
 
-    def __init__(self, client: Minio) -> None:
+    def __init__(self, client: Minio, retry: RetryPolicy | None = None) -> None:
         self.client = client
+        self.retry = retry if retry is not None else RetryPolicy()
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> ObjectStore:
@@ -107,11 +227,13 @@ class ObjectStore:
             raise StorageError(f"cannot read the CA bundle {ca_file} (spec.storage.caBundle): {err}") from err
         storage = Storage(endpoint=env[jobenv.S3_ENDPOINT], secure=env.get(jobenv.S3_SECURE, "") == "true",
                           region=env.get(jobenv.S3_REGION) or None)
-        # Bounded retries with backoff: a MinIO restart must not fail a ten-hour job.
+        retry = RetryPolicy.from_env(env)
+        # A MinIO restart must not fail a ten-hour job: urllib3 retries a blip at once (about 3 s),
+        # then ObjectStore's own backoff takes over for up to retry.seconds (see the module docstring).
         # maxsize 10 as the minio client's own default: multipart uploads run parallel threads,
         # and urllib3's default of one connection per host discards the others with a warning.
         http = s3auth.http_client(ca_pem, timeout=300.0, maxsize=10, retries=urllib3.Retry(
-            total=5, backoff_factor=0.5, status_forcelist=(500, 502, 503, 504)))
+            total=3, backoff_factor=0.5, status_forcelist=(500, 502, 503, 504)))
         provider = s3auth.credentials(keys[0], keys[1], http, storage.region)
         if keys[0] is None:
             try:
@@ -121,9 +243,29 @@ class ObjectStore:
                     f"cannot sign in to {storage.endpoint}: {err}. With spec.storage.webIdentity, check roleArn, "
                     "audience and stsEndpoint (STS must trust this cluster's ServiceAccount tokens for that role); "
                     "without it, give the pods AWS credentials or set spec.storage.credentialsSecret") from err
-        return cls(s3auth.client(storage, http=http, provider=provider))
+        return cls(s3auth.client(storage, http=http, provider=provider), retry)
 
-    # -- errors ----------------------------------------------------------------------------
+    # -- errors and retries ----------------------------------------------------------------
+
+    def call(self, action: str, uri: S3Uri | str, fn: Callable[[], _T]) -> _T:
+        """``fn()``, a request to MinIO about ``uri``, retried through an outage (see the module
+        docstring). An S3 error that is not the server's trouble (NoSuchKey, AccessDenied, ...) is
+        raised as it is, at once, for the caller to name; an outage that outlasts the policy raises a
+        transient :class:`StorageError`."""
+        backoff: _Backoff | None = None
+        while True:
+            try:
+                return fn()
+            except _MAYBE_TRANSIENT as err:
+                if not is_transient(err):
+                    raise
+                backoff = backoff or _Backoff(self.retry, self.endpoint, action, uri)
+                backoff.wait(err)
+
+    @property
+    def endpoint(self) -> str:
+        return str(self.client._base_url.host)
+
 
     def _fail(self, err: S3Error, uri: S3Uri, action: str) -> StorageError:
         hints = {
@@ -140,51 +282,91 @@ class ObjectStore:
 
     def exists(self, uri: S3Uri) -> bool:
         try:
-            self.client.stat_object(uri.bucket, uri.key)
+            self.call("check", uri, lambda: self.client.stat_object(uri.bucket, uri.key))
             return True
         except S3Error as err:
             if err.code in ("NoSuchKey", "NoSuchObject", "ResourceNotFound"):
                 return False
             raise self._fail(err, uri, "check") from err
 
+    def stat(self, uri: S3Uri) -> tuple[int, str]:
+        """(size, ETag without quotes) of one object."""
+        try:
+            found = self.call("stat", uri, lambda: self.client.stat_object(uri.bucket, uri.key))
+        except S3Error as err:
+            raise self._fail(err, uri, "stat") from err
+        return int(found.size or 0), str(found.etag or "").strip('"')
+
     def etag(self, uri: S3Uri) -> str:
         try:
-            return str(self.client.stat_object(uri.bucket, uri.key).etag)
+            return str(self.call("stat", uri, lambda: self.client.stat_object(uri.bucket, uri.key)).etag)
         except S3Error as err:
             raise self._fail(err, uri, "stat") from err
 
-    def read_bytes(self, uri: S3Uri) -> bytes:
+    def bucket_exists(self, bucket: str) -> bool:
         try:
-            response = self.client.get_object(uri.bucket, uri.key)
+            return bool(self.call("check", f"s3://{bucket}", lambda: self.client.bucket_exists(bucket)))
+        except S3Error as err:
+            raise self._fail(err, S3Uri(bucket, ""), "check bucket") from err
+
+    def read_bytes(self, uri: S3Uri) -> bytes:
+        return self.read_range(uri)
+
+    def read_range(self, uri: S3Uri, offset: int = 0, length: int = 0) -> bytes:
+        """The object's bytes (``length`` of them from ``offset``; 0: to the end). A body cut short
+        is asked for again."""
+        def get() -> bytes:
+            response = self.client.get_object(uri.bucket, uri.key, offset=offset, length=length)
+            try:
+                return bytes(response.read())
+            finally:
+                response.close()
+                response.release_conn()
+
+        try:
+            return self.call("read", uri, get)
         except S3Error as err:
             raise self._fail(err, uri, "read") from err
-        try:
-            return bytes(response.read())
-        finally:
-            response.close()
-            response.release_conn()
 
     def open(self, uri: S3Uri) -> IO[bytes]:
-        """A streaming reader; the caller closes it. Nothing is held in memory beyond a buffer."""
+        """A streaming reader; the caller closes it. Nothing is held in memory beyond a buffer. If
+        the connection breaks half-way, it resumes at the byte it reached, and only from the same
+        object (same ETag): one replaced meanwhile is an error rather than a splice of two."""
         try:
-            response = self.client.get_object(uri.bucket, uri.key)
+            response = self.call("read", uri, lambda: self.client.get_object(uri.bucket, uri.key))
         except S3Error as err:
             raise self._fail(err, uri, "read") from err
-        return response  # type: ignore[return-value]  # urllib3 response is a binary file object
+        return io.BufferedReader(_ResumableBody(self, uri, response), buffer_size=64 * 1024)
 
     def list(self, prefix: S3Uri, recursive: bool = True) -> Iterator[tuple[S3Uri, int, str]]:
-        """(uri, size, etag) of every object under ``prefix``, in key order."""
-        try:
-            for obj in self.client.list_objects(prefix.bucket, prefix=prefix.key, recursive=recursive):
-                if obj.object_name and not obj.is_dir:
-                    yield S3Uri(prefix.bucket, obj.object_name), int(obj.size or 0), str(obj.etag or "")
-        except S3Error as err:
-            raise self._fail(err, prefix, "list") from err
+        """(uri, size, etag) of every object under ``prefix``, in key order. A listing cut off by an
+        outage goes on after the last key it gave."""
+        after: str | None = None
+        backoff: _Backoff | None = None
+        while True:
+            try:
+                for obj in self.client.list_objects(prefix.bucket, prefix=prefix.key, recursive=recursive,
+                                                    start_after=after):
+                    if obj.object_name:
+                        after = obj.object_name
+                    if obj.object_name and not obj.is_dir:
+                        yield S3Uri(prefix.bucket, obj.object_name), int(obj.size or 0), str(obj.etag or "")
+                return
+            except S3Error as err:
+                if not is_transient(err):
+                    raise self._fail(err, prefix, "list") from err
+                backoff = backoff or _Backoff(self.retry, self.endpoint, "list", prefix)
+                backoff.wait(err)
+            except _UNAVAILABLE as err:
+                if not is_transient(err):
+                    raise
+                backoff = backoff or _Backoff(self.retry, self.endpoint, "list", prefix)
+                backoff.wait(err)
 
     def download_file(self, uri: S3Uri, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         try:
-            self.client.fget_object(uri.bucket, uri.key, str(path))
+            self.call("download", uri, lambda: self.client.fget_object(uri.bucket, uri.key, str(path)))
         except S3Error as err:
             raise self._fail(err, uri, "download") from err
 
@@ -192,8 +374,8 @@ class ObjectStore:
 
     def write_bytes(self, uri: S3Uri, data: bytes, content_type: str = "application/octet-stream") -> str:
         try:
-            result = self.client.put_object(uri.bucket, uri.key, io.BytesIO(data), len(data),
-                                            content_type=content_type)
+            result = self.call("write", uri, lambda: self.client.put_object(
+                uri.bucket, uri.key, io.BytesIO(data), len(data), content_type=content_type))
         except S3Error as err:
             raise self._fail(err, uri, "write") from err
         return str(result.etag)
@@ -205,16 +387,22 @@ class ObjectStore:
     def upload_file(self, uri: S3Uri, path: Path, content_type: str = "application/octet-stream") -> str:
         """Multipart for large files, so a multi-GB checkpoint never needs to fit in memory."""
         try:
-            result = self.client.fput_object(uri.bucket, uri.key, str(path), content_type=content_type,
-                                             part_size=_PART_SIZE)
+            result = self.call("upload", uri, lambda: self.client.fput_object(
+                uri.bucket, uri.key, str(path), content_type=content_type, part_size=_PART_SIZE))
         except S3Error as err:
             raise self._fail(err, uri, "upload") from err
         return str(result.etag)
 
+    def remove(self, uri: S3Uri) -> None:
+        try:
+            self.call("delete", uri, lambda: self.client.remove_object(uri.bucket, uri.key))
+        except S3Error as err:
+            raise self._fail(err, uri, "delete") from err
+
     def delete_prefix(self, prefix: S3Uri) -> int:
         removed = 0
         for uri, _, _ in list(self.list(prefix)):
-            self.client.remove_object(uri.bucket, uri.key)
+            self.remove(uri)
             removed += 1
         return removed
 
@@ -283,3 +471,71 @@ class ObjectStore:
         directory.mkdir(parents=True, exist_ok=True)
         index_path.write_text(json.dumps(index, indent=1, sort_keys=True))
         return paths
+
+
+class _ResumableBody(io.RawIOBase):
+    """The body of a GET that survives its connection: a read that fails because the connection
+    broke (MinIO restarted, a reset, a timeout) asks again from the byte it reached, with
+    ``If-Match`` on the ETag the body started with, under the store's retry policy."""
+
+    def __init__(self, store: ObjectStore, uri: S3Uri, response: Any) -> None:
+        super().__init__()
+        self._store = store
+        self._uri = uri
+        self._response = response
+        self._etag = str(response.headers.get("ETag") or "")
+        self._position = 0
+        self.resumed = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        view = memoryview(buffer).cast("B")
+        if not len(view):
+            return 0
+        backoff: _Backoff | None = None
+        while True:
+            try:
+                data = self._response.read(len(view))
+                break
+            except _CONNECTION_ERRORS as err:
+                backoff = backoff or _Backoff(self._store.retry, self._store.endpoint, "read", self._uri)
+                self._reopen(err, backoff)
+        view[: len(data)] = data
+        self._position += len(data)
+        return len(data)
+
+    def _reopen(self, err: BaseException, backoff: _Backoff) -> None:
+        self._release()
+        log.warning("storage read broke off; resuming", extra={
+            "uri": str(self._uri), "at_byte": self._position, "error": _describe(err)})
+        headers: dict[str, str | list[str] | tuple[str]] | None = {"If-Match": self._etag} if self._etag else None
+        while True:
+            backoff.wait(err)
+            try:
+                self._response = self._store.client.get_object(self._uri.bucket, self._uri.key,
+                                                               offset=self._position, request_headers=headers)
+                self.resumed += 1
+                return
+            except S3Error as failed:
+                if failed.code == "PreconditionFailed":
+                    raise StorageError(f"cannot read {self._uri}: the object was replaced while it was being read "
+                                       "(its ETag changed); run again to read the new one") from failed
+                if not is_transient(failed):
+                    raise self._store._fail(failed, self._uri, "read") from failed
+                err = failed
+            except _UNAVAILABLE as failed:
+                if not is_transient(failed):
+                    raise
+                err = failed
+
+    def _release(self) -> None:
+        with contextlib.suppress(Exception):  # a broken connection may fail to close; it is dropped either way
+            self._response.close()
+            self._response.release_conn()
+
+    def close(self) -> None:
+        if not self.closed:
+            self._release()
+        super().close()
