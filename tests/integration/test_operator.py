@@ -406,14 +406,43 @@ class TestWhatStatusMayClaim:
         assert get_run(kube_api, AR, ns, name)["status"]["startTime"] == started
 
     def test_a_job_the_api_server_refuses_fails_the_run_naming_the_field(self, kube_api: client.ApiClient,
-                                                                         ns: str) -> None:
+                                                                         ns: str, operator_proc: OperatorProcess) -> None:
+        """Once, and for good: the run is Failed with one Warning Event that names the field, and
+        the operator does not try the Job again (the issue saw a traceback every 60 s for ever)."""
         bad_affinity = {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
             {"matchExpressions": [{"key": "gpu", "operator": "NotAnOperator", "values": ["a100"]}]}]}}}
         run = create_run(kube_api, ns, example("augmentationrun.yaml", parallelism=1, affinity=bad_affinity))
-        failed = wait_phase(kube_api, AR, ns, run["metadata"]["name"], "Failed", timeout=60)
+        name, uid = run["metadata"]["name"], run["metadata"]["uid"]
+        failed = wait_phase(kube_api, AR, ns, name, "Failed", timeout=60)
         cond = condition(failed, "Failed")
         assert cond["reason"] == "InvalidSpec" and "affinity" in cond["message"]
-        assert not jobs_of(kube_api, ns, run["metadata"]["uid"])
+        assert not jobs_of(kube_api, ns, uid)
+
+        def events() -> list[Any]:
+            return list(client.CoreV1Api(kube_api).list_namespaced_event(
+                ns, field_selector=f"involvedObject.uid={uid}").items)
+
+        def refused_jobs() -> float:
+            return sum(s.value for family in text_string_to_metric_families(scrape(operator_proc.url))
+                       for s in family.samples if s.name == "sampleforge_job_create_errors_total"
+                       and s.labels.get("kind") == "AugmentationRun")
+
+        warned = wait_for(lambda: [e for e in events() if e.type == "Warning" and e.reason == "InvalidSpec"],
+                          what="the run's InvalidSpec Warning Event")
+        assert len(warned) == 1 and (warned[0].count or 1) == 1
+        assert "affinity" in warned[0].message and "NotAnOperator" in warned[0].message, warned[0].message
+        time.sleep(2)  # kopf posts Events in the background: let those of the failure land
+        before = ({(e.metadata.name, e.count or 1) for e in events()}, refused_jobs(),
+                  get_run(kube_api, AR, ns, name)["metadata"]["resourceVersion"])
+        assert before[1] >= 1
+        # Three resync periods (FAST: 2 s): a retry would refuse the Job again and say so again.
+        time.sleep(3 * float(FAST["SAMPLEFORGE_OPERATOR_RESYNC_SECONDS"]) + 1)
+        after = ({(e.metadata.name, e.count or 1) for e in events()}, refused_jobs(),
+                 get_run(kube_api, AR, ns, name)["metadata"]["resourceVersion"])
+        assert after[0] == before[0], f"new Events after the run failed: {after[0] - before[0]}"
+        assert after[1] == before[1], "the operator tried to create the Job again"
+        assert after[2] == before[2], "the run was written again after it failed"
+        assert not jobs_of(kube_api, ns, uid)
 
     def test_a_uri_outside_the_namespaces_storage_prefixes_fails_the_run(self, kube_api: client.ApiClient,
                                                                          ns: str) -> None:
