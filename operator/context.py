@@ -6,6 +6,7 @@ testable and lets two operators run in one process in tests without sharing stat
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -15,6 +16,11 @@ from sampleforge.operator.lifecycle import Observation
 from sampleforge.operator.metrics import OperatorMetrics
 from sampleforge.operator.progress import ProgressStore
 from sampleforge.operator.settings import Settings
+
+#: FailedCreate Event listings in flight at once. Each may take seconds on a busy API server; with
+#: hundreds of Jobs waiting for pods they took every thread the monitors share and held up the
+#: status writes of every other run.
+EVENT_LISTINGS = 4
 
 
 @dataclass
@@ -41,3 +47,5 @@ class OperatorContext:
     watching: bool = True
     #: run uid -> the resourceVersion the operator's watch last delivered.
     watch_seen: dict[str, str] = field(default_factory=dict)
+    #: Bounds the monitors' FailedCreate Event listings (see EVENT_LISTINGS).
+    event_listings: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(EVENT_LISTINGS))

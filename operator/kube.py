@@ -55,6 +55,11 @@ class Invalid(KubeError):
 #: Seconds any one API call may take. Without a bound, a call to an API server whose etcd has
 #: stopped hangs for ever, and with it whatever waits on it (a status write, a leader's renewal).
 REQUEST_TIMEOUT = 30.0
+#: Threads that call the API at once: kopf's handler workers and the event loop's default executor
+#: (the monitors' status writes), with room for the leader's renewals and the HTTP server's checks.
+API_THREADS = 32
+#: Kept-alive connections to the API server: one per thread that may be calling it.
+API_CONNECTIONS = API_THREADS + 8
 
 
 def _server_message(err: ApiException) -> str:
@@ -96,6 +101,10 @@ def load_api_client() -> client.ApiClient:
     # urllib3's default of 3 retries would stretch every call's timeout fourfold; a refused or
     # dropped connection is retried once here, and everything else by the caller's own policy.
     configuration.retries = Retry(total=1, connect=1, read=0, redirect=0, status=0)
+    # urllib3 keeps 5 connections per CPU by default (10 here): under a burst the handler and
+    # monitor threads outnumber them, and every call beyond the pool opened, and threw away, a TLS
+    # connection of its own.
+    configuration.connection_pool_maxsize = API_CONNECTIONS
     return client.ApiClient(configuration)
 
 
@@ -255,9 +264,11 @@ class Kube:
     def list_job_events(self, namespace: str, job_uid: str, reason: str) -> list[dict[str, Any]]:
         """The Events with ``reason`` recorded on one Job, selected by the server (field selector
         on the Job's uid and the reason), so the answer is a handful of objects however busy the
-        namespace is."""
+        namespace is. Read from the API server's watch cache (``resourceVersion=0``): without it
+        each listing read every Event of the namespace from etcd, and hundreds of Jobs without
+        pods, listing on their schedules, kept the API server busy with little else."""
         events = self._call(f"listing the {reason} Events of Job uid {job_uid} in namespace {namespace}",
-                            self.core.list_namespaced_event, namespace,
+                            self.core.list_namespaced_event, namespace, resource_version="0",
                             field_selector=f"involvedObject.uid={job_uid},reason={reason}", _request_timeout=15)
         return [dict(e) for e in self._plain(events).get("items", [])]
 

@@ -68,7 +68,8 @@ async def _list_failed_creates(ctx: OperatorContext, probe: FailedCreateProbe, j
     """One listing of the Job's FailedCreate Events; a refusal or an outage is logged, never fatal."""
     meta = job["metadata"]
     try:
-        events = await asyncio.to_thread(ctx.kube.list_job_events, meta["namespace"], meta["uid"], FAILED_CREATE)
+        async with ctx.event_listings:
+            events = await asyncio.to_thread(ctx.kube.list_job_events, meta["namespace"], meta["uid"], FAILED_CREATE)
     except Forbidden as err:
         log.warning("may not list Events, so a Job that cannot create its pods goes unexplained; grant list on "
                     "events (the chart does)", extra={"job": f"{meta['namespace']}/{meta['name']}", "error": str(err)})
@@ -105,6 +106,13 @@ class _Monitor:
     committed: committed_output.Committed | None = None
     #: Why the last read of the committed results failed, repeated until the next attempt.
     collect_error: str | None = None
+    #: Status writes made: part of what a pass saw (``written`` changes with each).
+    writes: int = 0
+    #: What this pass composed from (see :meth:`_inputs`), and what the last pass that found the
+    #: status already right composed from: while they are equal, composing again would give the
+    #: same status, so it is skipped (thousands of idle runs each resync every 30 s).
+    inputs: tuple[Any, ...] | None = None
+    settled: tuple[Any, ...] | None = None
 
     def __post_init__(self) -> None:
         settings = self.ctx.settings
@@ -112,6 +120,21 @@ class _Monitor:
         meta = self.body["metadata"]
         self.uid, self.namespace, self.name = meta["uid"], meta["namespace"], meta["name"]
         self.key = run_key(self.kind, self.namespace, self.name)
+
+    def _inputs(self, snapshot: dict[str, Any], job: dict[str, Any] | None, pods: list[dict[str, Any]],
+                note: Observation) -> tuple[Any, ...]:
+        """Everything a status composed without heartbeats depends on, but the clock: the run's and
+        its children's resourceVersions, this monitor's own writes, and the observation (which
+        carries the FailedCreate Events found). The clock only matters with running pods, whose
+        heartbeat timeout the observation itself reports."""
+        return (snapshot["metadata"].get("resourceVersion"), self.writes,
+                job["metadata"].get("resourceVersion") if job else None,
+                tuple((p["metadata"].get("name"), p["metadata"].get("resourceVersion")) for p in pods), note)
+
+    def unchanged(self, inputs: tuple[Any, ...]) -> bool:
+        """Record this pass's inputs; True when the status composed from them is already written."""
+        self.inputs = inputs
+        return inputs == self.settled
 
     def snapshot(self) -> dict[str, Any]:
         snapshot = dict(self.body)
@@ -133,6 +156,8 @@ class _Monitor:
                 return await self._job_missing(snapshot, now_loop, now)
             if note is None:
                 return None  # reconcile has not said anything yet: it will wake us
+            if self.unchanged(self._inputs(snapshot, None, [], note)):
+                return None
             return run_status.compose(kind, snapshot, note, now), note
         self.missing_since = None
         spec = snapshot.get("spec") or {}
@@ -149,6 +174,10 @@ class _Monitor:
             # A pod replaced after a failure, or a cache not yet filled after a restart: the run has
             # not gone back to waiting for its first pod.
             obs = Observation(Phase.RUNNING, Reason.JOB_RUNNING, obs.message, obs.start_time, None, obs.events)
+        # Heartbeats are not among the inputs, nor is a completed run's committed output.
+        if entry is None and obs.phase is not Phase.SUCCEEDED and self.unchanged(self._inputs(snapshot, job, pods,
+                                                                                                obs)):
+            return None  # nothing has changed since the status was last found right
         results = entry.results(kind) if entry else None
         progress = entry.progress(kind) if entry else None
         committed = False
@@ -258,6 +287,7 @@ class _Monitor:
                                                                 "retry_in": self.write_retry, "error": str(err)})
             return False
         self.write_retry = 0.0
+        self.writes += 1
         self.written.update(run_status.changed_fields(snapshot, desired.to_kube()))
         self.last_write = now_loop
         return True
@@ -298,6 +328,7 @@ async def monitor_run(ctx: OperatorContext, kind: Kind, body: kopf.Body, stopped
         if status.get("phase") in TERMINAL_PHASES:
             break
         now_loop = loop.time()
+        monitor.inputs = None
         found = await monitor.desired(snapshot, now_loop)
         if found is not None:
             desired, obs = found
@@ -311,6 +342,8 @@ async def monitor_run(ctx: OperatorContext, kind: Kind, body: kopf.Body, stopped
             elif delta:
                 await _sleep(wake, stopped, wait)
                 continue
+            else:
+                monitor.settled = monitor.inputs
             if obs.phase in TERMINAL_PHASES:
                 break
         due = [d for d in (monitor.probe.due_in(loop.time()),

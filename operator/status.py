@@ -251,6 +251,8 @@ def kopf_body(body: Mapping[str, Any]) -> kopf.Body:
 
 def publish_phase_counts(ctx: OperatorContext) -> None:
     counts: dict[tuple[str, str], int] = {}
-    for (kind, _, _), phase in ctx.phases.items():
+    # A copy taken in one step: a transition is recorded from a monitor's write thread while the
+    # watch handlers change the dict ("dictionary changed size during iteration" otherwise).
+    for (kind, _, _), phase in list(ctx.phases.items()):
         counts[(kind, phase)] = counts.get((kind, phase), 0) + 1
     ctx.metrics.set_phase_counts(counts, [str(p) for p in Phase], [str(k) for k in Kind])

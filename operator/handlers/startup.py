@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import kopf
@@ -12,10 +13,12 @@ from sampleforge.api import Kind
 from sampleforge.api.constants import ANNOTATION_PREFIX, FINALIZER
 from sampleforge.operator.diffbase import DigestDiffBaseStorage
 from sampleforge.operator.handlers._common import ctx_of
-from sampleforge.operator.kube import KubeError
+from sampleforge.operator.kube import API_THREADS, KubeError
 from sampleforge.operator.watchcheck import WatchLagTracker
 
 log = logging.getLogger(__name__)
+#: kopf's workers for the synchronous handlers (reconcile); the rest of API_THREADS serve the monitors.
+HANDLER_THREADS = 16
 
 
 @kopf.on.startup()
@@ -37,7 +40,12 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
     settings.watching.connect_timeout = 30
-    settings.execution.max_workers = 16
+    settings.execution.max_workers = HANDLER_THREADS
+    # The monitors' API calls (status writes, Event listings) go through the loop's default
+    # executor, which is min(32, CPUs + 4) threads: 6 on a 2-core node serialised the status
+    # writes of a burst of new runs behind each other.
+    asyncio.get_running_loop().set_default_executor(
+        ThreadPoolExecutor(max_workers=API_THREADS - HANDLER_THREADS, thread_name_prefix="sampleforge-api"))
     settings.posting.level = logging.INFO
     settings.networking.error_backoffs = [1, 2, 5, 10, 30]
     ctx = ctx_of(memo)

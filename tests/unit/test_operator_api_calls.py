@@ -126,3 +126,36 @@ def test_a_running_run_whose_pod_is_replaced_stays_running(monkeypatch: pytest.M
     fresh = {**body, "status": {}}
     found = asyncio.run(_Monitor(ctx, Kind.AUGMENTATION_RUN, kopf.Body(fresh)).desired(fresh, now_loop=0.0))  # type: ignore[arg-type]
     assert found is not None and found[0].phase is Phase.PENDING, "a run that never ran is still Pending"
+
+
+def test_an_idle_run_is_composed_again_only_when_something_it_reads_changes(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Thousands of suspended or waiting runs each wake every resync: once a pass has found the
+    status right, the next pass over the same run, Job and Pods composes nothing (no pydantic
+    work), and any new resourceVersion makes it compose again."""
+    ctx = OperatorContext(settings=Settings(leader_election=False), kube=FlakyKube(0),  # type: ignore[arg-type]
+                          metrics=OperatorMetrics(), serving=True)
+    job = {"metadata": {"name": "r-aug", "namespace": "ns", "uid": "job-uid", "resourceVersion": "7",
+                        "labels": {"sampleforge.io/run-uid": "u"}},
+           "spec": {"suspend": True}, "status": {}}
+    ctx.children.on_job_event("ADDED", job)
+    body = {"metadata": {"name": "r", "namespace": "ns", "uid": "u", "generation": 1, "resourceVersion": "9"},
+            "spec": {"suspend": True}, "status": {"phase": "Suspended", "jobName": "r-aug"}}
+    monitor = _Monitor(ctx, Kind.AUGMENTATION_RUN, kopf.Body(body))  # type: ignore[arg-type]
+    found = asyncio.run(monitor.desired(body, now_loop=0.0))
+    assert found is not None and found[0].phase is Phase.SUSPENDED
+    monitor.settled = monitor.inputs  # what monitor_run records when the pass found nothing to write
+
+    composed: list[object] = []
+    real_compose = compose
+
+    def counting(*args: Any, **kwargs: Any) -> Any:
+        composed.append(args)
+        return real_compose(*args, **kwargs)
+
+    monkeypatch.setattr("sampleforge.operator.status.compose", counting)
+    assert asyncio.run(monitor.desired(body, now_loop=30.0)) is None
+    assert composed == []
+    ctx.children.on_job_event("MODIFIED", {**job, "metadata": {**job["metadata"], "resourceVersion": "8"}})
+    assert asyncio.run(monitor.desired(body, now_loop=60.0)) is not None
+    assert len(composed) == 1
