@@ -34,7 +34,8 @@ from sampleforge.api.constants import Reason
 from sampleforge.api.logs import redact, setup_logging
 from sampleforge.jobs.common.context import ConfigurationError, RunContext
 from sampleforge.jobs.common.heartbeat import HeartbeatSender
-from sampleforge.jobs.common.storage import ObjectStore, StorageError, caused_by_outage
+from sampleforge.jobs.common.outage import StorageError, caused_by_outage
+from sampleforge.jobs.common.storage import ObjectStore
 
 from .errors import AugmentError, ConfigError
 from .pipeline import ShardJob

@@ -37,7 +37,8 @@ import numpy as np
 from PIL import Image, ImageEnhance, ImageFilter, ImageOps, UnidentifiedImageError
 
 from sampleforge.api.augmenters import ImageAugmenter as ImageSpec
-from sampleforge.jobs.common.storage import ObjectStore, S3Uri, StorageError
+from sampleforge.jobs.common.outage import StorageError
+from sampleforge.jobs.common.storage import ObjectStore, S3Uri
 
 from .errors import ConfigError
 from .protocol import BatchPlan, GeneratedRow

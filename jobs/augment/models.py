@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sampleforge.jobs.common.storage import ObjectStore, S3Uri, StorageError
+from sampleforge.jobs.common.outage import StorageError
+from sampleforge.jobs.common.storage import ObjectStore, S3Uri
 
 from .errors import ModelError
 

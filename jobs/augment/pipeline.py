@@ -28,7 +28,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from minio.error import S3Error
 from tqdm.auto import tqdm
 
 from sampleforge.api.augmentation import AugmentationRunSpec, Columns
@@ -36,7 +35,8 @@ from sampleforge.api.constants import Reason
 from sampleforge.api.status import AugmentationResults
 from sampleforge.jobs.common.context import RunContext
 from sampleforge.jobs.common.heartbeat import HeartbeatSender
-from sampleforge.jobs.common.storage import ObjectStore, S3Uri, StorageError
+from sampleforge.jobs.common.outage import StorageError
+from sampleforge.jobs.common.storage import ObjectStore, S3Uri
 
 from .catalog import build_augmenters, check_supported, needs_of
 from .commit import code_version, commit_run, digest, engine_summaries, marker_uri, shared_section
@@ -141,9 +141,9 @@ class ShardJob:
 
     def _check_output_bucket(self) -> None:
         try:
-            exists = self.store.client.bucket_exists(self.prefix.bucket)
-        except S3Error as err:
-            raise StorageError(f"cannot check bucket {self.prefix.bucket!r} of spec.output.uri: {err.code}") from err
+            exists = self.store.bucket_exists(self.prefix.bucket)
+        except StorageError as err:
+            raise StorageError(f"spec.output.uri {self.spec.output.uri}: {err}", transient=err.transient) from err
         if not exists:
             raise ConfigError(f"spec.output.uri {self.spec.output.uri}: bucket {self.prefix.bucket!r} does not exist; "
                               "create it or write to another bucket", Reason.BUCKET_NOT_FOUND)

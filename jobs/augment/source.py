@@ -36,15 +36,17 @@ import io
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import IO, Any
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 from minio.error import S3Error
 
 from sampleforge.jobs.common.formats import SUFFIX_FORMATS, format_of
+from sampleforge.jobs.common.objectio import RangedObject, ResponseStream
+from sampleforge.jobs.common.outage import StorageError
 from sampleforge.jobs.common.records import READ_CHUNK, BadRecord, CsvHeaderError, csv_blocks, jsonl_records
-from sampleforge.jobs.common.storage import ObjectStore, S3Uri, StorageError
+from sampleforge.jobs.common.storage import ObjectStore, S3Uri
 
 from .errors import SourceError
 
@@ -60,7 +62,6 @@ __all__ = [
 ]
 
 _READ_CHUNK = READ_CHUNK
-_RANGE_BLOCK = 4 << 20
 
 
 def shard_range(total: int, shard: int, shards: int) -> tuple[int, int]:
@@ -141,79 +142,6 @@ class RawBatch:
     malformed: list[Malformed] = field(default_factory=list)
     #: The object the records come from (for rejects).
     source: str = ""
-
-
-class _RangedObject(io.RawIOBase):
-    """A read-only, seekable view of one object made of ranged GETs, for the Parquet reader.
-
-    Small reads are served from a 4 MiB block cache (the footer, page headers); large reads (column
-    chunks) are fetched exactly, so memory stays at one block plus what pyarrow asks for at once.
-    """
-
-    def __init__(self, store: ObjectStore, uri: S3Uri, size: int) -> None:
-        super().__init__()
-        self._store = store
-        self._uri = uri
-        self._size = size
-        self._pos = 0
-        self._block_start = 0
-        self._block = b""
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def tell(self) -> int:
-        return self._pos
-
-    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._size}[whence]
-        self._pos = max(0, base + offset)
-        return self._pos
-
-    def _get(self, offset: int, length: int) -> bytes:
-        return self._store.read_range(self._uri, offset, length)
-
-    def readinto(self, buffer: Any) -> int:
-        view = memoryview(buffer).cast("B")
-        want = min(len(view), self._size - self._pos)
-        if want <= 0:
-            return 0
-        end = self._pos + want
-        if not (self._block_start <= self._pos and end <= self._block_start + len(self._block)):
-            if want >= _RANGE_BLOCK:
-                data = self._get(self._pos, want)
-                view[: len(data)] = data
-                self._pos += len(data)
-                return len(data)
-            self._block_start = self._pos
-            self._block = self._get(self._pos, min(_RANGE_BLOCK, self._size - self._pos))
-        start = self._pos - self._block_start
-        chunk = self._block[start : start + want]
-        view[: len(chunk)] = chunk
-        self._pos += len(chunk)
-        return len(chunk)
-
-
-class _Stream(io.RawIOBase):
-    """A raw reader over an HTTP response body. urllib3 reports a response as closed as soon as its
-    body is consumed, which a buffered reader that has read ahead would pass on to pyarrow; this view
-    stays open until it is closed itself."""
-
-    def __init__(self, response: IO[bytes]) -> None:
-        super().__init__()
-        self._response = response
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: Any) -> int:
-        view = memoryview(buffer).cast("B")
-        data = self._response.read(len(view))
-        view[: len(data)] = data
-        return len(data)
 
 
 def _finite_or_none(value: Any) -> Any:
@@ -362,7 +290,7 @@ class SourceReader:
     def _csv(self, obj: SourceObject, start: int) -> Iterator[RawBatch]:
         raw = self.store.open(obj.uri)
         try:
-            stream = io.BufferedReader(_Stream(raw), buffer_size=_READ_CHUNK)
+            stream = io.BufferedReader(ResponseStream(raw), buffer_size=_READ_CHUNK)
             try:
                 header, blocks = csv_blocks(stream, self.columns, _READ_CHUNK)
             except CsvHeaderError as err:
@@ -394,7 +322,7 @@ class SourceReader:
         return counts
 
     def _open_parquet(self, obj: SourceObject) -> pq.ParquetFile:
-        return pq.ParquetFile(pa.PythonFile(_RangedObject(self.store, obj.uri, obj.size), mode="r"),
+        return pq.ParquetFile(pa.PythonFile(RangedObject(self.store, obj.uri, obj.size), mode="r"),
                               buffer_size=_READ_CHUNK, pre_buffer=False)
 
     def _parquet(self, obj: SourceObject, start: int, skip: int, stop: int | None) -> Iterator[RawBatch]:

@@ -38,7 +38,8 @@ from sampleforge.jobs.augment.text import (
     default_lexicon,
     parse_lexicon,
 )
-from sampleforge.jobs.common.storage import S3Uri, StorageError
+from sampleforge.jobs.common.outage import StorageError
+from sampleforge.jobs.common.storage import S3Uri
 
 from .errors import ConfigError
 from .protocol import BatchPlan, GeneratedRow

@@ -18,14 +18,11 @@ Job's backoff retries it, resuming from what was committed, never with a do-not-
 from __future__ import annotations
 
 import builtins
-import contextlib
 import hashlib
-import http.client
 import io
 import json
 import logging
 import os
-import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,136 +30,27 @@ from typing import IO, Any, TypeVar
 
 import urllib3
 from minio import Minio
-from minio.error import InvalidResponseError, S3Error, ServerError
+from minio.error import S3Error
 
 from sampleforge.api import jobenv, s3auth
 from sampleforge.api.common import Storage
+
+from .objectio import ResumableBody
+from .outage import (
+    MAYBE_TRANSIENT,
+    TRANSIENT_S3_CODES,
+    UNAVAILABLE,
+    Backoff,
+    RetryPolicy,
+    StorageError,
+    is_transient,
+)
 
 log = logging.getLogger(__name__)
 
 MANIFEST_NAME = "manifest.json"
 _PART_SIZE = 16 * 1024 * 1024
-#: How long (seconds) a storage call keeps retrying through an outage before the job gives up with
-#: an ordinary, retryable exit code. Not rendered by the operator (the default suits a pod); for
-#: tests and runs by hand.
-RETRY_SECONDS_ENV = "SAMPLEFORGE_S3_RETRY_SECONDS"
 _T = TypeVar("_T")
-
-
-class StorageError(RuntimeError):
-    """An object or bucket could not be read or written; the message names it and what to check.
-
-    ``transient`` is true when the server said "try again" (5xx, throttling): a retry of the pod
-    may succeed, so the jobs must not turn it into a do-not-retry exit code."""
-
-    def __init__(self, message: str, *, transient: bool = False) -> None:
-        super().__init__(message)
-        self.transient = transient
-
-
-#: S3 error codes that mean the server is busy or failing, not that the request is wrong.
-TRANSIENT_S3_CODES = frozenset({"InternalError", "ServiceUnavailable", "SlowDown", "RequestTimeout",
-                                "XMinioServerNotInitialized"})
-#: Failures of the connection rather than answers: refused, reset, cut half-way through a body,
-#: timed out. urllib3 raises its own HTTPError subclasses for all of them (MaxRetryError once its
-#: few quick retries are spent, ProtocolError for a body cut short, ReadTimeoutError).
-_CONNECTION_ERRORS: tuple[type[Exception], ...] = (urllib3.exceptions.HTTPError, ConnectionError, TimeoutError,
-                                                   http.client.HTTPException)
-#: What a call may raise when the storage is unavailable (and, for S3 errors, also when the request is
-#: wrong: :func:`is_transient` tells them apart).
-_MAYBE_TRANSIENT: tuple[type[Exception], ...] = (S3Error, ServerError, InvalidResponseError, *_CONNECTION_ERRORS)
-_UNAVAILABLE: tuple[type[Exception], ...] = (ServerError, InvalidResponseError, *_CONNECTION_ERRORS)
-
-
-def is_transient(err: BaseException) -> bool:
-    """Whether ``err`` is the storage being unavailable (busy, restarting, unreachable) rather than
-    the request being wrong, so that a retry later can succeed."""
-    if isinstance(err, StorageError):
-        return err.transient
-    if isinstance(err, S3Error):
-        return err.code in TRANSIENT_S3_CODES
-    if isinstance(err, ServerError):
-        return err.status_code >= 500 or err.status_code == 429
-    if isinstance(err, InvalidResponseError):  # e.g. a proxy's HTML 502 page
-        code = getattr(err, "_code", 0)
-        return isinstance(code, int) and (code >= 500 or code == 429)
-    return isinstance(err, _CONNECTION_ERRORS)
-
-
-def caused_by_outage(err: BaseException) -> bool:
-    """Whether ``err`` or anything in its chain of causes (``raise ... from``) is storage being
-    unavailable: a job wraps storage errors in its own (a dataset that cannot be read, a model that
-    cannot be downloaded), and must not turn an outage into a do-not-retry exit code."""
-    seen: set[int] = set()
-    current: BaseException | None = err
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        if is_transient(current):
-            return True
-        current = current.__cause__
-    return False
-
-
-@dataclass(frozen=True)
-class RetryPolicy:
-    """How a storage call rides through an outage: exponential backoff from ``first_delay`` to
-    ``max_delay`` seconds, for at most ``seconds`` in all, then a transient :class:`StorageError`."""
-
-    seconds: float = 300.0
-    first_delay: float = 1.0
-    max_delay: float = 30.0
-
-    @classmethod
-    def from_env(cls, env: Mapping[str, str]) -> RetryPolicy:
-        value = env.get(RETRY_SECONDS_ENV)
-        if not value:
-            return cls()
-        try:
-            seconds = float(value)
-        except ValueError:
-            raise StorageError(f"{RETRY_SECONDS_ENV}={value!r} is not a number of seconds") from None
-        if not seconds >= 0:
-            raise StorageError(f"{RETRY_SECONDS_ENV}={value!r} must be 0 or more seconds")
-        return cls(seconds=seconds)
-
-
-class _Backoff:
-    """One call's retries: :meth:`wait` sleeps before the next attempt, or raises once the policy's
-    time is spent."""
-
-    def __init__(self, policy: RetryPolicy, endpoint: str, action: str, uri: object) -> None:
-        self.policy = policy
-        self.endpoint = endpoint
-        self.action = action
-        self.uri = uri
-        self.started = time.monotonic()
-        self.delay = policy.first_delay
-        self.attempts = 0
-
-    def wait(self, err: BaseException) -> None:
-        self.attempts += 1
-        elapsed = time.monotonic() - self.started
-        left = self.policy.seconds - elapsed
-        why = _describe(err)
-        if left <= 0:
-            raise StorageError(
-                f"cannot {self.action} {self.uri}: MinIO at {self.endpoint} did not answer for {elapsed:.0f}s "
-                f"({self.attempts} attempts; last: {why}); check that it is up and reachable from the pod. Nothing "
-                "half-written is committed: a retry of the pod resumes from what was", transient=True) from err
-        pause = min(self.delay, left)
-        log.warning("storage unavailable; retrying", extra={
-            "action": self.action, "uri": str(self.uri), "endpoint": self.endpoint, "error": why,
-            "attempt": self.attempts, "retry_in_seconds": round(pause, 2), "gives_up_in_seconds": round(left, 1)})
-        time.sleep(pause)
-        self.delay = min(self.delay * 2, self.policy.max_delay)
-
-
-def _describe(err: BaseException) -> str:
-    if isinstance(err, S3Error):
-        return f"{err.code}: {err.message}"
-    if isinstance(err, urllib3.exceptions.MaxRetryError) and err.reason is not None:
-        return f"{type(err.reason).__name__}: {err.reason}"
-    return f"{type(err).__name__}: {err}"
 
 
 @dataclass(frozen=True)
@@ -252,14 +140,14 @@ class ObjectStore:
         docstring). An S3 error that is not the server's trouble (NoSuchKey, AccessDenied, ...) is
         raised as it is, at once, for the caller to name; an outage that outlasts the policy raises a
         transient :class:`StorageError`."""
-        backoff: _Backoff | None = None
+        backoff: Backoff | None = None
         while True:
             try:
                 return fn()
-            except _MAYBE_TRANSIENT as err:
+            except MAYBE_TRANSIENT as err:
                 if not is_transient(err):
                     raise
-                backoff = backoff or _Backoff(self.retry, self.endpoint, action, uri)
+                backoff = backoff or Backoff(self.retry, self.endpoint, action, uri)
                 backoff.wait(err)
 
     @property
@@ -336,13 +224,13 @@ class ObjectStore:
             response = self.call("read", uri, lambda: self.client.get_object(uri.bucket, uri.key))
         except S3Error as err:
             raise self._fail(err, uri, "read") from err
-        return io.BufferedReader(_ResumableBody(self, uri, response), buffer_size=64 * 1024)
+        return io.BufferedReader(ResumableBody(self, uri, response), buffer_size=64 * 1024)
 
     def list(self, prefix: S3Uri, recursive: bool = True) -> Iterator[tuple[S3Uri, int, str]]:
         """(uri, size, etag) of every object under ``prefix``, in key order. A listing cut off by an
         outage goes on after the last key it gave."""
         after: str | None = None
-        backoff: _Backoff | None = None
+        backoff: Backoff | None = None
         while True:
             try:
                 for obj in self.client.list_objects(prefix.bucket, prefix=prefix.key, recursive=recursive,
@@ -355,12 +243,12 @@ class ObjectStore:
             except S3Error as err:
                 if not is_transient(err):
                     raise self._fail(err, prefix, "list") from err
-                backoff = backoff or _Backoff(self.retry, self.endpoint, "list", prefix)
+                backoff = backoff or Backoff(self.retry, self.endpoint, "list", prefix)
                 backoff.wait(err)
-            except _UNAVAILABLE as err:
+            except UNAVAILABLE as err:
                 if not is_transient(err):
                     raise
-                backoff = backoff or _Backoff(self.retry, self.endpoint, "list", prefix)
+                backoff = backoff or Backoff(self.retry, self.endpoint, "list", prefix)
                 backoff.wait(err)
 
     def download_file(self, uri: S3Uri, path: Path) -> None:
@@ -471,71 +359,3 @@ class ObjectStore:
         directory.mkdir(parents=True, exist_ok=True)
         index_path.write_text(json.dumps(index, indent=1, sort_keys=True))
         return paths
-
-
-class _ResumableBody(io.RawIOBase):
-    """The body of a GET that survives its connection: a read that fails because the connection
-    broke (MinIO restarted, a reset, a timeout) asks again from the byte it reached, with
-    ``If-Match`` on the ETag the body started with, under the store's retry policy."""
-
-    def __init__(self, store: ObjectStore, uri: S3Uri, response: Any) -> None:
-        super().__init__()
-        self._store = store
-        self._uri = uri
-        self._response = response
-        self._etag = str(response.headers.get("ETag") or "")
-        self._position = 0
-        self.resumed = 0
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: Any) -> int:
-        view = memoryview(buffer).cast("B")
-        if not len(view):
-            return 0
-        backoff: _Backoff | None = None
-        while True:
-            try:
-                data = self._response.read(len(view))
-                break
-            except _CONNECTION_ERRORS as err:
-                backoff = backoff or _Backoff(self._store.retry, self._store.endpoint, "read", self._uri)
-                self._reopen(err, backoff)
-        view[: len(data)] = data
-        self._position += len(data)
-        return len(data)
-
-    def _reopen(self, err: BaseException, backoff: _Backoff) -> None:
-        self._release()
-        log.warning("storage read broke off; resuming", extra={
-            "uri": str(self._uri), "at_byte": self._position, "error": _describe(err)})
-        headers: dict[str, str | list[str] | tuple[str]] | None = {"If-Match": self._etag} if self._etag else None
-        while True:
-            backoff.wait(err)
-            try:
-                self._response = self._store.client.get_object(self._uri.bucket, self._uri.key,
-                                                               offset=self._position, request_headers=headers)
-                self.resumed += 1
-                return
-            except S3Error as failed:
-                if failed.code == "PreconditionFailed":
-                    raise StorageError(f"cannot read {self._uri}: the object was replaced while it was being read "
-                                       "(its ETag changed); run again to read the new one") from failed
-                if not is_transient(failed):
-                    raise self._store._fail(failed, self._uri, "read") from failed
-                err = failed
-            except _UNAVAILABLE as failed:
-                if not is_transient(failed):
-                    raise
-                err = failed
-
-    def _release(self) -> None:
-        with contextlib.suppress(Exception):  # a broken connection may fail to close; it is dropped either way
-            self._response.close()
-            self._response.release_conn()
-
-    def close(self) -> None:
-        if not self.closed:
-            self._release()
-        super().close()

@@ -38,8 +38,9 @@ from pydantic import ValidationError
 from sampleforge.api.augmentation import Columns
 from sampleforge.api.manifest import CommittedData, OutputFile, describe
 from sampleforge.jobs.common.formats import SUFFIX_FORMATS, format_of
+from sampleforge.jobs.common.outage import StorageError
 from sampleforge.jobs.common.records import CsvHeaderError
-from sampleforge.jobs.common.storage import MANIFEST_NAME, ObjectStore, S3Uri, StorageError, sha256_file
+from sampleforge.jobs.common.storage import MANIFEST_NAME, ObjectStore, S3Uri, sha256_file
 
 from .errors import DatasetError
 from .examples import Examples, RowStore

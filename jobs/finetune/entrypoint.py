@@ -20,7 +20,8 @@ from sampleforge.api.finetune import FineTuneRunSpec
 from sampleforge.api.logs import redact, setup_logging
 from sampleforge.jobs.common.context import ConfigurationError, RunContext
 from sampleforge.jobs.common.heartbeat import HeartbeatSender
-from sampleforge.jobs.common.storage import ObjectStore, StorageError
+from sampleforge.jobs.common.outage import StorageError
+from sampleforge.jobs.common.storage import ObjectStore
 
 from .errors import ExitCode, FineTuneError, Preempted
 from .launch import EXIT_DIR_ENV, launch, needs_launch, node_layout

@@ -24,7 +24,8 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from sampleforge.jobs.common.storage import MANIFEST_NAME, ObjectStore, S3Uri, StorageError
+from sampleforge.jobs.common.outage import StorageError
+from sampleforge.jobs.common.storage import MANIFEST_NAME, ObjectStore, S3Uri
 
 from .errors import ModelUnavailableError
 

@@ -21,7 +21,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from sampleforge.jobs.common.storage import StorageError
+from sampleforge.jobs.common.outage import StorageError
 
 __all__ = ["PartFailed", "Team"]
 

@@ -37,7 +37,8 @@ from test_augment_support import job_env, output_rows, put, qbqtc_lines, run_job
 
 from sampleforge.api import jobenv
 from sampleforge.jobs.augment.commit import marker_uri
-from sampleforge.jobs.common.storage import RETRY_SECONDS_ENV, S3Uri
+from sampleforge.jobs.common.outage import RETRY_SECONDS_ENV
+from sampleforge.jobs.common.storage import S3Uri
 from sampleforge.testbed import Testbed, TestbedOptions
 
 pytestmark = pytest.mark.integration

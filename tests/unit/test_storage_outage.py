@@ -24,14 +24,8 @@ from minio import Minio
 
 from sampleforge.api import jobenv, s3auth
 from sampleforge.jobs.augment.errors import ModelError, SourceError
-from sampleforge.jobs.common.storage import (
-    RETRY_SECONDS_ENV,
-    ObjectStore,
-    RetryPolicy,
-    S3Uri,
-    StorageError,
-    caused_by_outage,
-)
+from sampleforge.jobs.common.outage import RETRY_SECONDS_ENV, RetryPolicy, StorageError, caused_by_outage
+from sampleforge.jobs.common.storage import ObjectStore, S3Uri
 
 BODY = bytes(range(256)) * 4096  # 1 MiB
 ETAG = '"0123456789abcdef0123456789abcdef"'

@@ -17,7 +17,8 @@ from minio.credentials.providers import ChainedProvider, StaticProvider
 
 from sampleforge.api import jobenv, s3auth
 from sampleforge.api.common import Storage
-from sampleforge.jobs.common.storage import ObjectStore, StorageError
+from sampleforge.jobs.common.outage import StorageError
+from sampleforge.jobs.common.storage import ObjectStore
 
 
 def self_signed_pem() -> str:
