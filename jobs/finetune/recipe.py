@@ -8,6 +8,9 @@ the FineTuneRun spec). Each feature is a visible step; the components live in si
 Ordering traps are marked where they occur: the seed before the model is built, the dense
 statistics before ``prepare``, ``load_state`` last in setup (it restores the RNG), AdaLoRA's
 update between the optimizer step and zeroing the gradients.
+
+Kept in one module although it is long, on purpose: the recipe is read top to bottom, as
+accelerate's examples are; every component it calls already lives in a sibling module.
 """
 
 from __future__ import annotations
