@@ -7,7 +7,7 @@ imports below.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sampleforge.api.augmentation import AugmentationRunSpec
 
@@ -25,6 +25,14 @@ from . import (  # noqa: F401 -- each family registers its types on import
 from .errors import ConfigError
 from .protocol import RowAugmenter
 from .registry import BuildContext, Need, registered_types, registration
+from .rows import ColumnRoles
+
+if TYPE_CHECKING:  # only for annotations, as in .registry
+    from sampleforge.jobs.common.storage import ObjectStore
+
+    from .knowledge import DatasetKnowledge
+    from .labels import Labels
+    from .modelcache import ModelCache
 
 __all__ = ["build_augmenters", "check_supported", "needs_of"]
 
@@ -48,14 +56,17 @@ def needs_of(spec: AugmentationRunSpec) -> frozenset[Need]:
     return frozenset(needs)
 
 
-def build_augmenters(spec: AugmentationRunSpec, context: dict[str, Any]) -> list[tuple[Any, RowAugmenter]]:
-    """``(spec entry, augmenter)`` in spec order; ``context`` holds BuildContext's shared fields."""
+def build_augmenters(spec: AugmentationRunSpec, *, roles: ColumnRoles, labels: Labels, knowledge: DatasetKnowledge,
+                     store: ObjectStore | None, models: ModelCache) -> list[tuple[Any, RowAugmenter]]:
+    """``(spec entry, augmenter)`` in spec order, each factory given its :class:`BuildContext`."""
     check_supported(spec)
     built = []
     for index, entry in enumerate(spec.augmenters):
         found = registration(entry.type)
         assert found is not None
-        augmenter = found.build(entry, BuildContext(spec=spec, index=index, **context))
+        context = BuildContext(spec=spec, index=index, roles=roles, labels=labels, knowledge=knowledge, store=store,
+                               models=models)
+        augmenter = found.build(entry, context)
         if not isinstance(augmenter, RowAugmenter):
             raise TypeError(f"the factory of {entry.type!r} returned {type(augmenter).__name__}, which does not "
                             "follow the RowAugmenter protocol")

@@ -214,8 +214,8 @@ class ShardJob:
         self._stage("loading models and building augmenters (the GAN trains here)")
         split = self._eval_split()
         models = ModelCache(self.store, self.cache_dir)
-        augmenters = build_augmenters(spec, {"roles": roles, "labels": knowledge.labels, "knowledge": knowledge,
-                                             "store": self.store, "models": models})
+        augmenters = build_augmenters(spec, roles=roles, labels=knowledge.labels, knowledge=knowledge,
+                                             store=self.store, models=models)
         filters, notes = build_filters(spec.filters, roles, knowledge.labels, knowledge.source_pairs, models, split)
         judges = [a for _, a in augmenters if isinstance(a, LlmJudge)]
         chain = _with_judges(filters, judges)

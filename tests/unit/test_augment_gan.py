@@ -125,8 +125,8 @@ def _rows(n: int) -> dict[str, list[Any]]:
 def _built(spec: AugmentationRunSpec, columns: dict[str, list[Any]]) -> tuple[Any, DatasetKnowledge]:
     n = len(columns["q"])
     knowledge = learn(iter([RawBatch(0, columns, n)]), [n], ROLES, spec, needs_of(spec))
-    [(_, augmenter)] = build_augmenters(spec, {"roles": ROLES, "labels": knowledge.labels, "knowledge": knowledge,
-                                               "store": None, "models": None})
+    [(_, augmenter)] = build_augmenters(spec, roles=ROLES, labels=knowledge.labels, knowledge=knowledge,
+                                               store=None, models=None)
     return augmenter, knowledge
 
 

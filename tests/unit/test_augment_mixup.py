@@ -42,8 +42,8 @@ def _run(spec: AugmentationRunSpec, columns: dict[str, list[Any]], batch_rows: i
          ) -> tuple[Mixup, list[GeneratedRow], dict[int, dict[str, Any]], DatasetKnowledge]:
     n = len(columns["q"])
     knowledge = learn(iter([RawBatch(0, columns, n)]), [n], ROLES, spec, needs_of(spec))
-    [(_, mixup)] = build_augmenters(spec, {"roles": ROLES, "labels": knowledge.labels, "knowledge": knowledge,
-                                           "store": None, "models": None})
+    [(_, mixup)] = build_augmenters(spec, roles=ROLES, labels=knowledge.labels, knowledge=knowledge,
+                                           store=None, models=None)
     assert isinstance(mixup, Mixup)
     cleaner = Cleaner(ROLES, spec.preprocess, False, knowledge.labels.kind, knowledge.dense)
     budget = knowledge.selection[mixup.name]

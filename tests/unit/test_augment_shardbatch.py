@@ -46,8 +46,8 @@ def _source(n: int) -> dict[str, list[Any]]:
 def _processor(spec: AugmentationRunSpec, n: int) -> tuple[BatchProcessor, Rows, RowBatch, DatasetKnowledge]:
     columns = _source(n)
     knowledge = learn(iter([RawBatch(0, columns, n)]), [n], ROLES, spec, needs_of(spec))
-    augmenters = build_augmenters(spec, {"roles": ROLES, "labels": knowledge.labels, "knowledge": knowledge,
-                                         "store": None, "models": None})
+    augmenters = build_augmenters(spec, roles=ROLES, labels=knowledge.labels, knowledge=knowledge,
+                                         store=None, models=None)
     filters, _ = build_filters(spec.filters, ROLES, knowledge.labels, knowledge.source_pairs, None, None)  # type: ignore[arg-type]
     writer = Rows()
     processor = BatchProcessor(ROLES, knowledge, augmenters, filters, PiiRedactor(), writer,  # type: ignore[arg-type]

@@ -156,7 +156,7 @@ class TestUnavailable:
             {"type": "typo"}, {"type": "doc2query", "model": "s3://models/smollm2/", "engine": "vllm"}]))
         cache = ModelCache(None, tmp_path)  # no store: fetching the model would fail differently
         with pytest.raises(ConfigError, match=r"^spec\.augmenters\[1\]\.engine is vllm"):
-            build_augmenters(spec, {"roles": None, "labels": None, "knowledge": None, "store": None, "models": cache})
+            build_augmenters(spec, roles=None, labels=None, knowledge=None, store=None, models=cache)
         assert not (tmp_path / "models").exists()
 
 
