@@ -197,8 +197,8 @@ class Checkpoints:
         for checkpoint in committed:
             if checkpoint.prefix.key in keep:
                 continue
-            self.store.client.remove_object(checkpoint.prefix.bucket, checkpoint.prefix.join(MANIFEST_NAME).key)
+            self.store.remove(checkpoint.prefix.join(MANIFEST_NAME))
         for uri, _, _ in list(self.store.list(self.root)):
             folder = uri.key[len(self.root.key):].split("/", 1)[0]
             if self.root.key + folder + "/" not in keep:
-                self.store.client.remove_object(uri.bucket, uri.key)
+                self.store.remove(uri)
