@@ -108,7 +108,8 @@ class HeartbeatSender:
     def _send_latest(self, keepalive: bool = False) -> None:
         with self._lock:
             report, self._latest = self._latest, None
-            if report is None and keepalive:
+            repeat = report is None
+            if repeat and keepalive:
                 report = self._last
             if report is not None:
                 self._last = report
@@ -118,7 +119,9 @@ class HeartbeatSender:
                                             "sent_at": datetime.now(UTC)})
         body = message.to_kube()
         if not self.url:
-            log.info("progress", extra={"heartbeat": body})
+            # Nobody to keep alive: a run by hand logs each new report once, not one line per interval.
+            if not repeat:
+                log.info("progress", extra={"heartbeat": body})
             return
         try:
             token = self.token_file.read_text().strip() if self.token_file else ""

@@ -128,3 +128,17 @@ def test_a_silent_pod_still_sends_keepalives_with_its_stage(receiver: Receiver, 
         sender.stop()
     assert len(receiver.bodies) >= 4, "nothing new to report must not mean nothing sent"
     assert all(b["done"] == 7 and b["message"] == "loading model" for b in receiver.bodies[:4])
+
+
+def test_without_an_endpoint_each_report_is_logged_once_not_every_interval(caplog: pytest.LogCaptureFixture) -> None:
+    """A run by hand (no operator) logs progress instead of sending it; keep-alives would otherwise
+    write a line per interval, filling an unread pipe and blocking the job."""
+    caplog.set_level("INFO", logger="sampleforge.jobs.common.heartbeat")
+    sender = HeartbeatSender(IDENTITY, None, None, interval=0.01).start()
+    sender.update(done=1, total=10)
+    time.sleep(0.3)
+    sender.stage("evaluating")
+    time.sleep(0.3)
+    sender.stop()
+    logged = [r for r in caplog.records if r.getMessage() == "progress"]
+    assert len(logged) == 2, [r.heartbeat for r in logged]  # type: ignore[attr-defined]
