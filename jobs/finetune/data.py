@@ -45,7 +45,7 @@ from sampleforge.jobs.common.storage import MANIFEST_NAME, ObjectStore, S3Uri, s
 from .errors import DatasetError
 from .examples import Examples, RowStore
 from .ingest import ingest
-from .mapped import MappedFile, Scratch
+from .mapped import MappedFile, Scratch, release_heap
 from .rejected import Rejected
 from .team import PartFailed, Team
 
@@ -141,6 +141,7 @@ def _read_all(store: ObjectStore, sources: list[_Source], columns: Columns, fiel
     store_ = RowStore([MappedFile(directory / f"{name}.arrow") for name in names],
                       labelled=all(p["labelled"] for p in read), traced=any(p["traced"] for p in read),
                       dense_width=len(columns.dense_features), keep=keep)
+    release_heap()
     return Examples.view(store_), rejected
 
 

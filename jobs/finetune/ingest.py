@@ -178,6 +178,9 @@ def _batch(file: _File, cols: dict[str, list[Any]], n: int, columns: Columns, ne
     out: dict[str, list[Any]] = {name: [] for name in ("query", "item", "key", "label", "origin", "source_row",
                                                         "label_rule")}
     dense: list[float] = []
+    # Labels repeat (a few classes): each distinct one is encoded once per batch. The type is part
+    # of the key, so 1, 1.0 and True (equal in Python) stay apart.
+    stored: dict[tuple[type, Any], str | None] = {}
     for i in range(n):
         query, item = _text(query_col[i]), _text(item_col[i])
         label = label_col[i]
@@ -208,7 +211,13 @@ def _batch(file: _File, cols: dict[str, list[Any]], n: int, columns: Columns, ne
         out["query"].append(query)
         out["item"].append(f"{item}{suffix}")
         out["key"].append(norm_key(query))
-        out["label"].append(label_text(label))
+        if isinstance(label, str | int | float | bool):
+            key = (type(label), label)
+            if key not in stored:
+                stored[key] = label_text(label)
+            out["label"].append(stored[key])
+        else:
+            out["label"].append(label_text(label))
         out["origin"].append(_text(origin_col[i]) or SOURCE)
         out["source_row"].append(_row_id(source_col[i]))
         out["label_rule"].append(_text(rule_col[i]))

@@ -17,6 +17,8 @@ its existence is the "done" mark another process (or a restarted pod) relies on.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import mmap
 import os
 import shutil
@@ -28,7 +30,26 @@ from typing import Any
 
 import pyarrow as pa
 
-__all__ = ["InMemory", "MappedFile", "Part", "Scratch", "write_ipc"]
+__all__ = ["InMemory", "MappedFile", "Part", "Scratch", "release_heap", "write_ipc"]
+
+
+def _malloc_trim() -> Any:
+    """glibc's ``malloc_trim``, or None under another C library."""
+    name = ctypes.util.find_library("c")
+    library = ctypes.CDLL(name) if name else None
+    return getattr(library, "malloc_trim", None)
+
+
+_TRIM = _malloc_trim()
+
+
+def release_heap() -> None:
+    """Give freed heap memory back to the system after a phase that allocated and freed a lot
+    (reading files, ranking texts, tokenising): Arrow's allocator and glibc's keep freed pages for
+    reuse, and each keeps its own, so without this the next phase's peak stacks on the last one's."""
+    pa.default_memory_pool().release_unused()
+    if _TRIM is not None:
+        _TRIM(0)
 
 
 class Scratch:

@@ -26,8 +26,8 @@ from numpy.typing import NDArray
 
 __all__ = ["BUDGET_BYTES", "ranks"]
 
-#: Text held at once per range.
-BUDGET_BYTES = 16 << 20
+#: Text held at once per range (its sort and codes cost a few times that while a range is ranked).
+BUDGET_BYTES = 4 << 20
 #: Texts sampled to choose the ranges' bounds.
 SAMPLE = 4096
 

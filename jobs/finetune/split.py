@@ -22,6 +22,7 @@ from sampleforge.jobs.common.text import norm_key
 
 from .errors import DatasetError
 from .examples import Examples
+from .mapped import release_heap
 from .ranks import ranks
 
 __all__ = ["QuerySplit", "group_numbers", "query_groups", "split_by_query", "split_examples"]
@@ -35,7 +36,7 @@ def group_numbers(key_of_row: NDArray[np.int64], source_rows: NDArray[np.int64] 
         return np.zeros(0, dtype=np.int64)
     keys = int(key_of_row.max()) + 1
     if source_rows is None or not (source_rows >= 0).any():
-        return key_of_row.astype(np.int64)
+        return key_of_row.astype(np.int64, copy=False)
     traced = np.flatnonzero(source_rows >= 0)
     by_source = traced[np.argsort(source_rows[traced], kind="stable")]
     sources, their_keys = source_rows[by_source], key_of_row[by_source]
@@ -49,7 +50,7 @@ def group_numbers(key_of_row: NDArray[np.int64], source_rows: NDArray[np.int64] 
     smallest = np.full(int(component.max()) + 1, keys, dtype=np.int64)
     np.minimum.at(smallest, component, np.arange(keys, dtype=np.int64))
     _, group_of_key = np.unique(smallest[component], return_inverse=True)
-    return group_of_key[key_of_row].astype(np.int64)
+    return group_of_key[key_of_row].astype(np.int64, copy=False)
 
 
 def query_groups(queries: Sequence[str], source_rows: Sequence[int | None] | None = None) -> NDArray[np.int64]:
@@ -134,6 +135,6 @@ def split_by_query(queries: Sequence[str], fraction: float, seed: int, *,
 
 def split_examples(examples: Examples, fraction: float, seed: int, include_synthetic: bool) -> QuerySplit:
     """:func:`split_by_query` of a view, from its stored normalised queries and provenance."""
-    key_of_row = ranks(lambda: examples.keys.arrays())
-    groups = group_numbers(key_of_row, examples.source_rows)
+    groups = group_numbers(ranks(lambda: examples.keys.arrays()), examples.source_rows)
+    release_heap()
     return split_groups(groups, fraction, seed, generated=examples.generated(), include_synthetic=include_synthetic)

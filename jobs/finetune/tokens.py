@@ -27,7 +27,7 @@ import pyarrow as pa
 from numpy.typing import NDArray
 
 from .examples import TextColumn
-from .mapped import MappedFile, Scratch, write_ipc
+from .mapped import MappedFile, Scratch, release_heap, write_ipc
 from .team import Team
 
 __all__ = ["ENCODE_ROWS", "MappedTokens", "RaggedColumn", "encode", "tokenize_to_files"]
@@ -141,7 +141,7 @@ def _identity(texts: Sequence[str] | None) -> bytes:
         for part in texts.store.parts:
             assert isinstance(part, MappedFile)
             digest.update(str(part.path).encode() + b"\0")
-        digest.update(b"all" if texts.rows is None else np.ascontiguousarray(texts.rows).tobytes())
+        digest.update(b"all" if texts.rows is None else np.ascontiguousarray(texts.rows).data)
     else:
         for chunk in _texts(texts, 0, len(texts)):
             for text in chunk:
@@ -197,4 +197,5 @@ def tokenize_to_files(tokenizer: Any, texts: Sequence[str], pairs: Sequence[str]
         write_ipc(path, schema, batches())
 
     team.make(files, build)
+    release_heap()
     return MappedTokens([MappedFile(p) for p in files], keep)
