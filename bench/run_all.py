@@ -90,7 +90,7 @@ def headline_operator(text: str) -> str:
     burst = "500 runs created at once"
     return (f"apply → Job median {_value_after(rows, 'apply → Job created')}; 500 runs at once: p50 "
             f"{_value_after(rows, burst)}, p99 {_value_after(rows, '… p99', burst)}, "
-            f"{_value_after(rows, '… status writes per second', burst)} status writes/s, peak RSS "
+            f"{_value_after(rows, '… status writes per run', burst)} status writes per run, peak RSS "
             f"{_value_after(rows, '… operator peak RSS', burst)}; 2,000 idle runs: RSS "
             f"{_value_after(rows, '2600 runs')}")
 
