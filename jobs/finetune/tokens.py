@@ -34,8 +34,10 @@ __all__ = ["ENCODE_ROWS", "MappedTokens", "RaggedColumn", "encode", "tokenize_to
 
 #: Rows per tokenizer call (and per record batch).
 ENCODE_ROWS: Final = 4096
-#: Random reads after which the mapped pages are handed back.
-RELEASE_EVERY: Final = 4096
+#: Random reads after which the mapped pages are handed back. A read maps more than its own page:
+#: the kernel maps the cached pages around a fault too (``fault_around_bytes``, 64 KiB by default),
+#: so each read of a row can add 64 KiB per column to the resident set until it is released.
+RELEASE_EVERY: Final = 64
 
 
 def encode(tokenizer: Any, texts: Sequence[str], pairs: Sequence[str] | None,

@@ -307,3 +307,24 @@ def test_a_pass_over_a_mapped_store_leaves_little_of_it_resident(tmp_path: Path)
     seen += sum(len(chunk) for chunk in TextColumn(store, "query", shuffled).chunks())
     assert seen == 2 * n
     assert _rss_file_mib() - before < 8, "the pages read stayed mapped"
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads the resident set from /proc")
+def test_random_reads_of_token_rows_leave_little_resident(tmp_path: Path) -> None:
+    """A data loader reads token rows at random; each read maps the cached pages around it as well
+    (fault-around), so without frequent releases a few thousand reads would keep most of the file."""
+    from sampleforge.jobs.finetune.mapped import MappedFile, write_ipc
+
+    n, width = 400_000, 40
+    values = pa.array(np.arange(n * width, dtype=np.int32) % 30_000)
+    offsets = pa.array(np.arange(0, n * width + 1, width, dtype=np.int32))
+    ids = pa.ListArray.from_arrays(offsets, values)
+    schema = pa.schema([pa.field("input_ids", pa.list_(pa.int32()), False)])
+    table = pa.table([ids], schema=schema)
+    write_ipc(tmp_path / "tokens.arrow", schema, table.to_batches(max_chunksize=4096))
+    del table, ids, values, offsets
+    tokens = MappedTokens([MappedFile(tmp_path / "tokens.arrow")])
+    before = _rss_file_mib()
+    for i in np.random.default_rng(1).integers(0, n, 3000).tolist():
+        assert tokens.input_ids[i][0] == (i * width) % 30_000
+    assert _rss_file_mib() - before < 16, "the pages read stayed mapped"
