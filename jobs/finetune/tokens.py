@@ -15,7 +15,9 @@ file already there, does not tokenise again.
 
 from __future__ import annotations
 
+import bisect
 import hashlib
+import itertools
 import json
 import os
 from collections.abc import Iterator, Sequence
@@ -83,33 +85,28 @@ class MappedTokens:
         self.has_types = "token_type_ids" in self.files[0].schema.names
         lengths = [np.diff(b.column("input_ids").offsets.to_numpy()).astype(np.int32) for b in batches]
         self.lengths: NDArray[np.int32] = np.concatenate(lengths) if lengths else np.zeros(0, dtype=np.int32)
-        self.starts = np.concatenate([[0], np.cumsum([b.num_rows for b in batches], dtype=np.int64)])
+        #: First row of each record batch (a list: a data loader looks rows up one at a time).
+        self._starts = list(itertools.accumulate((b.num_rows for b in batches), initial=0))
+        self.input_ids = RaggedColumn(self, "input_ids")
+        self.token_type_ids = RaggedColumn(self, "token_type_ids") if self.has_types else None
         self._views: dict[tuple[str, int], tuple[NDArray[np.int32], NDArray[Any]]] = {}
         self._pid = os.getpid()
         self._reads = 0
         self.release()
 
-    @property
-    def input_ids(self) -> RaggedColumn:
-        return RaggedColumn(self, "input_ids")
-
-    @property
-    def token_type_ids(self) -> RaggedColumn | None:
-        return RaggedColumn(self, "token_type_ids") if self.has_types else None
-
     def row(self, name: str, i: int) -> NDArray[Any]:
         if self._pid != os.getpid():  # a forked DataLoader worker: map the files in this process
             self._views, self._pid = {}, os.getpid()
-        batch = int(np.searchsorted(self.starts, i, side="right")) - 1
-        key = (name, batch)
-        if key not in self._views:
-            batches = [b for f in self.files for b in f.batches]
-            column = batches[batch].column(name)
-            self._views[key] = (column.offsets.to_numpy(), column.values.to_numpy())
-        offsets, values = self._views[key]
-        j = i - int(self.starts[batch])
+        batch = bisect.bisect_right(self._starts, i) - 1
+        view = self._views.get((name, batch))
+        if view is None:
+            column = [b for f in self.files for b in f.batches][batch].column(name)
+            view = self._views[name, batch] = (column.offsets.to_numpy(), column.values.to_numpy())
+        offsets, values = view
+        j = i - self._starts[batch]
         self._reads += 1
-        if self._reads % RELEASE_EVERY == 0:
+        if self._reads == RELEASE_EVERY:
+            self._reads = 0
             self.release()
         return values[offsets[j]:offsets[j + 1]]
 
