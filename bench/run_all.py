@@ -121,6 +121,17 @@ def headline_augment_memory(text: str) -> str:
     return f"{cells[0]} input rows: peak RSS {cells[3]} ({cells[4]} above the imports), {cells[7]} rows/s"
 
 
+def headline_finetune_memory(text: str) -> str:
+    found = re.search(r"\*\*Peak RSS at ([0-9,]+) rows is ([0-9.]+)× the peak at ([0-9,]+) rows\*\*", text)
+    if not found:
+        raise ValueError("no ratio line")
+    largest, ratio, smallest = found.groups()
+    rows = {cells[1]: cells[5] for cells in ([c.strip() for c in line.strip().strip("|").split("|")]
+                                            for line in text.splitlines() if line.startswith("| Arrow"))}
+    return (f"peak RSS per rank {rows.get(smallest, '?')} at {smallest} rows, {rows.get(largest, '?')} at {largest} "
+            f"rows: {ratio}×")
+
+
 def headline_quality(text: str) -> str:
     """From the target table: ``| dataset | slice | primary metric | best baseline | best sampleforge arm
     (validation) | lift | 95 % CI | met |``."""
@@ -200,6 +211,10 @@ BENCHMARKS: tuple[Benchmark, ...] = (
               "peak memory of one augmentation shard against input size (up to 3M rows)",
               "bounded: no growth with the rows held", headline_augment_memory,
               quick_args=("--quick", "--output", "{out}")),
+    Benchmark("finetune_memory", "bench_finetune_memory.py",
+              "peak RSS per fine-tune rank at 0.3 M, 1 M and 3 M training rows (rows streamed into memory-mapped "
+              "Arrow, tokenised into mapped files), against the smallest size and the old in-memory path",
+              "flat: ratio ≈ 1.0", headline_finetune_memory, quick_args=("--quick", "--output", "{out}")),
     Benchmark("retrieval_index", "bench_retrieval_index.py",
               "hard-negative retrieval over whole catalogs: the faiss embedding index (exact / IVF) and sparse "
               "BM25 at 1 M and 5 M items: build time, query time, recall@k against exact search, peak RSS",
