@@ -11,10 +11,23 @@ shard count: they do not.
 reads only the row groups that overlap its range (ranged GETs, so ``1/n`` of the bytes), and
 consecutive row ids let the text-edit augmenters, which key their randomness by ``first_row + i``,
 process whole runs at once. ``N`` comes from the Parquet footers, and for JSONL and CSV from the
-first pass over the source that every shard makes anyway (:mod:`.knowledge`); a JSONL/CSV shard
-then parses its objects from their start (text formats cannot be entered in the middle) and stops
-at the end of its range. A malformed record belongs to the shard that owns the next well-formed
-record of the same object (or the previous one at the object's end), so each is reported once.
+analysis step's pass over the whole source (:meth:`SourceReader.read_all`). A malformed record
+belongs to the shard that owns the next well-formed record of the same object (or the previous one
+at the object's end), so each is reported once.
+
+**Entering a text object in the middle.** A JSONL line start is not a record boundary by itself:
+only the analysis pass, which parsed everything before it, knows the index of the next well-formed
+record and the line number there. So that pass also collects :data:`Checkpoint` s, about one per
+:data:`CHECKPOINT_INTERVAL` (1 MiB) of each JSONL object, and a shard given them opens each object
+with a ranged GET from the last checkpoint at or before its first row to the first one at or after
+its end: it fetches its share of the bytes plus at most about two intervals (:attr:`SourceReader.bytes_read`
+counts them). A checkpoint sits just past the line of a well-formed record, before any malformed
+lines that share the next record's position, and batches stay aligned within the object, so a shard
+yields exactly the batches, rows and malformed records (same line numbers) that a read from the
+first byte yields. The GET insists on the ETag the object was listed with, as offsets of another
+version would cut lines anywhere. CSV objects are still parsed from their start and stop at the end
+of the range: a quoted value may hold a newline, so no line start is provably a record start
+without parsing everything before it.
 
 **Columns.** A mapped column missing from a Parquet schema or a CSV header, or from every record of
 a JSONL object's first batch, is a :class:`~.errors.SourceError` naming the spec field; a JSONL
@@ -34,7 +47,8 @@ from __future__ import annotations
 
 import io
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -43,15 +57,17 @@ import pyarrow.parquet as pq
 from minio.error import S3Error
 
 from sampleforge.jobs.common.formats import SUFFIX_FORMATS, format_of
-from sampleforge.jobs.common.objectio import RangedObject, ResponseStream
+from sampleforge.jobs.common.objectio import RangedObject, ResponseStream, ResumableBody, open_range
 from sampleforge.jobs.common.outage import StorageError
-from sampleforge.jobs.common.records import READ_CHUNK, BadRecord, CsvHeaderError, csv_blocks, jsonl_records
+from sampleforge.jobs.common.records import READ_CHUNK, BadRecord, CsvHeaderError, csv_blocks, jsonl_records_at
 from sampleforge.jobs.common.storage import ObjectStore, S3Uri
 
 from .errors import SourceError
 
 __all__ = [
+    "CHECKPOINT_INTERVAL",
     "SUFFIX_FORMATS",
+    "Checkpoint",
     "Malformed",
     "RawBatch",
     "SourceObject",
@@ -62,6 +78,19 @@ __all__ = [
 ]
 
 _READ_CHUNK = READ_CHUNK
+#: The same buffer :meth:`~sampleforge.jobs.common.storage.ObjectStore.open` reads a body through.
+_BODY_BUFFER = 64 * 1024
+
+#: Where a reader can start parsing a JSONL object instead of its first byte: ``(record, offset,
+#: line)``, the object-local index of the next well-formed record, the byte offset just past the line
+#: of the well-formed record before it (0 at the object's start), and the number of the line there.
+#: It sits *after the previous record* rather than at the record's own line so that the malformed
+#: lines in between, which share the record's position, are read by whoever starts there.
+Checkpoint = tuple[int, int, int]
+#: About one checkpoint per this many bytes of a JSONL object: a shard reads at most about this
+#: much before its range, and the analysis keeps about 24 bytes per interval.
+CHECKPOINT_INTERVAL = READ_CHUNK
+_OBJECT_START: Checkpoint = (0, 0, 1)
 
 
 def shard_range(total: int, shard: int, shards: int) -> tuple[int, int]:
@@ -144,6 +173,20 @@ class RawBatch:
     source: str = ""
 
 
+class _CountedReader(io.BufferedReader):
+    """A buffered body that reports, once closed, how many bytes its body delivered."""
+
+    def __init__(self, body: ResumableBody, report: Callable[[int], None]) -> None:
+        super().__init__(body, buffer_size=_BODY_BUFFER)
+        self._body = body
+        self._report = report
+
+    def close(self) -> None:
+        if not self.closed:
+            super().close()
+            self._report(self._body.delivered)
+
+
 def _finite_or_none(value: Any) -> Any:
     return None if isinstance(value, float) and math.isnan(value) else value
 
@@ -162,34 +205,57 @@ class SourceReader:
         self.columns = list(dict.fromkeys(columns))
         self.required = list(required)
         self.batch_rows = batch_rows
+        self._bytes_read = 0
 
     # -- public ---------------------------------------------------------------------------------
 
-    def read_all(self, object_rows: list[int] | None = None) -> Iterator[RawBatch]:
+    @property
+    def bytes_read(self) -> int:
+        """Bytes of the source this reader has fetched from the store so far, all objects and
+        formats (Parquet footers included): what a shard's share of the source cost it."""
+        return self._bytes_read
+
+    def read_all(self, object_rows: list[int] | None = None,
+                 object_offsets: list[list[Checkpoint]] | None = None) -> Iterator[RawBatch]:
         """Every record of every object (the first pass). If ``object_rows`` is given it is filled with
-        each object's record count as the objects are finished: that is how ``N`` is learnt."""
+        each object's record count as the objects are finished: that is how ``N`` is learnt. If
+        ``object_offsets`` is given it is filled likewise with each object's :data:`Checkpoint` s,
+        about one per :data:`CHECKPOINT_INTERVAL` bytes of JSONL (none for CSV and Parquet), for
+        :meth:`read_range` to enter the object near a shard's first row."""
         start = 0
         for obj in self.objects:
             count = 0
-            for batch in self._batches(obj, start):
+            marks: list[Checkpoint] | None = [] if object_offsets is not None else None
+            for batch in self._batches(obj, start, checkpoints=marks):
                 count += batch.size
                 yield batch
             if object_rows is not None:
                 object_rows.append(count)
+            if object_offsets is not None and marks is not None:
+                object_offsets.append(marks)
             start += count
 
-    def read_range(self, object_rows: Sequence[int], lo: int, hi: int, last: bool) -> Iterator[RawBatch]:
+    def read_range(self, object_rows: Sequence[int], lo: int, hi: int, last: bool,
+                   object_offsets: Sequence[Sequence[Sequence[int]]] | None = None) -> Iterator[RawBatch]:
         """Records with row ids in ``[lo, hi)``, and the malformed records this range owns.
 
         A malformed record's position is the id of the next well-formed record, clamped into its own
         object's ids; an object without any well-formed record has the position of where it starts.
         A range owns the positions inside it; the last range (``last``) also owns those at or past
         ``N``.
+
+        With ``object_offsets`` (what :meth:`read_all` collected, e.g. back from JSON), a JSONL
+        object is read with a ranged GET from the last checkpoint at or before the range's first
+        record to the first one at or after its end, so a shard fetches about its share of the
+        bytes; what it yields is the same, batch for batch, as without them.
         """
         if len(object_rows) != len(self.objects):
             raise ValueError("object_rows must give one count per object")
+        if object_offsets is not None and len(object_offsets) != len(self.objects):
+            raise ValueError(f"object_offsets must give one list per object: {len(object_offsets)} lists for "
+                             f"{len(self.objects)} objects; use the offsets learnt from this same source")
         start = 0
-        for obj, count in zip(self.objects, object_rows, strict=True):
+        for i, (obj, count) in enumerate(zip(self.objects, object_rows, strict=True)):
             stop = start + count
             if count == 0:
                 if lo <= start < hi or (last and start >= hi):
@@ -199,13 +265,16 @@ class SourceReader:
                                            [Malformed(start, m.source, m.reason, m.record) for m in batch.malformed],
                                            batch.source)
             elif stop > lo and start < hi:
-                yield from self._window(obj, start, count, max(lo, start), min(hi, stop))
+                marks = [_checkpoint(obj, m) for m in object_offsets[i]] if object_offsets is not None else []
+                yield from self._window(obj, start, count, max(lo, start), min(hi, stop), marks)
             start = stop
 
-    def _window(self, obj: SourceObject, start: int, count: int, lo: int, hi: int) -> Iterator[RawBatch]:
+    def _window(self, obj: SourceObject, start: int, count: int, lo: int, hi: int,
+                marks: Sequence[Checkpoint] = ()) -> Iterator[RawBatch]:
         """Rows ``[lo, hi)`` of the object whose rows are ``[start, start + count)``."""
         last_row = start + count - 1
-        for batch in self._batches(obj, start, lo - start, hi - start):
+        at, until = entry_points(marks, lo - start, hi - start, count)
+        for batch in self._batches(obj, start, lo - start, hi - start, at=at, until=until):
             owned = []
             for bad in batch.malformed:
                 pos = min(max(bad.position, start), last_row)
@@ -225,16 +294,21 @@ class SourceReader:
 
     # -- per format -----------------------------------------------------------------------------
 
-    def _batches(self, obj: SourceObject, start: int, skip: int = 0, stop: int | None = None) -> Iterator[RawBatch]:
+    def _batches(self, obj: SourceObject, start: int, skip: int = 0, stop: int | None = None, *,
+                 at: Checkpoint = _OBJECT_START, until: int | None = None,
+                 checkpoints: list[Checkpoint] | None = None) -> Iterator[RawBatch]:
         """The object's records as batches with global ids from ``start``. ``skip``/``stop`` (local
-        indices) only let Parquet leave out row groups; text formats are parsed from the start."""
+        indices) let Parquet leave out row groups; JSONL is parsed from checkpoint ``at`` up to byte
+        ``until`` (both from :func:`entry_points`), and collects its checkpoints into
+        ``checkpoints``; CSV is parsed from its start (a quoted value may hold a newline, so a line
+        start is not provably a record start)."""
         try:
             if obj.format == "parquet":
                 batches = self._parquet(obj, start, skip, stop)
             elif obj.format == "csv":
                 batches = self._csv(obj, start)
             elif obj.format == "jsonl":
-                batches = self._jsonl(obj, start)
+                batches = self._jsonl(obj, start, at, until, checkpoints)
             else:
                 raise SourceError(f"{obj.uri}: unknown data format {obj.format!r}; use jsonl, csv or parquet")
             for batch in batches:
@@ -253,17 +327,37 @@ class SourceReader:
             raise SourceError(f"{obj.uri} has no column for {named}; its columns are: {shown}. "
                               "Fix the column mapping or the data")
 
-    def _jsonl(self, obj: SourceObject, start: int) -> Iterator[RawBatch]:
-        stream = self.store.open(obj.uri)
+    def _open(self, obj: SourceObject, offset: int = 0, until: int | None = None) -> io.BufferedReader:
+        """A buffered body of the object from byte ``offset`` (to ``until``), its bytes counted into
+        :attr:`bytes_read` when it is closed. Entered in the middle, the read insists on the ETag
+        the object was listed with: offsets learnt from another version would split lines anywhere."""
+        body = open_range(self.store, obj.uri, offset, until, obj.etag if offset or until is not None else "")
+        return _CountedReader(body, self._count)
+
+    def _count(self, delivered: int) -> None:
+        self._bytes_read += delivered
+
+    def _jsonl(self, obj: SourceObject, start: int, at: Checkpoint = _OBJECT_START, until: int | None = None,
+               checkpoints: list[Checkpoint] | None = None) -> Iterator[RawBatch]:
+        """Records from checkpoint ``at``. Batches stay aligned to multiples of ``batch_rows`` within
+        the object, wherever the read starts, so a ranged read yields the very batches (and the same
+        malformed records in each) that a read from the first byte yields."""
+        local, offset, line = at
+        stream = self._open(obj, offset, until)
         try:
-            row = start
-            first = start
+            row = first = start + local
             values: dict[str, list[Any]] = {c: [] for c in self.columns}
             malformed: list[Malformed] = []
             seen: set[str] = set()
-            checked = False
+            # A read bounded by checkpoints may not see the object's whole first batch; the read that
+            # learnt them checked that batch.
+            checked = offset > 0 or until is not None
             size = 0
-            for record in jsonl_records(stream, _READ_CHUNK):
+            limit = self.batch_rows - local % self.batch_rows
+            next_mark = (offset // CHECKPOINT_INTERVAL + 1) * CHECKPOINT_INTERVAL
+            if checkpoints is not None:
+                checkpoints.append(at)
+            for record, end, after in jsonl_records_at(stream, _READ_CHUNK, offset=offset, line=line):
                 if isinstance(record, BadRecord):
                     malformed.append(Malformed(row, str(obj.uri), record.message, record.text))
                     continue
@@ -273,12 +367,15 @@ class SourceReader:
                     values[c].append(record.get(c))
                 row += 1
                 size += 1
-                if size >= self.batch_rows:
+                if checkpoints is not None and end >= next_mark:
+                    checkpoints.append((row - start, end, after))
+                    next_mark = (end // CHECKPOINT_INTERVAL + 1) * CHECKPOINT_INTERVAL
+                if size >= limit:
                     if not checked:
                         self._check_columns(obj, seen)
                         checked = True
                     yield RawBatch(first, values, size, malformed)
-                    first, size, malformed = row, 0, []
+                    first, size, malformed, limit = row, 0, [], self.batch_rows
                     values = {c: [] for c in self.columns}
             if not checked and row > start:
                 self._check_columns(obj, seen)
@@ -288,7 +385,7 @@ class SourceReader:
             stream.close()
 
     def _csv(self, obj: SourceObject, start: int) -> Iterator[RawBatch]:
-        raw = self.store.open(obj.uri)
+        raw = self._open(obj)
         try:
             stream = io.BufferedReader(ResponseStream(raw), buffer_size=_READ_CHUNK)
             try:
@@ -321,9 +418,14 @@ class SourceReader:
                 counts.append(handle.metadata.num_rows)
         return counts
 
-    def _open_parquet(self, obj: SourceObject) -> pq.ParquetFile:
-        return pq.ParquetFile(pa.PythonFile(RangedObject(self.store, obj.uri, obj.size), mode="r"),
-                              buffer_size=_READ_CHUNK, pre_buffer=False)
+    @contextmanager
+    def _open_parquet(self, obj: SourceObject) -> Iterator[pq.ParquetFile]:
+        ranged = RangedObject(self.store, obj.uri, obj.size)
+        try:
+            with pq.ParquetFile(pa.PythonFile(ranged, mode="r"), buffer_size=_READ_CHUNK, pre_buffer=False) as handle:
+                yield handle
+        finally:
+            self._bytes_read += ranged.fetched
 
     def _parquet(self, obj: SourceObject, start: int, skip: int, stop: int | None) -> Iterator[RawBatch]:
         with self._open_parquet(obj) as handle:
@@ -353,3 +455,30 @@ class SourceReader:
                         cols[c] = [None] * record_batch.num_rows
                 yield RawBatch(row, cols, record_batch.num_rows)
                 row += record_batch.num_rows
+
+
+def _checkpoint(obj: SourceObject, mark: Sequence[int]) -> Checkpoint:
+    """A checkpoint as :meth:`SourceReader.read_all` made it (a list once it went through JSON)."""
+    if len(mark) != 3 or not all(isinstance(v, int) and v >= 0 for v in mark):
+        raise ValueError(f"{obj.uri}: {list(mark)!r} is not a checkpoint (record, offset, line); pass the "
+                         "object_offsets that SourceReader.read_all collected for this source")
+    return mark[0], mark[1], mark[2]
+
+
+def entry_points(marks: Sequence[Checkpoint], lo: int, hi: int, count: int) -> tuple[Checkpoint, int | None]:
+    """Where to start and stop reading an object of ``count`` records for its local rows ``[lo, hi)``.
+
+    Start: the last checkpoint at or before record ``lo``. Everything a range owns lies after it:
+    the malformed lines just before record ``lo`` share its position, and a checkpoint sits before
+    those lines, past the previous record. Stop: the first checkpoint at or after record ``hi``, the
+    end of a line at or past record ``hi - 1``; but no stop when ``hi`` is the object's end, as the
+    malformed lines after its last record are owned with that record.
+    """
+    at, until = _OBJECT_START, None
+    for mark in marks:
+        if mark[0] <= lo:
+            at = mark
+        elif mark[0] >= hi and hi < count:
+            until = mark[1]
+            break
+    return at, until

@@ -28,20 +28,29 @@ class ResumableBody(io.RawIOBase):
     broke (MinIO restarted, a reset, a timeout) asks again from the byte it reached, with
     ``If-Match`` on the ETag the body started with, under the store's retry policy."""
 
-    def __init__(self, store: ObjectStore, uri: S3Uri, response: Any) -> None:
+    def __init__(self, store: ObjectStore, uri: S3Uri, response: Any, offset: int = 0, end: int | None = None) -> None:
         super().__init__()
         self._store = store
         self._uri = uri
         self._response = response
         self._etag = str(response.headers.get("ETag") or "")
-        self._position = 0
+        self._offset = offset
+        self._end = end
+        self._position = offset
         self.resumed = 0
+
+    @property
+    def delivered(self) -> int:
+        """Bytes of the object this body has handed to its reader (what a shard's read costs)."""
+        return self._position - self._offset
 
     def readable(self) -> bool:
         return True
 
     def readinto(self, buffer: Any) -> int:
         view = memoryview(buffer).cast("B")
+        if self._end is not None:
+            view = view[: max(0, self._end - self._position)]
         if not len(view):
             return 0
         backoff: Backoff | None = None
@@ -64,8 +73,10 @@ class ResumableBody(io.RawIOBase):
         while True:
             backoff.wait(err)
             try:
+                length = 0 if self._end is None else self._end - self._position
                 self._response = self._store.client.get_object(self._uri.bucket, self._uri.key,
-                                                               offset=self._position, request_headers=headers)
+                                                               offset=self._position, length=length,
+                                                               request_headers=headers)
                 self.resumed += 1
                 return
             except S3Error as failed:
@@ -91,6 +102,33 @@ class ResumableBody(io.RawIOBase):
         super().close()
 
 
+def open_range(store: ObjectStore, uri: S3Uri, offset: int = 0, end: int | None = None,
+               etag: str = "") -> ResumableBody:
+    """Bytes ``[offset, end)`` of an object (to its end when ``end`` is None) as a resumable body.
+
+    ``etag`` (when given) must still be the object's: a reader that enters a text file at a byte
+    offset learnt from an earlier read would otherwise splice that read's offsets onto a replaced
+    object and parse garbage without noticing. A read from the first byte without ``etag`` is the
+    same request as :meth:`~.storage.ObjectStore.open` makes.
+    """
+    if offset < 0 or (end is not None and end <= offset):
+        raise ValueError(f"cannot read bytes [{offset}, {end}) of {uri}: the range is empty or negative")
+    length = 0 if end is None else end - offset
+    headers: dict[str, str | list[str] | tuple[str]] | None = {"If-Match": etag} if etag else None
+
+    def get() -> Any:
+        return store.client.get_object(uri.bucket, uri.key, offset=offset, length=length, request_headers=headers)
+
+    try:
+        response = store.call("read", uri, get)
+    except S3Error as err:
+        if err.code == "PreconditionFailed":
+            raise StorageError(f"cannot read {uri}: the object was replaced after it was listed (its ETag changed); "
+                               "run again to read the new one") from err
+        raise store._fail(err, uri, "read") from err
+    return ResumableBody(store, uri, response, offset, end)
+
+
 class RangedObject(io.RawIOBase):
     """A read-only, seekable view of one object made of ranged GETs, for the Parquet reader.
 
@@ -106,6 +144,8 @@ class RangedObject(io.RawIOBase):
         self._pos = 0
         self._block_start = 0
         self._block = b""
+        #: Bytes fetched from the store so far (footer and block-cache reads included).
+        self.fetched = 0
 
     def readable(self) -> bool:
         return True
@@ -122,7 +162,9 @@ class RangedObject(io.RawIOBase):
         return self._pos
 
     def _get(self, offset: int, length: int) -> bytes:
-        return self._store.read_range(self._uri, offset, length)
+        data = self._store.read_range(self._uri, offset, length)
+        self.fetched += len(data)
+        return data
 
     def readinto(self, buffer: Any) -> int:
         view = memoryview(buffer).cast("B")

@@ -44,6 +44,7 @@ __all__ = [
     "CsvHeaderError",
     "csv_blocks",
     "jsonl_records",
+    "jsonl_records_at",
     "lines",
     "reason_class",
 ]
@@ -127,28 +128,63 @@ def _has_lone_surrogate(value: Any) -> bool:
 def jsonl_records(stream: IO[bytes], chunk: int = READ_CHUNK) -> Iterator[dict[str, Any] | BadRecord]:
     """Every non-blank line of a JSON-lines stream as a dict, or as a :class:`BadRecord`."""
     for number, line in enumerate(lines(stream, chunk), start=1):
-        if number == 1:
-            line = line.removeprefix(_BOM)
-        if not line.strip():
-            continue
-        where = f"line {number}"
-        try:
-            text = line.decode("utf-8")
-        except UnicodeDecodeError as err:
-            yield BadRecord(INVALID_UTF8, where, f"byte {err.start} ({line[err.start:err.start + 1]!r})", _shown(line))
-            continue
-        try:
-            record = json.loads(text)
-        except json.JSONDecodeError as err:
-            yield BadRecord(INVALID_JSON, where, err.msg, _shown(text))
-            continue
-        if not isinstance(record, dict):
-            yield BadRecord(NOT_AN_OBJECT, where, "", _shown(text))
-            continue
-        if ("\\u" in text or "\\U" in text) and _has_lone_surrogate(record):
-            yield BadRecord(INVALID_UTF8, where, "a \\u escape decodes to a lone surrogate", _shown(text))
-            continue
-        yield record
+        record = _jsonl_record(line, number)
+        if record is not None:
+            yield record
+
+
+def jsonl_records_at(stream: IO[bytes], chunk: int = READ_CHUNK, *, offset: int = 0,
+                     line: int = 1) -> Iterator[tuple[dict[str, Any] | BadRecord, int, int]]:
+    """:func:`jsonl_records` of a stream that starts at byte ``offset`` of its file, on line number
+    ``line`` (a line start), each record with the file offset just past its line and the number of
+    the line after it: where a reader can later start again without missing anything that follows.
+
+    Line numbers go on from ``line`` so that a :class:`BadRecord` found by a reader that entered the
+    file in the middle says the same as one found by a reader that parsed it from its first byte.
+    """
+    end = offset
+    for number, (text, ended) in enumerate(_ended_lines(stream, chunk), start=line):
+        end += len(text) + ended
+        record = _jsonl_record(text, number)
+        if record is not None:
+            yield record, end, number + 1
+
+
+def _ended_lines(stream: IO[bytes], chunk: int) -> Iterator[tuple[bytes, bool]]:
+    """:func:`lines`, each with whether a ``\\n`` ended it (the last line of a file may lack one)."""
+    rest = b""
+    while True:
+        data = stream.read(chunk)
+        if not data:
+            break
+        parts = (rest + data).split(b"\n")
+        rest = parts.pop()
+        for part in parts:
+            yield part, True
+    if rest:
+        yield rest, False
+
+
+def _jsonl_record(line: bytes, number: int) -> dict[str, Any] | BadRecord | None:
+    """Line ``number`` (1-based) as a record, a :class:`BadRecord`, or None for a blank line."""
+    if number == 1:
+        line = line.removeprefix(_BOM)
+    if not line.strip():
+        return None
+    where = f"line {number}"
+    try:
+        text = line.decode("utf-8")
+    except UnicodeDecodeError as err:
+        return BadRecord(INVALID_UTF8, where, f"byte {err.start} ({line[err.start:err.start + 1]!r})", _shown(line))
+    try:
+        record = json.loads(text)
+    except json.JSONDecodeError as err:
+        return BadRecord(INVALID_JSON, where, err.msg, _shown(text))
+    if not isinstance(record, dict):
+        return BadRecord(NOT_AN_OBJECT, where, "", _shown(text))
+    if ("\\u" in text or "\\U" in text) and _has_lone_surrogate(record):
+        return BadRecord(INVALID_UTF8, where, "a \\u escape decodes to a lone surrogate", _shown(text))
+    return record
 
 
 # --- CSV --------------------------------------------------------------------------------------------
