@@ -120,6 +120,25 @@ class HashSet:
             recent.clear()
         return new
 
+    def sorted_keys(self) -> NDArray[np.uint64]:
+        """Every key, ascending and distinct: the set's own array when nothing was added since its last
+        merge (so no copy of millions of keys; do not modify it), else a merged copy."""
+        if not self._recent:
+            return self._sorted
+        merged = np.concatenate((self._sorted, np.fromiter(self._recent, dtype=np.uint64, count=len(self._recent))))
+        merged.sort()
+        return merged
+
+    @classmethod
+    def from_sorted(cls, keys: NDArray[np.uint64]) -> HashSet:
+        """The set of ``keys``, already ascending and distinct (as :meth:`sorted_keys` gives them), taken
+        over without sorting; ValueError when they are not."""
+        if len(keys) > 1 and not bool((keys[1:] > keys[:-1]).all()):
+            raise ValueError("the keys are not ascending and distinct")
+        found = cls()
+        found._sorted = keys
+        return found
+
 
 def shingles(text: str, n: int = 3) -> list[bytes]:
     """Distinct character ``n``-grams of the normalised text (the whole text when shorter)."""

@@ -13,11 +13,13 @@ that brings a key wins (its row id, image and attribute spelling).
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+import json
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import overload
 
 import numpy as np
+import pyarrow as pa
 from numpy.typing import NDArray
 
 from .dedup import HashSet, item_repr
@@ -68,6 +70,40 @@ class _Texts:
     @property
     def nbytes(self) -> int:
         return len(self._buffer) + int(self._offsets.nbytes) + int(self._null.nbytes)
+
+    def to_arrow(self) -> pa.Array:
+        """Every value as one Arrow ``large_string`` array over this object's own buffers (no copy)."""
+        n = len(self._null)
+        nulls = int(self._null.sum())
+        validity = pa.py_buffer(np.packbits(~self._null, bitorder="little")) if nulls else None
+        return pa.Array.from_buffers(pa.large_string(), n,
+                                     [validity, pa.py_buffer(self._offsets), pa.py_buffer(self._buffer)], nulls)
+
+    @classmethod
+    def from_arrow(cls, column: pa.ChunkedArray) -> _Texts:
+        """Frozen texts holding the values of ``column`` (string or large_string chunks): one copy of
+        the UTF-8 bytes, never a Python ``str`` per value."""
+        pieces: list[pa.Buffer] = []
+        offsets = [np.zeros(1, dtype=np.int64)]
+        nulls = [np.zeros(0, dtype=bool)]
+        size = 0
+        for chunk in column.chunks:
+            chunk = chunk.cast(pa.large_string())
+            _, offset_buffer, data = chunk.buffers()
+            if offset_buffer is None:  # an empty chunk may come without buffers
+                continue
+            ends = np.frombuffer(offset_buffer, dtype=np.int64)[chunk.offset : chunk.offset + len(chunk) + 1]
+            start, stop = int(ends[0]), int(ends[-1])
+            if data is not None and stop > start:
+                pieces.append(data[start:stop])
+            offsets.append(ends[1:] - start + size)
+            nulls.append(chunk.is_null().to_numpy(zero_copy_only=False))
+            size += stop - start
+        texts = cls()
+        texts._buffer = b"".join(pieces)
+        texts._offsets = np.concatenate(offsets)
+        texts._null = np.concatenate(nulls)
+        return texts
 
 
 class ItemPool(Sequence[PoolItem]):
@@ -143,6 +179,44 @@ class ItemPool(Sequence[PoolItem]):
         """Bytes held (buffers and arrays; not the Python object headers)."""
         texts = [self._items, *self._columns.values(), *([self._images] if self._images is not None else [])]
         return int(self._order.nbytes + self.keys.nbytes + self._row_ids.nbytes) + sum(t.nbytes for t in texts)
+
+    def arrow_schema(self) -> pa.Schema:
+        """The columns :meth:`record_batches` gives: ``key``, ``row_id``, ``item``, one
+        ``attribute:<name>`` per attribute and ``image`` when the source has images (the prefix keeps a
+        column named like a fixed one apart); the attribute names, in order, are in the metadata."""
+        fields = [pa.field("key", pa.uint64(), nullable=False), pa.field("row_id", pa.int64(), nullable=False),
+                  pa.field("item", pa.large_string())]
+        fields += [pa.field(f"attribute:{name}", pa.large_string()) for name in self.attributes]
+        if self._images is not None:
+            fields.append(pa.field("image", pa.large_string()))
+        return pa.schema(fields, metadata={"attributes": json.dumps(list(self.attributes), ensure_ascii=False)})
+
+    def record_batches(self, rows: int = 65_536) -> Iterator[pa.RecordBatch]:
+        """The pool in pool order, ``rows`` items at a time: each batch copies only its own items, so
+        writing a pool of millions holds one batch beside it, not a second pool."""
+        schema = self.arrow_schema()
+        texts = [self._items, *(self._columns[name] for name in self.attributes),
+                 *([self._images] if self._images is not None else [])]
+        whole = [t.to_arrow() for t in texts]
+        for start in range(0, len(self), rows):
+            order = self._order[start : start + rows]
+            picked = pa.array(order)
+            yield pa.RecordBatch.from_arrays(
+                [pa.array(self.keys[start : start + rows]), pa.array(self._row_ids[order]),
+                 *(column.take(picked) for column in whole)], schema=schema)
+
+    @classmethod
+    def from_arrow(cls, schema: pa.Schema, column: Callable[[str], pa.ChunkedArray]) -> ItemPool:
+        """The pool :meth:`record_batches` wrote, given its ``schema`` and a reader of one column by
+        name (called once per column, so a caller reading from a file holds one column's Arrow data
+        at a time beside the pool being built)."""
+        attributes = tuple(json.loads((schema.metadata or {})[b"attributes"]))
+        keys = column("key").to_numpy().astype(np.uint64, copy=False)
+        row_ids = column("row_id").to_numpy().astype(np.int64, copy=False)
+        items = _Texts.from_arrow(column("item"))
+        columns = {name: _Texts.from_arrow(column(f"attribute:{name}")) for name in attributes}
+        images = _Texts.from_arrow(column("image")) if "image" in schema.names else None
+        return cls(attributes, keys, row_ids, items, columns, images)
 
 
 class ItemPoolBuilder:

@@ -52,7 +52,7 @@ from .reducers import (
     SourcePairs,
 )
 from .rows import ColumnRoles, RowBatch
-from .source import RawBatch
+from .source import Checkpoint, RawBatch
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +75,9 @@ class DatasetKnowledge:
     sample: RowBatch | None
     selection: dict[str, SelectionBudget] = field(default_factory=dict)
     seconds: float = 0.0
+    #: Per source object, its :data:`~.source.Checkpoint` s (JSONL; empty for CSV and Parquet): where a
+    #: shard's ranged read of the object may start instead of at its first byte.
+    object_offsets: list[list[Checkpoint]] = field(default_factory=list)
 
     def summary(self) -> dict[str, Any]:
         """The part of the manifest that describes the first pass."""
@@ -135,10 +138,12 @@ class FirstPass:
         optional = (self.dense, self.attribute_values, self.sample, self.item_pool)
         return [self.labels, self.pairs, self.selection, *(r for r in optional if r is not None)]
 
-    def knowledge(self, object_rows: list[int]) -> DatasetKnowledge:
+    def knowledge(self, object_rows: list[int],
+                  object_offsets: list[list[Checkpoint]] | None = None) -> DatasetKnowledge:
         """The facts, for a source of ``object_rows`` records per object (this uses the reducers up)."""
         return DatasetKnowledge(
             object_rows=list(object_rows),
+            object_offsets=[list(o) for o in object_offsets or []],
             total_rows=self.records,
             valid_rows=self.valid,
             rejected_rows=self.rejected,
@@ -153,7 +158,8 @@ class FirstPass:
 
 
 def learn(batches: Iterator[RawBatch], object_rows: list[int], roles: ColumnRoles, spec: AugmentationRunSpec,
-          needs: frozenset[str], progress: Callable[[int], None] | None = None) -> DatasetKnowledge:
+          needs: frozenset[str], progress: Callable[[int], None] | None = None,
+          object_offsets: list[list[Checkpoint]] | None = None) -> DatasetKnowledge:
     """Reduce the whole source (``batches`` from :meth:`~.source.SourceReader.read_all`) to knowledge."""
     started = time.monotonic()
     cleaner = Cleaner(roles, spec.preprocess, spec.filters.pii_redaction)
@@ -163,7 +169,7 @@ def learn(batches: Iterator[RawBatch], object_rows: list[int], roles: ColumnRole
         first_pass.add(raw.size, batch, len(rejects))
         if progress is not None:
             progress(raw.size)
-    knowledge = first_pass.knowledge(object_rows)
+    knowledge = first_pass.knowledge(object_rows, object_offsets)
     knowledge.seconds = time.monotonic() - started
     log.info("first pass done", extra={"records": knowledge.total_rows, "valid_rows": knowledge.valid_rows,
                                         "rejected_rows": knowledge.rejected_rows, "label_type": knowledge.labels.kind,

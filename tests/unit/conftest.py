@@ -17,8 +17,8 @@ from sampleforge.jobs.common.storage import S3Uri
 
 
 class LocalStore:
-    """The part of :class:`~sampleforge.jobs.common.storage.ObjectStore` the fine-tune reader uses,
-    over objects in memory; it records which thread downloaded what."""
+    """The part of :class:`~sampleforge.jobs.common.storage.ObjectStore` the fine-tune reader and the
+    augmentation writers use, over objects in memory; it records which thread downloaded what."""
 
     def __init__(self) -> None:
         self.objects: dict[str, bytes] = {}
@@ -47,6 +47,23 @@ class LocalStore:
         self.downloads.append((threading.current_thread().name, str(uri)))
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(self.objects[str(uri)])
+
+    def read_bytes(self, uri: S3Uri) -> bytes:
+        return self.read_range(uri)
+
+    def read_range(self, uri: S3Uri, offset: int = 0, length: int = 0) -> bytes:
+        data = self.objects[str(uri)]
+        return data[offset : offset + length] if length else data[offset:]
+
+    def write_bytes(self, uri: S3Uri, data: bytes, content_type: str = "application/octet-stream") -> str:
+        self.objects[str(uri)] = bytes(data)
+        return hashlib.md5(data).hexdigest()
+
+    def upload_file(self, uri: S3Uri, path: Path, content_type: str = "application/octet-stream") -> str:
+        return self.write_bytes(uri, path.read_bytes(), content_type)
+
+    def remove(self, uri: S3Uri) -> None:
+        del self.objects[str(uri)]
 
     def read_manifest(self, prefix: S3Uri) -> dict[str, Any] | None:
         data = self.objects.get(str(prefix.join("manifest.json")))
