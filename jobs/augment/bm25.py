@@ -22,8 +22,10 @@ turned term-major). A query batch's product is bounded by :data:`QUERY_POSTINGS`
 
 from __future__ import annotations
 
+import io
 import math
 import re
+import zipfile
 from array import array
 from collections import Counter
 from collections.abc import Iterable, Sequence
@@ -181,23 +183,42 @@ class BM25Index:
 
     def save(self, path: str | Path) -> None:
         """Write the index to ``path`` (one ``.npz`` file); :meth:`load` reads it back."""
-        m = self._matrix
-        terms = sorted(self.vocabulary, key=self.vocabulary.__getitem__)
-        with open(path, "wb") as f:
-            np.savez(f, data=m.data, indices=m.indices, indptr=m.indptr, shape=np.asarray(m.shape, dtype=np.int64),
-                     params=np.asarray([self.k1, self.b]),
-                     terms=np.frombuffer("\n".join(terms).encode("utf-8"), dtype=np.uint8))
+        Path(path).write_bytes(self.to_bytes())
 
     @classmethod
     def load(cls, path: str | Path) -> BM25Index:
-        with np.load(path, allow_pickle=False) as f:
-            shape = tuple(int(x) for x in f["shape"])
-            matrix = sp.csr_matrix((f["data"], f["indices"], f["indptr"]), shape=(shape[0], shape[1]))
-            k1, b = (float(x) for x in f["params"])
-            text = f["terms"].tobytes().decode("utf-8")
+        return cls.from_bytes(Path(path).read_bytes())
+
+    def to_bytes(self) -> bytes:
+        """The index as ``np.savez`` bytes: the term-major CSR arrays (``data``, ``indices``, ``indptr``,
+        ``shape``), ``k1`` and ``b``, and the vocabulary as newline-separated UTF-8 terms in id order
+        (tokens are word characters, never a newline). Plain arrays only, so loading needs no pickle;
+        deterministic (the zip entries carry a fixed timestamp), so the same index gives the same bytes."""
+        m = self._matrix
+        terms = sorted(self.vocabulary, key=self.vocabulary.__getitem__)
+        buffer = io.BytesIO()
+        np.savez(buffer, data=m.data, indices=m.indices, indptr=m.indptr, shape=np.asarray(m.shape, dtype=np.int64),
+                 params=np.asarray([self.k1, self.b]),
+                 terms=np.frombuffer("\n".join(terms).encode("utf-8"), dtype=np.uint8))
+        return buffer.getvalue()
+
+    @classmethod
+    def from_bytes(cls, data: bytes | memoryview) -> BM25Index:
+        """The index :meth:`to_bytes` wrote; ``ValueError`` when the arrays do not make one."""
+        try:
+            with np.load(io.BytesIO(data), allow_pickle=False) as f:
+                shape = tuple(int(x) for x in f["shape"])
+                matrix = sp.csr_matrix((f["data"], f["indices"], f["indptr"]), shape=(shape[0], shape[1]))
+                k1, b = (float(x) for x in f["params"])
+                text = f["terms"].tobytes().decode("utf-8")
+        except (OSError, KeyError, EOFError, zipfile.BadZipFile, UnicodeDecodeError) as err:
+            raise ValueError(f"not a saved BM25 index: {type(err).__name__}: {err}") from err
+        vocabulary = {term: i for i, term in enumerate(text.split("\n"))} if shape[0] else {}
+        if len(vocabulary) != shape[0]:
+            raise ValueError(f"a saved BM25 index of {shape[0]} terms holds a vocabulary of {len(vocabulary)}")
         index = cls.__new__(cls)
         index.k1, index.b = k1, b
-        index.vocabulary = {term: i for i, term in enumerate(text.split("\n"))} if shape[0] else {}
+        index.vocabulary = vocabulary
         index.size = shape[1]
         index._set_matrix(matrix)
         return index

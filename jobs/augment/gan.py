@@ -1,12 +1,22 @@
 """``gan``: synthesise dense feature vectors with a conditional GAN trained on the source.
 
-**Training.** The factory trains one generator / discriminator pair (:mod:`.tabulargan`: MLPs,
-non-saturating GAN loss with an R1 penalty on the discriminator, Adam) on the dense features of the
-first pass's row sample (``build.knowledge.sample``: uniform, whole-source, the same in every
-shard), conditioned on the label. Every shard trains the same model:
-the weights are initialised and the mini-batches and noise drawn from the run seed only. On CUDA
-(used when available) training is repeatable on the same GPU model; tests and CPU-only clusters get
-bit-identical models.
+**Training.** One generator / discriminator pair (:mod:`.tabulargan`: MLPs, non-saturating GAN loss
+with an R1 penalty on the discriminator, Adam) is trained on the dense features of the first pass's
+row sample (``build.knowledge.sample``: uniform, whole-source, the same in every shard), conditioned
+on the label; the weights are initialised and the mini-batches and noise drawn from the run seed
+only. On CUDA (used when available) training is repeatable on the same GPU model; tests and CPU-only
+clusters get bit-identical models.
+
+**Trained once per run.** The type is registered with ``prepares=True``: in a run of several shards
+the analysis step trains the model (and measures its fidelity) once and exports it
+(:meth:`GanAugmenter.export_state`: the generator's float64 weights, the standardisation and the
+condition as ``torch.save`` tensors, loaded with ``weights_only=True``); every shard's factory loads
+it instead of training, after checking that it was trained on the same sample, features, labels and
+settings (a fingerprint of them), and generates exactly the rows the model it would have trained
+gives. A run of one shard trains in its factory. The summary of a loaded model says
+``"prepared": true`` with ``trainingSeconds`` 0 (the analysis step logs its training time; the state
+holds no clock reading, so preparing twice gives the same bytes); its ``device`` and ``fidelity`` are
+the analysis step's.
 
 * The features are first put in the space the output is written in (the sample holds raw values;
   ``spec.preprocess`` clipping and normalisation are applied with the first pass's statistics), then
@@ -35,6 +45,9 @@ differences, and the AUC of a classifier that tells real from generated rows).
 
 from __future__ import annotations
 
+import hashlib
+import io
+import json
 import logging
 import math
 import time
@@ -52,9 +65,9 @@ from .labels import Labels
 from .mixup import features_of, sample_matrix
 from .protocol import BatchPlan, GeneratedRow
 from .randomness import RowRandomness
-from .registry import BuildContext, register_row_augmenter
+from .registry import BuildContext, PreparedPayload, register_row_augmenter, seal_state
 from .rows import RowBatch
-from .tabulargan import TabularGan, fidelity, train_gan
+from .tabulargan import HIDDEN, TabularGan, fidelity, train_gan
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +75,13 @@ __all__ = ["FIDELITY_ROWS", "MAX_CLASSES", "Condition", "GanAugmenter", "selecte
 
 MAX_CLASSES = 64
 FIDELITY_ROWS = 5000
+#: Kind and format version of the prepared state (:func:`~.registry.seal_state`); a change to what
+#: :meth:`GanAugmenter.export_state` writes must bump the version.
+STATE_KIND = "gan"
+STATE_VERSION = 1
+#: Summary facts that come from training; a loaded model carries the analysis step's. Not its
+#: training time: a clock reading would make the state's bytes differ between two identical runs.
+_TRAINING_FACTS = ("device", "fidelity")
 
 
 # --- the condition --------------------------------------------------------------------------------
@@ -119,7 +139,8 @@ class GanAugmenter:
     label_rule = "condition"
 
     def __init__(self, name: str, model: TabularGan, features: Sequence[str], condition: Condition,
-                 labels: Labels, label_column: str, quota: Mapping[int, int], summary: Mapping[str, Any]) -> None:
+                 labels: Labels, label_column: str, quota: Mapping[int, int], summary: Mapping[str, Any],
+                 fingerprint: str = "") -> None:
         self.name = name
         self.model = model
         self.features = tuple(features)
@@ -128,9 +149,17 @@ class GanAugmenter:
         self.label_column = label_column
         self.quota = dict(quota)
         self._summary = dict(summary)
+        self.fingerprint = fingerprint
 
     def summary(self) -> Mapping[str, Any]:
         return self._summary
+
+    def export_state(self) -> bytes:
+        """The trained model for the shards (see the module docstring), sealed with its fingerprint
+        and the training facts of the summary."""
+        facts = {key: self._summary[key] for key in _TRAINING_FACTS}
+        return seal_state(STATE_KIND, STATE_VERSION, _model_bytes(self.model, self.condition),
+                          {"fingerprint": self.fingerprint, "features": list(self.features), **facts})
 
     def augment(self, batch: RowBatch, plan: BatchPlan) -> list[GeneratedRow]:
         out: list[GeneratedRow] = []
@@ -163,10 +192,8 @@ def selected_rows(build: BuildContext, name: str, row_ids: NDArray[np.int64]) ->
     return chosen
 
 
-@register_row_augmenter(GanSpec, needs=("sample",))
+@register_row_augmenter(GanSpec, needs=("sample",), prepares=True)
 def _build(entry: GanSpec, build: BuildContext) -> GanAugmenter:
-    import torch
-
     name = entry.display_name()
     features, positions = features_of(entry, build)
     row_ids, x, labels = sample_matrix(build, positions)
@@ -176,15 +203,12 @@ def _build(entry: GanSpec, build: BuildContext) -> GanAugmenter:
     condition = Condition.fit(build.labels, labels, f"{build.field_path}")
     cond = condition.encode(labels, build.labels)
     randomness_seed = _seed(build, name)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    started = time.monotonic()
-    model = train_gan(x, cond, latent_dim=entry.latent_dim, epochs=entry.epochs, batch_size=entry.batch_size,
-                      seed=randomness_seed, device=device)
-    seconds = time.monotonic() - started
-    rng = np.random.Generator(np.random.PCG64(randomness_seed ^ 0xF1DE))
-    pick = np.sort(rng.choice(len(x), size=min(len(x), FIDELITY_ROWS), replace=False))
-    fake = model.generate(rng.standard_normal((len(pick), entry.latent_dim)), cond[pick])
-    quality = fidelity(x[pick], fake, cond[pick], features, randomness_seed)
+    fingerprint = _fingerprint(entry, features, condition, x, cond, randomness_seed)
+    prepared = build.prepared_payload(STATE_KIND, STATE_VERSION)
+    if prepared is None:
+        model, facts = _trained(entry, features, x, cond, randomness_seed)
+    else:
+        model, facts = _loaded(prepared, build, fingerprint, condition, entry.latent_dim)
     eligible = row_ids[selected_rows(build, name, row_ids)]
     total = min(entry.samples, entry.max_rows) if entry.max_rows else entry.samples
     counts = shares(total if len(eligible) else 0, len(eligible))
@@ -193,15 +217,102 @@ def _build(entry: GanSpec, build: BuildContext) -> GanAugmenter:
         log.warning("gan: no sample row is selected by the augmenter's fraction; it generates nothing",
                     extra={"augmenter": name, "fraction": entry.fraction})
     summary = {
-        "device": device.type, "trainingRows": len(x), "features": features, "conditioning": condition.describe(),
-        "epochs": entry.epochs, "batchSize": entry.batch_size, "latentDim": entry.latent_dim,
-        "trainingSeconds": round(seconds, 3), "samples": sum(quota.values()), "sourceRows": len(quota),
-        "fidelity": quality,
+        "device": facts["device"], "trainingRows": len(x), "features": features,
+        "conditioning": condition.describe(), "epochs": entry.epochs, "batchSize": entry.batch_size,
+        "latentDim": entry.latent_dim, "trainingSeconds": facts["trainingSeconds"], "samples": sum(quota.values()),
+        "sourceRows": len(quota), "fidelity": facts["fidelity"],
+        **({"prepared": True} if prepared is not None else {}),
     }
-    log.info("gan trained", extra={"augmenter": name, **{k: v for k, v in summary.items() if k != "fidelity"},
-                                   "classifier_auc": quality["classifierAuc"],
-                                   "wasserstein1_mean": quality["wasserstein1"]["mean"]})
-    return GanAugmenter(name, model, features, condition, build.labels, build.roles.label, quota, summary)
+    quality = summary["fidelity"]
+    log.info("gan loaded from the analysis step" if prepared is not None else "gan trained",
+             extra={"augmenter": name, **{k: v for k, v in summary.items() if k != "fidelity"},
+                    "classifier_auc": quality["classifierAuc"], "wasserstein1_mean": quality["wasserstein1"]["mean"]})
+    return GanAugmenter(name, model, features, condition, build.labels, build.roles.label, quota, summary,
+                        fingerprint)
+
+
+def _trained(entry: GanSpec, features: Sequence[str], x: NDArray[np.float64], cond: NDArray[np.float64],
+             seed: int) -> tuple[TabularGan, dict[str, Any]]:
+    """Train the model and measure its fidelity: (model, the summary's training facts)."""
+    import torch
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    started = time.monotonic()
+    model = train_gan(x, cond, latent_dim=entry.latent_dim, epochs=entry.epochs, batch_size=entry.batch_size,
+                      seed=seed, device=device)
+    seconds = time.monotonic() - started
+    rng = np.random.Generator(np.random.PCG64(seed ^ 0xF1DE))
+    pick = np.sort(rng.choice(len(x), size=min(len(x), FIDELITY_ROWS), replace=False))
+    fake = model.generate(rng.standard_normal((len(pick), entry.latent_dim)), cond[pick])
+    quality = fidelity(x[pick], fake, cond[pick], features, seed)
+    return model, {"device": device.type, "trainingSeconds": round(seconds, 3), "fidelity": quality}
+
+
+def _fingerprint(entry: GanSpec, features: Sequence[str], condition: Condition, x: NDArray[np.float64],
+                 cond: NDArray[np.float64], seed: int) -> str:
+    """Digest of everything the trained model depends on: a loaded model must be the one this shard
+    would have trained, or its rows would differ from a run that trained it."""
+    settings = {"features": list(features), "classes": list(condition.classes), "mean": condition.mean,
+                "scale": condition.scale, "latentDim": entry.latent_dim, "epochs": entry.epochs,
+                "batchSize": entry.batch_size, "hidden": HIDDEN, "seed": seed}
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode("utf-8"))
+    for array in (x, cond):
+        digest.update(repr(array.shape).encode("ascii"))
+        digest.update(np.ascontiguousarray(array, dtype=np.float64).tobytes())
+    return digest.hexdigest()
+
+
+def _model_bytes(model: TabularGan, condition: Condition) -> bytes:
+    """``torch.save`` of the generator's float64 layers, the standardisation and the condition: tensors,
+    numbers and strings only, so loading needs no pickled objects (``weights_only=True``)."""
+    import torch
+
+    state: dict[str, Any] = {"latentDim": model.latent_dim, "layers": len(model.layers),
+                             "mean": torch.from_numpy(np.ascontiguousarray(model.mean, dtype=np.float64)),
+                             "scale": torch.from_numpy(np.ascontiguousarray(model.scale, dtype=np.float64)),
+                             "conditionClasses": list(condition.classes), "conditionMean": condition.mean,
+                             "conditionScale": condition.scale}
+    for k, (weight, bias) in enumerate(model.layers):
+        state[f"layer{k}.weight"] = torch.from_numpy(np.ascontiguousarray(weight, dtype=np.float64))
+        state[f"layer{k}.bias"] = torch.from_numpy(np.ascontiguousarray(bias, dtype=np.float64))
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    return buffer.getvalue()
+
+
+def _loaded(prepared: PreparedPayload, build: BuildContext, fingerprint: str, condition: Condition,
+            latent_dim: int) -> tuple[TabularGan, dict[str, Any]]:
+    """The model the analysis step trained, after checking it is the one this spec and sample give."""
+    import pickle
+
+    import torch
+
+    meta = prepared.meta
+    if meta.get("fingerprint") != fingerprint:
+        raise build.stale_state("another sample, features, labels or gan settings than this shard's analysis")
+    try:
+        state = torch.load(io.BytesIO(prepared.payload), map_location="cpu", weights_only=True)
+        layers = tuple((_array(state[f"layer{k}.weight"]), _array(state[f"layer{k}.bias"]))
+                       for k in range(int(state["layers"])))
+        model = TabularGan(layers, _array(state["mean"]), _array(state["scale"]), int(state["latentDim"]))
+        stored = Condition(tuple(str(c) for c in state["conditionClasses"]), float(state["conditionMean"]),
+                           float(state["conditionScale"]))
+        facts = {**{key: meta[key] for key in _TRAINING_FACTS}, "trainingSeconds": 0.0}
+    except (RuntimeError, EOFError, OSError, KeyError, TypeError, ValueError, pickle.UnpicklingError) as err:
+        raise ConfigError(f"{build.field_path}: the prepared gan state does not load ({type(err).__name__}: {err}); "
+                          "rerun the analysis step") from err
+    if stored != condition or model.latent_dim != latent_dim:
+        raise build.stale_state("another condition or latent size than this spec's")
+    return model, facts
+
+
+def _array(tensor: Any) -> NDArray[np.float64]:
+    import torch
+
+    if not isinstance(tensor, torch.Tensor) or tensor.dtype != torch.float64:
+        raise TypeError(f"expected a float64 tensor, found {type(tensor).__name__}")
+    out: NDArray[np.float64] = tensor.numpy().copy()
+    return out
 
 
 def _seed(build: BuildContext, name: str) -> int:

@@ -51,7 +51,10 @@ How the families that need more than a batch are built:
   job log. A new model-based type reuses :class:`~.transformers_engine.TextGenerator` and its ``generate``.
 * **GAN / mixup** (dense features, :mod:`.gan`, :mod:`.mixup`): declare ``needs=("sample",)`` and fit
   on ``build.knowledge.sample`` (a uniform sample of whole source rows, identical in every shard) in
-  the factory, so every shard trains the same model. The sample holds the first pass's values: dense
+  the factory, so every process that trains gets the same model. The GAN trains once per run: it is
+  registered with ``prepares=True``, the analysis step trains it and exports it
+  (:class:`WholeSourceState`), and the shards' factories load it from ``build.prepared`` (see
+  :mod:`.registry`); a run of one shard trains in its factory as before. The sample holds the first pass's values: dense
   features *before* clipping and normalisation, labels as read; apply
   ``build.knowledge.dense.transform`` and ``build.labels.coerce`` to put them in the space of the
   batches. A synthetic row still names a ``source_row``: the selected row whose other columns
@@ -66,6 +69,9 @@ How the families that need more than a batch are built:
   pipeline counts it as dropped (filter ``notGenerated``, per reason) in the manifest and report,
   so a broken input shows up instead of silently producing fewer rows.
 * **Source-row selection** (undersampling): also implement :class:`SourceRowSelector`.
+* **Whole-source state** that is expensive to build (a trained model, a retrieval index over the item
+  pool): register with ``prepares=True`` and implement :class:`WholeSourceState`; the factory loads
+  ``build.prepared`` when it is given and builds otherwise, and both must give the same rows.
 
 Rows are defined in :mod:`.rows`, labels in :mod:`.labels`, a factory's context in :mod:`.registry`;
 this module holds only what passes between the pipeline and an augmenter, and imports neither torch
@@ -84,7 +90,7 @@ from numpy.typing import NDArray
 from .randomness import RowRandomness
 from .rows import RowBatch
 
-__all__ = ["AugmenterSummary", "BatchPlan", "GeneratedRow", "RowAugmenter", "SourceRowSelector"]
+__all__ = ["AugmenterSummary", "BatchPlan", "GeneratedRow", "RowAugmenter", "SourceRowSelector", "WholeSourceState"]
 
 
 @dataclass(frozen=True)
@@ -164,3 +170,18 @@ class SourceRowSelector(Protocol):
     """
 
     def keep_source_rows(self, batch: RowBatch, plan: BatchPlan) -> NDArray[np.bool_]: ...
+
+
+@runtime_checkable
+class WholeSourceState(Protocol):
+    """Optional extension, required of the augmenters of a type registered with ``prepares=True``:
+    the whole-source state it was built with (a trained model, a retrieval index), as bytes.
+
+    Why: that state is the same in every shard and costly to build, so a run of several shards builds
+    it once, in the analysis step, and each shard's factory loads these bytes (``build.prepared``)
+    instead. They must be a sealed envelope (:func:`~.registry.seal_state`), deterministic where the
+    underlying library is, and an augmenter loaded from them must generate exactly the rows of one
+    that built the state itself.
+    """
+
+    def export_state(self) -> bytes: ...

@@ -4,7 +4,8 @@ One function builds the index from vectors given chunk by chunk (:func:`build_ve
 the vectors of millions of items never have to be held twice; the result can be written and read
 back (:meth:`VectorIndex.save`, :meth:`VectorIndex.to_bytes`), so a step that runs once per run can
 build it and every shard load it. :func:`build_item_index` is that step for the hard-negative miner:
-BM25 or embeddings over the first pass's item pool.
+BM25 or embeddings over the first pass's item pool; :func:`load_item_index` reads either back from
+its ``to_bytes()`` (the analysis step of a run of several shards builds it, the shards load it).
 
 The index type follows the catalog size (vectors are unit length, so inner product = cosine):
 
@@ -49,6 +50,7 @@ __all__ = [
     "build_item_index",
     "build_vector_index",
     "ivf_parameters",
+    "load_item_index",
 ]
 
 #: Catalogs up to this size are searched exactly.
@@ -136,7 +138,7 @@ class VectorIndex:
         return bytes(_faiss().serialize_index(self.index).tobytes())
 
     @classmethod
-    def from_bytes(cls, data: bytes) -> VectorIndex:
+    def from_bytes(cls, data: bytes | memoryview) -> VectorIndex:
         return cls(_faiss().deserialize_index(np.frombuffer(data, dtype=np.uint8)))
 
     def save(self, path: str | Path) -> None:
@@ -230,3 +232,14 @@ def build_item_index(pool: ItemPool, method: str, encoder: Encoder | None = None
     if encoder is None:
         raise ValueError("method embedding needs an encoder")
     return build_vector_index(encoded_chunks(encoder.encode, pool), len(pool), seed=seed)
+
+
+def load_item_index(method: str, data: bytes | memoryview) -> BM25Index | VectorIndex:
+    """The index :func:`build_item_index` built for ``method``, from its ``to_bytes()``; ``ValueError``
+    when ``data`` is not such an index."""
+    if method == "bm25":
+        return BM25Index.from_bytes(data)
+    try:
+        return VectorIndex.from_bytes(data)
+    except RuntimeError as err:  # faiss reports a malformed index as a RuntimeError
+        raise ValueError(f"not a serialised faiss index: {err}") from err
