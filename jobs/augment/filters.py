@@ -250,9 +250,11 @@ class ExactDedup:
         self.source_pairs = source_pairs
         self.generated = HashSet()
 
-    def _key(self, c: Candidate) -> int:
+    def key(self, c: Candidate) -> int:
         """The pair's hash; a row that changed dense features or the image is a new sample even with
-        the same texts, so those values join the key then."""
+        the same texts, so those values join the key then. Public because a shard writes the keys of
+        the rows it keeps beside its parts, where the reduce step finds duplicates across shards by
+        the same key (:mod:`.crossdedup`)."""
         roles = self.roles
         item = _item_text(c.row, roles)
         if "dense" in c.changed:
@@ -262,7 +264,7 @@ class ExactDedup:
         return pair_hash(_text(c, "query", roles), item)
 
     def check(self, candidates: Sequence[Candidate]) -> list[str | None]:
-        keys = np.fromiter((self._key(c) for c in candidates), dtype=np.uint64, count=len(candidates))
+        keys = np.fromiter((self.key(c) for c in candidates), dtype=np.uint64, count=len(candidates))
         in_source = self.source_pairs.contains(keys)
         out: list[str | None] = [None] * len(candidates)
         fresh = [k for k in range(len(candidates)) if not in_source[k]]

@@ -10,6 +10,11 @@ Layout under ``spec.output.uri`` (every path in a manifest is relative to it)::
     report.html                               the same with plots (htmlreport.py)
     manifest.json                             written last: the run's commit
 
+Beside its parts a shard may write each part's exact-dedup keys, under ``_dedup/`` with the part's
+name and ``.u64`` (:meth:`PartWriter.add`); the reduce step reads them to remove duplicates across
+shards and writes a part that lost rows as ``data/part-<shard>-<seq>-dedup.<ext>``
+(:mod:`.crossdedup`).
+
 **Byte-identical parts.** Rows are written in a fixed order with fixed writer settings (zstd level 3,
 dictionary encoding, format 2.6, data page v1, row groups of :data:`ROW_GROUP_ROWS`, parts of
 :data:`PART_ROWS`); parts contain no timestamps, hostnames or paths. The same input, configuration,
@@ -19,6 +24,7 @@ seed and code therefore give the same bytes, which the manifest's sha256 values 
 from __future__ import annotations
 
 import bisect
+import hashlib
 import json
 import shutil
 from collections import Counter
@@ -26,8 +32,10 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+from numpy.typing import NDArray
 
 from sampleforge.jobs.common.records import reason_class
 from sampleforge.jobs.common.storage import ObjectStore, S3Uri, sha256_file
@@ -35,8 +43,8 @@ from sampleforge.jobs.common.storage import ObjectStore, S3Uri, sha256_file
 from .preprocess import Reject
 from .rows import ColumnRoles
 
-__all__ = ["PART_ROWS", "ROW_GROUP_ROWS", "TEXT_LENGTH_EDGES", "PartWriter", "RejectsWriter", "clear_directory",
-           "length_bin", "output_schema"]
+__all__ = ["KEYS_DIR", "NEVER_DUPLICATE", "PART_ROWS", "ROW_GROUP_ROWS", "TEXT_LENGTH_EDGES", "PartWriter", "RejectsWriter",
+           "clear_directory", "json_line", "keys_path", "length_bin", "open_parquet", "output_schema", "stored_keys"]
 
 PART_ROWS = 1_000_000
 ROW_GROUP_ROWS = 50_000
@@ -73,8 +81,40 @@ def output_schema(roles: ColumnRoles, label_kind: str, judged: bool = False) -> 
     return pa.schema(fields)
 
 
-def _json_line(row: Mapping[str, Any]) -> str:
+def json_line(row: Mapping[str, Any]) -> str:
+    """A JSON-lines row as every part is written (no newline: one line per row, whatever the text)."""
     return json.dumps(row, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+
+
+def open_parquet(path: Path, schema: pa.Schema) -> pq.ParquetWriter:
+    """A Parquet writer with the fixed settings parts are written with; the reduce step rewrites parts
+    with it too, so their bytes depend only on their rows."""
+    return pq.ParquetWriter(str(path), schema, compression="zstd", compression_level=3, use_dictionary=True,
+                            write_statistics=True, version="2.6", data_page_version="1.0", write_page_index=False,
+                            store_schema=True)
+
+
+#: Where each part's dedup keys go (one object per part; see :meth:`PartWriter.add`).
+KEYS_DIR = "_dedup"
+
+
+#: The stored key of a row that is never a duplicate: a source row (the user's data, which dedup never
+#: removes). A generated row whose key happens to be 0 is stored as 1 (:func:`stored_keys`), which
+#: could merge it with a row of key 1: a 2^-64 chance, like any other 64-bit collision.
+NEVER_DUPLICATE = 0
+
+
+def stored_keys(keys: NDArray[np.uint64]) -> NDArray[np.uint64]:
+    """Generated rows' keys as a keys object stores them: 0 is taken by :data:`NEVER_DUPLICATE`."""
+    out = np.asarray(keys, dtype=np.uint64).copy()
+    out[out == NEVER_DUPLICATE] = 1
+    return out
+
+
+def keys_path(part_path: str) -> str:
+    """The keys object of a part: ``data/part-00001-00002.parquet`` -> ``_dedup/part-00001-00002.u64``."""
+    name = part_path.rsplit("/", 1)[-1].rsplit(".", 1)[0]
+    return f"{KEYS_DIR}/{name}.u64"
 
 
 class PartWriter:
@@ -82,6 +122,12 @@ class PartWriter:
 
     Rows are turned into Arrow record batches as they arrive (compact, columnar), so what waits for
     the next row group costs a few bytes per value rather than a Python object per cell.
+
+    **Dedup keys.** When :meth:`add` is given each row's exact-dedup key, every part also gets a keys
+    object (:func:`keys_path`: raw little-endian uint64, one per row in part order), listed in
+    :attr:`key_files` in part order. The reduce step reads these 8 bytes a row instead of the parts to
+    find duplicates across shards. They are a separate list, not a field of the part entries, because
+    part entries go into the manifest unchanged and its model allows no other keys.
     """
 
     def __init__(self, store: ObjectStore, prefix: S3Uri, shard: int, fmt: str, schema: pa.Schema,
@@ -100,11 +146,27 @@ class PartWriter:
         self._parquet: pq.ParquetWriter | None = None
         self._text: Any = None
         self.files: list[dict[str, Any]] = []
+        #: Entries of the parts' keys objects (path, size, sha256, rows), in part order; empty when
+        #: rows came without keys.
+        self.key_files: list[dict[str, Any]] = []
+        self._with_keys: bool | None = None
+        self._keys: list[NDArray[np.uint64]] = []
         workdir.mkdir(parents=True, exist_ok=True)
 
-    def add(self, rows: Sequence[Mapping[str, Any]]) -> None:
+    def add(self, rows: Sequence[Mapping[str, Any]], keys: NDArray[np.uint64] | None = None) -> None:
+        """Append ``rows``; ``keys``, one per row, are their exact-dedup keys. Either every call gives
+        keys or none does, so each part's keys object lines up with its rows."""
         if not rows:
             return
+        with_keys = keys is not None
+        if self._with_keys is None:
+            self._with_keys = with_keys
+        elif self._with_keys != with_keys:
+            raise ValueError("PartWriter.add: give keys with every batch of rows or with none")
+        if keys is not None:
+            if len(keys) != len(rows):
+                raise ValueError(f"PartWriter.add: {len(keys)} keys for {len(rows)} rows")
+            self._keys.append(np.asarray(keys, dtype=np.uint64))
         if self.fmt != "parquet":
             self._write_lines(rows)
             return
@@ -119,10 +181,7 @@ class PartWriter:
         ext = "parquet" if self.fmt == "parquet" else "jsonl"
         self._path = self.workdir / f"part-{self.shard:05d}-{self._seq:05d}.{ext}"
         if self.fmt == "parquet":
-            self._parquet = pq.ParquetWriter(
-                str(self._path), self.schema, compression="zstd", compression_level=3, use_dictionary=True,
-                write_statistics=True, version="2.6", data_page_version="1.0", write_page_index=False,
-                store_schema=True)
+            self._parquet = open_parquet(self._path, self.schema)
         else:
             self._text = self._path.open("w", encoding="utf-8", newline="\n")
 
@@ -144,7 +203,7 @@ class PartWriter:
         for row in rows:
             if self._path is None:
                 self._open()
-            self._text.write(_json_line({name: row.get(name) for name in self.names}) + "\n")
+            self._text.write(json_line({name: row.get(name) for name in self.names}) + "\n")
             self._part_written += 1
             if self._part_written >= self.part_rows:
                 self._finish_part()
@@ -163,10 +222,24 @@ class PartWriter:
         self.store.upload_file(self.prefix.join(rel), self._path, content_type=content)
         self.files.append({"path": rel, "size": self._path.stat().st_size, "sha256": sha256_file(self._path),
                            "rows": self._part_written})
+        if self._with_keys:
+            self._upload_keys(rel)
         self._path.unlink()
         self._path = None
         self._seq += 1
         self._part_written = 0
+
+    def _upload_keys(self, rel: str) -> None:
+        """Upload the keys of the part just finished: the first ``_part_written`` keys not yet written
+        (the rest belong to rows still pending for the next part)."""
+        keys = np.concatenate(self._keys) if self._keys else np.zeros(0, dtype=np.uint64)
+        n = self._part_written
+        data = keys[:n].astype("<u8", copy=False).tobytes()
+        self._keys = [keys[n:]] if len(keys) > n else []
+        path = keys_path(rel)
+        self.store.write_bytes(self.prefix.join(path), data, "application/octet-stream")
+        self.key_files.append({"path": path, "size": len(data), "sha256": hashlib.sha256(data).hexdigest(),
+                               "rows": n})
 
     def close(self) -> list[dict[str, Any]]:
         """Write what is pending, upload the last part; the entries of every part, in order."""

@@ -3,8 +3,13 @@
 For every batch, :meth:`BatchProcessor.process` keeps the source rows that stay (undersampling and
 the leakage guard may remove some), runs every augmenter on the rows its budget selects, checks each
 generated row against the row-augmenter protocol and its budget, redacts it, runs the filter chain
-(llmJudge verdicts included) and writes the source rows followed by the generated rows that
-survive. :class:`ShardCounts` counts all of it for the shard's marker and heartbeats.
+(llmJudge verdicts included) over the generated rows in source-row order, and writes the source rows
+followed by the generated rows that survive. :class:`ShardCounts` counts all of it for the shard's marker and heartbeats.
+
+With ``dedup_keys`` and exact dedup in the chain, every written row goes to the writer with its
+exact-dedup key (the generated rows' as :class:`~.filters.ExactDedup` computed it, source rows'
+:data:`~.output.NEVER_DUPLICATE`), which the reduce step uses to remove the generated rows that
+repeat across shards (:mod:`.crossdedup`).
 """
 
 from __future__ import annotations
@@ -15,13 +20,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
 
 from .errors import AugmentError
-from .filters import Candidate, Filter
+from .filters import Candidate, ExactDedup, Filter
 from .judge import JUDGE_LABEL_RULE, LlmJudge
 from .knowledge import DatasetKnowledge
 from .leakage import LeakageGuard
-from .output import PartWriter, length_bin
+from .output import NEVER_DUPLICATE, PartWriter, length_bin, stored_keys
 from .pii import PiiRedactor
 from .protocol import BatchPlan, GeneratedRow, RowAugmenter, SourceRowSelector
 from .randomness import RowRandomness
@@ -106,12 +112,18 @@ class BatchProcessor:
     #: ``spec.filters.piiRedaction``: redact the texts an augmenter changed.
     redact: bool
     counts: ShardCounts = field(default_factory=ShardCounts)
+    #: Hand the writer each row's exact-dedup key, for the reduce step's cross-shard dedup; ignored
+    #: when the chain has no exact dedup (``filters.dedup.method: none``), which then does not apply.
+    dedup_keys: bool = False
     randomness: dict[str, RowRandomness] = field(init=False)
     fields: dict[str, str] = field(init=False)
+    _exact: ExactDedup | None = field(init=False)
 
     def __post_init__(self) -> None:
         self.randomness = {a.name: RowRandomness(self.seed, a.name) for _, a in self.augmenters}
         self.fields = column_fields(self.roles)
+        exact = next((f for f in self.filters if isinstance(f, ExactDedup)), None)
+        self._exact = exact if self.dedup_keys else None
 
     @property
     def names(self) -> list[str]:
@@ -138,7 +150,10 @@ class BatchProcessor:
         counts.generated_kept += len(alive)
         for row in out:
             counts.count_lengths("after", row, roles)
-        self.writer.add(out)
+        if self._exact is None:
+            self.writer.add(out)
+        else:
+            self.writer.add(out, self._keys(len(out) - len(alive), alive, self._exact))
 
     def marker_counts(self, rejected: int, reject_reasons: Mapping[str, int]) -> dict[str, Any]:
         """The shard marker's ``counts`` (summed over the shards into the manifest), with the source
@@ -160,6 +175,15 @@ class BatchProcessor:
     def examples(self) -> list[dict[str, Any]]:
         """A few kept rows of each augmenter beside their source rows, in spec order (for the report)."""
         return [e for n in self.names for e in self.counts.examples.get(n, [])]
+
+    @staticmethod
+    def _keys(sources: int, alive: Sequence[Candidate], exact: ExactDedup) -> NDArray[np.uint64]:
+        """The keys of the rows written: ``sources`` source rows, then the generated rows ``alive``.
+        The generated rows' keys are computed again rather than kept from the dedup filter: it sees
+        rows a later filter (nearDedup) may still drop, and hashing is cheap next to generating."""
+        keys = np.full(sources + len(alive), NEVER_DUPLICATE, dtype=np.uint64)
+        keys[sources:] = stored_keys(np.fromiter((exact.key(c) for c in alive), dtype=np.uint64, count=len(alive)))
+        return keys
 
     def _plan(self, batch: RowBatch, name: str) -> BatchPlan:
         random = self.randomness[name]
@@ -205,6 +229,7 @@ class BatchProcessor:
         """Every augmenter's generated rows that are within its budget and change something."""
         position = {int(r): i for i, r in enumerate(batch.row_ids.tolist())}
         candidates: list[Candidate] = []
+        order = {name: k for k, name in enumerate(self.names)}
         for _, aug in self.augmenters:
             plan = plans[aug.name]
             if not plan.selected.any():
@@ -214,6 +239,11 @@ class BatchProcessor:
                 candidate = self._candidate(aug, generated, plan, position, source_rows, made)
                 if candidate is not None:
                     candidates.append(candidate)
+        # In source-row order (then spec order, then the augmenter's own): the order rows meet the
+        # filters and are written in is then the same however the rows were cut into batches and
+        # shards, so "the first of a duplicate" (the one dedup keeps, in a shard and across shards
+        # in the reduce step) is the same row for any shard count.
+        candidates.sort(key=lambda c: (c.source_row, order[c.augmenter]))
         return candidates
 
     def _filter(self, candidates: list[Candidate]) -> list[Candidate]:
