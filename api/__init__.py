@@ -38,6 +38,7 @@ from .constants import (
     Kind,
     Phase,
     Reason,
+    Step,
 )
 from .finetune import (
     DEFAULT_METRICS,
@@ -96,6 +97,7 @@ __all__ = [
     "RunOutputs",
     "SecretKeySelector",
     "Source",
+    "Step",
     "Storage",
     "Task",
     "Toleration",

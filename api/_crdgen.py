@@ -79,6 +79,8 @@ KINDS: tuple[KindDef, ...] = (
             _REASON,
             _PROGRESS,
             _column("Samples", "integer", ".status.results.samplesOut", "Rows written."),
+            _column("Stage", "string", ".status.stage", "The step a run with parallelism > 1 is at: analysis, "
+                    "shards or reduce."),
             _ETA,
             _AGE,
             _JOB,

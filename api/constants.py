@@ -65,6 +65,10 @@ MANAGED_BY_VALUE: Final = "sampleforge-operator"
 LABEL_LEADER: Final = f"{GROUP}/leader"
 LEADER_VALUE: Final = "true"
 
+#: Label on a step's Job and its pods naming the step (a :class:`Step` value); absent on the Job of a
+#: run that does all its work in one Job.
+LABEL_STEP: Final = f"{GROUP}/step"
+
 #: Label that hands a Job to Kueue; its value is ``spec.queueName``.
 KUEUE_QUEUE_LABEL: Final = "kueue.x-k8s.io/queue-name"
 
@@ -76,6 +80,31 @@ FINALIZER: Final = f"{ANNOTATION_PREFIX}/kopf-finalizer"
 GPU_RESOURCE: Final = "nvidia.com/gpu"
 #: Default node label that ``spec.resources.gpuType`` is matched against (NVIDIA GPU feature discovery).
 GPU_TYPE_NODE_LABEL: Final = "nvidia.com/gpu.product"
+
+
+# --- the steps of a sharded run -------------------------------------------------------------
+
+
+class Step(StrEnum):
+    """The steps of an AugmentationRun with ``spec.parallelism`` > 1, in the order they run, each a Job
+    of its own: the one definition the operator (Job names, ``LABEL_STEP``, ``status.stage``) and the
+    job (``SAMPLEFORGE_STEP``, :data:`sampleforge.api.jobenv.STEP`) share.
+
+    A run with parallelism 1 (and a run outside Kubernetes) has no step: its one pod does all three
+    in-process, and ``SAMPLEFORGE_STEP`` is unset.
+    """
+
+    #: One pod: a first pass over the whole source (label distribution, column statistics, item
+    #: pool and retrieval index, the GAN), committed as an artifact under the run's output.
+    ANALYSIS = "analysis"
+    #: The Indexed Job, one pod per shard: each reads the analysis artifact and only its own rows.
+    SHARDS = "shards"
+    #: One pod: removes duplicates across shards and commits manifest.json.
+    REDUCE = "reduce"
+
+
+#: The steps in the order they run (a run never goes back to an earlier one).
+STEPS: Final[tuple[Step, ...]] = tuple(Step)
 
 
 # --- status vocabulary -----------------------------------------------------------------------

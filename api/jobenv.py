@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Any, Final, TypeAlias
 
-from .constants import Kind, Reason
+from .constants import Kind, Reason, Step
 
 _P: Final = "SAMPLEFORGE_"
 
@@ -80,6 +80,10 @@ HEARTBEAT_AUDIENCE: Final = "sampleforge.io/heartbeat"
 #: (The index itself comes from Kubernetes' JOB_COMPLETION_INDEX.)
 SHARD_COUNT: Final = _P + "SHARD_COUNT"
 JOB_COMPLETION_INDEX: Final = "JOB_COMPLETION_INDEX"
+#: Which step of a sharded AugmentationRun this pod runs: a :class:`~sampleforge.api.constants.Step`
+#: value (``analysis``, ``shards``, ``reduce``). Unset: the pod does all of them in-process
+#: (parallelism 1, and runs outside Kubernetes). SHARD_COUNT is set in every step's pods.
+STEP: Final = _P + "STEP"
 
 #: torch.distributed rendezvous for multi-node FineTuneRuns (node rank = completion index).
 MASTER_ADDR: Final = "MASTER_ADDR"
@@ -232,6 +236,8 @@ class JobEnvironment:
     #: pods itself, so only runs outside Kubernetes give it.
     shard_count: int | None = None
     completion_index: int | None = None
+    #: The step of a sharded AugmentationRun this pod runs (a :class:`Step` value); None: all of them.
+    step: str | None = None
     #: A FineTuneRun's nodes, GPUs per node and, with more than one node, rank 0's rendezvous.
     num_nodes: int | None = None
     gpus_per_node: int | None = None
@@ -247,6 +253,8 @@ class JobEnvironment:
     def __post_init__(self) -> None:
         if (self.spec_file is None) == (self.spec is None):
             raise ValueError("a job environment gives the spec as a file or as a document: exactly one of them")
+        if self.step is not None and self.step not in set(Step):
+            raise ValueError(f"step {self.step!r} is not one of {', '.join(Step)} (sampleforge.api.constants.Step)")
 
 
 def _text(value: float | None) -> str | None:
@@ -283,6 +291,7 @@ def pod_environment(job: JobEnvironment) -> list[tuple[str, EnvValue]]:
         (HEARTBEAT_TOKEN_FILE, job.heartbeat_token_file),
         (CACHE_DIR, job.cache_dir), (TMPDIR, job.tmp_dir), (HOME, job.home_dir), (HF_HOME, job.hf_home),
         (SHARD_COUNT, _text(job.shard_count)), (JOB_COMPLETION_INDEX, _text(job.completion_index)),
+        (STEP, job.step),
         (NUM_NODES, _text(job.num_nodes)), (GPUS_PER_NODE, _text(job.gpus_per_node)),
         (MASTER_ADDR, job.master_addr), (MASTER_PORT, _text(job.master_port)),
     ]

@@ -16,7 +16,7 @@ from pydantic import Field
 
 from ._base import ApiModel
 from .common import Storage
-from .constants import ConditionStatus, Kind, Phase
+from .constants import ConditionStatus, Kind, Phase, Step
 from .fields import MAX_URI_LENGTH, Metric
 
 Uri = Annotated[str, Field(max_length=MAX_URI_LENGTH)]
@@ -166,6 +166,14 @@ class AugmentationRunStatus(_RunStatus):
     """Status of an AugmentationRun."""
 
     results: AugmentationResults | None = Field(default=None, description="Counts of rows read, generated and kept.")
+    stage: Step | None = Field(
+        default=None,
+        description="The step a run with spec.parallelism > 1 is at, each a Job of its own, run in this order: "
+        "analysis (one pod makes a first pass over the whole source and commits what it learnt under the "
+        "output), shards (one pod per shard, each generating from its own rows), reduce (one pod removes "
+        "duplicates across shards and commits manifest.json). Kept once the run has finished: the step it "
+        "ended in. Unset for a run with parallelism 1, whose one Job does all three.",
+    )
 
 
 class FineTuneRunStatus(_RunStatus):

@@ -27,6 +27,7 @@ from sampleforge.api.constants import GPU_RESOURCE
 
 if TYPE_CHECKING:
     from sampleforge.api.common import CommonRunSpec, SecretKeySelector, Storage, Toleration
+    from sampleforge.api.constants import Step
 
     from .runobject import RunObject, RunSpec, Topology
     from .settings import Settings
@@ -42,6 +43,8 @@ CACHE_PATH: Final = "/var/cache/sampleforge"
 TMP_PATH: Final = "/tmp"
 #: Hugging Face's cache (hub models and their modules): with the other downloads.
 HF_HOME_PATH: Final = f"{CACHE_PATH}/huggingface"
+#: The pod volume that holds the run's spec ConfigMap.
+SPEC_VOLUME: Final = "run-spec"
 #: Where the run's spec ConfigMap is mounted, and the file in it.
 SPEC_DIR: Final = "/etc/sampleforge/run"
 SPEC_FILENAME: Final = "spec.json"
@@ -81,11 +84,15 @@ def _llm_api_keys(spec: RunSpec) -> dict[int, jobenv.EnvValue]:
     return {i: ref for i, key in enumerate(keys) if (ref := _secret(key)) is not None}
 
 
-def _env(run: RunObject, settings: Settings, job: str, topo: Topology, input_uri: str | None) -> list[dict[str, Any]]:
+def _env(run: RunObject, settings: Settings, job: str, topo: Topology, input_uri: str | None,
+         step: Step | None) -> list[dict[str, Any]]:
     """The container's ``env``: the contract's variables (:func:`jobenv.pod_environment`) with this
-    pod's paths, Secrets by reference, and the operator's extras."""
+    pod's paths, Secrets by reference, and the operator's extras. Every step of a sharded run is
+    told the run's shard count (the analysis plans the shards, the reduce merges them), not its own
+    Job's pod count."""
     spec = run.spec
     fine_tune = run.kind is Kind.FINE_TUNE_RUN
+    shards: int = getattr(spec, "parallelism", 1)
     # A fine-tune pod runs one training process per GPU; an augmentation shard is one process.
     processes = topo.gpus_per_pod if fine_tune else 1
     environment = jobenv.JobEnvironment(
@@ -95,7 +102,7 @@ def _env(run: RunObject, settings: Settings, job: str, topo: Topology, input_uri
         heartbeat_url=settings.heartbeat_url or None, heartbeat_interval_seconds=settings.heartbeat_interval_seconds,
         heartbeat_token_file=f"{HEARTBEAT_TOKEN_DIR}/{HEARTBEAT_TOKEN_FILENAME}",
         cache_dir=CACHE_PATH, tmp_dir=TMP_PATH, home_dir=TMP_PATH, hf_home=HF_HOME_PATH,
-        shard_count=None if fine_tune else topo.pods,
+        shard_count=None if fine_tune else shards, step=None if step is None else step.value,
         num_nodes=topo.pods if fine_tune else None, gpus_per_node=topo.gpus_per_pod if fine_tune else None,
         # Rank 0's stable DNS name; "<ns>.svc" resolves through the pod's search domains whatever the
         # cluster domain is.
@@ -175,7 +182,7 @@ def _volumes(spec: CommonRunSpec, storage: Storage, gpus: int,
     """(volumes, volumeMounts): the run's spec, the writable cache and /tmp (the root filesystem is
     read-only), the heartbeat token and, where needed, /dev/shm."""
     volumes: list[dict[str, Any]] = [
-        {"name": "run-spec", "configMap": {"name": spec_config_map, "defaultMode": 0o444}},
+        {"name": SPEC_VOLUME, "configMap": {"name": spec_config_map, "defaultMode": 0o444}},
         {"name": "cache", "emptyDir": {}},
         {"name": "tmp", "emptyDir": {}},
         {
@@ -194,7 +201,7 @@ def _volumes(spec: CommonRunSpec, storage: Storage, gpus: int,
         },
     ]
     mounts: list[dict[str, Any]] = [
-        {"name": "run-spec", "mountPath": SPEC_DIR, "readOnly": True},
+        {"name": SPEC_VOLUME, "mountPath": SPEC_DIR, "readOnly": True},
         {"name": "cache", "mountPath": CACHE_PATH},
         {"name": "tmp", "mountPath": TMP_PATH},
         {"name": "heartbeat-token", "mountPath": HEARTBEAT_TOKEN_DIR, "readOnly": True},
@@ -241,15 +248,17 @@ def pod_template(
     labels: dict[str, str],
     spec_config_map: str,
     input_uri: str | None,
+    step: Step | None = None,
 ) -> dict[str, Any]:
-    """The Job's ``spec.template``; ``spec_config_map`` names the ConfigMap holding the run's spec."""
+    """The Job's ``spec.template``; ``spec_config_map`` names the ConfigMap holding the run's spec,
+    ``step`` the step of a sharded run this Job carries out (None: the whole run)."""
     spec = run.spec
     volumes, mounts = _volumes(spec, run.storage, topo.gpus_per_pod, spec_config_map)
     container: dict[str, Any] = {
         "name": CONTAINER_NAME,
         "image": spec.image or settings.job_image,
         "command": [jobenv.ENTRYPOINT],
-        "env": _env(run, settings, job, topo, input_uri),
+        "env": _env(run, settings, job, topo, input_uri, step),
         "volumeMounts": mounts,
         "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]},
                             "readOnlyRootFilesystem": True},

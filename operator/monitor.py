@@ -12,11 +12,17 @@ out at once), so a run costs a bounded number of writes however chatty its pods 
 API server could not take is retried within seconds. A Job that stays without pods gets its
 FailedCreate Events listed on the schedule of :mod:`podcreate`. The monitor ends when the run is
 finished and its status says so for the current generation.
+
+A run in steps (:mod:`.steps`: an AugmentationRun with parallelism > 1) is followed through the Job
+of the step it is at; when that Job has succeeded and a later step remains, the monitor makes the
+next step's Job (the run stays Running) from the spec the earlier Jobs were made from, and only the
+last step's success leads to reading the committed output.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -27,18 +33,20 @@ from pydantic import ValidationError
 from urllib3.exceptions import HTTPError
 
 from sampleforge.api import ConditionStatus, Kind, Phase, Reason
-from sampleforge.api.constants import TERMINAL_PHASES
+from sampleforge.api.constants import TERMINAL_PHASES, Step
 from sampleforge.api.status import Progress, RunOutputs, RunStatus
 from sampleforge.operator import committed as committed_output
 from sampleforge.operator import status as run_status
+from sampleforge.operator._render_pod import SPEC_VOLUME
 from sampleforge.operator.context import OperatorContext
-from sampleforge.operator.kube import Forbidden, KubeError, Transient
+from sampleforge.operator.kube import Forbidden, Invalid, KubeError, Transient
 from sampleforge.operator.lifecycle import FAILED_CREATE, Observation, RunEvent, observe
 from sampleforge.operator.podcreate import FailedCreateProbe, waiting_for_pods
 from sampleforge.operator.progress import run_key
-from sampleforge.operator.reconcile import outputs_for, reconcile
-from sampleforge.operator.render import RunObject, StorageUnset
-from sampleforge.operator.specdrift import ignored_fields
+from sampleforge.operator.reconcile import ensure_job, outputs_for, reconcile, refused_message
+from sampleforge.operator.render import POD_ONLY_FIELDS, SPEC_KEY, RunObject, StorageUnset, shard_count
+from sampleforge.operator.specdrift import LIVE_FIELDS, ignored_fields
+from sampleforge.operator.steps import describe, next_step, step_of
 
 log = logging.getLogger(__name__)
 #: A run whose Job is missing this long (deleted by hand) gets it recreated.
@@ -47,6 +55,8 @@ MISSING_JOB_GRACE_SECONDS = 15.0
 WRITE_RETRY_SECONDS = (1.0, 10.0)
 #: Retrying the read of a completed run's committed results: first wait, and the most.
 COLLECT_RETRY_SECONDS = (2.0, 60.0)
+#: Retrying the creation of a step's Job the API server could not take: first wait, and the most.
+ADVANCE_RETRY_SECONDS = (2.0, 60.0)
 
 
 def _parse(value: str | None) -> datetime | None:
@@ -106,6 +116,13 @@ class _Monitor:
     committed: committed_output.Committed | None = None
     #: Why the last read of the committed results failed, repeated until the next attempt.
     collect_error: str | None = None
+    #: The next step's Job once made, until the watch delivers it: made again (idempotent) only
+    #: after ``advance_due``, so a Job deleted by hand meanwhile is made again too.
+    next_job: dict[str, Any] | None = None
+    advance_due: float = 0.0
+    advance_retry: float = 0.0
+    #: Why the last attempt to make the next step's Job failed, repeated until the next attempt.
+    advance_error: str | None = None
     #: Status writes made: part of what a pass saw (``written`` changes with each).
     writes: int = 0
     #: What this pass composed from (see :meth:`_inputs`), and what the last pass that found the
@@ -178,6 +195,10 @@ class _Monitor:
         if entry is None and obs.phase is not Phase.SUCCEEDED and self.unchanged(self._inputs(snapshot, job, pods,
                                                                                                 obs)):
             return None  # nothing has changed since the status was last found right
+        step = step_of(job)
+        if step is not None and obs.phase is Phase.SUCCEEDED and step is not Step.REDUCE:
+            obs, job, step = await self._advance(snapshot, job, step, obs, now_loop)
+            entry = None  # the step before reported; the next one's pods report afresh
         results = entry.results(kind) if entry else None
         progress = entry.progress(kind) if entry else None
         committed = False
@@ -194,9 +215,13 @@ class _Monitor:
         if drift.status is ConditionStatus.TRUE:
             # Said once per distinct message (``posted``), as for a finished run's ignored edit.
             obs = replace(obs, events=(*obs.events, RunEvent("Warning", drift.reason, drift.message)))
+        if step is not None and obs.phase is not Phase.SUCCEEDED:
+            shards = int((job.get("spec") or {}).get("completions") or 1)
+            obs = replace(obs, message=f"{describe(step, shards, job['metadata']['name'])}: {obs.message}")
         desired = run_status.compose(kind, snapshot, obs, now, job_name=job["metadata"]["name"], progress=progress,
                                      results=results, committed=committed, outputs=outputs,
-                                     storage=run.storage if run is not None else None, extra_conditions=[drift])
+                                     storage=run.storage if run is not None else None, extra_conditions=[drift],
+                                     stage=step)
         heartbeat_age = (now - entry.received_at).total_seconds() if entry and entry.received_at else None
         ctx.metrics.observe_run(str(kind), self.namespace, self.name, desired, heartbeat_age)
         if obs.reason is Reason.HEARTBEAT_TIMEOUT and not (job.get("spec") or {}).get("suspend"):
@@ -204,6 +229,73 @@ class _Monitor:
             # holding its GPUs once this monitor ends.
             await asyncio.to_thread(ctx.kube.set_job_suspend, self.namespace, job["metadata"]["name"], True)
         return desired, obs
+
+    async def _advance(self, snapshot: dict[str, Any], job: dict[str, Any], step: Step, obs: Observation,
+                       now_loop: float) -> tuple[Observation, dict[str, Any], Step | None]:
+        """``job``, the Job of ``step``, has succeeded: make the next step's Job. Returns the
+        observation to report, and the Job and step the run is at now (the next ones once made).
+        The run stays Running throughout; a refusal the API server would repeat fails it."""
+        waiting = Observation(Phase.RUNNING, Reason.JOB_RUNNING, "", obs.start_time)
+        made = self.next_job
+        if made is not None and step_of(made) is not step and now_loop < self.advance_due:
+            return replace(waiting, message="Job created; waiting for its pods to start"), made, step_of(made)
+        if self.advance_error is not None and now_loop < self.advance_due:
+            return replace(waiting, message=self.advance_error), job, step
+        run = await self._run_for_next_step(snapshot, job)
+        following = next_step(self.kind, shard_count(run), step, True) if run is not None else None
+        if run is None or following is None:
+            return replace(waiting, message=f"Job {job['metadata']['name']} completed, but the next step's Job "
+                                            "cannot be made from the run's spec; revert its last edit"), job, step
+        try:
+            made = await asyncio.to_thread(ensure_job, self.ctx, self.kind, snapshot, run, following)
+        except Invalid as err:
+            return Observation(Phase.FAILED, Reason.INVALID_SPEC, f"step {following}: {refused_message(err)}",
+                               obs.start_time), job, step
+        except (KubeError, HTTPError, OSError) as err:
+            self.advance_retry = _backoff(self.advance_retry, ADVANCE_RETRY_SECONDS)
+            self.advance_due = now_loop + self.advance_retry
+            self.advance_error = (f"Job {job['metadata']['name']} completed; cannot create the Job for step "
+                                  f"{following} yet ({err}); retrying")
+            log.info("could not create the next step's Job yet", extra={"run": self.name, "step": str(following),
+                                                                         "error": str(err)})
+            return replace(waiting, message=self.advance_error), job, step
+        if self.next_job is None or step_of(self.next_job) is not following:
+            self.ctx.progress.forget(self.key)  # a new step's pods count their own progress
+        self.next_job, self.advance_error, self.advance_retry = made, None, 0.0
+        self.advance_due = now_loop + MISSING_JOB_GRACE_SECONDS
+        return replace(waiting, message="Job created; waiting for its pods to start"), made, following
+
+    async def _run_for_next_step(self, snapshot: dict[str, Any], job: dict[str, Any]) -> RunObject | None:
+        """The run as its earlier steps' Jobs were made: its spec, or, where the spec was edited
+        since (which a started run does not apply, but for spec.suspend), the spec those Jobs' pods
+        read from their ConfigMap, so all steps work on one spec (parallelism above all)."""
+        spec = snapshot.get("spec") or {}
+        if not ignored_fields(job, spec):
+            return self._run(snapshot)
+        try:
+            made_from = await asyncio.to_thread(self._spec_job_read, job)
+        except (KubeError, HTTPError, OSError, ValueError) as err:
+            log.warning("cannot read the spec the run's Job was made from; the next step uses today's spec",
+                        extra={"run": self.name, "job": job["metadata"]["name"], "error": str(err)})
+            return self._run(snapshot)
+        if made_from is None:
+            return self._run(snapshot)
+        raw = {k: v for k, v in made_from.items() if k not in LIVE_FIELDS}
+        raw.update({k: v for k, v in spec.items() if k in LIVE_FIELDS or k in POD_ONLY_FIELDS})
+        return self._run({**snapshot, "spec": raw})
+
+    def _spec_job_read(self, job: dict[str, Any]) -> dict[str, Any] | None:
+        """The spec ``job``'s pods read (its spec ConfigMap); None when the Job or the map is gone."""
+        meta = job["metadata"]
+        full = self.ctx.kube.get_job(meta["namespace"], meta["name"])
+        volumes = ((((full or {}).get("spec") or {}).get("template") or {}).get("spec") or {}).get("volumes") or []
+        config_map = next((v.get("configMap", {}).get("name") for v in volumes if v.get("name") == SPEC_VOLUME),
+                          None)
+        if not config_map:
+            return None
+        text = self.ctx.kube.read_config_map_value(meta["namespace"], str(config_map), SPEC_KEY)
+        spec = json.loads(text) if text else None
+        return spec if isinstance(spec, dict) else None
 
     def _run(self, snapshot: dict[str, Any]) -> RunObject | None:
         """The run's typed view; None if its spec no longer validates (reconcile reports that)."""
@@ -334,8 +426,8 @@ async def monitor_run(ctx: OperatorContext, kind: Kind, body: kopf.Body, stopped
             desired, obs = found
             delta = run_status.changed_fields(snapshot, desired.to_kube())
             wait = settings.status_min_interval_seconds - (now_loop - monitor.last_write)
-            # Phase changes go out at once; progress-only changes respect the write budget.
-            if delta and ("phase" in delta or wait <= 0):
+            # Phase and step changes go out at once; progress-only changes respect the write budget.
+            if delta and ("phase" in delta or "stage" in delta or wait <= 0):
                 if not await monitor.write(snapshot, desired, obs.events, now_loop):
                     await _sleep(wake, stopped, monitor.write_retry)
                     continue
@@ -347,7 +439,8 @@ async def monitor_run(ctx: OperatorContext, kind: Kind, body: kopf.Body, stopped
             if obs.phase in TERMINAL_PHASES:
                 break
         due = [d for d in (monitor.probe.due_in(loop.time()),
-                           (monitor.collect_due - loop.time()) if monitor.collect_due else None) if d is not None]
+                           (monitor.collect_due - loop.time()) if monitor.collect_due else None,
+                           (monitor.advance_due - loop.time()) if monitor.advance_error else None) if d is not None]
         await _sleep(wake, stopped, min([settings.resync_seconds, *[max(0.0, d) for d in due]]))
     ctx.progress.forget(monitor.key)
     ctx.preflight.pop(monitor.uid, None)

@@ -1,5 +1,7 @@
 """Bring one run's children in line with its spec: check what can only be checked at run time,
-then make sure its Job (and, for multi-node training, its headless Service) exists.
+then make sure its Job (and, for multi-node training, its headless Service) exists. For a run in
+steps (:mod:`.steps`) that is the Job of the step it is at, never an earlier one: the monitor makes
+each later step's Job (:func:`ensure_job`) once the one before has succeeded.
 
 Idempotent by construction: the Job's name comes from the run, creation treats "already exists" as
 success, and a second call changes nothing. So kopf may call this twice, and an operator restarted
@@ -20,7 +22,7 @@ import kopf
 from pydantic import ValidationError
 
 from sampleforge.api import FineTuneRunSpec, Kind, Phase, Reason
-from sampleforge.api.constants import TERMINAL_PHASES
+from sampleforge.api.constants import TERMINAL_PHASES, Step
 from sampleforge.api.status import RunOutputs
 from sampleforge.operator import allowlist
 from sampleforge.operator import status as run_status
@@ -33,8 +35,10 @@ from sampleforge.operator.render import (
     render_headless_service,
     render_job,
     render_spec_config_map,
+    shard_count,
 )
 from sampleforge.operator.specdrift import ignored_fields
+from sampleforge.operator.steps import resume_step
 
 log = logging.getLogger(__name__)
 
@@ -159,28 +163,16 @@ def reconcile(ctx: OperatorContext, kind: Kind, body: dict[str, Any]) -> None:
     service = render_headless_service(run, ctx.settings)
     if service is not None:
         ctx.kube.ensure_service(service)
-    ctx.kube.ensure_config_map(render_spec_config_map(run))  # the spec the Job's pods read, made first
+    step = resume_step(kind, shard_count(run), ctx.children.steps(uid), status.get("stage"))
     try:
-        job, created = ctx.kube.ensure_job(render_job(run, ctx.settings, input_uri=input_uri))
+        job = ensure_job(ctx, kind, body, run, step, input_uri)
     except Invalid as err:
         # A pass-through field (affinity, tolerations, nodeSelector, resources) that the schema let
         # through but the Job's own validation refuses: retrying would be refused again.
-        ctx.metrics.job_create_errors.labels(kind=kind).inc()
-        _report(ctx, body, Observation(Phase.FAILED, Reason.INVALID_SPEC,
-                                       f"the API server refused the run's Job: {err.detail}; fix the spec field it "
-                                       "names (affinity, tolerations, nodeSelector, resources) and create the run "
-                                       "again"))
+        _report(ctx, body, Observation(Phase.FAILED, Reason.INVALID_SPEC, refused_message(err)))
         raise kopf.PermanentError(f"Job refused: {err.detail}") from err
-    except Exception:
-        ctx.metrics.job_create_errors.labels(kind=kind).inc()
-        raise
     ctx.preflight.pop(uid, None)
     job_name = job["metadata"]["name"]
-    if created:
-        ctx.metrics.jobs_created.labels(kind=kind).inc()
-        kopf.info(run_status.kopf_body(body), reason=Reason.JOB_CREATED, message=f"created Job {job_name}")
-        log.info("job created", extra={"kind": str(kind), "namespace": run.namespace, "run": run.name,
-                                       "job": job_name})
     suspend = bool(run.spec.suspend)
     job_is_suspended = bool((job.get("spec") or {}).get("suspend"))
     # A queued run's Job is resumed by Kueue when it admits it, never by the operator.
@@ -189,3 +181,30 @@ def reconcile(ctx: OperatorContext, kind: Kind, body: dict[str, Any]) -> None:
         kopf.info(run_status.kopf_body(body), reason=Reason.SUSPENDED if suspend else Reason.RESUMED,
                   message=f"{'suspended' if suspend else 'resumed'} Job {job_name}")
     ctx.children.wake(uid)
+
+
+def refused_message(err: Invalid) -> str:
+    """The run's message when the API server refuses its Job."""
+    return (f"the API server refused the run's Job: {err.detail}; fix the spec field it names (affinity, "
+            "tolerations, nodeSelector, resources) and create the run again")
+
+
+def ensure_job(ctx: OperatorContext, kind: Kind, body: dict[str, Any], run: RunObject, step: Step | None,
+               input_uri: str | None = None) -> dict[str, Any]:
+    """Make sure the run's Job (of ``step``, for a run in steps) exists, its spec ConfigMap first;
+    a Job made here is counted and announced. Returns the Job; the API server's refusals
+    (:class:`~sampleforge.operator.kube.Invalid` among them) are counted and raised."""
+    ctx.kube.ensure_config_map(render_spec_config_map(run))  # the spec the Job's pods read, made first
+    try:
+        job, created = ctx.kube.ensure_job(render_job(run, ctx.settings, input_uri=input_uri, step=step))
+    except Exception:
+        ctx.metrics.job_create_errors.labels(kind=kind).inc()
+        raise
+    job_name = job["metadata"]["name"]
+    if created:
+        ctx.metrics.jobs_created.labels(kind=kind).inc()
+        message = f"created Job {job_name}" if step is None else f"created Job {job_name} for step {step}"
+        kopf.info(run_status.kopf_body(body), reason=Reason.JOB_CREATED, message=message)
+        log.info("job created", extra={"kind": str(kind), "namespace": run.namespace, "run": run.name,
+                                       "job": job_name, "step": str(step or "")})
+    return job

@@ -8,9 +8,17 @@ exists already. Names are never taken from time or chance.
 
 What a run becomes:
 
-* **AugmentationRun** → one Indexed Job, one pod per shard (``completions = parallelism =
-  spec.parallelism``); each pod finds its shard in ``JOB_COMPLETION_INDEX`` (set by Kubernetes)
-  and the shard count in ``SHARD_COUNT``.
+* **AugmentationRun** with ``spec.parallelism`` 1 → one Indexed Job with one pod, which does the
+  whole run in-process (``SAMPLEFORGE_STEP`` unset). With parallelism > 1 → three Jobs, one per
+  :class:`~sampleforge.api.constants.Step`, made one after the other (:mod:`.steps`; the monitor
+  makes the next once the previous has succeeded): the **analysis** Job (one pod, NonIndexed, a
+  first pass over the whole source), the **shards** Job (Indexed, one pod per shard:
+  ``completions = parallelism = spec.parallelism``; each pod finds its shard in
+  ``JOB_COMPLETION_INDEX``, set by Kubernetes) and the **reduce** Job (one pod, NonIndexed:
+  cross-shard dedup and the manifest). Every step's pods get the shard count in ``SHARD_COUNT``
+  and their step in ``SAMPLEFORGE_STEP``; the Jobs and pods carry it in ``LABEL_STEP``. The
+  shards Job keeps the name a one-Job run's Job has (:func:`job_name`); the other two get
+  ``-analysis`` / ``-reduce`` after it.
 * **FineTuneRun** with one node → a plain Job with one pod. With ``distribution.nodes > 1`` → an
   Indexed Job with one pod per node plus a headless Service (:func:`render_headless_service`):
   Indexed Job pods get the hostname ``<job>-<index>``, and with ``subdomain`` = the Service's name
@@ -28,7 +36,7 @@ Copying those would make that tool claim the Job: Argo CD tracks what it owns by
 ``app.kubernetes.io/instance`` and prunes or flags "extraneous" objects carrying it; ``kubectl
 apply --prune`` with ApplySets deletes whatever carries ``applyset.kubernetes.io/part-of``.
 
-Slightly over 400 lines on purpose: the names, labels, owner references and the Job skeleton must
+Over 400 lines on purpose: the names, labels, owner references and the Job skeleton must
 be read together to see that rendering is idempotent; the pod itself already lives apart.
 """
 
@@ -49,7 +57,9 @@ from sampleforge.api.constants import (
     LABEL_RUN_KIND,
     LABEL_RUN_NAME,
     LABEL_RUN_UID,
+    LABEL_STEP,
     MANAGED_BY_VALUE,
+    Step,
 )
 from sampleforge.api.jobenv import EXIT_NOT_RETRYABLE
 
@@ -57,6 +67,7 @@ from ._render_pod import CONTAINER_NAME, RENDEZVOUS_PORT_NAME, SPEC_FILENAME, po
 from .runobject import RunObject, RunSpec, StorageUnset, Topology
 from .settings import Settings
 from .specdrift import ANNOTATION_APPLIED_SPEC, applied_spec_annotation
+from .steps import run_steps
 
 __all__ = [
     "ANNOTATION_RUN_GENERATION",
@@ -77,8 +88,10 @@ __all__ = [
     "render_job",
     "render_spec_config_map",
     "run_label_value",
+    "run_steps_of",
     "selector_labels",
     "service_name",
+    "shard_count",
     "spec_config_map_name",
     "topology",
 ]
@@ -102,21 +115,31 @@ def _digest(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:_HASH_LENGTH]
 
 
-def job_name(kind: Kind | str, run_name: str) -> str:
-    """The Job's name: ``<run-name>-aug`` or ``<run-name>-ft``, derived from the run's name only.
+#: Suffix of a step's Job after the kind's: the shards Job has none, so its name is the one a
+#: one-Job run's Job has (``status.jobName`` of runs made before steps existed does not change).
+_STEP_SUFFIX: Final[dict[Step, str]] = {Step.ANALYSIS: "-analysis", Step.SHARDS: "", Step.REDUCE: "-reduce"}
+
+
+def job_name(kind: Kind | str, run_name: str, step: Step | None = None) -> str:
+    """The Job's name: ``<run-name>-aug`` or ``<run-name>-ft``, derived from the run's name only;
+    a sharded AugmentationRun's analysis and reduce Jobs (``step``) get ``-analysis`` / ``-reduce``
+    after it, its shards Job none.
 
     A run name is a DNS-1123 *subdomain* (up to 253 characters, dots allowed) but the Job name must
-    work as a DNS-1123 *label* (see :data:`MAX_JOB_NAME_LENGTH`). Names that do not fit are
-    shortened, dots become dashes, and 8 hex digits of the full name's SHA-256 keep two long names
-    with a common prefix apart: ``<first part>-<hash>-aug``. The uid is deliberately not part of
-    the name: the name must be computable from what a user sees, and a recreated run is told apart
-    from its predecessor by the ``LABEL_RUN_UID`` label and the owner reference instead.
+    work as a DNS-1123 *label* (see :data:`MAX_JOB_NAME_LENGTH`; a one-pod step's Job, which is not
+    Indexed and so has no ``-<index>`` hostname, may use all 63 characters). Names that do not fit
+    are shortened, dots become dashes, and 8 hex digits of the full name's SHA-256 keep two long
+    names with a common prefix apart: ``<first part>-<hash>-aug``. The uid is deliberately not part
+    of the name: the name must be computable from what a user sees, and a recreated run is told
+    apart from its predecessor by the ``LABEL_RUN_UID`` label and the owner reference instead.
     """
-    suffix = _JOB_SUFFIX[Kind(kind)]
+    step_suffix = _STEP_SUFFIX[step] if step is not None else ""
+    suffix = _JOB_SUFFIX[Kind(kind)] + step_suffix
+    longest = _MAX_LABEL if step_suffix else MAX_JOB_NAME_LENGTH
     plain = run_name + suffix
-    if len(plain) <= MAX_JOB_NAME_LENGTH and _DNS_LABEL.match(plain):
+    if len(plain) <= longest and _DNS_LABEL.match(plain):
         return plain
-    room = MAX_JOB_NAME_LENGTH - len(suffix) - _HASH_LENGTH - 1
+    room = longest - len(suffix) - _HASH_LENGTH - 1
     stem = re.sub(r"[^a-z0-9-]", "-", run_name.lower())[:room].strip("-")
     return f"{stem}-{_digest(run_name)}{suffix}" if stem else f"x{_digest(run_name)}{suffix}"
 
@@ -220,13 +243,26 @@ def owner_reference(run: RunObject) -> dict[str, Any]:
 # --- the Job ---------------------------------------------------------------------------------
 
 
-def topology(run: RunObject) -> Topology:
-    """How many pods the run's Job has, whether it is Indexed, GPUs per pod, and the rendezvous
-    Service of a multi-node FineTuneRun."""
+def shard_count(run: RunObject) -> int:
+    """An AugmentationRun's shards (``spec.parallelism``); 1 for a FineTuneRun."""
+    return run.spec.parallelism if isinstance(run.spec, AugmentationRunSpec) else 1
+
+
+def run_steps_of(run: RunObject) -> tuple[Step, ...]:
+    """The run's steps in order (:func:`.steps.run_steps`); empty when one Job does all the work."""
+    return run_steps(run.kind, shard_count(run))
+
+
+def topology(run: RunObject, step: Step | None = None) -> Topology:
+    """How many pods the run's Job (of ``step``, for a run that has steps) has, whether it is
+    Indexed, GPUs per pod, and the rendezvous Service of a multi-node FineTuneRun."""
     spec = run.spec
     if isinstance(spec, AugmentationRunSpec):
-        # Always Indexed, even with one shard: the job code then has a single way to find its shard.
         gpus = spec.resources.gpus if spec.resources.gpus is not None else 0
+        if step in (Step.ANALYSIS, Step.REDUCE):
+            # One pod over all of the source (analysis) or all the shards' output (reduce).
+            return Topology(pods=1, indexed=False, gpus_per_pod=gpus, service=None)
+        # Always Indexed, even with one shard: the job code then has a single way to find its shard.
         return Topology(pods=spec.parallelism, indexed=True, gpus_per_pod=gpus, service=None)
     nodes = spec.distribution.nodes
     service = service_name(job_name(run.kind, run.name)) if nodes > 1 else None
@@ -281,21 +317,39 @@ def _check_input(run: RunObject, input_uri: str | None) -> None:
         )
 
 
-def render_job(run: RunObject, settings: Settings, input_uri: str | None = None) -> dict[str, Any]:
-    """The run's batch/v1 Job.
+def _check_step(run: RunObject, step: Step | None) -> Step | None:
+    """``step`` for a run that has steps (None: its shards Job, the one named like a one-Job run's);
+    ValueError for a step of a run that has none."""
+    steps = run_steps_of(run)
+    if step is not None and step not in steps:
+        raise ValueError(f"{run.kind} {run.namespace}/{run.name} has no step {step!r}: only an AugmentationRun "
+                         "with spec.parallelism > 1 runs in steps")
+    return step if step is not None or not steps else Step.SHARDS
+
+
+def render_job(run: RunObject, settings: Settings, input_uri: str | None = None,
+               step: Step | None = None) -> dict[str, Any]:
+    """The run's batch/v1 Job; for a run with steps (:func:`run_steps_of`), the Job of ``step``
+    (None: the shards Job).
 
     ``input_uri`` is the committed output prefix of the AugmentationRun a FineTuneRun trains on
     (``spec.data.fromAugmentationRun``): required for exactly those runs, ValueError otherwise,
     so a Job can never be created that trains on nothing.
+
+    Every step's Job gets the run's whole pod spec, resources included: the reduce step needs no
+    GPU, but a pod spec of its own per step is not worth a second set of knobs yet.
     """
     _check_input(run, input_uri)
+    step = _check_step(run, step)
     spec = run.spec
-    topo = topology(run)
-    name = job_name(run.kind, run.name)
+    topo = topology(run, step)
+    name = job_name(run.kind, run.name, step)
     if topo.indexed and len(f"{name}-{topo.pods - 1}") > _MAX_LABEL:  # guards MAX_JOB_NAME_LENGTH
         raise ValueError(f"pod hostname {name}-{topo.pods - 1} would exceed {_MAX_LABEL} characters")
 
     labels = child_labels(run)
+    if step is not None:
+        labels = dict(sorted({**labels, LABEL_STEP: step.value}.items()))
     job_labels = dict(labels)
     if spec.queue_name is not None:
         # On the Job only: Kueue's Job integration reads it there; on pods it would make Kueue's
@@ -326,6 +380,7 @@ def render_job(run: RunObject, settings: Settings, input_uri: str | None = None)
         labels=labels,
         spec_config_map=spec_config_map_name(run),
         input_uri=input_uri,
+        step=step,
     )
     return {
         "apiVersion": "batch/v1",

@@ -21,7 +21,7 @@ from pydantic import BaseModel, ValidationError
 
 from sampleforge.api import ConditionStatus, ConditionType, Kind, Phase, Reason
 from sampleforge.api.common import Storage
-from sampleforge.api.constants import TERMINAL_PHASES
+from sampleforge.api.constants import TERMINAL_PHASES, Step
 from sampleforge.api.manifest import describe
 from sampleforge.api.status import (
     STATUS_MODELS,
@@ -91,11 +91,12 @@ def _time(value: datetime | str | None) -> datetime | None:
 def compose(kind: Kind, body: Mapping[str, Any], obs: Observation, now: datetime, *, job_name: str | None = None,
             progress: Progress | None = None, results: RunResults | None = None, committed: bool = False,
             outputs: RunOutputs | None = None, storage: Storage | None = None,
-            extra_conditions: Sequence[ConditionUpdate] = ()) -> RunStatus:
+            extra_conditions: Sequence[ConditionUpdate] = (), stage: Step | None = None) -> RunStatus:
     """The full status the run should have, built from the typed models; only what changed is sent.
 
     ``committed``: ``results`` were read from the run's committed output and replace whatever the
     heartbeats said; otherwise they are merged over the current ones (progress so far).
+    ``stage``: the step a sharded AugmentationRun is at (kept when None: a run never goes back).
     """
     now = now.astimezone(UTC).replace(microsecond=0)  # RFC 3339 to the second, as the API server keeps it
     current = current_status(kind, body)
@@ -109,7 +110,9 @@ def compose(kind: Kind, body: Mapping[str, Any], obs: Observation, now: datetime
     completion = None
     if terminal:
         completion = current.completion_time or _time(obs.completion_time) or now
+    stages = {"stage": stage or current.stage} if isinstance(current, AugmentationRunStatus) else {}
     return type(current).model_validate({
+        **stages,
         "phase": obs.phase,
         "observed_generation": generation,
         "conditions": set_conditions(current.conditions, [*obs.conditions(), *extra_conditions], generation, now),

@@ -87,7 +87,7 @@ class TestAugmentationRun:
     def test_status_wait_report_through_the_plugin_and_kubectl(self, testbed: Testbed, kube_api: client.ApiClient,
                                                               ns: str, stored: Callable[..., Any], s3: Minio,
                                                               tmp_path: Path) -> None:
-        run = create_run(kube_api, ns, stored("augmentationrun.yaml", parallelism=2), labels=HOLD)
+        run = create_run(kube_api, ns, stored("augmentationrun.yaml", parallelism=1), labels=HOLD)
         name, uid = run["metadata"]["name"], run["metadata"]["uid"]
         wait_phase(kube_api, AR, ns, name, "Running")
 

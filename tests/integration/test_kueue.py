@@ -41,9 +41,11 @@ pytestmark = [pytest.mark.integration, pytest.mark.controllers]
 AR = Kind.AUGMENTATION_RUN
 SETTINGS = {"SAMPLEFORGE_OPERATOR_STATUS_MIN_INTERVAL_SECONDS": "1", "SAMPLEFORGE_OPERATOR_RESYNC_SECONDS": "2",
             "SAMPLEFORGE_OPERATOR_STORAGE_ALLOW_LIST": json.dumps({"*": ["s3://datasets/", "s3://models/", "s3://runs/"]})}
-#: The example AugmentationRun has 4 shards of 1 GPU each: one run fits the quota, two do not.
+#: Each run here is one pod of 4 GPUs (parallelism 1: one Job, no steps): one run fits the quota,
+#: two do not. (A run of several shards is three Jobs, each admitted by Kueue on its own.)
 GPUS_PER_RUN = 4
 GPU_QUOTA = 6
+RUN = {"parallelism": 1, "resources": {"gpus": GPUS_PER_RUN}}
 
 
 @pytest.fixture(scope="module")
@@ -136,19 +138,19 @@ def test_quota_holds_the_second_run_suspended_until_the_first_finishes(kueue_tes
     batch = client.BatchV1Api(api)
     s3 = kueue_testbed.minio_client()
 
-    first = create_run(api, ns, stored_example(kueue_testbed.minio, "augmentationrun.yaml", queueName=queue),
+    first = create_run(api, ns, stored_example(kueue_testbed.minio, "augmentationrun.yaml", queueName=queue, **RUN),
                        name="first", labels=HOLD)
     first_job = the_job(api, ns, first["metadata"]["uid"])
     assert first_job.metadata.labels[KUEUE_QUEUE_LABEL] == queue
-    assert first_job.spec.template.spec.containers[0].resources.requests[GPU_RESOURCE] == "1"
-    assert first_job.spec.parallelism == GPUS_PER_RUN
+    assert first_job.spec.template.spec.containers[0].resources.requests[GPU_RESOURCE] == str(GPUS_PER_RUN)
+    assert first_job.spec.parallelism == 1
     # Kueue admits it (its Workload reserves the quota) and unsuspends the Job; the run then runs.
     wait_for(lambda: has_condition(workload_of(api, ns, first_job), "Admitted"), 60, "the first run admitted")
     wait_for(lambda: batch.read_namespaced_job(first_job.metadata.name, ns).spec.suspend is False, 60,
              "Kueue to unsuspend the first Job")
     wait_phase(api, AR, ns, "first", "Running", timeout=90)
 
-    second = create_run(api, ns, stored_example(kueue_testbed.minio, "augmentationrun.yaml", queueName=queue),
+    second = create_run(api, ns, stored_example(kueue_testbed.minio, "augmentationrun.yaml", queueName=queue, **RUN),
                         name="second", labels=HOLD)
     second_job = the_job(api, ns, second["metadata"]["uid"])
     # Kueue has seen it, found no quota left, and keeps it waiting: Workload pending, Job suspended.
@@ -168,7 +170,7 @@ def test_quota_holds_the_second_run_suspended_until_the_first_finishes(kueue_tes
 
     # The first run finishes: its quota is released and Kueue admits the second.
     commit_output(s3, get_run(api, AR, ns, "first"), rows=50)
-    wait_for(lambda: len(pods_of(api, ns, first["metadata"]["uid"])) == GPUS_PER_RUN, 60, "the first run's pods")
+    wait_for(lambda: len(pods_of(api, ns, first["metadata"]["uid"])) == 1, 60, "the first run's pods")
     release(api, ns, first["metadata"]["uid"])
     wait_phase(api, AR, ns, "first", "Succeeded", timeout=120)
     wait_for(lambda: has_condition(workload_of(api, ns, second_job), "Admitted"), 90, "the second run admitted")
@@ -176,7 +178,7 @@ def test_quota_holds_the_second_run_suspended_until_the_first_finishes(kueue_tes
              "Kueue to unsuspend the second Job")
     wait_phase(api, AR, ns, "second", "Running", timeout=90)
     commit_output(s3, get_run(api, AR, ns, "second"), rows=50)
-    wait_for(lambda: len(pods_of(api, ns, second["metadata"]["uid"])) == GPUS_PER_RUN, 60, "the second run's pods")
+    wait_for(lambda: len(pods_of(api, ns, second["metadata"]["uid"])) == 1, 60, "the second run's pods")
     release(api, ns, second["metadata"]["uid"])
     done = wait_phase(api, AR, ns, "second", "Succeeded", timeout=120)
     assert done["status"]["results"]["samplesOut"] == 100

@@ -76,14 +76,16 @@ class TestJobCreation:
     def test_augmentation_run_becomes_a_gpu_job_with_secret_env_and_owner(self, kube_api: client.ApiClient,
                                                                          ns: str, stored: Callable[..., Any],
                                                                          s3: Minio, testbed: Testbed) -> None:
-        run = create_run(kube_api, ns, stored("augmentationrun.yaml"), labels={"team": "search", **HOLD})
+        # One shard: one Job (a run of several is three Jobs in turn, test_operator_steps.py).
+        run = create_run(kube_api, ns, stored("augmentationrun.yaml", parallelism=1),
+                         labels={"team": "search", **HOLD})
         uid = run["metadata"]["uid"]
         jobs = wait_for(lambda: jobs_of(kube_api, ns, uid), what="the Job")
         assert len(jobs) == 1
         job = jobs[0]
         assert job.metadata.owner_references[0].uid == uid and job.metadata.owner_references[0].controller
         assert job.metadata.labels["team"] == "search"
-        assert job.spec.completion_mode == "Indexed" and job.spec.completions == 4
+        assert job.spec.completion_mode == "Indexed" and job.spec.completions == 1
         container = job.spec.template.spec.containers[0]
         assert container.resources.limits[GPU_RESOURCE] == "1"
         env = {e.name: e for e in container.env}
@@ -156,7 +158,7 @@ class TestRuntimeChecks:
         waiting = wait_phase(kube_api, FT, ns, "ranker", "Waiting")
         assert condition(waiting, "Waiting")["reason"] == "UpstreamNotFound"
         assert condition(waiting, "Stalled")["status"] == "True", "a misspelled upstream needs a person"
-        aug = create_run(kube_api, ns, stored("augmentationrun.yaml"), labels=HOLD)
+        aug = create_run(kube_api, ns, stored("augmentationrun.yaml", parallelism=1), labels=HOLD)
         wait_for(lambda: condition(get_run(kube_api, FT, ns, "ranker"), "Waiting")["reason"] == "WaitingForUpstream",
                  what="WaitingForUpstream")
         assert not jobs_of(kube_api, ns, ft["metadata"]["uid"])

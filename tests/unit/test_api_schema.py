@@ -37,6 +37,7 @@ from sampleforge.api import (
     Phase,
     Progress,
     RunOutputs,
+    Step,
     _crdgen,
 )
 from sampleforge.api._unions import FlatUnion, forbidden_message, required_message
@@ -624,9 +625,10 @@ class TestStatus:
         results=AugmentationResults(
             samples_in=100, samples_out=184213, per_augmenter={"typo": 30}, filtered={"dedup": 3}, rejected_rows=2
         ),
+        stage=Step.REDUCE,
     )
     FT = FineTuneRunStatus(
-        **AUG.model_dump(exclude={"results"}),
+        **AUG.model_dump(exclude={"results", "stage"}),
         results=FineTuneResults(
             step=500,
             epoch=1.5,
