@@ -21,7 +21,7 @@ from pydantic import ConfigDict, Field, ValidationError
 from ._base import ApiModel
 from .augmentation import Columns, DataFormat
 
-__all__ = ["MANIFEST_KIND", "AugmentationManifest", "AugmenterCounts", "CommittedCounts", "CommittedData",
+__all__ = ["MANIFEST_KIND", "AugmentationManifest", "AugmenterCounts", "CommittedCounts", "CommittedData", "CrossShardDedup",
            "LabelDistribution", "OutputFile", "Rejects", "RunRef", "describe"]
 
 MANIFEST_KIND: Final = "AugmentationOutput"
@@ -80,6 +80,20 @@ class LabelDistribution(ApiModel):
     after: dict[str, Count]
 
 
+class CrossShardDedup(ApiModel):
+    """What the reduce step of a run of several shards did: exact duplicates that different shards
+    generated, found from the shards' dedup keys (hash-partitioned), keeping the first in row order,
+    which is the row one shard over the whole source keeps. Already in the counts above (the dedup
+    filter's and each augmenter's)."""
+
+    removed: Count = Field(description="Generated rows removed as duplicates of a row an earlier shard generated.")
+    keys: Count = Field(description="Dedup keys read: one per generated row the shards kept.")
+    partitions: Count = Field(description="Hash partitions the keys were spread over (one in memory at a time).")
+    parts_rewritten: Count = Field(description="Data parts written again without the removed rows.")
+    bytes_read: Count = Field(description="Bytes the reduce step read: the keys, and the parts it rewrote.")
+    seconds: float = Field(ge=0.0)
+
+
 class AugmentationManifest(ApiModel):
     """Everything ``manifest.json`` holds, as the augmentation job writes it."""
 
@@ -119,6 +133,8 @@ class AugmentationManifest(ApiModel):
     config_fingerprint: str
     code_version: dict[str, Any]
     timings: dict[str, Any]
+    #: Set by the reduce step of a run of several shards (absent when one pod did everything).
+    cross_shard_dedup: CrossShardDedup | None = None
     examples: list[dict[str, Any]]
     artifacts: list[OutputFile] = Field(description="Everything else the manifest vouches for: reports, statistics.")
 

@@ -25,12 +25,14 @@ JOB_COMMAND: Final = (sys.executable, "-m", "sampleforge.jobs")
 
 def job_environment(kind: Kind, spec: Mapping[str, Any], *, name: str, minio: MinioServer, cache_dir: Path,
                     namespace: str = "default", uid: str = "", input_uri: str | None = None, shard: int = 0,
-                    shards: int = 1, llm_api_keys: Mapping[int, str] | None = None, heartbeat_url: str | None = None,
+                    shards: int = 1, step: str | None = None, llm_api_keys: Mapping[int, str] | None = None,
+                    heartbeat_url: str | None = None,
                     heartbeat_token_file: Path | None = None,
                     heartbeat_interval: float | None = None) -> dict[str, str]:
     """The variables a pod of a ``kind`` run with ``spec`` (camelCase, as in the manifest) gets, signed
-    in to ``minio`` with its keys. An AugmentationRun's pod is shard ``shard`` of ``shards``; a
-    FineTuneRun runs on one node. What is not given here is left to the job's defaults."""
+    in to ``minio`` with its keys. An AugmentationRun's pod is shard ``shard`` of ``shards``, in
+    ``step`` (a :class:`~sampleforge.api.constants.Step`; None: every step in one pod); a FineTuneRun
+    runs on one node. What is not given here is left to the job's defaults."""
     augmentation = kind is Kind.AUGMENTATION_RUN
     environment = jobenv.JobEnvironment(
         kind=kind, name=name, namespace=namespace, uid=uid, spec=spec, input_uri=input_uri,
@@ -39,7 +41,7 @@ def job_environment(kind: Kind, spec: Mapping[str, Any], *, name: str, minio: Mi
         heartbeat_interval_seconds=heartbeat_interval,
         heartbeat_token_file=None if heartbeat_token_file is None else str(heartbeat_token_file),
         cache_dir=str(cache_dir), shard_count=shards if augmentation else None,
-        completion_index=shard if augmentation else None)
+        completion_index=shard if augmentation else None, step=step if augmentation else None)
     return {key: _literal(key, value) for key, value in jobenv.pod_environment(environment)}
 
 

@@ -22,6 +22,7 @@ import json
 import logging
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import lru_cache
 from pathlib import Path
@@ -34,25 +35,36 @@ from sampleforge.api.manifest import AugmentationManifest
 from sampleforge.jobs.common.context import RunContext
 from sampleforge.jobs.common.storage import ObjectStore, S3Uri
 
+from .crossdedup import CrossDedupResult, apply_counts_delta, cross_shard_dedup, remove_replaced
+from .errors import AugmentError
 from .grading import judge_rates
 from .htmlreport import render_html_report
 from .judge import JUDGE_COLUMNS, LlmJudge
 from .knowledge import DatasetKnowledge
+from .labels import Labels
 from .leakage import EvalSplit
 from .output import TEXT_LENGTH_EDGES
 from .protocol import AugmenterSummary, RowAugmenter
 from .report import render_report
-from .rows import PROVENANCE_COLUMNS
+from .rows import PROVENANCE_COLUMNS, ColumnRoles
 from .source import SourceObject
 
 log = logging.getLogger("sampleforge.jobs.augment")
 
-__all__ = ["MARKER_DIR", "SHARDING", "assemble_manifest", "code_version", "combine_engine_summaries", "commit_run",
+__all__ = ["MARKER_DIR", "SHARDING", "Reduce", "assemble_manifest", "code_version", "combine_engine_summaries", "commit_run",
            "committed_manifest", "digest", "engine_summaries", "marker_uri", "read_markers", "shared_section"]
 
 MARKER_DIR = "_shards"
 SHARDING = ("contiguous row ranges: shard i of n takes the global row ids [i*N//n, (i+1)*N//n), N = well-formed "
             "records of the whole source counted in object-key order")
+
+
+@dataclass(frozen=True)
+class Reduce:
+    """What the reduce step needs besides the markers: scratch space, and which columns are which."""
+
+    workdir: Path
+    roles: ColumnRoles
 
 
 def marker_uri(prefix: S3Uri, shard: int) -> S3Uri:
@@ -208,7 +220,8 @@ def _sum_mappings(values: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     return _sorted(total)
 
 
-def assemble_manifest(markers: Sequence[Mapping[str, Any]], *, committed_at: datetime | None = None) -> dict[str, Any]:
+def assemble_manifest(markers: Sequence[Mapping[str, Any]], *, committed_at: datetime | None = None,
+                      reduced: CrossDedupResult | None = None) -> dict[str, Any]:
     """The run's manifest from every shard's marker (in shard order).
 
     Per-shard counts are summed; what every shard learnt identically (first pass, configuration,
@@ -228,7 +241,9 @@ def assemble_manifest(markers: Sequence[Mapping[str, Any]], *, committed_at: dat
     totals: dict[str, Any] = {}
     for marker in markers:
         _add(totals, marker["counts"])
-    files = [f for marker in markers for f in marker["files"]]
+    if reduced is not None:
+        apply_counts_delta(totals, reduced.counts)
+    files = [f for shard in (reduced.files if reduced is not None else [m["files"] for m in markers]) for f in shard]
     rejects = [marker["rejects"] for marker in markers if marker.get("rejects")]
     labels_before = {k: totals.get("labelsBefore", {})[k]
                      for k in sorted(totals.get("labelsBefore", {}), key=_label_sort_key)}
@@ -292,6 +307,7 @@ def assemble_manifest(markers: Sequence[Mapping[str, Any]], *, committed_at: dat
         "timings": {"shards": [{"shard": m["shard"], **m.get("timings", {})} for m in markers],
                     "slowestShardSeconds": max(float(m.get("timings", {}).get("totalSeconds", 0.0))
                                                for m in markers)},
+        **({"crossShardDedup": reduced.summary()} if reduced is not None else {}),
         "examples": examples,
         "artifacts": [],
     }
@@ -309,13 +325,30 @@ def digest(document: Any) -> str:
     return hashlib.sha256(json.dumps(document, sort_keys=True, separators=(",", ":"), default=str).encode()).hexdigest()
 
 
-def commit_run(store: ObjectStore, prefix: S3Uri, shards: int, fp: str) -> S3Uri | None:
+def commit_run(store: ObjectStore, prefix: S3Uri, shards: int, fp: str, reduce: Reduce | None = None) -> S3Uri | None:
     """Write the artifacts and the manifest if every shard's marker carries ``fp``; the manifest's
-    URI, else None (a shard still to finish commits the run)."""
+    URI, else None (a shard still to finish commits the run).
+
+    With ``reduce`` (the reduce step of a run of several shards) every shard must have committed,
+    and the generated rows that repeat across shards are removed first (:mod:`.crossdedup`): the
+    manifest lists the rewritten parts and counts with the removed rows taken out; the parts they
+    replaced and the shards' keys objects are deleted once the manifest is committed.
+    """
     markers = read_markers(store, prefix)
-    if any(markers.get(i, {}).get("fingerprint") != fp for i in range(shards)):
+    missing = [i for i in range(shards) if markers.get(i, {}).get("fingerprint") != fp]
+    if missing:
+        if reduce is not None:
+            raise AugmentError(f"shard(s) {', '.join(map(str, missing))} of {shards} have not committed for this "
+                               f"configuration (no marker under {prefix.join(MARKER_DIR)}, or one of another "
+                               "configuration or code version); the reduce step runs after every shard has finished")
         return None
-    manifest = assemble_manifest([markers[i] for i in range(shards)])
+    ordered = [markers[i] for i in range(shards)]
+    reduced = None
+    if reduce is not None:
+        labels = Labels(str(ordered[0]["shared"]["firstPass"]["labelType"]))
+        reduced = cross_shard_dedup(store, prefix, [m["files"] for m in ordered],
+                                    [m.get("dedupKeys", []) for m in ordered], reduce.workdir, reduce.roles, labels)
+    manifest = assemble_manifest(ordered, reduced=reduced)
     artifacts = []
     if manifest.get("preprocess"):
         stats = {k: v for k, v in manifest["preprocess"].items() if k != "statsFile"}
@@ -326,8 +359,11 @@ def commit_run(store: ObjectStore, prefix: S3Uri, shards: int, fp: str) -> S3Uri
     page = render_html_report(manifest).encode("utf-8")
     artifacts.append(_artifact(store, prefix, "report.html", page, "text/html; charset=utf-8"))
     uri = store.commit(prefix, committed_manifest(manifest))
+    if reduced is not None:
+        remove_replaced(store, prefix, reduced, [m.get("dedupKeys", []) for m in ordered])
     log.info("run committed", extra={"manifest": str(uri), "rows_out": manifest["rowsOut"],
-                                     "parts": len(manifest["files"])})
+                                     "parts": len(manifest["files"]),
+                                     "cross_shard_duplicates": reduced.removed if reduced is not None else None})
     return uri
 
 

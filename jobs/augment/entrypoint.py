@@ -1,5 +1,7 @@
-"""``python -m sampleforge.jobs.augment``: one shard of an AugmentationRun, configured only by the
-environment the operator renders (:mod:`sampleforge.api.jobenv`), the same in a pod and on a laptop::
+"""``python -m sampleforge.jobs.augment``: one pod of an AugmentationRun, configured only by the
+environment the operator renders (:mod:`sampleforge.api.jobenv`), the same in a pod and on a laptop.
+A run of several shards sets ``SAMPLEFORGE_STEP`` (analysis, shards, reduce: :mod:`.pipeline`); without
+it the pod does every step for its shard::
 
     SAMPLEFORGE_RUN_KIND=AugmentationRun SAMPLEFORGE_RUN_NAME=shoes SAMPLEFORGE_RUN_NAMESPACE=search-ml \\
     SAMPLEFORGE_RUN_SPEC="$(yq -o json .spec run.yaml)" SAMPLEFORGE_S3_ENDPOINT=localhost:9000 \\
@@ -30,7 +32,7 @@ from types import FrameType
 
 from sampleforge.api import jobenv
 from sampleforge.api.augmentation import AugmentationRunSpec
-from sampleforge.api.constants import Reason
+from sampleforge.api.constants import Reason, Step
 from sampleforge.api.logs import redact, setup_logging
 from sampleforge.jobs.common.context import ConfigurationError, RunContext
 from sampleforge.jobs.common.heartbeat import HeartbeatSender
@@ -83,6 +85,18 @@ def _quiet_libraries() -> None:
     logging.getLogger("jieba").handlers.clear()
 
 
+def step_of(env: Mapping[str, str]) -> Step | None:
+    """The step this pod carries out (``SAMPLEFORGE_STEP``); None, all of them, when it is unset."""
+    value = env.get(jobenv.STEP) or None
+    if value is None:
+        return None
+    try:
+        return Step(value)
+    except ValueError:
+        raise ValueError(f"{jobenv.STEP}={value!r} is not a step of an AugmentationRun; use one of "
+                         f"{', '.join(s.value for s in Step)}, or leave it unset to run them all in this pod") from None
+
+
 def _on_sigterm(signum: int, frame: FrameType | None) -> None:
     raise Terminated()
 
@@ -95,18 +109,23 @@ def main(env: Mapping[str, str] | None = None) -> int:
     _quiet_libraries()
     try:
         ctx = RunContext.from_env(AugmentationRunSpec, env)
+        step = step_of(env)
     except (ConfigurationError, ValueError) as err:
         return _terminate(jobenv.EXIT_INVALID_CONFIG, Reason.INVALID_SPEC, str(err))
     try:
         store = ObjectStore.from_env(env)
     except StorageError as err:
         return _terminate(jobenv.EXIT_INVALID_CONFIG, Reason.INVALID_SPEC, str(err))
-    heartbeat = HeartbeatSender.from_env(ctx.pod_identity(), env).start()
+    # The analysis and reduce pods are the whole of their step: they report as one shard of one, so
+    # the run shows their progress (the operator adds shards' reports up over ``shards``).
+    single = step in (Step.ANALYSIS, Step.REDUCE)
+    identity = ctx.pod_identity(shard=0, shards=1) if single else ctx.pod_identity()
+    heartbeat = HeartbeatSender.from_env(identity, env).start()
     in_main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _on_sigterm) if in_main_thread else None
     try:
         job = ShardJob(ctx, store, cache_dir(env), heartbeat, show_progress=env.get(PROGRESS_ENV, "1") != "0")
-        outcome = job.run()
+        outcome = job.run(step)
         return _terminate(0, Reason.SUCCEEDED, outcome.message)
     except ConfigError as err:
         if caused_by_outage(err):

@@ -3,17 +3,19 @@
 Layout under ``spec.output.uri`` (every path in a manifest is relative to it)::
 
     data/part-<shard:05d>-<seq:05d>.parquet   rows (or .jsonl with output.format: jsonl)
+    data/part-<shard:05d>-<seq:05d>-dedup.parquet  a part the reduce step wrote again without cross-shard duplicates
     rejects/shard-<shard:05d>.jsonl           records set aside: {"position", "source", "reason", "record"}
+    _analysis/index.json                      the analysis step's commit (files beside it: analysis.py)
+    _dedup/part-<shard:05d>-<seq:05d>.u64     a part's exact-dedup keys, for the reduce step (deleted at the commit)
     _shards/<shard>.json                      the shard's commit marker
     preprocess.json                           fitted dense-feature statistics (when there are dense features)
     report.md                                 the human-readable report
     report.html                               the same with plots (htmlreport.py)
     manifest.json                             written last: the run's commit
 
-Beside its parts a shard may write each part's exact-dedup keys, under ``_dedup/`` with the part's
-name and ``.u64`` (:meth:`PartWriter.add`); the reduce step reads them to remove duplicates across
-shards and writes a part that lost rows as ``data/part-<shard>-<seq>-dedup.<ext>``
-(:mod:`.crossdedup`).
+In a run of several shards a shard writes each part's exact-dedup keys (:meth:`PartWriter.add`); the
+reduce step reads them to remove duplicates across shards and writes a part that lost rows again
+under its ``-dedup`` name (:mod:`.crossdedup`).
 
 **Byte-identical parts.** Rows are written in a fixed order with fixed writer settings (zstd level 3,
 dictionary encoding, format 2.6, data page v1, row groups of :data:`ROW_GROUP_ROWS`, parts of

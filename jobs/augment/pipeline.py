@@ -1,4 +1,17 @@
-"""One shard of an AugmentationRun, from the committed state it finds to the commit it leaves.
+"""One step of an AugmentationRun, from the committed state it finds to the commit it leaves.
+
+A run of several shards is three steps, each a Job the operator starts once the one before has
+succeeded (``SAMPLEFORGE_STEP``, :class:`~sampleforge.api.constants.Step`); a run of one shard, or
+a pod started without a step, does all three in one process:
+
+* **analysis** (one pod): the first pass over the whole source (:mod:`.knowledge`), committed under
+  ``_analysis/`` (:mod:`.analysis`). It runs once: a shard that fails and is retried reads it again,
+  never recomputes it.
+* **shards** (the Indexed Job): each shard reads the analysis and only its own row range of the
+  source (ranged reads, :mod:`.source`), augments, filters and writes its parts and its marker.
+* **reduce** (one pod): removes the exact duplicates that different shards generated, reading only
+  the shards' dedup keys and rewriting only the parts that lose rows (:mod:`.crossdedup`), then
+  commits the manifest (:mod:`.commit`).
 
 Read top to bottom, :meth:`ShardJob.run` is the whole job:
 
@@ -7,15 +20,15 @@ Read top to bottom, :meth:`ShardJob.run` is the whole job:
    objects, shard count) and of the configuration plus the code. A committed ``manifest.json`` with
    the same configuration fingerprint means the run is done: exit at once. A committed manifest of
    another configuration is an error (the output prefix belongs to another run).
-2. **Skip finished work.** If this shard's marker carries the current fingerprint and its parts are
-   present, go straight to the commit step.
-3. **First pass** over the whole source (:mod:`.knowledge`), identical in every shard.
+2. **Skip finished work.** An analysis, or a shard marker, with the current fingerprint (and its
+   files present) is not redone.
+3. **First pass** over the whole source, or the committed analysis of it.
 4. **Build** the augmenters (:mod:`.catalog`) and filters (:mod:`.filters`).
 5. **Shard pass** over the shard's row range (:mod:`.source`): clean each batch, keep its source rows,
    run every augmenter on it within its budget, redact and filter what they generate, and write
    (:class:`~.shardbatch.BatchProcessor`).
-6. **Commit the shard** (parts, rejects, marker), then **commit the run** if every shard has
-   (:mod:`.commit`).
+6. **Commit the shard** (parts, dedup keys, rejects, marker), then **reduce and commit the run** once
+   every shard has (:mod:`.commit`).
 """
 
 from __future__ import annotations
@@ -24,22 +37,25 @@ import json
 import logging
 import sys
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from tqdm.auto import tqdm
 
+from sampleforge.api import jobenv
 from sampleforge.api.augmentation import AugmentationRunSpec, Columns
-from sampleforge.api.constants import Reason
+from sampleforge.api.constants import Reason, Step
 from sampleforge.api.status import AugmentationResults
 from sampleforge.jobs.common.context import RunContext
 from sampleforge.jobs.common.heartbeat import HeartbeatSender
 from sampleforge.jobs.common.outage import StorageError
 from sampleforge.jobs.common.storage import ObjectStore, S3Uri
 
-from .catalog import build_augmenters, check_supported, needs_of
-from .commit import code_version, commit_run, digest, engine_summaries, marker_uri, shared_section
+from .analysis import ANALYSIS_DIR, Analysis, read_analysis, read_analysis_index, write_analysis
+from .catalog import build_augmenters, check_supported, needs_of, prepare_states
+from .commit import Reduce, code_version, commit_run, digest, engine_summaries, marker_uri, shared_section
 from .errors import ConfigError, SourceError
 from .filters import Filter, build_filters
 from .judge import JUDGE_COLUMNS, LlmJudge
@@ -51,7 +67,7 @@ from .pii import PiiRedactor
 from .preprocess import Cleaner, clean_text
 from .rows import PROVENANCE_COLUMNS, ColumnRoles
 from .shardbatch import BatchProcessor, ShardCounts
-from .source import SourceObject, SourceReader, list_objects, shard_range
+from .source import Checkpoint, SourceObject, SourceReader, list_objects, shard_range
 
 log = logging.getLogger("sampleforge.jobs.augment")
 
@@ -78,8 +94,9 @@ def roles_of(columns: Columns) -> ColumnRoles:
 
 @dataclass(frozen=True)
 class Outcome:
-    """How a shard's run ended: ``committed`` (this shard wrote the manifest), ``shardCommitted`` (others
-    still to finish), or ``alreadyCommitted`` (nothing to do)."""
+    """How a step ended: ``committed`` (this pod wrote the manifest), ``shardCommitted`` (others still to
+    finish, or the reduce step to come), ``analysed`` (the analysis is committed), or
+    ``alreadyCommitted`` (nothing to do)."""
 
     state: str
     manifest_uri: str | None
@@ -116,7 +133,8 @@ class ShardJob:
         config_fp = digest(config)
         return config_fp, digest({"config": config_fp, "code": code_version()})
 
-    def run(self) -> Outcome:
+    def run(self, step: Step | None = None) -> Outcome:
+        """Carry out ``step`` of the run (all of them when None; see the module docstring)."""
         started = time.monotonic()
         check_supported(self.spec)
         self._check_output_bucket()
@@ -129,12 +147,39 @@ class ShardJob:
                                "the run's output is already committed")
             raise ConfigError(f"spec.output.uri {self.spec.output.uri} already holds a committed output of another "
                               "configuration (different spec, source or shard count); write to a new output.uri")
-        marker = self._finished_marker(fp)
-        if marker is not None:
+        if step is Step.ANALYSIS:
+            return self._analyse(objects, fp)
+        if step is Step.REDUCE:
+            return self._reduce_and_commit(fp, required=True)
+        if self._finished_marker(fp) is not None:
             log.info("shard already committed; skipping to the run commit", extra={"shard": self.ctx.shard})
         else:
-            self._process(objects, config_fp, fp, started)
-        manifest = commit_run(self.store, self.prefix, self.ctx.shards, fp)
+            reader = self._reader(objects)
+            if step is Step.SHARDS:
+                analysis = self._committed_analysis(fp)
+                knowledge, prepared, analysis_bytes = analysis.knowledge, analysis.prepared, analysis.bytes_read
+            else:
+                knowledge, prepared, analysis_bytes = self._first_pass(reader), None, 0
+            self._process(reader, objects, knowledge, prepared, config_fp, fp, started, analysis_bytes,
+                          dedup_keys=step is Step.SHARDS)
+        if step is Step.SHARDS:
+            return Outcome("shardCommitted", None, f"shard {self.ctx.shard} of {self.ctx.shards} committed")
+        return self._reduce_and_commit(fp, required=False)
+
+    def _reader(self, objects: list[SourceObject]) -> SourceReader:
+        return SourceReader(self.store, objects, self.roles.all, self.roles.field_paths(), BATCH_ROWS)
+
+    def _reduce_and_commit(self, fp: str, required: bool) -> Outcome:
+        """Commit the run if every shard has. As the reduce step (``required``), every shard must have,
+        and the duplicates that different shards generated are removed first; shards run without a
+        step commit as they always did, the last one to finish writing the manifest."""
+        if required:
+            self._stage(f"removing duplicates across {self.ctx.shards} shards and committing")
+        workdir = self.cache_dir / "augment" / fp[:16] / "reduce"
+        manifest = commit_run(self.store, self.prefix, self.ctx.shards, fp,
+                              reduce=Reduce(workdir, self.roles) if required else None)
+        if self.heartbeat is not None:
+            self.heartbeat.flush()
         if manifest is not None:
             return Outcome("committed", str(manifest), "every shard has committed; manifest written")
         return Outcome("shardCommitted", None, f"shard {self.ctx.shard} committed; waiting for other shards")
@@ -160,7 +205,8 @@ class ShardJob:
                      extra={"shard": self.ctx.shard})
             return None
         present = {u.key: size for u, size, _ in self.store.list(self.prefix)}
-        entries = list(marker.get("files", [])) + ([marker["rejects"]] if marker.get("rejects") else [])
+        entries = [*marker.get("files", []), *marker.get("dedupKeys", []),
+                   *([marker["rejects"]] if marker.get("rejects") else [])]
         for entry in entries:
             if present.get(self.prefix.join(entry["path"]).key) != entry["size"]:
                 log.warning("a part listed by the shard marker is missing or changed; redoing the shard",
@@ -177,12 +223,42 @@ class ShardJob:
 
     def _first_pass(self, reader: SourceReader) -> DatasetKnowledge:
         object_rows: list[int] = []
+        object_offsets: list[list[Checkpoint]] = []
         self._stage("first pass over the source")
         with self._bar(None, "first pass") as bar:
-            knowledge = learn(reader.read_all(object_rows), object_rows, self.roles, self.spec,
-                              needs_of(self.spec), progress=bar.update)
+            knowledge = learn(reader.read_all(object_rows, object_offsets), object_rows, self.roles, self.spec,
+                              needs_of(self.spec), progress=bar.update, object_offsets=object_offsets)
         _check_usable(self.spec.source.uri, knowledge)
         return knowledge
+
+    # -- the analysis step, and what the shards read of it ---------------------------------------------
+
+    def _analyse(self, objects: list[SourceObject], fp: str) -> Outcome:
+        """The first pass, once for the whole run, committed for the shards (unless it already is)."""
+        index = self.prefix.join(ANALYSIS_DIR, "index.json")
+        if read_analysis_index(self.store, self.prefix, fp) is not None:
+            return Outcome("analysed", str(index), "the source is already analysed for this configuration")
+        reader = self._reader(objects)
+        knowledge = self._first_pass(reader)
+        self._stage("training and indexing on the whole source (the GAN, retrieval indexes)")
+        prepared = prepare_states(self.spec, roles=self.roles, labels=knowledge.labels, knowledge=knowledge,
+                                  store=self.store, models=ModelCache(self.store, self.cache_dir))
+        self._stage("committing the analysis")
+        uri = write_analysis(self.store, self.prefix, knowledge, fp, prepared)
+        if self.heartbeat is not None:
+            self.heartbeat.flush()
+        return Outcome("analysed", str(uri),
+                       f"analysed {knowledge.total_rows} source rows ({knowledge.valid_rows} usable) in "
+                       f"{knowledge.seconds:.1f} s, reading {reader.bytes_read} bytes; committed {uri}")
+
+    def _committed_analysis(self, fp: str) -> Analysis:
+        self._stage("reading the analysis")
+        analysis = read_analysis(self.store, self.prefix, fp)
+        if analysis is None:
+            raise ConfigError(f"{self.prefix.join(ANALYSIS_DIR)} holds no analysis of this configuration: the shards "
+                              "step reads what the analysis step committed. Run the analysis step first "
+                              f"({jobenv.STEP}={Step.ANALYSIS.value}); the operator runs the steps in order")
+        return analysis
 
     def _eval_split(self) -> EvalSplit | None:
         uri = self.spec.filters.eval_split
@@ -206,16 +282,17 @@ class ShardJob:
             dedup.method == "minhash" else (0.85, 128)
         return eval_split(uri, queries, items, threshold, num_perm, self.spec.filters.eval_split_match)
 
-    def _process(self, objects: list[SourceObject], config_fp: str, fp: str, started: float) -> None:
+    def _process(self, reader: SourceReader, objects: list[SourceObject], knowledge: DatasetKnowledge,
+                 prepared: Mapping[str, bytes] | None, config_fp: str, fp: str, started: float,
+                 analysis_bytes: int, dedup_keys: bool) -> None:
         spec, roles, shard, shards = self.spec, self.roles, self.ctx.shard, self.ctx.shards
-        reader = SourceReader(self.store, objects, roles.all, roles.field_paths(), BATCH_ROWS)
-        knowledge = self._first_pass(reader)
         first_pass_seconds = time.monotonic() - started
-        self._stage("loading models and building augmenters (the GAN trains here)")
+        trains = "" if prepared is not None else " (the GAN trains here)"
+        self._stage(f"loading models and building augmenters{trains}")
         split = self._eval_split()
         models = ModelCache(self.store, self.cache_dir)
         augmenters = build_augmenters(spec, roles=roles, labels=knowledge.labels, knowledge=knowledge,
-                                             store=self.store, models=models)
+                                      store=self.store, models=models, prepared=prepared)
         filters, notes = build_filters(spec.filters, roles, knowledge.labels, knowledge.source_pairs, models, split)
         judges = [a for _, a in augmenters if isinstance(a, LlmJudge)]
         chain = _with_judges(filters, judges)
@@ -232,11 +309,12 @@ class ShardJob:
         redactor = PiiRedactor()
         cleaner = Cleaner(roles, spec.preprocess, spec.filters.pii_redaction, knowledge.labels.kind, knowledge.dense)
         processor = BatchProcessor(roles, knowledge, augmenters, chain, redactor, writer, spec.seed,
-                                   spec.filters.pii_redaction)
+                                   spec.filters.pii_redaction, dedup_keys=dedup_keys)
         counts = processor.counts
         process_started = time.monotonic()
         with self._bar(hi - lo, f"shard {shard}/{shards}") as bar:
-            for raw in reader.read_range(knowledge.object_rows, lo, hi, last=shard == shards - 1):
+            for raw in reader.read_range(knowledge.object_rows, lo, hi, last=shard == shards - 1,
+                                         object_offsets=knowledge.object_offsets):
                 batch, bad = cleaner.clean(raw, redactor)
                 rejects.add(bad)
                 counts.rows_read += raw.size
@@ -249,10 +327,15 @@ class ShardJob:
         marker = {
             "shard": shard, "shards": shards, "fingerprint": fp, "configFingerprint": config_fp,
             "rowRange": [lo, hi], "files": parts, "rejects": rejects_entry,
+            # The exact-dedup key of every row of each part, for the reduce step (shards step only).
+            "dedupKeys": writer.key_files,
             "counts": processor.marker_counts(rejects.rows, rejects.reasons),
             "examples": processor.examples(),
             # This pod's engine figures, which the manifest combines over every shard.
             "engines": engine_summaries(augmenters),
+            # What this pod fetched: the source (the first pass, or only its range after an analysis
+            # step) and the analysis artifact.
+            "bytesRead": {"source": reader.bytes_read, "analysis": analysis_bytes},
             "timings": {"firstPassSeconds": round(first_pass_seconds, 3),
                         "processSeconds": round(time.monotonic() - process_started, 3),
                         "totalSeconds": round(time.monotonic() - started, 3)},

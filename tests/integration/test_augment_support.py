@@ -23,7 +23,7 @@ import pyarrow.parquet as pq
 import pytest
 from minio import Minio
 
-from sampleforge.api.constants import Kind
+from sampleforge.api.constants import Kind, Step
 from sampleforge.testbed import Testbed
 from sampleforge.testbed.localrun import JOB_COMMAND, job_environment
 
@@ -110,13 +110,14 @@ def spec(bucket: str, source: dict[str, Any], augmenters: list[dict[str, Any]], 
 
 
 def job_env(testbed: Testbed, run_spec: dict[str, Any], cache: Path, shard: int = 0, shards: int = 1, *,
-            llm_api_keys: Mapping[int, str] | None = None, heartbeat_interval: float | None = None) -> dict[str, str]:
-    """The environment the operator renders for one pod of the run (shard ``shard`` of ``shards``),
-    over this process's without its own SAMPLEFORGE_ variables, and without a progress bar."""
+            step: Step | None = None, llm_api_keys: Mapping[int, str] | None = None,
+            heartbeat_interval: float | None = None) -> dict[str, str]:
+    """The environment the operator renders for one pod of the run (shard ``shard`` of ``shards``, in
+    ``step``), over this process's without its own SAMPLEFORGE_ variables, and without a progress bar."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("SAMPLEFORGE_")}
     env.update(job_environment(Kind.AUGMENTATION_RUN, run_spec, name="augment-test", namespace="search-ml",
                                uid="uid-1", minio=testbed.minio, cache_dir=cache, shard=shard, shards=shards,
-                               llm_api_keys=llm_api_keys, heartbeat_interval=heartbeat_interval))
+                               step=step, llm_api_keys=llm_api_keys, heartbeat_interval=heartbeat_interval))
     env["SAMPLEFORGE_PROGRESS"] = "0"
     return env
 
@@ -129,8 +130,18 @@ def run_job(env: dict[str, str]) -> int:
 
 
 def run_all_shards(testbed: Testbed, run_spec: dict[str, Any], cache: Path, shards: int = 1) -> None:
+    """Every shard in this process, one after the other, without a step: each makes its own first pass
+    and the last commits (how a pod of a one-shard run works)."""
     for shard in range(shards):
         assert run_job(job_env(testbed, run_spec, cache, shard, shards)) == 0
+
+
+def run_steps(testbed: Testbed, run_spec: dict[str, Any], cache: Path, shards: int) -> None:
+    """The analysis, every shard, then the reduce, in this process: the operator's three Jobs."""
+    assert run_job(job_env(testbed, run_spec, cache, 0, shards, step=Step.ANALYSIS)) == 0
+    for shard in range(shards):
+        assert run_job(job_env(testbed, run_spec, cache, shard, shards, step=Step.SHARDS)) == 0
+    assert run_job(job_env(testbed, run_spec, cache, 0, shards, step=Step.REDUCE)) == 0
 
 
 def start_subprocess(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:

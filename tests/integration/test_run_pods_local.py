@@ -6,7 +6,9 @@ writes only to its emptyDirs), MinIO, and the run's status.
 * an AugmentationRun and a FineTuneRun chained on it both succeed, and each one's status equals what
   it committed (manifest.json; the FineTuneRun's metrics.json), value for value;
 * a run on an empty source file fails with reason DatasetUnreadable naming spec.source.uri, at once
-  (the Job's podFailurePolicy), where it used to succeed with 0 rows.
+  (the Job's podFailurePolicy), where it used to succeed with 0 rows;
+* a run of three shards runs as three Jobs in turn (analysis, shards, reduce) and writes the rows a
+  run of one shard writes.
 """
 
 from __future__ import annotations
@@ -17,13 +19,15 @@ import math
 from collections.abc import Iterator
 from typing import Any
 
+import pyarrow.parquet as pq
 import pytest
 from finetune_support import MINILM
 from kubernetes import client
 from operator_helpers import CREDENTIALS_SECRET, condition, create_run, jobs_of, pods_of, wait_phase
+from test_augment_support import qbqtc_lines
 
 from sampleforge.api import jobenv
-from sampleforge.api.constants import Kind
+from sampleforge.api.constants import LABEL_STEP, Kind, Step
 from sampleforge.testbed import Testbed, TestbedOptions
 from sampleforge.testbed._localnode import LOCAL_NODE_NAME
 from sampleforge.testbed._operator import OPERATOR_NAMESPACE, OperatorProcess
@@ -176,3 +180,52 @@ def test_a_chained_finetune_run_shows_exactly_what_both_runs_committed(local: Te
     assert ft_results["step"] == metrics["step"] and ft_results["loss"] == pytest.approx(metrics["loss"])
     assert ft_done["status"]["progress"]["done"] == ft_done["status"]["progress"]["total"]
     assert ft_done["status"]["completionTime"] > ft_done["status"]["startTime"]
+
+
+def _rows_written(tb: Testbed, manifest: dict[str, Any], prefix: str) -> tuple[list[Any], list[Any]]:
+    """The source rows and the generated rows a committed output holds, each in the order written."""
+    rows: list[dict[str, Any]] = []
+    for entry in manifest["files"]:
+        data = tb.minio.client().get_object(BUCKET, prefix + entry["path"]).read()
+        rows.extend(pq.read_table(io.BytesIO(data)).to_pylist())
+    return [r for r in rows if r["sf_origin"] == "source"], [r for r in rows if r["sf_origin"] != "source"]
+
+
+def test_a_run_of_three_shards_runs_three_steps_and_writes_what_one_shard_writes(local: Testbed) -> None:
+    """parallelism 3 through the operator: the analysis Job, the shards' Indexed Job, the reduce Job,
+    one after the other with real pods; the output equals a one-shard run's, with the rows that
+    different shards generated alike removed by the reduce step."""
+    # The same QBQTC rows in every third of the source: short Chinese queries give a swap or a
+    # deletion few outcomes, so the shards generate some of the same rows.
+    lines = [json.loads(line) for line in qbqtc_lines(90)]
+    rows = [{**r, "id": f"{r['id']}-{copy}"} for copy in range(3) for r in lines]
+    source = put(local, "steps/train.jsonl", "\n".join(json.dumps(r, ensure_ascii=False) for r in rows).encode() + b"\n")
+    docs = {}
+    for name, parallelism in (("steps-one", 1), ("steps-three", 3)):
+        doc = run_doc(local, name, source)
+        doc["spec"]["source"]["columns"] = {"query": "query", "item": "title", "label": "label", "id": "id"}
+        doc["spec"].update(parallelism=parallelism, augmenters=[{"type": "randomSwap"},
+                                                                {"type": "randomDelete", "fraction": 0.5}])
+        docs[name] = doc
+    with local.api_client() as api:
+        runs = {name: create_run(api, NAMESPACE, doc) for name, doc in docs.items()}
+        one = wait_phase(api, AR, NAMESPACE, "steps-one", "Succeeded", timeout=300)
+        three = wait_phase(api, AR, NAMESPACE, "steps-three", "Succeeded", timeout=600)
+        jobs = jobs_of(api, NAMESPACE, runs["steps-three"]["metadata"]["uid"])
+        steps = {job.metadata.labels[LABEL_STEP]: job for job in jobs}
+        assert sorted(steps) == sorted(Step) and all(job.status.succeeded for job in jobs)
+        assert steps[Step.SHARDS].spec.completions == 3 and steps[Step.ANALYSIS].spec.completions == 1
+        # Each step began after the one before had finished.
+        assert steps[Step.ANALYSIS].status.completion_time <= steps[Step.SHARDS].metadata.creation_timestamp
+        assert steps[Step.SHARDS].status.completion_time <= steps[Step.REDUCE].metadata.creation_timestamp
+        assert not jobs_of(api, NAMESPACE, runs["steps-one"]["metadata"]["uid"])[0].metadata.labels.get(LABEL_STEP)
+    assert three["status"]["stage"] == Step.REDUCE and three["status"]["jobName"] == steps[Step.REDUCE].metadata.name
+    assert "stage" not in one["status"]
+    m1, m3 = (_read(local, run["status"]["outputs"]["manifestUri"]) for run in (one, three))
+    assert m3["shards"] == 3 and m3["crossShardDedup"]["removed"] > 0
+    assert _rows_written(local, m3, "out/steps-three/") == _rows_written(local, m1, "out/steps-one/")
+    for key in ("rowsIn", "rowsOut", "generatedRows", "filters", "labelDistribution"):
+        assert m3[key] == m1[key], key
+    results = three["status"]["results"]
+    assert (results["samplesIn"], results["samplesOut"]) == (m3["rowsIn"], m3["rowsOut"])
+    assert results["perAugmenter"] == {name: a["kept"] for name, a in m3["augmenters"].items()}
