@@ -232,9 +232,10 @@ def _tolerations(spec: CommonRunSpec, settings: Settings, gpus: int) -> list[dic
     return tolerations
 
 
-def _node_selector(spec: CommonRunSpec, settings: Settings) -> dict[str, str]:
+def _node_selector(spec: CommonRunSpec, settings: Settings, gpus: int) -> dict[str, str]:
+    """The spec's node selector, plus its GPU type for a pod that has GPUs."""
     selector = dict(spec.node_selector)
-    if spec.resources.gpu_type is not None:
+    if spec.resources.gpu_type is not None and gpus > 0:
         selector[settings.gpu_type_label] = spec.resources.gpu_type
     return dict(sorted(selector.items()))
 
@@ -286,7 +287,7 @@ def pod_template(
     }
     if topo.service is not None:
         pod_spec["subdomain"] = topo.service
-    node_selector = _node_selector(spec, settings)
+    node_selector = _node_selector(spec, settings, topo.gpus_per_pod)
     if node_selector:
         pod_spec["nodeSelector"] = node_selector
     tolerations = _tolerations(spec, settings, topo.gpus_per_pod)

@@ -14,8 +14,8 @@ What a run becomes:
   makes the next once the previous has succeeded): the **analysis** Job (one pod, NonIndexed, a
   first pass over the whole source), the **shards** Job (Indexed, one pod per shard:
   ``completions = parallelism = spec.parallelism``; each pod finds its shard in
-  ``JOB_COMPLETION_INDEX``, set by Kubernetes) and the **reduce** Job (one pod, NonIndexed:
-  cross-shard dedup and the manifest). Every step's pods get the shard count in ``SHARD_COUNT``
+  ``JOB_COMPLETION_INDEX``, set by Kubernetes) and the **reduce** Job (one pod, NonIndexed, no
+  GPU: cross-shard dedup and the manifest). Every step's pods get the shard count in ``SHARD_COUNT``
   and their step in ``SAMPLEFORGE_STEP``; the Jobs and pods carry it in ``LABEL_STEP``. The
   shards Job keeps the name a one-Job run's Job has (:func:`job_name`); the other two get
   ``-analysis`` / ``-reduce`` after it.
@@ -259,9 +259,14 @@ def topology(run: RunObject, step: Step | None = None) -> Topology:
     spec = run.spec
     if isinstance(spec, AugmentationRunSpec):
         gpus = spec.resources.gpus if spec.resources.gpus is not None else 0
-        if step in (Step.ANALYSIS, Step.REDUCE):
-            # One pod over all of the source (analysis) or all the shards' output (reduce).
+        if step is Step.ANALYSIS:
+            # One pod over all of the source; with the run's GPUs (it may train the GAN and embed the
+            # catalog for a retrieval index).
             return Topology(pods=1, indexed=False, gpus_per_pod=gpus, service=None)
+        if step is Step.REDUCE:
+            # One pod over the shards' dedup keys and parts: hashing, sorting and copying, no GPU, so
+            # it holds none of the run's (and asks for no GPU node or GPU type).
+            return Topology(pods=1, indexed=False, gpus_per_pod=0, service=None)
         # Always Indexed, even with one shard: the job code then has a single way to find its shard.
         return Topology(pods=spec.parallelism, indexed=True, gpus_per_pod=gpus, service=None)
     nodes = spec.distribution.nodes
@@ -336,8 +341,8 @@ def render_job(run: RunObject, settings: Settings, input_uri: str | None = None,
     (``spec.data.fromAugmentationRun``): required for exactly those runs, ValueError otherwise,
     so a Job can never be created that trains on nothing.
 
-    Every step's Job gets the run's whole pod spec, resources included: the reduce step needs no
-    GPU, but a pod spec of its own per step is not worth a second set of knobs yet.
+    Every step's Job gets the run's pod spec, but the reduce Job asks for no GPU (nor the GPU type):
+    it only hashes, sorts and copies rows (:func:`topology`).
     """
     _check_input(run, input_uri)
     step = _check_step(run, step)

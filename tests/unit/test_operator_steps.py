@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 from sampleforge.api import Kind, Phase, Reason, jobenv
-from sampleforge.api.constants import KUEUE_QUEUE_LABEL, LABEL_RUN_UID, LABEL_STEP, STEPS, Step
+from sampleforge.api.constants import GPU_RESOURCE, KUEUE_QUEUE_LABEL, LABEL_RUN_UID, LABEL_STEP, STEPS, Step
 from sampleforge.operator import committed as committed_output
 from sampleforge.operator import monitor as monitor_module
 from sampleforge.operator.context import OperatorContext
@@ -168,6 +168,18 @@ class TestRenderSteps:
         assert render_job(run, SETTINGS)["metadata"]["name"] == job_name(AR, run.name)
         assert json.dumps(render_job(run, SETTINGS)) == json.dumps(render_job(run, SETTINGS, step=Step.SHARDS))
 
+    def test_the_reduce_pod_holds_no_gpu_and_asks_for_no_gpu_node(self) -> None:
+        run = run_of(body(parallelism=3, resources={"gpus": 2, "gpuType": "NVIDIA-H100-80GB-HBM3", "cpu": "4"}))
+        pods = {s: render_job(run, SETTINGS, step=s)["spec"]["template"]["spec"] for s in Step}
+        for step in (Step.ANALYSIS, Step.SHARDS):
+            assert pods[step]["containers"][0]["resources"]["limits"][GPU_RESOURCE] == "2"
+            assert SETTINGS.gpu_type_label in pods[step]["nodeSelector"]
+        reduce = pods[Step.REDUCE]
+        assert GPU_RESOURCE not in reduce["containers"][0]["resources"]["limits"]
+        assert reduce["containers"][0]["resources"]["limits"]["cpu"] == "4"
+        assert SETTINGS.gpu_type_label not in (reduce.get("nodeSelector") or {})
+        assert not any(t.get("key") == GPU_RESOURCE for t in reduce.get("tolerations") or [])
+
     def test_every_step_is_rendered_byte_identically_again(self) -> None:
         for step in Step:
             first = json.dumps(render_job(run_of(body()), SETTINGS, step=step), sort_keys=False)
@@ -179,7 +191,7 @@ class TestRenderSteps:
         analysis, shards = (render_job(run, SETTINGS, step=s)["spec"]["template"] for s in (Step.ANALYSIS,
                                                                                            Step.SHARDS))
         container_a, container_s = analysis["spec"]["containers"][0], shards["spec"]["containers"][0]
-        assert container_a["resources"] == container_s["resources"], "the reduce and analysis get the pod spec too"
+        assert container_a["resources"] == container_s["resources"], "the analysis gets the pod spec too"
         strip = [e for e in container_a["env"] if e["name"] != jobenv.STEP]
         assert strip == [e for e in container_s["env"] if e["name"] != jobenv.STEP]
         assert analysis["spec"]["volumes"] == shards["spec"]["volumes"], "one spec ConfigMap for all steps"
