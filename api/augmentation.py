@@ -419,7 +419,12 @@ class AugmentationRunSpec(CommonRunSpec):
     output: Annotated[AugmentationOutput, _immutable("output")] = Field(
         description="Where the augmented set and its manifest are written."
     )
-    parallelism: int = Field(default=1, ge=1, le=1000, description="Shards processed in parallel, one pod each.")
+    parallelism: int = Field(
+        default=1, ge=1, le=1000,
+        description="Shards processed in parallel, one pod each. With more than one the run is three Jobs in "
+                    "turn (status.stage): one pod analyses the whole source once, the shards each read that and "
+                    "their own rows, and one pod removes the rows that different shards generated alike and "
+                    "commits the manifest.")
     seed: int = Field(
         default=42, ge=0, le=2**31 - 1, description="Random seed; the same spec and seed give the same output."
     )
