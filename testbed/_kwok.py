@@ -47,29 +47,48 @@ def start_kwok(logs: Path, kubeconfig: Path, timeout: float) -> ManagedProcess:
 
 
 def gpu_node_manifest(name: str, gpus: int = 8, product: str = "NVIDIA-H100-80GB-HBM3") -> dict[str, Any]:
-    resources = {"cpu": "64", "memory": "512Gi", "pods": "110", "ephemeral-storage": "1Ti", GPU_RESOURCE: str(gpus)}
+    return _node_manifest(name, gpus, {GPU_PRODUCT_LABEL: product, "nvidia.com/gpu.count": str(gpus)}, [GPU_TAINT])
+
+
+def cpu_node_manifest(name: str) -> dict[str, Any]:
+    """A node of the cluster's CPU pool: no GPUs, no taint; where pods that ask for no GPU go."""
+    return _node_manifest(name, 0, {}, [])
+
+
+def _node_manifest(name: str, gpus: int, labels: dict[str, str], taints: list[dict[str, str]]) -> dict[str, Any]:
+    resources = {"cpu": "64", "memory": "512Gi", "pods": "110", "ephemeral-storage": "1Ti"}
+    if gpus:
+        resources[GPU_RESOURCE] = str(gpus)
     return {
         "apiVersion": "v1",
         "kind": "Node",
         "metadata": {
             "name": name,
             "annotations": {MANAGED_ANNOTATION[0]: MANAGED_ANNOTATION[1], "node.alpha.kubernetes.io/ttl": "0"},
-            "labels": {
-                "kubernetes.io/hostname": name, "kubernetes.io/os": "linux", "kubernetes.io/arch": "amd64",
-                "type": "kwok", GPU_PRODUCT_LABEL: product, "nvidia.com/gpu.count": str(gpus),
-            },
+            "labels": {"kubernetes.io/hostname": name, "kubernetes.io/os": "linux", "kubernetes.io/arch": "amd64",
+                       "type": "kwok", **labels},
         },
-        "spec": {"taints": [GPU_TAINT]},
+        "spec": {"taints": taints},
         "status": {"capacity": resources, "allocatable": dict(resources)},
     }
 
 
 def create_gpu_nodes(api: client.ApiClient, count: int, timeout: float) -> list[str]:
     """Create ``count`` fake GPU nodes and wait until kwok reports each one Ready."""
+    return create_nodes(api, {f"gpu-node-{i}": gpu_node_manifest(f"gpu-node-{i}") for i in range(count)}, timeout)
+
+
+def create_cpu_nodes(api: client.ApiClient, count: int, timeout: float) -> list[str]:
+    """Create ``count`` fake CPU nodes and wait until kwok reports each one Ready."""
+    return create_nodes(api, {f"cpu-node-{i}": cpu_node_manifest(f"cpu-node-{i}") for i in range(count)}, timeout)
+
+
+def create_nodes(api: client.ApiClient, manifests: dict[str, dict[str, Any]], timeout: float) -> list[str]:
+    """Create the nodes (by name) and wait until kwok reports each one Ready."""
     core = client.CoreV1Api(api)
-    names = [f"gpu-node-{i}" for i in range(count)]
+    names = list(manifests)
     for name in names:
-        core.create_node(client.V1Node.model_validate(gpu_node_manifest(name)))
+        core.create_node(client.V1Node.model_validate(manifests[name]))
     deadline = time.monotonic() + timeout
     pending = set(names)
     while pending:

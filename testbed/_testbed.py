@@ -32,7 +32,7 @@ from sampleforge.testbed._controlplane import (
 from sampleforge.testbed._errors import TestbedError
 from sampleforge.testbed._health import http_ok
 from sampleforge.testbed._kueue import start_kueue
-from sampleforge.testbed._kwok import create_gpu_nodes, start_kwok
+from sampleforge.testbed._kwok import create_cpu_nodes, create_gpu_nodes, start_kwok
 from sampleforge.testbed._localnode import start_local_node
 from sampleforge.testbed._minio import MinioServer, start_minio
 from sampleforge.testbed._paths import binary
@@ -49,6 +49,10 @@ class TestbedOptions:
     #: kube-controller-manager + kube-scheduler + kwok with fake GPU nodes.
     controllers: bool = False
     gpu_nodes: int = 2
+    #: kwok nodes without GPUs (a cluster's CPU pool, where a pod that asks for no GPU goes, such as a
+    #: sharded AugmentationRun's reduce step). None: one when there are GPU nodes, else none (a
+    #: local-node testbed wants its pods on the local node).
+    cpu_nodes: int | None = None
     #: A node whose Pods run as local processes (needs ``controllers``): Jobs really execute.
     local_node: bool = False
     #: Kueue's manager (needs ``controllers``), its CRDs and namespace: runs with ``queueName`` are
@@ -78,6 +82,7 @@ class Testbed:
         self._api: ApiServer | None = None
         self._minio: MinioServer | None = None
         self.gpu_node_names: list[str] = []
+        self.cpu_node_names: list[str] = []
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -103,6 +108,8 @@ class Testbed:
                     self.processes.append(start_kwok(self.logs, kubeconfig, timeout))
                     with self.api_client() as api:
                         self.gpu_node_names = create_gpu_nodes(api, opts.gpu_nodes, timeout)
+                        cpu_nodes = opts.cpu_nodes if opts.cpu_nodes is not None else min(opts.gpu_nodes, 1)
+                        self.cpu_node_names = create_cpu_nodes(api, cpu_nodes, timeout)
                     if opts.local_node:
                         self.processes.append(start_local_node(self.kubeconfig, self.workdir / "local-node",
                                                                self.logs, timeout))
