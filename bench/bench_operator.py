@@ -2,6 +2,9 @@
 
 * ``latency``: runs created one at a time; time from the create call to the operator's Job
   appearing in a watch (median, p99, worst).
+Every run is an AugmentationRun of ``parallelism: 1``, so its Job is its only one (a run of several
+shards starts with its analysis Job, made the same way): "apply → Job" is the time to the first Job.
+
 * ``burst``: N runs created at once; the same latency under load, status writes per second, the
   operator's CPU seconds and peak RSS.
 * ``idle``: N suspended runs left alone; the operator's resident memory once they are settled.
@@ -159,6 +162,8 @@ def main() -> int:
         operator = OperatorProcess(tb.kubeconfig, tb.logs / "operator.log",
                                    settings={"SAMPLEFORGE_OPERATOR_LEADER_ELECTION": "false"}).start()
         pid = operator.process.pid
+        time.sleep(2)  # settled after its start: what the operator costs before any run exists
+        report["noRuns"] = {"operatorRssMiB": round(rss(pid) / 2**20)}
         watcher = JobWatcher(api).start()
         try:
             # 1. one at a time
@@ -248,6 +253,7 @@ def _status_writes(operator: OperatorProcess) -> float:
 def markdown(report: dict[str, Any], args: argparse.Namespace) -> str:
     lat, burst, idle, loads = report["latency"], report["burst"], report["idle"], report["loadAverage"]
     rows = [
+        ("operator RSS with no runs (after its start)", f"{report['noRuns']['operatorRssMiB']} MiB"),
         (f"apply → Job created, {args.latency_runs} runs one at a time: median", f"{lat['medianMs']} ms"),
         ("… p99", f"{lat['p99Ms']} ms"),
         ("… worst", f"{lat['worstMs']} ms"),
@@ -277,7 +283,8 @@ def markdown(report: dict[str, Any], args: argparse.Namespace) -> str:
         "",
         (f"Measured {report['date']} with `python bench/bench_operator.py{' --quick' if args.quick else ''}` on "
          f"{report['machine']}, Python {report['python']}, against the testbed's real kube-apiserver and etcd on the "
-         "same machine (no kubelet: the Jobs are created, not run; this measures the operator). 1-minute load "
+         "same machine (no kubelet: the Jobs are created, not run; this measures the operator). The runs are "
+         "AugmentationRuns of parallelism 1, so the Job timed is each run's first and only one. 1-minute load "
          f"average {loads.get('start')} at the start, {loads.get('afterLatency')} after the one-at-a-time runs, "
          f"{loads.get('afterBurst')} after the burst, {loads.get('end')} at the end: a shared machine, so the "
          "times are indicative."),

@@ -10,11 +10,13 @@ import asyncio
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+from sampleforge.operator.eventcache import FailedCreateListings
 from sampleforge.operator.index import ChildIndex
 from sampleforge.operator.kube import Kube
 from sampleforge.operator.lifecycle import Observation
 from sampleforge.operator.metrics import OperatorMetrics
 from sampleforge.operator.progress import ProgressStore
+from sampleforge.operator.secretcache import SecretKeyCache
 from sampleforge.operator.settings import Settings
 
 #: FailedCreate Event listings in flight at once. Each may take seconds on a busy API server; with
@@ -49,3 +51,7 @@ class OperatorContext:
     watch_seen: dict[str, str] = field(default_factory=dict)
     #: Bounds the monitors' FailedCreate Event listings (see EVENT_LISTINGS).
     event_listings: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(EVENT_LISTINGS))
+    #: Each namespace's FailedCreate Events of Jobs, listed once for all its monitors (:mod:`.eventcache`).
+    failed_creates: FailedCreateListings = field(default_factory=FailedCreateListings)
+    #: The keys of the Secrets runs name, remembered for a few seconds (see :mod:`.secretcache`).
+    secret_keys: SecretKeyCache = field(default_factory=SecretKeyCache)

@@ -3,8 +3,8 @@
 When the Job controller cannot create a Job's pods (a ResourceQuota, a LimitRange, an admission
 webhook or PodSecurity denial, a missing ServiceAccount) the only trace is a Warning Event
 ``FailedCreate`` on the Job: the Job's status does not change. Watching every Event in the cluster
-would cost far more than the answer is worth, so each run's monitor lists its Job's FailedCreate
-Events (a field selector on the Job's uid and the reason) only once the Job has had no live pods
+would cost far more than the answer is worth, so each run's monitor reads its Job's FailedCreate
+Events (from one listing of its namespace's, :mod:`.eventcache`) only once the Job has had no live pods
 for ``after`` seconds, and then at most every ``every`` seconds until it gets pods, doubling the
 interval (up to ``longest``) while the listings find nothing: a Job without pods for a reason that
 leaves no Event (a slow Job controller) must not cost a call every few seconds for ever. A Job

@@ -106,7 +106,7 @@ def check_secrets(ctx: OperatorContext, kind: Kind, body: dict[str, Any], run: R
             wanted.setdefault(key_ref.name, set()).add(key_ref.key)
     for secret, keys in wanted.items():
         try:
-            have = ctx.kube.get_secret_keys(run.namespace, secret)
+            have = ctx.secret_keys.keys(run.namespace, secret, ctx.kube.get_secret_keys)
         except Forbidden as err:
             _report(ctx, body, Observation(
                 Phase.PENDING, Reason.SECRET_NOT_FOUND,
@@ -178,8 +178,8 @@ def reconcile(ctx: OperatorContext, kind: Kind, body: dict[str, Any]) -> None:
     # A queued run's Job is resumed by Kueue when it admits it, never by the operator.
     if job_is_suspended != suspend and (suspend or run.spec.queue_name is None):
         ctx.kube.set_job_suspend(run.namespace, job_name, suspend)
-        kopf.info(run_status.kopf_body(body), reason=Reason.SUSPENDED if suspend else Reason.RESUMED,
-                  message=f"{'suspended' if suspend else 'resumed'} Job {job_name}")
+        kopf.event(run_status.kopf_body(body), type="Normal", reason=Reason.SUSPENDED if suspend else Reason.RESUMED,
+                   message=f"{'suspended' if suspend else 'resumed'} Job {job_name}")
     ctx.children.wake(uid)
 
 
@@ -204,7 +204,7 @@ def ensure_job(ctx: OperatorContext, kind: Kind, body: dict[str, Any], run: RunO
     if created:
         ctx.metrics.jobs_created.labels(kind=kind).inc()
         message = f"created Job {job_name}" if step is None else f"created Job {job_name} for step {step}"
-        kopf.info(run_status.kopf_body(body), reason=Reason.JOB_CREATED, message=message)
+        kopf.event(run_status.kopf_body(body), type="Normal", reason=Reason.JOB_CREATED, message=message)
         log.info("job created", extra={"kind": str(kind), "namespace": run.namespace, "run": run.name,
                                        "job": job_name, "step": str(step or "")})
     return job

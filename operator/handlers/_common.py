@@ -65,6 +65,7 @@ def seen_handler(kind: Kind, event: dict[str, Any], memo: kopf.Memo) -> None:
     ctx = ctx_of(memo)
     obj = event.get("object") or {}
     meta = obj.get("metadata") or {}
+    drop_managed_fields(meta)
     uid: str = meta.get("uid") or ""
     key = (str(kind), meta.get("namespace", ""), meta.get("name", ""))
     if event.get("type") == "DELETED":
@@ -82,6 +83,18 @@ def seen_handler(kind: Kind, event: dict[str, Any], memo: kopf.Memo) -> None:
         if phase == Phase.FAILED:
             _remember_failure(ctx, kind, meta, current_status(kind, obj))
     publish_phase_counts(ctx)
+
+
+def drop_managed_fields(meta: dict[str, Any]) -> None:
+    """Remove ``managedFields`` from a run's metadata as the watch delivered it, in place.
+
+    kopf keeps the latest body of every run with a monitor, and that body is the very dict the
+    watch delivered (this handler sees each event first). Those bodies were the largest holder in an
+    allocation trace of 800 idle runs (20 of 64 MiB), and their managedFields (one entry per writer:
+    the client that applied the run, kopf's annotations and finalizer, the status writes, each with
+    a copy of every field it set) a large part of each; neither kopf nor the operator reads them."""
+    if isinstance(meta, dict):
+        meta.pop("managedFields", None)
 
 
 def _remember_failure(ctx: OperatorContext, kind: Kind, meta: Any, status: RunStatus) -> None:

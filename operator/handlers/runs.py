@@ -33,8 +33,11 @@ def register(kind: Kind) -> None:
     async def monitor(body: kopf.Body, memo: kopf.Memo, stopped: kopf.DaemonStopped, **_: Any) -> None:
         await _common.monitor_handler(kind, body, memo, stopped)
 
+    # On the event loop, not in kopf's handler threads: it only updates in-memory maps, and kopf
+    # processes a run's event (its finalizer patch, then reconcile) only after this has returned,
+    # so under a burst every new run queued for a thread behind the reconciles waiting on the API.
     @kopf.on.event(GROUP, VERSION, plural, id=f"{prefix}_seen")
-    def seen(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
+    async def seen(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
         _common.seen_handler(kind, dict(event), memo)
 
     @kopf.on.delete(GROUP, VERSION, plural, id=f"{prefix}_delete", optional=True)

@@ -46,7 +46,11 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     # writes of a burst of new runs behind each other.
     asyncio.get_running_loop().set_default_executor(
         ThreadPoolExecutor(max_workers=API_THREADS - HANDLER_THREADS, thread_name_prefix="sampleforge-api"))
-    settings.posting.level = logging.INFO
+    # kopf posts its own log lines of this level and above as Events of the run. At INFO that was
+    # two Events per new run ("Handler ... succeeded", "Creation is processed"), two more API
+    # writes per run in a burst, queued with the Jobs; the operator's own Events (created Job,
+    # phase changes) go through kopf.event and are posted whatever this level.
+    settings.posting.level = logging.WARNING
     settings.networking.error_backoffs = [1, 2, 5, 10, 30]
     ctx = ctx_of(memo)
     memo["watch_task"] = asyncio.create_task(_watch_health_loop(ctx_of(memo)))
