@@ -132,6 +132,17 @@ def headline_finetune_memory(text: str) -> str:
             f"rows: {ratio}×")
 
 
+def headline_augment_scaling(text: str) -> str:
+    found = re.search(r"\*\*Total CPU at ([0-9]+) shards: ([0-9.]+)× one shard's \(target ≤ [0-9.]+: (met|missed)\); "
+                      r"read ratio at [0-9]+ shards: ([0-9.]+) \(target ≤ [0-9.]+: (met|missed)\); peak RSS per shard "
+                      r"([0-9,]+ MiB) \(1 shard: ([0-9,]+ MiB)\)\*\*", text)
+    if not found:
+        raise ValueError("no target line")
+    shards, cpu, cpu_met, read, read_met, rss, rss_one = found.groups()
+    return (f"{shards} shards: total CPU {cpu}× 1 shard ({cpu_met}); bytes read per shard, less the analysis artifact, "
+            f"{read}× source ÷ shards ({read_met}); peak RSS per shard {rss} (1 shard: {rss_one})")
+
+
 def headline_quality(text: str) -> str:
     """From the target table: ``| dataset | slice | primary metric | best baseline | best sampleforge arm
     (validation) | lift | 95 % CI | met |``."""
@@ -211,6 +222,11 @@ BENCHMARKS: tuple[Benchmark, ...] = (
               "peak memory of one augmentation shard against input size (up to 3M rows)",
               "bounded: no growth with the rows held", headline_augment_memory,
               quick_args=("--quick", "--output", "{out}")),
+    Benchmark("augment_scaling", "bench_augment_scaling.py",
+              "augmentation at 3 M rows with 1, 2, 4 and 8 shards, every step a separate process (analysis once, then "
+              "the shards, then the cross-shard reduce): total CPU seconds, bytes read and peak RSS per shard",
+              "total CPU at 8 shards ≤ 1.15× 1 shard; bytes read per shard ≤ 1.1 × source ÷ shards + analysis artifact",
+              headline_augment_scaling, quick_args=("--quick", "--output", "{out}")),
     Benchmark("finetune_memory", "bench_finetune_memory.py",
               "peak RSS per fine-tune rank at 0.3 M, 1 M and 3 M training rows (rows streamed into memory-mapped "
               "Arrow, tokenised into mapped files), against the smallest size and the old in-memory path",
