@@ -178,7 +178,7 @@ def measure(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             for k, part in enumerate(synthetic_parts(pairs, rows)):
                 s3.put_object("bench", f"rows-{rows}/part-{k:05d}.jsonl", io.BytesIO(part), len(part))
                 size += len(part)
-            runs = [("new", None)] if rows in args.sizes else []
+            runs: list[tuple[str, Path | None]] = [("new", None)] if rows in args.sizes else []
             runs += [("old", old)] if rows in args.old_sizes and old is not None else []
             for label, tree in runs:
                 run_spec = spec(rows, "s3://bench/model/", args)
