@@ -21,7 +21,7 @@ from kubernetes import client, config, watch
 from kubernetes.config.config_exception import ConfigException
 
 from sampleforge.api import GROUP, VERSION, Kind, Storage
-from sampleforge.api.constants import LABEL_RUN_UID, PLURALS, TERMINAL_PHASES
+from sampleforge.api.constants import LABEL_RUN_UID, LABEL_STEP, PLURALS, STEPS, TERMINAL_PHASES, Step
 
 from .refs import RunRef
 
@@ -175,13 +175,22 @@ def watch_run(cluster: Cluster, kind: Kind, name: str, timeout: float) -> Iterat
 
 
 def run_pods(cluster: Cluster, run: dict[str, Any]) -> list[client.V1Pod]:
-    """The pods of every Job the run ever had (retries included), oldest first per index."""
+    """The pods of every Job the run ever had (retries included): step by step in the order the steps
+    run, then by index, oldest first."""
     uid = run["metadata"]["uid"]
     try:
         pods = cluster.core.list_namespaced_pod(cluster.namespace, label_selector=f"{LABEL_RUN_UID}={uid}").items
     except client.ApiException as err:
         raise _api_error(err, f"list the pods of {run['metadata']['name']} in namespace {cluster.namespace}") from None
-    return sorted(pods, key=lambda p: (_index_key(p), pod_meta(p).creation_timestamp, pod_name(p)))
+    return sorted(pods, key=pod_order)
+
+
+def pod_order(pod: client.V1Pod) -> tuple[int, int, Any, str]:
+    """Analysis before shards before reduce (a pod of a one-step run sorts with the shards), then
+    index, creation time and name."""
+    step = pod_step(pod)
+    rank = STEPS.index(step) if step is not None else STEPS.index(Step.SHARDS)
+    return rank, _index_key(pod), pod_meta(pod).creation_timestamp, pod_name(pod)
 
 
 def pod_meta(pod: client.V1Pod) -> client.V1ObjectMeta:
@@ -212,15 +221,26 @@ def _index_key(pod: client.V1Pod) -> int:
     return int(index) if index and index.isdigit() else 1 << 30
 
 
+def pod_step(pod: client.V1Pod) -> Step | None:
+    """The step of a multi-step AugmentationRun the pod runs (its ``LABEL_STEP``), else None."""
+    value = (pod_meta(pod).labels or {}).get(LABEL_STEP)
+    return Step(value) if value in STEPS else None
+
+
 def pod_prefix(kind: Kind, pod: client.V1Pod) -> str:
     """``shard 2/x7k2p`` for an AugmentationRun's pod, ``rank 0/q9z1m`` for a FineTuneRun's: the
-    index says which part of the work, the pod's own suffix tells retries of that index apart."""
+    index says which part of the work, the pod's own suffix tells retries of that index apart. The
+    one-pod steps of a multi-step run show as ``analysis/k3m8q`` and ``reduce/p2x9w``."""
     index = completion_index(pod)
     name = pod_name(pod)
+    suffix = name.rsplit("-", 1)[-1]
+    step = pod_step(pod)
+    if step is not None and step != Step.SHARDS:
+        return f"{step.value}/{suffix}"
     if index is None:
         return name
     role = "shard" if kind == Kind.AUGMENTATION_RUN else "rank"
-    return f"{role} {index}/{name.rsplit('-', 1)[-1]}"
+    return f"{role} {index}/{suffix}"
 
 
 # --- storage --------------------------------------------------------------------------------------

@@ -16,7 +16,8 @@ from kubernetes import client
 from rich.console import Console
 
 from sampleforge.api import Kind
-from sampleforge.cli.kube import COMPLETION_INDEX, context_namespace, pod_prefix
+from sampleforge.api.constants import LABEL_STEP, Step
+from sampleforge.cli.kube import COMPLETION_INDEX, context_namespace, pod_order, pod_prefix
 from sampleforge.cli.lint import lint_document, lint_text
 from sampleforge.cli.refs import RefError, RunRef, parse_ref
 from sampleforge.cli.views import (
@@ -222,6 +223,23 @@ class TestPodPrefix:
         assert pod_prefix(Kind.AUGMENTATION_RUN, self.pod("shoes-aug-2-x7k2p", "2")) == "shard 2/x7k2p"
         assert pod_prefix(Kind.FINE_TUNE_RUN, self.pod("ranker-ft-0-q9z1m", "0", "labels")) == "rank 0/q9z1m"
         assert pod_prefix(Kind.FINE_TUNE_RUN, self.pod("ranker-ft-launcher", None)) == "ranker-ft-launcher"
+
+    @staticmethod
+    def step_pod(name: str, step: Step, index: str | None, created: int) -> client.V1Pod:
+        labels = {LABEL_STEP: step.value} | ({COMPLETION_INDEX: index} if index is not None else {})
+        stamp = datetime(2026, 12, 3, 12, 0, created, tzinfo=UTC)
+        return client.V1Pod(metadata=client.V1ObjectMeta(name=name, labels=labels, creation_timestamp=stamp))
+
+    def test_the_steps_of_a_multi_step_run_read_in_the_order_they_ran(self) -> None:
+        # created out of order on purpose: a retried shard after the reduce's first pod
+        pods = [self.step_pod("shoes-aug-reduce-p2x9w", Step.REDUCE, None, 9),
+                self.step_pod("shoes-aug-1-b7k2p", Step.SHARDS, "1", 5),
+                self.step_pod("shoes-aug-0-r4n8d", Step.SHARDS, "0", 12),
+                self.step_pod("shoes-aug-0-x7k2p", Step.SHARDS, "0", 4),
+                self.step_pod("shoes-aug-analysis-k3m8q", Step.ANALYSIS, None, 1)]
+        ordered = sorted(pods, key=pod_order)
+        assert [pod_prefix(Kind.AUGMENTATION_RUN, p) for p in ordered] == [
+            "analysis/k3m8q", "shard 0/x7k2p", "shard 0/r4n8d", "shard 1/b7k2p", "reduce/p2x9w"]
 
 
 class TestKubeconfigNamespace:
