@@ -261,7 +261,7 @@ def assemble_manifest(markers: Sequence[Mapping[str, Any]], *, committed_at: dat
         judged = totals.get("judges", {}).get(name)
         if judged is not None:
             augmenters[name]["judge"] = judge_rates(judged)
-    examples = [e for marker in markers for e in marker.get("examples", [])]
+    examples = [e for shard, marker in enumerate(markers) for e in _kept_examples(shard, marker, reduced)]
     manifest = {
         "apiVersion": "sampleforge.io/v1alpha1",
         "kind": "AugmentationOutput",
@@ -323,6 +323,17 @@ def committed_manifest(document: Mapping[str, Any]) -> dict[str, Any]:
 def digest(document: Any) -> str:
     """sha256 of a JSON document in canonical form (sorted keys, no whitespace)."""
     return hashlib.sha256(json.dumps(document, sort_keys=True, separators=(",", ":"), default=str).encode()).hexdigest()
+
+
+def _kept_examples(shard: int, marker: Mapping[str, Any], reduced: CrossDedupResult | None) -> list[Any]:
+    """A shard's examples, less those whose row the reduce step removed: the manifest shows only
+    rows that are in the output."""
+    examples = list(marker.get("examples", []))
+    rows = marker.get("exampleRows")
+    if reduced is None or not examples or rows is None:
+        return examples
+    removed = reduced.removed_rows(shard, rows)
+    return [e for e, gone in zip(examples, removed, strict=True) if not gone]
 
 
 def commit_run(store: ObjectStore, prefix: S3Uri, shards: int, fp: str, reduce: Reduce | None = None) -> S3Uri | None:

@@ -83,7 +83,19 @@ class CrossDedupResult:
     generated_rows: int
     max_partition_records: int
     partitions: int
+    #: The removed rows' positions in the run's global order, sorted, and where each shard's rows
+    #: start in it (one more entry than shards): what :meth:`removed_rows` answers from.
+    dropped: NDArray[np.int64] = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    shard_starts: list[int] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)
+
+    def removed_rows(self, shard: int, rows: Sequence[int]) -> list[bool]:
+        """Whether each of a shard's rows (positions among the rows that shard wrote) was removed."""
+        positions = np.asarray(rows, dtype=np.int64) + self.shard_starts[shard]
+        found = np.searchsorted(self.dropped, positions)
+        hit = found < len(self.dropped)
+        hit[hit] = self.dropped[found[hit]] == positions[hit]
+        return [bool(x) for x in hit]
 
     def summary(self) -> dict[str, Any]:
         """The manifest's ``crossShardDedup`` section (:class:`~sampleforge.api.manifest.CrossShardDedup`);
@@ -135,6 +147,7 @@ def cross_shard_dedup(store: ObjectStore, prefix: S3Uri, files: Sequence[Sequenc
         counts=rewrite.delta(), removed=len(drops), replaced=rewrite.replaced,
         bytes_read=bytes_read + rewrite.bytes_read, generated_rows=spill.records,
         max_partition_records=spill.max_records, partitions=partitions,
+        dropped=drops, shard_starts=[int(offsets[b]) for b in bounds],
         seconds={"scanSeconds": round(scanned - started, 3), "partitionSeconds": round(found - scanned, 3),
                  "rewriteSeconds": round(time.monotonic() - found, 3),
                  "totalSeconds": round(time.monotonic() - started, 3)})

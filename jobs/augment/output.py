@@ -153,6 +153,8 @@ class PartWriter:
         self.key_files: list[dict[str, Any]] = []
         self._with_keys: bool | None = None
         self._keys: list[NDArray[np.uint64]] = []
+        #: Rows given to :meth:`add` so far: the shard-local position (part after part) of the next row.
+        self.rows_added = 0
         workdir.mkdir(parents=True, exist_ok=True)
 
     def add(self, rows: Sequence[Mapping[str, Any]], keys: NDArray[np.uint64] | None = None) -> None:
@@ -169,6 +171,7 @@ class PartWriter:
             if len(keys) != len(rows):
                 raise ValueError(f"PartWriter.add: {len(keys)} keys for {len(rows)} rows")
             self._keys.append(np.asarray(keys, dtype=np.uint64))
+        self.rows_added += len(rows)
         if self.fmt != "parquet":
             self._write_lines(rows)
             return

@@ -331,6 +331,7 @@ class ShardJob:
             "dedupKeys": writer.key_files,
             "counts": processor.marker_counts(rejects.rows, rejects.reasons),
             "examples": processor.examples(),
+            "exampleRows": processor.example_rows(),
             # This pod's engine figures, which the manifest combines over every shard.
             "engines": engine_summaries(augmenters),
             # What this pod fetched: the source (the first pass, or only its range after an analysis

@@ -61,6 +61,7 @@ class ShardCounts:
     #: Source rows the leakage guard dropped, per reason.
     source_in_eval: Counter[str] = field(default_factory=Counter)
     examples: dict[str, list[dict[str, Any]]] = field(default_factory=lambda: defaultdict(list))
+    example_rows: dict[str, list[int]] = field(default_factory=lambda: defaultdict(list))
     #: Rows per text-length bin: ("before" | "after", "query" | "item") -> bin -> rows.
     lengths: dict[tuple[str, str], Counter[str]] = field(default_factory=lambda: defaultdict(Counter))
 
@@ -141,11 +142,13 @@ class BatchProcessor:
         source_rows = [batch.row(i) for i in range(len(batch))]
         out = self._source_rows(batch, source_rows, plans)
         alive = self._filter(self._candidates(batch, source_rows, plans))
+        written = self.writer.rows_added
         for c in alive:
             counts.kept[c.augmenter] += 1
             counts.labels_after[labels.key(c.row[roles.label])] += 1
             if len(counts.examples[c.augmenter]) < EXAMPLES_PER_AUGMENTER:
                 counts.examples[c.augmenter].append(self._example(c))
+                counts.example_rows[c.augmenter].append(written + len(out))
             out.append(c.row)
         counts.generated_kept += len(alive)
         for row in out:
@@ -175,6 +178,11 @@ class BatchProcessor:
     def examples(self) -> list[dict[str, Any]]:
         """A few kept rows of each augmenter beside their source rows, in spec order (for the report)."""
         return [e for n in self.names for e in self.counts.examples.get(n, [])]
+
+    def example_rows(self) -> list[int]:
+        """Where each of :meth:`examples` was written: its position among the rows this shard wrote,
+        part after part. The reduce step leaves out an example whose row it removed as a duplicate."""
+        return [r for n in self.names for r in self.counts.example_rows.get(n, [])]
 
     @staticmethod
     def _keys(sources: int, alive: Sequence[Candidate], exact: ExactDedup) -> NDArray[np.uint64]:

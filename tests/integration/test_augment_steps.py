@@ -93,6 +93,12 @@ def test_three_shards_in_steps_equal_one_shard_with_cross_shard_duplicates_remov
     for key in ("rowsIn", "rowsOut", "generatedRows", "filters", "labelDistribution"):
         assert m3[key] == m1[key], key
     assert {n: a["kept"] for n, a in m3["augmenters"].items()} == {n: a["kept"] for n, a in m1["augmenters"].items()}
+    # The manifest shows only examples that are in the output: none the reduce removed.
+    written = {(r["query"], r["title"], r["sf_source_row"]) for r in output_rows(s3, bucket, "three/")
+               if r["sf_origin"] == "generated"}
+    shown = [(e["generated"]["query"], e["generated"]["item"], e["sourceRow"]) for e in m3["examples"]]
+    assert shown and [e for e in shown if e not in written] == []
+    assert len(shown) < sum(len(_marker(s3, bucket, "three/", i)["examples"]) for i in range(3))
 
     index = s3.get_object(bucket, "three/_analysis/index.json").read()
     artifact = len(index) + sum(int(f["size"]) for f in json.loads(index)["files"])

@@ -306,3 +306,21 @@ def _spec_labels() -> Any:
     from sampleforge.jobs.augment.labels import Labels
 
     return Labels("int")
+
+
+def test_examples_point_at_their_rows_and_the_reduce_knows_which_it_removed(run: Run) -> None:
+    seen: set[tuple[str, str]] = set()
+    removed_any = False
+    for index, shard in enumerate(run.shards):
+        rows = _rows(run.store, shard.files)
+        examples, positions = shard.processor.examples(), shard.processor.example_rows()
+        assert examples and len(examples) == len(positions)
+        for example, position in zip(examples, positions, strict=True):
+            assert (rows[position]["q"], rows[position]["t"]) == (example["generated"]["query"],
+                                                                  example["generated"]["item"])
+        # a generated row is removed when an earlier shard wrote a generated row with its texts
+        expected = [(e["generated"]["query"], e["generated"]["item"]) in seen for e in examples]
+        assert run.result.removed_rows(index, positions) == expected
+        removed_any |= any(expected)
+        seen |= {(r["q"], r["t"]) for r in rows if r["sf_origin"] == "generated"}
+    assert removed_any

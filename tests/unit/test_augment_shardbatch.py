@@ -26,6 +26,10 @@ class Rows:
     def __init__(self) -> None:
         self.rows: list[dict[str, Any]] = []
 
+    @property
+    def rows_added(self) -> int:
+        return len(self.rows)
+
     def add(self, rows: list[dict[str, Any]]) -> None:
         self.rows += rows
 
