@@ -48,7 +48,7 @@ import numpy as np
 import pyarrow as pa
 from pyarrow import ipc
 
-from sampleforge.jobs.common.storage import ObjectStore, S3Uri, sha256_file
+from sampleforge.jobs.common.storage import ObjectStore, S3Uri, content_matches, sha256_file
 
 from .dedup import HashSet
 from .errors import SourceError
@@ -361,9 +361,8 @@ class _Fetcher:
         self._downloads += 1
         local = self.scratch / f"{self._downloads}.part"
         self.store.download_file(uri, local)
-        size = local.stat().st_size
-        self.bytes_read += size
-        if size != entry["size"] or sha256_file(local) != entry["sha256"]:
+        self.bytes_read += local.stat().st_size
+        if not content_matches(local, entry["size"], entry["sha256"]):
             raise _broken(self.prefix, f"{uri} does not match the size and sha256 in {self.index_uri}: it was "
                                        "changed after the analysis was committed")
         return local

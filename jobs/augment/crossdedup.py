@@ -32,7 +32,6 @@ duplicates remain a per-shard notion.
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import json
 import time
@@ -47,7 +46,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from numpy.typing import NDArray
 
-from sampleforge.jobs.common.storage import ObjectStore, S3Uri, sha256_file
+from sampleforge.jobs.common.storage import ObjectStore, S3Uri, content_matches, sha256_file
 
 from .labels import Labels
 from .output import NEVER_DUPLICATE, ROW_GROUP_ROWS, length_bin, open_parquet
@@ -228,7 +227,7 @@ class _Spill:
 
 def _check_object(entry: Mapping[str, Any], data: bytes) -> None:
     """An object must be what its entry says: a stale or truncated one would drop the wrong rows."""
-    if len(data) != int(entry["size"]) or hashlib.sha256(data).hexdigest() != entry["sha256"]:
+    if not content_matches(data, entry["size"], entry["sha256"]):
         raise ValueError(f"{entry['path']} does not match its size or sha256 in the shard marker")
 
 
@@ -255,7 +254,7 @@ class _Rewriter:
         target = self.workdir / f"out.{fmt}"
         self.store.download_file(self.prefix.join(path), source)
         self.bytes_read += source.stat().st_size
-        if source.stat().st_size != int(entry["size"]) or sha256_file(source) != entry["sha256"]:
+        if not content_matches(source, entry["size"], entry["sha256"]):
             raise ValueError(f"{path} does not match its size or sha256 in the shard marker")
         keep = np.ones(int(entry["rows"]), dtype=bool)
         keep[drop] = False

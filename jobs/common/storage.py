@@ -89,6 +89,14 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+def content_matches(content: Path | bytes, size: int, sha256: str) -> bool:
+    """Whether a downloaded file (or an object's bytes) is what a manifest or index entry vouches
+    for: the size first (cheap, and what a truncated download gets wrong), then the sha256."""
+    if isinstance(content, bytes):
+        return len(content) == int(size) and hashlib.sha256(content).hexdigest() == sha256
+    return content.stat().st_size == int(size) and sha256_file(content) == sha256
+
+
 class ObjectStore:
     """A thin, intention-revealing layer over the minio client; errors name the object."""
 
@@ -330,12 +338,12 @@ class ObjectStore:
                                "written); point at a committed output")
         for entry in manifest.get("files", []):
             target = directory / entry["path"]
-            if target.exists() and target.stat().st_size == entry["size"] and sha256_file(target) == entry["sha256"]:
+            if target.exists() and content_matches(target, entry["size"], entry["sha256"]):
                 continue
             self.download_file(prefix.join(entry["path"]), target)
-            if sha256_file(target) != entry["sha256"]:
-                raise StorageError(f"{prefix.join(entry['path'])} does not match the sha256 in its manifest; "
-                                   "the object was changed after it was committed")
+            if not content_matches(target, entry["size"], entry["sha256"]):
+                raise StorageError(f"{prefix.join(entry['path'])} does not match the size and sha256 in its "
+                                   "manifest; the object was changed after it was committed")
         return manifest
 
     def download_prefix(self, prefix: S3Uri, directory: Path) -> builtins.list[Path]:

@@ -40,7 +40,7 @@ from sampleforge.api.manifest import CommittedData, OutputFile, describe
 from sampleforge.jobs.common.formats import SUFFIX_FORMATS, format_of
 from sampleforge.jobs.common.outage import StorageError
 from sampleforge.jobs.common.records import CsvHeaderError
-from sampleforge.jobs.common.storage import MANIFEST_NAME, ObjectStore, S3Uri, sha256_file
+from sampleforge.jobs.common.storage import MANIFEST_NAME, ObjectStore, S3Uri, content_matches
 
 from .errors import DatasetError
 from .examples import Examples, RowStore
@@ -102,7 +102,7 @@ def _read_part(store: ObjectStore, source: _Source, columns: Columns, field_name
         except StorageError as err:
             raise DatasetError(f"{field_name}: {err}") from err
         entry = source.expected
-        if entry is not None and (local.stat().st_size != entry.size or sha256_file(local) != entry.sha256):
+        if entry is not None and not content_matches(local, entry.size, entry.sha256):
             raise DatasetError(f"{source.uri} does not match the size or sha256 in its manifest ({field_name}): the "
                                "committed output was changed afterwards; rerun the run that produced it")
         try:
