@@ -8,7 +8,8 @@ import json
 import secrets
 import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -18,9 +19,9 @@ from minio import Minio
 
 from sampleforge.api import GROUP, VERSION, jobenv
 from sampleforge.api.constants import LABEL_RUN_UID, PLURALS, Kind
-from sampleforge.testbed import HOLD_KEY
+from sampleforge.testbed import HOLD_KEY, Testbed
 from sampleforge.testbed._minio import MinioServer
-from sampleforge.testbed._operator import OPERATOR_NAMESPACE
+from sampleforge.testbed._operator import OPERATOR_NAMESPACE, OperatorProcess
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = REPO_ROOT / "examples"
@@ -29,6 +30,13 @@ CREDENTIALS_SECRET = "minio-search-ml"
 HOLD = {HOLD_KEY: "true"}
 #: Bucket of the testbed's MinIO that runs of the operator tests write their outputs to.
 RUNS_BUCKET = "runs"
+#: A test operator's settings: status writes and resyncs fast enough for a test to watch them.
+FAST = {"SAMPLEFORGE_OPERATOR_STATUS_MIN_INTERVAL_SECONDS": "1", "SAMPLEFORGE_OPERATOR_RESYNC_SECONDS": "2"}
+#: Leader election on, with a lease short enough that a test sees a new leader within seconds.
+LEADER_ELECTION = {"SAMPLEFORGE_OPERATOR_LEADER_ELECTION": "true", "SAMPLEFORGE_OPERATOR_LEASE_DURATION_SECONDS": "6"}
+#: The examples' buckets and the tests' own (runs); anything else is refused.
+EXAMPLE_BUCKETS = {"SAMPLEFORGE_OPERATOR_STORAGE_ALLOW_LIST": json.dumps(
+    {"*": ["s3://datasets/", "s3://models/", f"s3://{RUNS_BUCKET}/"]})}
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float = 60, what: str = "condition") -> Any:
@@ -184,6 +192,20 @@ def release(api: client.ApiClient, namespace: str, uid: str) -> None:
     for pod in pods_of(api, namespace, uid):
         client.CoreV1Api(api).patch_namespaced_pod(pod.metadata.name, namespace,
                                                    {"metadata": {"labels": {HOLD_KEY: None}}})
+
+
+@contextmanager
+def running_operator(testbed: Testbed, log_name: str, settings: dict[str, str],
+                     identity: str = "operator-0") -> Iterator[OperatorProcess]:
+    """An operator process against ``testbed``, ready, logging to ``testbed.logs / log_name``;
+    stopped when the block ends."""
+    with testbed.api_client() as api:
+        ensure_operator_namespace(api)
+    proc = OperatorProcess(testbed.kubeconfig, testbed.logs / log_name, identity=identity, settings=settings).start()
+    try:
+        yield proc
+    finally:
+        proc.stop()
 
 
 def ensure_operator_namespace(api: client.ApiClient) -> None:

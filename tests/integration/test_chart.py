@@ -33,6 +33,7 @@ import pytest
 import yaml
 from kubernetes import client
 from operator_helpers import (
+    FAST,
     HOLD,
     commit_output,
     condition,
@@ -62,8 +63,6 @@ CHART = REPO / "charts" / "sampleforge"
 CI_VALUES = sorted((CHART / "ci").glob("*-values.yaml"))
 MONITORING_CRDS = REPO / "tests" / "fixtures" / "monitoring" / "monitoring-crds.yaml"
 AR, FT = Kind.AUGMENTATION_RUN, Kind.FINE_TUNE_RUN
-#: Settings the tests change from the chart's: only timings, so a run's status follows quickly.
-FAST = {"SAMPLEFORGE_OPERATOR_STATUS_MIN_INTERVAL_SECONDS": "1", "SAMPLEFORGE_OPERATOR_RESYNC_SECONDS": "2"}
 #: Set by OperatorProcess for a process on 127.0.0.1 (the chart points them at its Service).
 _LOCAL_ONLY = {"SAMPLEFORGE_OPERATOR_HTTP_PORT", "SAMPLEFORGE_OPERATOR_HEARTBEAT_URL"}
 #: The session's testbed applied crds/ before any test: these releases leave the CRDs to it, as a
@@ -157,7 +156,7 @@ class Release:
         self.pod_name = f"{name}-operator-0"
         self._create_pod(deployment)
         self.operator = OperatorProcess(self.kubeconfig, testbed.logs / f"operator-{name}.log",
-                                        identity=self.pod_name, settings={**settings, **FAST})
+                                        identity=self.pod_name, settings=settings | FAST)  # only timings change from the chart's
 
     def _create_pod(self, deployment: dict[str, Any]) -> None:
         """The Pod the operator would run in, with the Deployment's pod labels (the testbed runs the

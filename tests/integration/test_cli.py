@@ -22,15 +22,15 @@ from kubernetes import client
 from minio import Minio
 from operator_helpers import (
     CREDENTIALS_SECRET,
+    EXAMPLE_BUCKETS,
+    FAST,
     HOLD,
     commit_output,
-    create_credentials,
     create_run,
-    ensure_operator_namespace,
     example,
     release,
+    running_operator,
     running_pod,
-    stored_example,
     wait_for,
     wait_phase,
 )
@@ -43,8 +43,7 @@ from sampleforge.testbed._paths import binary
 
 pytestmark = pytest.mark.integration
 AR, FT = Kind.AUGMENTATION_RUN, Kind.FINE_TUNE_RUN
-FAST = {"SAMPLEFORGE_OPERATOR_STATUS_MIN_INTERVAL_SECONDS": "1", "SAMPLEFORGE_OPERATOR_RESYNC_SECONDS": "2",
-        "SAMPLEFORGE_OPERATOR_STORAGE_ALLOW_LIST": json.dumps({"*": ["s3://datasets/", "s3://models/", "s3://runs/"]})}
+SETTINGS = FAST | EXAMPLE_BUCKETS
 BIN = Path(sys.executable).parent
 PLUGIN = shutil.which("kubectl-sampleforge", path=str(BIN))
 
@@ -62,25 +61,10 @@ def put(s3: Minio, uri: str, data: bytes, content_type: str = "text/markdown") -
     bucket, _, key = uri.removeprefix("s3://").partition("/")
     s3.put_object(bucket, key, io.BytesIO(data), len(data), content_type=content_type)
 
-
 @pytest.fixture(scope="module")
 def operator_proc(testbed: Testbed) -> Iterator[OperatorProcess]:
-    with testbed.api_client() as api:
-        ensure_operator_namespace(api)
-    proc = OperatorProcess(testbed.kubeconfig, testbed.logs / "operator-cli.log", settings=FAST).start()
-    yield proc
-    proc.stop()
-
-
-@pytest.fixture
-def ns(operator_proc: OperatorProcess, kube_api: client.ApiClient, namespace: str, testbed: Testbed) -> str:
-    create_credentials(kube_api, namespace, testbed.minio)
-    return namespace
-
-
-@pytest.fixture
-def stored(testbed: Testbed) -> Callable[..., dict[str, Any]]:
-    return lambda name, **spec: stored_example(testbed.minio, name, **spec)
+    with running_operator(testbed, "operator-cli.log", SETTINGS) as proc:
+        yield proc
 
 
 class TestAugmentationRun:

@@ -22,12 +22,13 @@ import pytest
 from kubernetes import client
 from minio import Minio
 from operator_helpers import (
+    FAST,
     HOLD,
+    LEADER_ELECTION,
     commit_output,
     condition,
     create_credentials,
     create_run,
-    ensure_operator_namespace,
     example,
     get_run,
     jobs_of,
@@ -36,6 +37,7 @@ from operator_helpers import (
     pods_of,
     post_heartbeat,
     release,
+    running_operator,
     running_pod,
     scrape,
     wait_for,
@@ -54,20 +56,14 @@ AR, FT = Kind.AUGMENTATION_RUN, Kind.FINE_TUNE_RUN
 #: 2-core machine loaded by 100 runs (and other work) misses its 2/3-lease renew deadline.
 LEASE_SECONDS = 9
 LEASE_NAME = "sampleforge-faults"
-FAST = {"SAMPLEFORGE_OPERATOR_STATUS_MIN_INTERVAL_SECONDS": "1", "SAMPLEFORGE_OPERATOR_RESYNC_SECONDS": "2",
-        "SAMPLEFORGE_OPERATOR_LEADER_ELECTION": "true",
-        "SAMPLEFORGE_OPERATOR_LEASE_DURATION_SECONDS": str(LEASE_SECONDS),
-        "SAMPLEFORGE_OPERATOR_LEASE_NAME": LEASE_NAME}
+SETTINGS = FAST | LEADER_ELECTION | {"SAMPLEFORGE_OPERATOR_LEASE_DURATION_SECONDS": str(LEASE_SECONDS),
+                                     "SAMPLEFORGE_OPERATOR_LEASE_NAME": LEASE_NAME}
 
 
 @pytest.fixture(scope="module")
 def operator_proc(testbed: Testbed) -> Iterator[OperatorProcess]:
-    with testbed.api_client() as api:
-        ensure_operator_namespace(api)
-    proc = OperatorProcess(testbed.kubeconfig, testbed.logs / "operator-faults.log", identity="faults-operator",
-                           settings=FAST).start()
-    yield proc
-    proc.stop()
+    with running_operator(testbed, "operator-faults.log", SETTINGS, identity="faults-operator") as proc:
+        yield proc
 
 
 @pytest.fixture

@@ -8,7 +8,6 @@ quota fits one run but not two.
 
 from __future__ import annotations
 
-import json
 import secrets
 import time
 from collections.abc import Iterator
@@ -17,16 +16,18 @@ from typing import Any
 import pytest
 from kubernetes import client
 from operator_helpers import (
+    EXAMPLE_BUCKETS,
+    FAST,
     HOLD,
     commit_output,
     condition,
     create_credentials,
     create_run,
-    ensure_operator_namespace,
     get_run,
     jobs_of,
     pods_of,
     release,
+    running_operator,
     stored_example,
     wait_for,
     wait_phase,
@@ -39,8 +40,7 @@ from sampleforge.testbed._operator import OperatorProcess
 
 pytestmark = [pytest.mark.integration, pytest.mark.controllers]
 AR = Kind.AUGMENTATION_RUN
-SETTINGS = {"SAMPLEFORGE_OPERATOR_STATUS_MIN_INTERVAL_SECONDS": "1", "SAMPLEFORGE_OPERATOR_RESYNC_SECONDS": "2",
-            "SAMPLEFORGE_OPERATOR_STORAGE_ALLOW_LIST": json.dumps({"*": ["s3://datasets/", "s3://models/", "s3://runs/"]})}
+SETTINGS = FAST | EXAMPLE_BUCKETS
 #: Each run here is one pod of 4 GPUs (parallelism 1: one Job, no steps): one run fits the quota,
 #: two do not. (A run of several shards is three Jobs, each admitted by Kueue on its own.)
 GPUS_PER_RUN = 4
@@ -55,11 +55,9 @@ def api(kueue_testbed: Testbed) -> Iterator[client.ApiClient]:
 
 
 @pytest.fixture(scope="module")
-def operator_proc(kueue_testbed: Testbed, api: client.ApiClient) -> Iterator[OperatorProcess]:
-    ensure_operator_namespace(api)
-    proc = OperatorProcess(kueue_testbed.kubeconfig, kueue_testbed.logs / "operator.log", settings=SETTINGS).start()
-    yield proc
-    proc.stop()
+def operator_proc(kueue_testbed: Testbed) -> Iterator[OperatorProcess]:
+    with running_operator(kueue_testbed, "operator.log", SETTINGS) as proc:
+        yield proc
 
 
 @pytest.fixture

@@ -14,12 +14,14 @@ from kubernetes import client
 from minio import Minio
 from operator_helpers import (
     CREDENTIALS_SECRET,
+    EXAMPLE_BUCKETS,
+    FAST,
     HOLD,
+    LEADER_ELECTION,
     commit_output,
     condition,
     create_credentials,
     create_run,
-    ensure_operator_namespace,
     example,
     get_run,
     jobs_of,
@@ -28,9 +30,9 @@ from operator_helpers import (
     pods_of,
     post_heartbeat,
     release,
+    running_operator,
     running_pod,
     scrape,
-    stored_example,
     wait_for,
     wait_phase,
 )
@@ -43,33 +45,13 @@ from sampleforge.testbed._operator import OperatorProcess
 
 pytestmark = pytest.mark.integration
 AR, FT = Kind.AUGMENTATION_RUN, Kind.FINE_TUNE_RUN
-FAST = {"SAMPLEFORGE_OPERATOR_STATUS_MIN_INTERVAL_SECONDS": "1", "SAMPLEFORGE_OPERATOR_RESYNC_SECONDS": "2",
-        "SAMPLEFORGE_OPERATOR_LEADER_ELECTION": "true", "SAMPLEFORGE_OPERATOR_LEASE_DURATION_SECONDS": "6",
-        # The examples' buckets and the tests' own (runs); anything else is refused.
-        "SAMPLEFORGE_OPERATOR_STORAGE_ALLOW_LIST": json.dumps({"*": ["s3://datasets/", "s3://models/", "s3://runs/"]})}
+SETTINGS = FAST | LEADER_ELECTION | EXAMPLE_BUCKETS
 
 
 @pytest.fixture(scope="module")
-def operator_proc(testbed: Testbed, tmp_path_factory: pytest.TempPathFactory) -> Iterator[OperatorProcess]:
-    with testbed.api_client() as api:
-        ensure_operator_namespace(api)
-    logs = testbed.logs
-    proc = OperatorProcess(testbed.kubeconfig, logs / "operator.log", settings=FAST).start()
-    yield proc
-    proc.stop()
-
-
-@pytest.fixture
-def ns(operator_proc: OperatorProcess, kube_api: client.ApiClient, namespace: str, testbed: Testbed) -> str:
-    create_credentials(kube_api, namespace, testbed.minio)
-    return namespace
-
-
-@pytest.fixture
-def stored(testbed: Testbed) -> Callable[..., dict[str, Any]]:
-    """An example run whose output goes to a fresh prefix of the testbed's MinIO."""
-    return lambda name, **spec: stored_example(testbed.minio, name, **spec)
-
+def operator_proc(testbed: Testbed) -> Iterator[OperatorProcess]:
+    with running_operator(testbed, "operator.log", SETTINGS) as proc:
+        yield proc
 
 
 class TestJobCreation:

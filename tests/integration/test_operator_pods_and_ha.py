@@ -14,10 +14,12 @@ import yaml
 from kubernetes import client
 from operator_helpers import (
     EXAMPLES,
+    FAST,
     commit_output,
     condition,
     create_credentials,
     create_run,
+    ensure_operator_namespace,
     example,
     get_run,
     jobs_of,
@@ -33,16 +35,6 @@ from sampleforge.testbed._operator import OPERATOR_NAMESPACE, OperatorProcess
 
 pytestmark = pytest.mark.integration
 AR = Kind.AUGMENTATION_RUN
-FAST = {"SAMPLEFORGE_OPERATOR_STATUS_MIN_INTERVAL_SECONDS": "1", "SAMPLEFORGE_OPERATOR_RESYNC_SECONDS": "2",
-        "SAMPLEFORGE_OPERATOR_LEASE_DURATION_SECONDS": "6"}
-
-
-def _ensure_operator_namespace(api: client.ApiClient) -> None:
-    try:
-        client.CoreV1Api(api).create_namespace({"metadata": {"name": OPERATOR_NAMESPACE}})
-    except client.ApiException as err:
-        if err.status != 409:
-            raise
 
 
 REPLICAS = ("replica-a", "replica-b")
@@ -63,11 +55,12 @@ def _replica_pod(name: str) -> dict:
 def operators(testbed: Testbed) -> Iterator[list[OperatorProcess]]:
     """Two replicas with one Lease (a lease name of this module's own), each with its Pod object."""
     with testbed.api_client() as api:
-        _ensure_operator_namespace(api)
+        ensure_operator_namespace(api)
         core = client.CoreV1Api(api)
         for name in REPLICAS:
             core.create_namespaced_pod(OPERATOR_NAMESPACE, _replica_pod(name))
-    settings = {**FAST, "SAMPLEFORGE_OPERATOR_LEASE_NAME": "sampleforge-ha-test"}
+    settings = FAST | {"SAMPLEFORGE_OPERATOR_LEASE_DURATION_SECONDS": "6",
+                       "SAMPLEFORGE_OPERATOR_LEASE_NAME": "sampleforge-ha-test"}
     first = OperatorProcess(testbed.kubeconfig, testbed.logs / "operator-a.log", REPLICAS[0], settings).start()
     first.wait_leading()
     second = OperatorProcess(testbed.kubeconfig, testbed.logs / "operator-b.log", REPLICAS[1], settings)

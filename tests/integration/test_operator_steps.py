@@ -16,17 +16,18 @@ import pytest
 from kubernetes import client
 from minio import Minio
 from operator_helpers import (
+    EXAMPLE_BUCKETS,
+    FAST,
     HOLD,
+    LEADER_ELECTION,
     commit_output,
     condition,
-    create_credentials,
     create_run,
-    ensure_operator_namespace,
     get_run,
     jobs_of,
     pods_of,
     release,
-    stored_example,
+    running_operator,
     wait_for,
     wait_phase,
 )
@@ -38,29 +39,13 @@ from sampleforge.testbed._operator import OperatorProcess
 
 pytestmark = pytest.mark.integration
 AR = Kind.AUGMENTATION_RUN
-FAST = {"SAMPLEFORGE_OPERATOR_STATUS_MIN_INTERVAL_SECONDS": "1", "SAMPLEFORGE_OPERATOR_RESYNC_SECONDS": "2",
-        "SAMPLEFORGE_OPERATOR_LEADER_ELECTION": "true", "SAMPLEFORGE_OPERATOR_LEASE_DURATION_SECONDS": "6",
-        "SAMPLEFORGE_OPERATOR_STORAGE_ALLOW_LIST": json.dumps({"*": ["s3://datasets/", "s3://models/", "s3://runs/"]})}
+SETTINGS = FAST | LEADER_ELECTION | EXAMPLE_BUCKETS
 
 
 @pytest.fixture(scope="module")
 def operator_proc(testbed: Testbed) -> Iterator[OperatorProcess]:
-    with testbed.api_client() as api:
-        ensure_operator_namespace(api)
-    proc = OperatorProcess(testbed.kubeconfig, testbed.logs / "operator-steps.log", settings=FAST).start()
-    yield proc
-    proc.stop()
-
-
-@pytest.fixture
-def ns(operator_proc: OperatorProcess, kube_api: client.ApiClient, namespace: str, testbed: Testbed) -> str:
-    create_credentials(kube_api, namespace, testbed.minio)
-    return namespace
-
-
-@pytest.fixture
-def stored(testbed: Testbed) -> Callable[..., dict[str, Any]]:
-    return lambda name, **spec: stored_example(testbed.minio, name, **spec)
+    with running_operator(testbed, "operator-steps.log", SETTINGS) as proc:
+        yield proc
 
 
 def job_names(api: client.ApiClient, ns: str, uid: str) -> list[str]:

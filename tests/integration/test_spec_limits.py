@@ -18,32 +18,35 @@ from typing import Any
 import pytest
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
-from operator_helpers import create_credentials, create_run, example, get_run, jobs_of, patch_run, wait_for, wait_phase
+from operator_helpers import (
+    FAST,
+    create_credentials,
+    create_run,
+    example,
+    get_run,
+    jobs_of,
+    patch_run,
+    running_operator,
+    wait_for,
+    wait_phase,
+)
 from pydantic import ValidationError
 
 from sampleforge.api import AugmentationRunSpec, FineTuneRunSpec, jobenv
 from sampleforge.api.augmentation import MAX_AUGMENTERS
 from sampleforge.api.constants import ANNOTATION_PREFIX, GROUP, PLURALS, VERSION, Kind
 from sampleforge.testbed import HOLD_KEY, Testbed
-from sampleforge.testbed._operator import OPERATOR_NAMESPACE, OperatorProcess
+from sampleforge.testbed._operator import OperatorProcess
 
 pytestmark = pytest.mark.integration
 AR, FT = Kind.AUGMENTATION_RUN, Kind.FINE_TUNE_RUN
-FAST = {"SAMPLEFORGE_OPERATOR_STATUS_MIN_INTERVAL_SECONDS": "1", "SAMPLEFORGE_OPERATOR_RESYNC_SECONDS": "2"}
 LAST_HANDLED = f"{ANNOTATION_PREFIX}/last-handled-configuration"
 
 
 @pytest.fixture(scope="module")
-def operator_proc(testbed: Testbed, tmp_path_factory: pytest.TempPathFactory) -> Iterator[OperatorProcess]:
-    with testbed.api_client() as api:
-        try:
-            client.CoreV1Api(api).create_namespace({"metadata": {"name": OPERATOR_NAMESPACE}})
-        except ApiException as err:
-            if err.status != 409:
-                raise
-    proc = OperatorProcess(testbed.kubeconfig, testbed.logs / "operator-spec-limits.log", settings=FAST).start()
-    yield proc
-    proc.stop()
+def operator_proc(testbed: Testbed) -> Iterator[OperatorProcess]:
+    with running_operator(testbed, "operator-spec-limits.log", FAST) as proc:
+        yield proc
 
 
 def large_run() -> dict[str, Any]:
