@@ -30,7 +30,6 @@ import json
 import os
 import platform
 import sys
-import tempfile
 import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
@@ -38,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from machine import cpu_model, publish
+from served_llm import served_llm
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS_MD = REPO / "bench" / "results" / "generation.md"
@@ -93,20 +93,12 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from sampleforge.jobs.augment.engines import TOP_P, EngineStats, GenerationSettings
+    from sampleforge.jobs.augment.engines import TOP_P, GenerationSettings
     from sampleforge.jobs.augment.generation import request_seed
     from sampleforge.jobs.augment.models import ModelLocation
-    from sampleforge.jobs.augment.openai_engine import (
-        OpenAIClient,
-        OpenAIGenerator,
-        RequestBudget,
-        RetryPolicy,
-        answer_text,
-        chat_body,
-    )
+    from sampleforge.jobs.augment.openai_engine import answer_text, chat_body
     from sampleforge.jobs.augment.prompts import DEFAULT_TEMPLATES
     from sampleforge.jobs.augment.transformers_engine import TextGenerator
-    from sampleforge.testbed import start_llamacpp
     from sampleforge.testbed._llamacpp import smollm2_gguf
 
     torch.set_num_threads(args.threads)
@@ -142,46 +134,37 @@ def main(argv: list[str] | None = None) -> int:
     samples["transformers"] = answers[:3]
     del model
 
-    with tempfile.TemporaryDirectory() as logs:
+    with served_llm(threads=args.threads, concurrency=args.concurrency, timeout=300.0) as served:
+        server, generator, server_load = served.server, served.generator, served.load_seconds
+        chat = generator.prompt(None, templates)
+        messages = [chat.model_input(generator, q) for q in queries]
+
+        # The physical reference: a plain client, same bodies, same concurrency.
+        def direct(i: int) -> tuple[float, str]:
+            body = chat_body(server.model, messages[i], args.max_new_tokens, args.temperature, TOP_P, seeds[i])
+            request = urllib.request.Request(f"{server.base_url}/chat/completions", json.dumps(body).encode(),
+                                             {"Content-Type": "application/json"})
+            t0 = time.monotonic()
+            with urllib.request.urlopen(request, timeout=300) as response:
+                text = answer_text(json.load(response)) or ""
+            return time.monotonic() - t0, text
+
+        direct(0)  # warm the server (first request pays its allocations), for both clients alike
         started = time.monotonic()
-        server = start_llamacpp(Path(logs), threads=args.threads)
-        server_load = time.monotonic() - started
-        try:
-            stats = EngineStats("openai", server.model)
-            client = OpenAIClient(server.base_url, None, "bench", timeout=300.0, policy=RetryPolicy(),
-                                  budget=RequestBudget(None), stats=stats)
-            generator = OpenAIGenerator(client, server.model, args.concurrency, TOP_P)
-            chat = generator.prompt(None, templates)
-            messages = [chat.model_input(generator, q) for q in queries]
+        with ThreadPoolExecutor(args.concurrency) as pool:
+            done = list(pool.map(direct, range(len(messages))))
+        seconds = time.monotonic() - started
+        texts = [t for _, t in done]
+        engines["server-direct"] = result(len(queries), seconds, tokens(texts), [s for s, _ in done], server_load)
+        samples["server-direct"] = texts[:3]
 
-            # The physical reference: a plain client, same bodies, same concurrency.
-            def direct(i: int) -> tuple[float, str]:
-                body = chat_body(server.model, messages[i], args.max_new_tokens, args.temperature, TOP_P, seeds[i])
-                request = urllib.request.Request(f"{server.base_url}/chat/completions", json.dumps(body).encode(),
-                                                 {"Content-Type": "application/json"})
-                t0 = time.monotonic()
-                with urllib.request.urlopen(request, timeout=300) as response:
-                    text = answer_text(json.load(response)) or ""
-                return time.monotonic() - t0, text
-
-            direct(0)  # warm the server (first request pays its allocations), for both clients alike
-            started = time.monotonic()
-            with ThreadPoolExecutor(args.concurrency) as pool:
-                done = list(pool.map(direct, range(len(messages))))
-            seconds = time.monotonic() - started
-            texts = [t for _, t in done]
-            engines["server-direct"] = result(len(queries), seconds, tokens(texts), [s for s, _ in done], server_load)
-            samples["server-direct"] = texts[:3]
-
-            # The job's engine, same server, same requests.
-            started = time.monotonic()
-            out = generator.generate(messages, seeds, settings)
-            seconds = time.monotonic() - started
-            texts = [t if isinstance(t, str) else "" for t in out]
-            engines["openai"] = result(len(queries), seconds, tokens(texts), stats.latencies, server_load)
-            samples["openai"] = texts[:3]
-        finally:
-            server.stop()
+        # The job's engine, same server, same requests.
+        started = time.monotonic()
+        out = generator.generate(messages, seeds, settings)
+        seconds = time.monotonic() - started
+        texts = [t if isinstance(t, str) else "" for t in out]
+        engines["openai"] = result(len(queries), seconds, tokens(texts), served.stats.latencies, server_load)
+        samples["openai"] = texts[:3]
 
     job_over_engine = engines["openai"]["rowsPerSecond"] / engines["server-direct"]["rowsPerSecond"]
     server_over_tf = engines["server-direct"]["rowsPerSecond"] / engines["transformers"]["rowsPerSecond"]

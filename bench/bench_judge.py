@@ -27,13 +27,13 @@ import datetime as dt
 import os
 import platform
 import sys
-import tempfile
 import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
 from machine import cpu_model, publish
+from served_llm import served_llm
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS_MD = REPO / "bench" / "results" / "judge.md"
@@ -116,15 +116,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     rows = 6 if args.quick else args.rows
 
-    from sampleforge.jobs.augment.engines import TOP_P, EngineStats, GenerationSettings
+    from sampleforge.jobs.augment.engines import GenerationSettings
     from sampleforge.jobs.augment.filters import Candidate
     from sampleforge.jobs.augment.grading import cohens_kappa, label_scale
     from sampleforge.jobs.augment.judge import DEFAULT_RUBRIC, LlmJudge
     from sampleforge.jobs.augment.labels import Labels
-    from sampleforge.jobs.augment.openai_engine import OpenAIClient, OpenAIGenerator, RequestBudget, RetryPolicy
     from sampleforge.jobs.augment.randomness import RowRandomness
     from sampleforge.jobs.augment.rows import ColumnRoles
-    from sampleforge.testbed import start_llamacpp
 
     pairs = walmart_slice(args.split, rows)
     load_before = os.getloadavg()[0]
@@ -134,30 +132,21 @@ def main(argv: list[str] | None = None) -> int:
     candidates = [Candidate(dict(p), dict(p), "pairs", "keep", i, 0, ("query",)) for i, p in enumerate(pairs)]
     rubric = args.rubric or DEFAULT_RUBRIC
 
-    with tempfile.TemporaryDirectory() as logs:
+    with served_llm(threads=args.threads, concurrency=args.concurrency, timeout=600.0) as served:
+        engine, stats, load = served.generator, served.stats, served.load_seconds
+        recorder = Recorder(engine)
+        judge = LlmJudge("llmJudge", recorder, GenerationSettings(batch_size=16, max_new_tokens=args.max_new_tokens,
+                                                                temperature=0.0),
+                         scale, labels, roles, RowRandomness(args.seed, "llmJudge"), mode="filter",
+                         on_failure="keep", judged=frozenset({"pairs"}), fraction=1.0, rubric=rubric)
+        # Warm the server (its first request pays allocations) with a pair outside the slice.
+        engine.generate([judge.pair_input("warm up", "warm up")], [0], judge.settings)
+        warm_requests, warm_latencies = stats.requests, len(stats.latencies)
         started = time.monotonic()
-        server = start_llamacpp(Path(logs), threads=args.threads)
-        load = time.monotonic() - started
-        try:
-            stats = EngineStats("openai", server.model)
-            client = OpenAIClient(server.base_url, None, "bench", timeout=600.0, policy=RetryPolicy(),
-                                  budget=RequestBudget(None), stats=stats)
-            engine = OpenAIGenerator(client, server.model, args.concurrency, TOP_P)
-            recorder = Recorder(engine)
-            judge = LlmJudge("llmJudge", recorder, GenerationSettings(batch_size=16, max_new_tokens=args.max_new_tokens,
-                                                                    temperature=0.0),
-                             scale, labels, roles, RowRandomness(args.seed, "llmJudge"), mode="filter",
-                             on_failure="keep", judged=frozenset({"pairs"}), fraction=1.0, rubric=rubric)
-            # Warm the server (its first request pays allocations) with a pair outside the slice.
-            engine.generate([judge.pair_input("warm up", "warm up")], [0], judge.settings)
-            warm_requests, warm_latencies = stats.requests, len(stats.latencies)
-            started = time.monotonic()
-            verdicts = judge.review(candidates)
-            seconds = time.monotonic() - started
-            answers = {c.row["pair_id"]: a if isinstance(a, str) else f"(failed: {a.reason})"
-                       for c, a in zip(candidates, recorder.answers[:6], strict=False)}
-        finally:
-            server.stop()
+        verdicts = judge.review(candidates)
+        seconds = time.monotonic() - started
+        answers = {c.row["pair_id"]: a if isinstance(a, str) else f"(failed: {a.reason})"
+                   for c, a in zip(candidates, recorder.answers[:6], strict=False)}
 
     gold = [str(p["label"]) for p in pairs]
     grades = [v.grade if v is not None else None for v in verdicts]
