@@ -283,7 +283,11 @@ class Bench:
                                                                         for r in done}}
                         print(f"selection {d} {size}: {best} {self.selection[f'{d}/{size}']['validation']}",
                               file=sys.stderr, flush=True)
-                (a.results_dir / "selection.json").write_text(json.dumps(self.selection, indent=2))
+                # merged: processes that share a results directory (one per dataset or slice) keep
+                # each other's selections
+                path = a.results_dir / "selection.json"
+                merged = (json.loads(path.read_text()) if path.exists() else {}) | self.selection
+                path.write_text(json.dumps(merged, indent=2))
             # seed-major: an interrupted run has whole seeds of every arm
             for seed in seeds:
                 for size in a.slices:
